@@ -1,0 +1,111 @@
+"""Hardware specs: a GPU, the links between GPUs, and a cluster of nodes.
+
+Units: ``_GBps`` = 1e9 bytes/s per direction, ``_Gbps`` = 1e9 bits/s, ``_GB`` = 1e9 bytes,
+``_TBps`` = 1e12 bytes/s, ``_TFLOPS`` = 1e12 FLOP/s (dense, no sparsity), ``_us`` microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from moesim.specs.base import NonNegativeFloat, PositiveFloat, PositiveInt, Spec
+
+DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
+
+
+class IntraNodeLink(Spec):
+    """The scale-up fabric inside a node (NVLink through NVSwitch, or AMD Infinity Fabric).
+
+    ``bandwidth_GBps`` is what one GPU can send per direction to the switch (H100: 450).
+    """
+
+    bandwidth_GBps: PositiveFloat
+    latency_us: NonNegativeFloat = 3.0
+    kind: str = "nvswitch"
+
+
+class InterNodeLink(Spec):
+    """The scale-out fabric between nodes: NICs per node, each on a rail (GPU i uses NIC i)."""
+
+    nics_per_node: PositiveInt = 8
+    nic_Gbps: PositiveFloat = 400.0
+    latency_us: NonNegativeFloat = 5.0
+    spine_oversubscription: float = Field(
+        1.0, ge=1.0, description="leaf-to-spine oversubscription (1 = full bisection)"
+    )
+    kind: str = "infiniband"
+
+    @property
+    def node_bandwidth_GBps(self) -> float:
+        """Bytes per second one node can send per direction over all its NICs."""
+        return self.nics_per_node * self.nic_Gbps / 8.0
+
+
+class GPUSpec(Spec):
+    """One accelerator: peak dense throughput per dtype, memory, and its default fabrics."""
+
+    name: str
+    source: str = ""
+    bf16_TFLOPS: PositiveFloat
+    fp16_TFLOPS: PositiveFloat | None = None
+    fp8_TFLOPS: PositiveFloat | None = None
+    fp32_TFLOPS: PositiveFloat
+    tf32_TFLOPS: PositiveFloat | None = None
+    int8_TOPS: PositiveFloat | None = None
+    hbm_GB: PositiveFloat
+    hbm_TBps: PositiveFloat
+    pcie_GBps: PositiveFloat = Field(64.0, description="host link per direction")
+    intra_node: IntraNodeLink
+    inter_node: InterNodeLink = InterNodeLink()
+    gpus_per_node: PositiveInt = 8
+    tdp_W: PositiveFloat | None = None
+
+    def peak_TFLOPS(self, dtype: DType) -> float:
+        """Dense peak for a compute dtype; dtypes a GPU lacks fall back to the next wider one."""
+        table = {
+            "fp32": self.fp32_TFLOPS,
+            "tf32": self.tf32_TFLOPS or self.fp32_TFLOPS,
+            "bf16": self.bf16_TFLOPS,
+            "fp16": self.fp16_TFLOPS or self.bf16_TFLOPS,
+            "fp8": self.fp8_TFLOPS or self.bf16_TFLOPS,
+            "int8": self.int8_TOPS or self.fp8_TFLOPS or self.bf16_TFLOPS,
+            "int4": self.int8_TOPS or self.fp8_TFLOPS or self.bf16_TFLOPS,
+        }
+        return table[dtype]
+
+
+class ClusterSpec(Spec):
+    """``nodes`` × ``gpus_per_node`` GPUs; links default to the GPU's own fabrics."""
+
+    gpu: GPUSpec
+    nodes: PositiveInt = 1
+    gpus_per_node: PositiveInt | None = None
+    intra_node: IntraNodeLink | None = None
+    inter_node: InterNodeLink | None = None
+
+    @model_validator(mode="after")
+    def _fill_defaults(self) -> ClusterSpec:
+        # Frozen model: fill the defaults through object.__setattr__ once, at validation.
+        if self.gpus_per_node is None:
+            object.__setattr__(self, "gpus_per_node", self.gpu.gpus_per_node)
+        if self.intra_node is None:
+            object.__setattr__(self, "intra_node", self.gpu.intra_node)
+        if self.inter_node is None:
+            object.__setattr__(self, "inter_node", self.gpu.inter_node)
+        return self
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def intra(self) -> IntraNodeLink:
+        assert self.intra_node is not None
+        return self.intra_node
+
+    @property
+    def inter(self) -> InterNodeLink:
+        assert self.inter_node is not None
+        return self.inter_node

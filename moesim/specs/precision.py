@@ -1,0 +1,54 @@
+"""Precision: the dtype of each kind of tensor, which sets bytes and the peak FLOP rate."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from moesim.specs.base import Spec
+
+BYTES_PER_ELEMENT = {
+    "fp32": 4.0,
+    "tf32": 4.0,
+    "bf16": 2.0,
+    "fp16": 2.0,
+    "fp8": 1.0,
+    "int8": 1.0,
+    "int4": 0.5,
+}
+
+
+class Precision(Spec):
+    """``compute`` sets the GEMM peak; ``dispatch`` the all-to-all payload (DeepEP sends fp8)."""
+
+    compute: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
+    dispatch: Literal["bf16", "fp8"] = "bf16"
+    params: Literal["bf16", "fp16", "fp32"] = "bf16"
+    grads: Literal["bf16", "fp32"] = "bf16"
+    master_weights: bool = True
+    optimizer: Literal["adam", "sgd"] = "adam"
+    weights_inference: Literal["bf16", "fp8", "int8", "int4"] = "bf16"
+    kv_cache: Literal["bf16", "fp8"] = "bf16"
+
+    @property
+    def param_bytes(self) -> float:
+        return BYTES_PER_ELEMENT[self.params]
+
+    @property
+    def grad_bytes(self) -> float:
+        return BYTES_PER_ELEMENT[self.grads]
+
+    @property
+    def activation_bytes(self) -> float:
+        """Stored activations stay in 16-bit even with fp8 GEMMs (Transformer Engine)."""
+        return 4.0 if self.compute == "fp32" else 2.0
+
+    @property
+    def dispatch_bytes(self) -> float:
+        return BYTES_PER_ELEMENT[self.dispatch]
+
+    @property
+    def optimizer_bytes_per_param(self) -> float:
+        """Adam with fp32 master weights: 4 (master) + 4 (m) + 4 (v) = 12 (ZeRO paper, §3)."""
+        master = 4.0 if self.master_weights and self.params != "fp32" else 0.0
+        moments = 8.0 if self.optimizer == "adam" else 0.0
+        return master + moments

@@ -1,0 +1,82 @@
+"""Result: what ``moesim simulate --json`` prints (the public contract in DESIGN.md).
+
+Keys that do not apply to a stage are left out of the JSON (``exclude_none``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class MemoryBreakdown(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    weights: float = 0.0
+    gradients: float = 0.0
+    optimizer: float = 0.0
+    activations: float = 0.0
+    kv_cache: float = 0.0
+    other: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.kv_cache
+            + self.other
+        )
+
+    def as_dict(self) -> dict[str, float]:
+        d = self.model_dump()
+        d["total"] = self.total
+        return d
+
+
+class TimeBreakdown(BaseModel):
+    """Seconds per step a GPU spends on each kind of work; exposed_comm is what compute did not
+    hide. compute + exposed_comm + bubble (+ stage-specific extras) = step time."""
+
+    model_config = ConfigDict(extra="allow")
+    compute: float = 0.0
+    all_to_all: float = 0.0
+    tp_comm: float = 0.0
+    dp_comm: float = 0.0
+    pp_comm: float = 0.0
+    bubble: float = 0.0
+    exposed_comm: float = 0.0
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    stage: str
+    gpus: int
+    params_total: float
+    params_active: float
+    model_flops_per_token: float
+    step_time_s: float | None = None
+    tokens_per_s: float | None = None
+    tokens_per_s_per_gpu: float | None = None
+    model_tflops_per_gpu: float | None = None
+    mfu: float | None = None
+    memory_per_gpu_GB: dict[str, float] = Field(default_factory=dict)
+    fits_in_memory: bool | None = None
+    time_breakdown_s: dict[str, float] = Field(default_factory=dict)
+    gpu_hours: float | None = None
+    cost_usd: float | None = None
+    ttft_s_p50: float | None = None
+    ttft_s_p99: float | None = None
+    tpot_s_p50: float | None = None
+    tpot_s_p99: float | None = None
+    output_tokens_per_s: float | None = None
+    dispatch_s: float | None = None
+    combine_s: float | None = None
+    expert_compute_s: float | None = None
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)

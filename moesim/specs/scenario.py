@@ -1,0 +1,139 @@
+"""Scenario: one model on one cluster with one parallel layout and workload (the public file).
+
+Catalog ids in the file (``model: mixtral-8x7b``, ``cluster.gpu: h100-sxm``) are resolved by
+``moesim.scenario_io`` before validation, so a Scenario always holds complete specs.
+"""
+
+from __future__ import annotations
+
+from pydantic import model_validator
+
+from moesim.specs.base import Spec
+from moesim.specs.cost import Cost
+from moesim.specs.hardware import ClusterSpec
+from moesim.specs.model import ModelSpec
+from moesim.specs.parallel import ParallelSpec
+from moesim.specs.precision import Precision
+from moesim.specs.routing import Routing
+from moesim.specs.simulation import SimulationSpec
+from moesim.specs.workload import (
+    DPOWorkload,
+    GRPOWorkload,
+    InferenceWorkload,
+    MoELayerWorkload,
+    Workload,
+)
+
+
+class Scenario(Spec):
+    name: str
+    description: str = ""
+    model: ModelSpec
+    cluster: ClusterSpec
+    parallel: ParallelSpec = ParallelSpec()
+    precision: Precision = Precision()
+    routing: Routing = Routing()
+    workload: Workload
+    cost: Cost = Cost()
+    simulation: SimulationSpec = SimulationSpec()
+
+    @model_validator(mode="after")
+    def _check(self) -> Scenario:
+        _resolve_dp(self)
+        _check_parallel_vs_model(self.parallel, self.model)
+        _check_batch(self)
+        _check_precision(self)
+        return self
+
+    @property
+    def gpus(self) -> int:
+        return self.cluster.gpus
+
+
+def _resolve_dp(s: Scenario) -> None:
+    p, gpus = s.parallel, s.cluster.gpus
+    mp = p.tp * p.cp * p.pp
+    if p.dp is None:
+        if gpus % mp:
+            raise ValueError(
+                f"parallel: tp·cp·pp = {p.tp}·{p.cp}·{p.pp} = {mp} does not divide the "
+                f"{gpus} GPUs of the cluster: change tp/cp/pp or cluster.nodes"
+            )
+        object.__setattr__(s, "parallel", p.model_copy(update={"dp": gpus // mp}))
+    elif mp * p.dp != gpus:
+        raise ValueError(
+            f"parallel: tp·cp·pp·dp = {p.tp}·{p.cp}·{p.pp}·{p.dp} = {mp * p.dp} but the cluster "
+            f"has {gpus} GPUs ({s.cluster.nodes} nodes × {s.cluster.gpus_per_node}): "
+            f"set parallel.dp to {gpus // mp if gpus % mp == 0 else 'a fitting value'} or leave "
+            "it out to derive it"
+        )
+
+
+def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
+    if m.n_heads % p.tp:
+        raise ValueError(
+            f"parallel.tp ({p.tp}) must divide model.n_heads ({m.n_heads}): pick a divisor"
+        )
+    if m.attention != "mla" and m.kv_heads % p.tp:
+        raise ValueError(
+            f"parallel.tp ({p.tp}) must divide the key/value heads ({m.kv_heads}): "
+            f"use tp ≤ {m.kv_heads} that divides it"
+        )
+    if m.ffn_hidden % p.tp:
+        raise ValueError(f"parallel.tp ({p.tp}) must divide model.ffn_hidden ({m.ffn_hidden})")
+    layers = m.n_layers + m.n_encoder_layers
+    if p.pp > layers:
+        raise ValueError(
+            f"parallel.pp ({p.pp}) exceeds the model's {layers} layers: use pp ≤ {layers}"
+        )
+    if p.pp * p.virtual_stages > layers:
+        raise ValueError(
+            f"parallel.pp·virtual_stages ({p.pp}·{p.virtual_stages}) exceeds the {layers} "
+            "layers: lower virtual_stages"
+        )
+    if m.moe is None:
+        if p.ep > 1 or p.etp > 1:
+            raise ValueError(
+                f"parallel.ep/etp ({p.ep}/{p.etp}) > 1 but {m.name} is dense: set ep: 1, etp: 1"
+            )
+        return
+    if m.moe.n_routed_experts % p.ep:
+        raise ValueError(
+            f"parallel.ep ({p.ep}) must divide moe.n_routed_experts "
+            f"({m.moe.n_routed_experts}): pick a divisor"
+        )
+    attn_ranks = p.tp * p.cp * p.dp_size
+    if attn_ranks % (p.ep * p.etp):
+        raise ValueError(
+            f"parallel: ep·etp = {p.ep}·{p.etp} = {p.ep * p.etp} must divide tp·cp·dp = "
+            f"{p.tp}·{p.cp}·{p.dp_size} = {attn_ranks} (experts are folded out of the "
+            "attention ranks of one pipeline stage): lower ep or raise dp"
+        )
+    if m.moe.expert_hidden % p.etp:
+        raise ValueError(
+            f"parallel.etp ({p.etp}) must divide moe.expert_hidden ({m.moe.expert_hidden})"
+        )
+
+
+def _check_batch(s: Scenario) -> None:
+    w, p = s.workload, s.parallel
+    if isinstance(w, InferenceWorkload | MoELayerWorkload):
+        return
+    sequences = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
+    unit = "pairs" if isinstance(w, DPOWorkload) else "sequences"
+    per_step = p.dp_size * p.microbatch_size
+    if sequences % per_step:
+        raise ValueError(
+            f"workload.global_batch: {sequences} {unit} per step do not split into dp "
+            f"({p.dp_size}) × microbatch_size ({p.microbatch_size}) = {per_step}: make "
+            "global_batch a multiple of it"
+        )
+
+
+def _check_precision(s: Scenario) -> None:
+    if s.precision.compute == "fp8" and s.cluster.gpu.fp8_TFLOPS is None:
+        raise ValueError(
+            f"precision.compute is fp8 but {s.cluster.gpu.name} has no fp8 tensor cores: "
+            "use bf16"
+        )
+

@@ -1,0 +1,33 @@
+"""SimulationSpec: how faithfully and with which models the simulator runs (not what it runs)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from moesim.specs.base import PositiveInt, Spec
+
+
+class SimulationSpec(Spec):
+    fidelity: Literal["symmetric", "full"] = Field(
+        "symmetric", description="simulate one representative rank per symmetry class, or all"
+    )
+    network: Literal["flow", "analytic"] = Field(
+        "flow", description="max-min fair flows on links, or closed-form alpha-beta"
+    )
+    all_to_all: Literal["auto", "direct", "hierarchical"] = Field(
+        "auto", description="hierarchical = NVLink gather, RDMA, NVLink scatter (DeepEP)"
+    )
+    overlap_shared_experts: bool = Field(
+        True, description="shared experts run while the dispatch all-to-all is in flight"
+    )
+    overlap_dp: bool = Field(True, description="gradient reduce overlaps the backward pass")
+    overlap_tp: bool = Field(False, description="TP collectives overlap GEMMs (comm-gemm overlap)")
+    dp_bucket_MB: float = Field(40.0, gt=0, description="gradient bucket size (1e6 bytes)")
+    profile: str | None = Field(
+        None, description="calibration profile: a JSON path or a GPU id; default ships with moesim"
+    )
+    microbatches_simulated: PositiveInt | None = Field(
+        None, description="cap on microbatches simulated (the rest extrapolated); None = all"
+    )

@@ -1,0 +1,142 @@
+"""Workload: what the cluster does, one class per stage, discriminated by ``stage``.
+
+Batch sizes count sequences per optimizer step: pairs for DPO, prompts for GRPO/PPO.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from moesim.specs.base import Fraction, PositiveFloat, PositiveInt, Spec
+from moesim.specs.model import ModelSpec
+
+LoRATarget = Literal["attention", "mlp", "experts_shared", "experts_per_expert", "router"]
+
+
+class LoRASpec(Spec):
+    """Low-rank adapters (Hu et al. 2021): W + B·A with A: r×in, B: out×r on each target.
+
+    ``experts_shared``: one adapter per expert projection shared by all experts of a layer;
+    ``experts_per_expert``: one adapter per expert.
+    """
+
+    rank: PositiveInt = 16
+    alpha: float = 32.0
+    targets: list[LoRATarget] = Field(default_factory=lambda: ["attention"])
+
+
+class _Training(Spec):
+    seq_len: PositiveInt = 4096
+    global_batch: PositiveInt = Field(description="sequences per optimizer step")
+    total_tokens: PositiveFloat | None = Field(None, description="turns step time into cost")
+
+
+class PretrainWorkload(_Training):
+    stage: Literal["pretrain"] = "pretrain"
+
+
+class SFTWorkload(_Training):
+    stage: Literal["sft"] = "sft"
+    packing_efficiency: Fraction = Field(
+        1.0, description="fraction of each packed sequence holding real tokens"
+    )
+    prompt_fraction: float = Field(
+        0.0, ge=0, lt=1, description="fraction of tokens that are prompt (masked out of the loss)"
+    )
+    lora: LoRASpec | None = None
+
+
+class DPOWorkload(_Training):
+    stage: Literal["dpo"] = "dpo"
+    global_batch: PositiveInt = Field(description="preference pairs per optimizer step")
+    reference: Literal["live", "precomputed"] = "live"
+    beta: PositiveFloat = 0.1
+    lora: LoRASpec | None = None
+
+
+class _RL(Spec):
+    global_batch: PositiveInt = Field(description="prompts per optimizer step")
+    prompt_len: PositiveInt = 512
+    response_len: PositiveInt = 1024
+    total_tokens: PositiveFloat | None = None
+    rollout: Literal["colocated", "disaggregated"] = "colocated"
+    rollout_gpus: PositiveInt | None = Field(
+        None, description="GPUs that only generate (disaggregated); default: as many as training"
+    )
+    ppo_epochs: PositiveInt = Field(1, description="optimizer passes over each batch of rollouts")
+    lora: LoRASpec | None = None
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.response_len
+
+
+class GRPOWorkload(_RL):
+    stage: Literal["grpo"] = "grpo"
+    group_size: PositiveInt = Field(8, description="responses sampled per prompt")
+    reward: Literal["rule", "model"] = "rule"
+    reward_model: ModelSpec | None = Field(None, description="reward model (reward: model)")
+    kl_coef: float = Field(0.04, ge=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOWorkload:
+        if self.reward == "model" and self.reward_model is None:
+            raise ValueError("workload.reward is 'model': name workload.reward_model")
+        return self
+
+
+class PPOWorkload(_RL):
+    stage: Literal["ppo"] = "ppo"
+    reward_model: ModelSpec | None = Field(None, description="default: the policy's architecture")
+    critic_model: ModelSpec | None = Field(None, description="default: the policy's architecture")
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    gamma: float = Field(1.0, ge=0, le=1)
+
+
+class InferenceWorkload(Spec):
+    stage: Literal["inference"] = "inference"
+    prompt_len: PositiveInt = 1024
+    output_len: PositiveInt = 256
+    batch_size: PositiveInt | None = Field(None, description="static batch")
+    arrival_rate_per_s: PositiveFloat | None = Field(None, description="Poisson request rate")
+    duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
+    max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
+    expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
+    seed: int = 0
+    total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
+
+    @model_validator(mode="after")
+    def _check(self) -> InferenceWorkload:
+        if (self.batch_size is None) == (self.arrival_rate_per_s is None):
+            raise ValueError(
+                "inference needs exactly one of workload.batch_size (static batch) or "
+                "workload.arrival_rate_per_s (Poisson arrivals)"
+            )
+        return self
+
+    @property
+    def seq_len(self) -> int:
+        return self.prompt_len + self.output_len
+
+
+class MoELayerWorkload(Spec):
+    stage: Literal["moe_layer"] = "moe_layer"
+    tokens_per_gpu: PositiveInt = Field(description="tokens entering the layer on each GPU")
+    passes: Literal["forward", "forward_backward"] = "forward"
+    seq_len: PositiveInt = 4096
+    total_tokens: PositiveFloat | None = None
+
+
+Workload = Annotated[
+    PretrainWorkload
+    | SFTWorkload
+    | DPOWorkload
+    | GRPOWorkload
+    | PPOWorkload
+    | InferenceWorkload
+    | MoELayerWorkload,
+    Field(discriminator="stage"),
+]
+TRAINING_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo")
