@@ -1,7 +1,8 @@
 """The base every spec shares: frozen, unknown keys refused, and size helpers.
 
-Specs are what users write by hand in scenario files, so a typo must be an error (``extra="forbid"``)
-and a spec, once built, must not change under the simulator's feet (``frozen=True``).
+Specs are what users write by hand in scenario files, so a typo must be an error
+(``extra="forbid"``), and a spec, once built, must not change under the simulator's feet
+(``frozen=True``).
 """
 
 from __future__ import annotations

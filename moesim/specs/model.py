@@ -122,8 +122,7 @@ class ModelSpec(Spec):
         kv = self.kv_heads
         if self.n_heads % kv:
             raise ValueError(
-                f"n_kv_heads ({kv}) must divide n_heads ({self.n_heads}): "
-                "pick a divisor of n_heads"
+                f"n_kv_heads ({kv}) must divide n_heads ({self.n_heads}): pick a divisor of n_heads"
             )
         if self.attention == "mla" and self.mla is None:
             raise ValueError("attention is 'mla' but the mla block is missing: add mla: {...}")

@@ -133,7 +133,5 @@ def _check_batch(s: Scenario) -> None:
 def _check_precision(s: Scenario) -> None:
     if s.precision.compute == "fp8" and s.cluster.gpu.fp8_TFLOPS is None:
         raise ValueError(
-            f"precision.compute is fp8 but {s.cluster.gpu.name} has no fp8 tensor cores: "
-            "use bf16"
+            f"precision.compute is fp8 but {s.cluster.gpu.name} has no fp8 tensor cores: use bf16"
         )
-

@@ -1,0 +1,9 @@
+"""The ``moesim`` command. Each command group lives in its own module of this package and
+registers itself on ``app``; the modules are imported below, explicitly."""
+
+from __future__ import annotations
+
+from moesim.cli import inspect_cmd  # noqa: F401  (registers inspect, validate, schema, import-hf)
+from moesim.cli.app import app, main
+
+__all__ = ["app", "main"]

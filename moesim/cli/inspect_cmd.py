@@ -1,0 +1,144 @@
+"""``moesim inspect``, ``validate``, ``schema`` and ``import-hf``: the foundation's commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from moesim.analytic.flops import token_flops
+from moesim.analytic.params import count_params
+from moesim.cli.app import UserError, app, console, print_json
+from moesim.scenario_io import load_model_arg, load_scenario
+from moesim.specs import ModelSpec, Scenario
+
+
+def _billions(x: float) -> str:
+    return f"{x / 1e9:,.3f} B"
+
+
+def inspect_model(model: ModelSpec, seq_len: int | None = None) -> dict:
+    """The ``inspect --json`` object: counts, FLOPs and the per-component breakdown."""
+    counts = count_params(model)
+    s = seq_len or model.max_seq_len
+    flops = token_flops(model, s)
+    out = {
+        "name": model.name,
+        "params_total": counts.total,
+        "params_active": counts.active,
+        "params_total_main": counts.total_main,
+        "params_active_main": counts.active_main,
+        "model_flops_per_token": flops.model_flops,
+        "forward_flops_per_token": flops.forward,
+        "seq_len": s,
+        "params_breakdown": counts.breakdown(),
+        "layers": model.n_layers + model.n_encoder_layers,
+        "moe_layers": model.n_moe_layers + model.n_moe_encoder_layers,
+        "source": model.source,
+    }
+    if model.published_params_total:
+        out["published_params_total"] = model.published_params_total
+    if model.published_params_active:
+        out["published_params_active"] = model.published_params_active
+    return out
+
+
+@app.command()
+def inspect(
+    model: Annotated[str, typer.Argument(help="catalog id (e.g. mixtral-8x7b) or a model YAML")],
+    seq_len: Annotated[int | None, typer.Option(help="sequence length for FLOPs")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """Parameters (total, active, per component) and FLOPs per token of a model."""
+    info = inspect_model(load_model_arg(model), seq_len)
+    if as_json:
+        print_json(info)
+        return
+    table = Table(title=f"{info['name']}  ({info['layers']} layers, {info['moe_layers']} MoE)")
+    table.add_column("component")
+    table.add_column("parameters", justify="right")
+    for k, v in info["params_breakdown"].items():
+        if v:
+            table.add_row(k, _billions(v))
+    table.add_row("[bold]total[/]", f"[bold]{_billions(info['params_total'])}[/]")
+    table.add_row("[bold]active per token[/]", f"[bold]{_billions(info['params_active'])}[/]")
+    console.print(table)
+    console.print(
+        f"model FLOPs per token (fwd+bwd, seq {info['seq_len']}): "
+        f"{info['model_flops_per_token'] / 1e9:,.2f} GFLOP"
+    )
+    if info.get("published_params_total"):
+        console.print(
+            f"published: {info['published_params_total'] / 1e9:g} B total"
+            + (
+                f", {info['published_params_active'] / 1e9:g} B active"
+                if info.get("published_params_active")
+                else ""
+            )
+        )
+    if info["source"]:
+        console.print(f"[dim]source: {info['source']}[/]")
+
+
+@app.command()
+def validate(
+    file: Annotated[Path, typer.Argument(help="a scenario YAML")],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Check a scenario file; print the resolved layout or every problem with its line."""
+    s = load_scenario(file)
+    p = s.parallel
+    summary = {
+        "name": s.name,
+        "model": s.model.name,
+        "gpu": s.cluster.gpu.name,
+        "gpus": s.gpus,
+        "parallel": p.model_dump(),
+        "expert_data_parallel": p.edp if s.model.is_moe else None,
+        "stage": s.workload.stage,
+    }
+    if as_json:
+        print_json(summary)
+        return
+    console.print(
+        f"[green]ok[/] {s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name} "
+        f"({s.cluster.nodes} nodes), tp {p.tp} · cp {p.cp} · pp {p.pp} · dp {p.dp} "
+        f"· ep {p.ep} · etp {p.etp}, stage {s.workload.stage}"
+    )
+
+
+@app.command()
+def schema(
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write to a file")] = None,
+) -> None:
+    """The JSON Schema of scenario files."""
+    text = json.dumps(Scenario.model_json_schema(), indent=2)
+    if out is None:
+        print(text)
+    else:
+        out.write_text(text + "\n")
+        console.print(f"wrote {out}")
+
+
+@app.command("import-hf")
+def import_hf(
+    config: Annotated[Path, typer.Argument(help="a Hugging Face config.json")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="write the YAML here")] = None,
+    name: Annotated[str | None, typer.Option(help="model name (default: from the config)")] = None,
+) -> None:
+    """Turn a Mixtral / DeepSeek-V2/V3 / Qwen2/3-MoE / DBRX / Llama config.json into a model
+    YAML."""
+    from moesim.hf_import import HFImportError, model_yaml_from_hf
+
+    try:
+        text = model_yaml_from_hf(config, name=name)
+    except HFImportError as e:
+        raise UserError(str(e)) from None
+    if out is None:
+        print(text, end="")
+    else:
+        out.write_text(text)
+        console.print(f"wrote {out}")
