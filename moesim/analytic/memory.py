@@ -1,0 +1,323 @@
+"""Memory per GPU: weights, gradients, optimizer states, activations, KV cache, other.
+
+Sources for each rule:
+- Model states (ZeRO, Rajbhandari et al. 2020, §3): bf16 weights 2 B, bf16 grads 2 B, Adam with
+  fp32 master weights 12 B per parameter; ZeRO-1 shards the optimizer over the data-parallel
+  group, ZeRO-2 also the gradients, ZeRO-3 also the weights. Non-expert parameters shard over
+  dp·cp (Megatron's distributed optimizer); routed experts over the expert-data-parallel group.
+- Activations (Korthikanti et al. 2022, "Reducing Activation Recomputation", §4): counted tensor
+  by tensor for a modern block without dropout and with flash attention (no s² term): what
+  autograd saves for the backward pass. Tensor and sequence parallelism divide it by tp; the
+  first pipeline stage holds ``min(pp, m)`` microbatches in flight under 1F1B, ``pp + (pp−1)/v``
+  under interleaving (Megatron-Core warm-up counts), all m under GPipe, pp+1 under DualPipe
+  (DeepSeek-V3 report, Table 2).
+- KV cache: 2·kv_heads·head_dim per token per layer for MHA/GQA; the compressed latent plus
+  the RoPE key for MLA (DeepSeek-V2 §2.1.2), which tensor parallelism does not shard.
+
+The worst pipeline stage is reported (the first holds the most activations, the last the
+logits); a configuration that does not fit is a result, not an error.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.params import LayerParams, ParamCounts, count_params
+from moesim.specs import (
+    BYTES_PER_ELEMENT,
+    DPOWorkload,
+    GRPOWorkload,
+    InferenceWorkload,
+    ModelSpec,
+    MoELayerWorkload,
+    ParallelSpec,
+    Precision,
+    Scenario,
+)
+
+#: CUDA context, allocator fragmentation and NCCL workspaces: a fixed reserve. An assumption,
+#: not a measurement (PyTorch's CUDA context alone takes a few hundred MB); change it here.
+FRAMEWORK_RESERVE_BYTES = 1.0e9
+FP32_BYTES = 4.0
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Bytes per GPU on the worst pipeline stage."""
+
+    weights: float
+    gradients: float
+    optimizer: float
+    activations: float
+    kv_cache: float
+    other: float
+    stage: int = 0
+
+    @property
+    def total(self) -> float:
+        return (
+            self.weights
+            + self.gradients
+            + self.optimizer
+            + self.activations
+            + self.kv_cache
+            + self.other
+        )
+
+    def as_GB(self) -> dict[str, float]:
+        """The contract's ``memory_per_gpu_GB`` (1 GB = 1e9 bytes)."""
+        keys = ("weights", "gradients", "optimizer", "activations", "kv_cache", "other")
+        out = {k: getattr(self, k) / 1e9 for k in keys}
+        out["total"] = self.total / 1e9
+        return out
+
+
+# -- parameters held by one GPU -------------------------------------------------------------
+@dataclass(frozen=True)
+class StageParams:
+    """Parameters one GPU of a pipeline stage holds before ZeRO sharding."""
+
+    non_expert: float  # sharded by tp, replicated over dp·cp
+    expert: float  # sharded by ep·etp, replicated over edp
+
+    @property
+    def total(self) -> float:
+        return self.non_expert + self.expert
+
+
+def _layer(counts: ParamCounts, m: ModelSpec, global_index: int) -> LayerParams:
+    if global_index < m.n_encoder_layers:
+        return counts.encoder_layers[global_index]
+    return counts.decoder_layers[global_index - m.n_encoder_layers]
+
+
+def stage_params(m: ModelSpec, p: ParallelSpec, stage: StageLayout) -> StageParams:
+    counts = count_params(m)
+    layers = [_layer(counts, m, i) for i in stage.layers]
+    non_expert = sum(x.non_expert for x in layers)
+    expert = sum(x.routed_experts for x in layers)
+    if stage.has_embedding:
+        non_expert += counts.embedding
+    if stage.has_lm_head:
+        # a tied head needs its own copy when it sits on another stage than the embedding
+        tied_copy = counts.embedding if (m.tie_embeddings and not stage.has_embedding) else 0
+        non_expert += counts.lm_head + tied_copy + counts.final_norm
+        mtp_expert = 0
+        if m.mtp_depth and m.moe is not None:
+            mtp_expert = m.mtp_depth * counts.decoder_layers[-1].routed_experts
+        non_expert += counts.mtp - mtp_expert
+        expert += mtp_expert
+    return StageParams(non_expert=non_expert / p.tp, expert=expert / (p.ep * p.etp))
+
+
+def model_state_bytes(
+    params: StageParams, p: ParallelSpec, prec: Precision, trainable: bool = True
+) -> tuple[float, float, float]:
+    """(weights, gradients, optimizer) bytes per GPU under ZeRO stage ``p.zero_stage``."""
+    dp_group = p.dp_size * p.cp
+    edp = p.edp if params.expert else 1
+    z = p.zero_stage
+
+    def shard(n_non_expert: float, n_expert: float, bytes_per: float, sharded: bool) -> float:
+        if not sharded:
+            return (n_non_expert + n_expert) * bytes_per
+        return (n_non_expert / dp_group + n_expert / edp) * bytes_per
+
+    weights = shard(params.non_expert, params.expert, prec.param_bytes, z >= 3)
+    if not trainable:
+        return weights, 0.0, 0.0
+    grads = shard(params.non_expert, params.expert, prec.grad_bytes, z >= 2)
+    optim = shard(params.non_expert, params.expert, prec.optimizer_bytes_per_param, z >= 1)
+    return weights, grads, optim
+
+
+# -- activations ------------------------------------------------------------------------------
+def activation_bytes_per_token(
+    m: ModelSpec, moe: bool, p: ParallelSpec, recompute: str, act_bytes: float = 2.0
+) -> float:
+    """Bytes autograd keeps for one token through one layer, on one GPU (tp/SP applied).
+
+    none: norm inputs and outputs, Q/K/V, the attention output and its log-sum-exp, FFN input,
+    the FFN's gate/up outputs and their activated product (per routed copy in an MoE layer, plus
+    router logits and probabilities in fp32 and the expert outputs kept for the gate weights'
+    gradient). selective: the activation function is recomputed, so its output is not kept.
+    full: only the layer input.
+    """
+    d = m.d_model
+    sp = p.tp if p.sequence_parallel else 1
+    if recompute == "full":
+        return act_bytes * d / sp
+    # attention block: norm input + normed input (sequence-sharded), q/k/v and output (head-sharded)
+    seq_sharded = 2 * d
+    if m.mla is not None:
+        a = m.mla
+        head_sharded = m.q_dim + m.n_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+        head_sharded += m.n_heads * a.v_head_dim + m.attn_out_dim
+        seq_sharded += (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
+    else:
+        head_sharded = m.q_dim + 2 * m.kv_dim + m.attn_out_dim
+    lse = FP32_BYTES * m.n_heads / p.tp
+    total = act_bytes * (seq_sharded / sp + head_sharded / p.tp) + lse
+    # FFN block: norm input + normed input
+    total += act_bytes * 2 * d / sp
+    per_hidden = (3 if m.ffn_gated else 2) - (1 if recompute == "selective" else 0)
+    if not moe or m.moe is None:
+        return total + act_bytes * per_hidden * m.ffn_hidden / p.tp
+    e = m.moe
+    router = 2 * FP32_BYTES * e.n_routed_experts / sp
+    # each routed copy: permuted input, hidden activations, expert output (for the gate's grad)
+    per_copy = act_bytes * (2 * d + per_hidden * e.expert_hidden / p.etp)
+    routed = e.top_k * per_copy / sp
+    shared = act_bytes * per_hidden * e.n_shared_experts * e.shared_hidden / p.tp
+    return total + router + routed + shared
+
+
+def microbatches_in_flight(p: ParallelSpec, n_microbatches: int) -> float:
+    """Microbatches whose activations the first pipeline stage holds at its peak."""
+    pp, m = p.pp, n_microbatches
+    if pp == 1:
+        return 1.0
+    if p.schedule == "gpipe":
+        return float(m)
+    if p.schedule == "interleaved_1f1b":
+        return min(float(m), pp + (pp - 1) / p.virtual_stages)
+    if p.schedule == "dualpipe":
+        return float(min(m, pp + 1))
+    return float(min(pp, m))
+
+
+def sequences_per_step(s: Scenario) -> int:
+    """Sequences the training step processes (pairs count twice, GRPO groups in full)."""
+    w = s.workload
+    if isinstance(w, GRPOWorkload):
+        return w.global_batch * w.group_size
+    if isinstance(w, DPOWorkload):
+        return 2 * w.global_batch
+    return w.global_batch
+
+
+def n_microbatches(s: Scenario) -> int:
+    """Microbatches per pipeline per step (DPO microbatches hold chosen and rejected)."""
+    w, p = s.workload, s.parallel
+    seqs = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
+    return max(1, seqs // (p.dp_size * p.microbatch_size))
+
+
+def stage_activation_bytes(s: Scenario, stage: StageLayout, seq_len: int) -> float:
+    """Activations one GPU of ``stage`` holds at its peak in a training step."""
+    m, p = s.model, s.parallel
+    act = s.precision.activation_bytes
+    pairs = 2 if isinstance(s.workload, DPOWorkload) else 1
+    tokens = p.microbatch_size * pairs * seq_len / p.cp
+    per_mb = sum(
+        activation_bytes_per_token(m, i in stage.moe_layers, p, p.recompute, act)
+        for i in stage.layers
+    )
+    in_flight = microbatches_in_flight(p, n_microbatches(s))
+    if stage.rank > 0 and p.schedule == "1f1b":
+        in_flight = min(in_flight, float(p.pp - stage.rank))
+    total = per_mb * tokens * in_flight
+    if p.recompute == "full" and stage.layers:
+        # the layer being recomputed holds its full activations during its backward
+        worst = max(
+            activation_bytes_per_token(m, i in stage.moe_layers, p, "none", act)
+            for i in stage.layers
+        )
+        total += worst * tokens
+    if stage.has_lm_head:
+        total += tokens * m.vocab_size / p.tp * FP32_BYTES  # fp32 logits of one microbatch
+    return total
+
+
+# -- KV cache -----------------------------------------------------------------------------------
+def kv_cache_bytes_per_token(m: ModelSpec, p: ParallelSpec, prec: Precision) -> float:
+    """KV-cache bytes per cached token on one GPU, over the layers of one pipeline stage
+    (layers split evenly), with attention heads sharded by tp."""
+    b = BYTES_PER_ELEMENT[prec.kv_cache]
+    layers = (m.n_layers + m.n_encoder_layers) / p.pp
+    if m.mla is not None:
+        per_layer = (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * b  # replicated over tp
+    else:
+        per_layer = 2 * m.kv_dim * b / min(p.tp, m.kv_heads)
+    return layers * per_layer
+
+
+# -- the whole estimate -------------------------------------------------------------------------
+def _other_bytes(s: Scenario, tokens_per_mb: float) -> float:
+    m = s.model
+    other = FRAMEWORK_RESERVE_BYTES
+    if m.moe is not None and s.parallel.ep > 1:
+        # dispatch and combine receive buffers for one microbatch
+        other += 2 * tokens_per_mb * m.moe.top_k * m.d_model * s.precision.dispatch_bytes
+    if s.parallel.dp_size > 1 and not isinstance(s.workload, InferenceWorkload):
+        other += 2 * s.simulation.dp_bucket_MB * 1e6  # two gradient buckets in flight
+    return other
+
+
+def memory_per_gpu(s: Scenario) -> MemoryEstimate:
+    """Per-GPU memory of the worst pipeline stage of a scenario."""
+    m, p, w = s.model, s.parallel, s.workload
+    stages = pipeline_layout(m, p.pp, p.virtual_stages)
+    if isinstance(w, MoELayerWorkload):
+        return _moe_layer_memory(s)
+    inference = isinstance(w, InferenceWorkload)
+    best: MemoryEstimate | None = None
+    for stage in stages:
+        params = stage_params(m, p, stage)
+        if inference:
+            wbytes = BYTES_PER_ELEMENT[s.precision.weights_inference]
+            weights, grads, optim = params.total * wbytes, 0.0, 0.0
+            batch = w.batch_size or w.max_batch_size
+            kv = kv_cache_bytes_per_token(m, p, s.precision) * batch * w.seq_len
+            acts = batch * w.prompt_len / p.cp * m.d_model * 2 * s.precision.activation_bytes
+            tokens_per_mb = float(batch * w.prompt_len)
+        else:
+            weights, grads, optim = model_state_bytes(params, p, s.precision)
+            seq = w.seq_len
+            kv = 0.0
+            acts = stage_activation_bytes(s, stage, seq)
+            tokens_per_mb = p.microbatch_size * seq / p.cp / p.tp
+        est = MemoryEstimate(
+            weights=weights,
+            gradients=grads,
+            optimizer=optim,
+            activations=acts,
+            kv_cache=kv,
+            other=_other_bytes(s, tokens_per_mb),
+            stage=stage.rank,
+        )
+        if best is None or est.total > best.total:
+            best = est
+    assert best is not None
+    return best
+
+
+def _moe_layer_memory(s: Scenario) -> MemoryEstimate:
+    """One MoE layer timed alone: its weights and the activations of its tokens."""
+    m, p, w = s.model, s.parallel, s.workload
+    assert isinstance(w, MoELayerWorkload) and m.moe is not None
+    counts = count_params(m)
+    layer = next(x for x in counts.decoder_layers if x.routed_experts)
+    params = StageParams(
+        non_expert=(layer.non_expert - layer.attention) / p.tp,
+        expert=layer.routed_experts / (p.ep * p.etp),
+    )
+    weights, grads, optim = model_state_bytes(params, p, s.precision)
+    if w.passes == "forward":
+        grads = optim = 0.0
+    act = s.precision.activation_bytes
+    e = m.moe
+    per_token = act * e.top_k * (2 * m.d_model + 3 * e.expert_hidden / p.etp)
+    return MemoryEstimate(
+        weights=weights,
+        gradients=grads,
+        optimizer=optim,
+        activations=per_token * w.tokens_per_gpu,
+        kv_cache=0.0,
+        other=_other_bytes(s, float(w.tokens_per_gpu)),
+    )
+
+
+def fits(s: Scenario) -> bool:
+    return memory_per_gpu(s).total <= s.cluster.gpu.hbm_GB * 1e9

@@ -1,0 +1,154 @@
+"""Memory per GPU against a worked example per ZeRO stage and per recompute mode."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.analytic.memory import (
+    FRAMEWORK_RESERVE_BYTES,
+    activation_bytes_per_token,
+    memory_per_gpu,
+    microbatches_in_flight,
+)
+from moesim.catalog import load_gpu
+from moesim.specs import ModelSpec, ParallelSpec, Scenario
+
+# A model small enough to count by hand:
+#   embedding 1000·64 = 64,000; lm_head 64,000; final norm 64
+#   per layer: attention 4·64·64 = 16,384; norms 2·64 = 128; SwiGLU FFN 3·64·128 = 24,576
+#   total = 128,064 + 2·41,088 = 210,240
+HAND_MODEL = ModelSpec(
+    name="hand",
+    vocab_size=1000,
+    n_layers=2,
+    d_model=64,
+    n_heads=4,
+    attention="mha",
+    ffn_hidden=128,
+    max_seq_len=32,
+)
+N_PARAMS = 210_240
+
+
+def _scenario(zero: int, recompute: str = "none", dp: int = 4) -> Scenario:
+    return Scenario(
+        name="hand",
+        model=HAND_MODEL,
+        cluster={"gpu": load_gpu("h100-sxm"), "nodes": 1, "gpus_per_node": dp},
+        parallel={"zero_stage": zero, "recompute": recompute},
+        workload={"stage": "pretrain", "seq_len": 32, "global_batch": dp},
+    )
+
+
+@pytest.mark.parametrize(
+    ("zero", "weights", "grads", "optim"),
+    [
+        (0, 2 * N_PARAMS, 2 * N_PARAMS, 12 * N_PARAMS),
+        (1, 2 * N_PARAMS, 2 * N_PARAMS, 12 * N_PARAMS / 4),
+        (2, 2 * N_PARAMS, 2 * N_PARAMS / 4, 12 * N_PARAMS / 4),
+        (3, 2 * N_PARAMS / 4, 2 * N_PARAMS / 4, 12 * N_PARAMS / 4),
+    ],
+)
+def test_model_states_per_zero_stage(zero, weights, grads, optim):
+    """ZeRO paper §3: 2 + 2 + 12 bytes per parameter, sharded stage by stage over dp = 4."""
+    est = memory_per_gpu(_scenario(zero))
+    assert est.weights == pytest.approx(weights)
+    assert est.gradients == pytest.approx(grads)
+    assert est.optimizer == pytest.approx(optim)
+
+
+def test_activations_worked_example():
+    """Per token per layer, bf16 (2 B):
+    attention: norm in + normed (2·64) + q,k,v (3·64) + output (64) = 384 values → 768 B,
+               plus the fp32 log-sum-exp of 4 heads = 16 B
+    FFN:       norm in + normed (2·64) + gate, up, product (3·128) = 512 values → 1024 B
+    = 1808 B; selective drops the product (128 values): 1552 B; full keeps the input: 128 B."""
+    p = ParallelSpec(dp=1)
+    assert activation_bytes_per_token(HAND_MODEL, False, p, "none") == 1808
+    assert activation_bytes_per_token(HAND_MODEL, False, p, "selective") == 1552
+    assert activation_bytes_per_token(HAND_MODEL, False, p, "full") == 128
+    # one microbatch of 32 tokens, 2 layers, plus fp32 logits 32·1000·4 for the loss
+    est = memory_per_gpu(_scenario(1, "none"))
+    assert est.activations == pytest.approx(1808 * 32 * 2 + 32 * 1000 * 4)
+    full = memory_per_gpu(_scenario(1, "full"))
+    assert full.activations == pytest.approx(128 * 32 * 2 + 1808 * 32 + 32 * 1000 * 4)
+
+
+def test_other_holds_reserve_and_gradient_buckets():
+    est = memory_per_gpu(_scenario(1))
+    assert est.other == pytest.approx(FRAMEWORK_RESERVE_BYTES + 2 * 40e6)
+    assert est.total == pytest.approx(
+        est.weights + est.gradients + est.optimizer + est.activations + est.other
+    )
+
+
+def test_tensor_parallel_divides_activations():
+    m = HAND_MODEL
+    one = activation_bytes_per_token(m, False, ParallelSpec(dp=1), "selective")
+    two = activation_bytes_per_token(m, False, ParallelSpec(tp=2, dp=1), "selective")
+    assert two == pytest.approx(one / 2)
+
+
+@pytest.mark.parametrize(
+    ("schedule", "vs", "m", "expected"),
+    [
+        ("1f1b", 1, 32, 4.0),
+        ("1f1b", 1, 2, 2.0),
+        ("gpipe", 1, 32, 32.0),
+        ("interleaved_1f1b", 2, 32, 4 + 3 / 2),
+        ("dualpipe", 1, 32, 5.0),
+    ],
+)
+def test_microbatches_in_flight(schedule, vs, m, expected):
+    p = ParallelSpec(pp=4, dp=1, schedule=schedule, virtual_stages=vs)
+    assert microbatches_in_flight(p, m) == expected
+
+
+def test_moe_experts_shard_over_expert_data_parallel():
+    """Mixtral on 16 GPUs, ep 8: experts are held 1/8 per GPU and their optimizer states are
+    sharded over edp = 16/8 = 2; the dense part over dp = 16."""
+    from moesim.analytic.params import count_params
+    from moesim.catalog import load_model
+
+    m = load_model("mixtral-8x7b")
+    s = Scenario(
+        name="x",
+        model=m,
+        cluster={"gpu": load_gpu("h100-sxm"), "nodes": 2},
+        parallel={"ep": 8, "zero_stage": 1},
+        workload={"stage": "pretrain", "seq_len": 4096, "global_batch": 16},
+    )
+    c = count_params(m)
+    expert = sum(x.routed_experts for x in c.decoder_layers)
+    non_expert = c.total - expert
+    est = memory_per_gpu(s)
+    assert est.weights == pytest.approx(2 * (non_expert + expert / 8))
+    assert est.optimizer == pytest.approx(12 * (non_expert / 16 + expert / 8 / 2))
+
+
+def test_oversized_model_reports_not_fitting():
+    from moesim.analytic.memory import fits
+    from moesim.catalog import load_model
+
+    s = Scenario(
+        name="405b-on-8",
+        model=load_model("llama-3.1-405b"),
+        cluster={"gpu": load_gpu("h100-sxm"), "nodes": 1},
+        parallel={"zero_stage": 0},
+        workload={"stage": "pretrain", "seq_len": 4096, "global_batch": 8},
+    )
+    assert not fits(s)
+    assert memory_per_gpu(s).as_GB()["total"] > 80
+
+
+def test_inference_kv_cache_mla_is_compressed():
+    """DeepSeek-V3 caches 512 + 64 values per token per layer; a GQA model 2·kv_heads·head_dim."""
+    from moesim.analytic.memory import kv_cache_bytes_per_token
+    from moesim.catalog import load_model
+    from moesim.specs import Precision
+
+    p, prec = ParallelSpec(dp=1), Precision()
+    v3 = load_model("deepseek-v3")
+    assert kv_cache_bytes_per_token(v3, p, prec) == 61 * 576 * 2
+    llama = load_model("llama-3-8b")
+    assert kv_cache_bytes_per_token(llama, p, prec) == 32 * 2 * 8 * 128 * 2
