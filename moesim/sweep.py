@@ -1,0 +1,239 @@
+"""Sweeps: many scenarios at once, from a grid over any scenario fields.
+
+A sweep file names a base scenario and a grid of dotted keys::
+
+    name: ep-vs-skew
+    base: deepseek-v3-2048xh800.yaml     # a scenario file (relative to this file) or inline
+    grid:
+      parallel.ep: [16, 32, 64]
+      routing: [{distribution: uniform}, {distribution: zipf, skew: 1.0}]
+    zip:                                 # optional: keys varied together, not crossed
+      cluster.nodes: [16, 32]
+      parallel.dp: [16, 32]
+
+Every combination becomes one scenario; one that cannot be built (ep not dividing the
+experts, say) is a row with its ``error``, not the end of the sweep. Runs on local processes by
+default, or on a Dask cluster (``scheduler="tcp://host:8786"``); results come back as a pandas
+DataFrame in the grid's order, whatever order the workers finished in.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+import os
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict
+
+Row = dict[str, Any]
+Runner = Callable[[dict[str, Any]], Row]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    name: str
+    base: dict[str, Any]
+    grid: dict[str, list[Any]]
+    zipped: dict[str, list[Any]]
+    base_dir: Path | None = None
+
+    @property
+    def size(self) -> int:
+        n = math.prod(len(v) for v in self.grid.values()) if self.grid else 1
+        return n * (len(next(iter(self.zipped.values()))) if self.zipped else 1)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    path = Path(path)
+    data, _ = load_yaml(path)
+    return sweep_from_dict(data, base_dir=path.parent, source=str(path))
+
+
+def sweep_from_dict(
+    data: dict[str, Any], base_dir: Path | None = None, source: str = ""
+) -> SweepSpec:
+    where = f"{source}: " if source else ""
+    unknown = set(data) - {"name", "base", "grid", "zip", "description"}
+    if unknown:
+        raise ScenarioError(
+            f"{where}unknown sweep keys {sorted(unknown)}: use name, base, grid, zip"
+        )
+    if "base" not in data:
+        raise ScenarioError(f"{where}base: required: a scenario file or an inline scenario")
+    base = data["base"]
+    if isinstance(base, str):
+        base_path = (base_dir / base) if base_dir else Path(base)
+        base, _ = load_yaml(base_path)
+        base_dir = base_path.parent
+    grid = data.get("grid") or {}
+    zipped = data.get("zip") or {}
+    for key, values in {**grid, **zipped}.items():
+        if not isinstance(values, list) or not values:
+            raise ScenarioError(f"{where}grid.{key}: give a non-empty list of values")
+    if zipped and len({len(v) for v in zipped.values()}) != 1:
+        raise ScenarioError(f"{where}zip: every key needs a list of the same length")
+    if not grid and not zipped:
+        raise ScenarioError(f"{where}grid: give at least one key to vary")
+    return SweepSpec(data.get("name", "sweep"), base, grid, zipped, base_dir)
+
+
+def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    """``set_dotted(d, "parallel.ep", 8)`` sets d["parallel"]["ep"] (creating dicts on the way).
+
+    A catalog id at a parent key (``cluster.gpu: h100-sxm``) cannot take sub-keys: set the id.
+    """
+    parts = key.split(".")
+    node = d
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(f"grid key {key}: '{part}' is {child!r}, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def _label(value: Any) -> str:
+    if isinstance(value, dict):
+        return "-".join(f"{_label(v)}" for v in value.values())
+    return str(value)
+
+
+def expand(spec: SweepSpec) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """(parameters, scenario dict) for every point, in grid order (zip varies fastest)."""
+    grid_keys = list(spec.grid)
+    zip_keys = list(spec.zipped)
+    zip_rows = list(zip(*spec.zipped.values(), strict=True)) if zip_keys else [()]
+    for combo in itertools.product(*spec.grid.values()):
+        for zrow in zip_rows:
+            params = dict(zip(grid_keys, combo, strict=True)) | dict(
+                zip(zip_keys, zrow, strict=True)
+            )
+            scenario = copy.deepcopy(spec.base)
+            for key, value in params.items():
+                set_dotted(scenario, key, value)
+            suffix = ",".join(f"{k.split('.')[-1]}={_label(v)}" for k, v in params.items())
+            scenario["name"] = f"{spec.base.get('name', spec.name)}[{suffix}]"
+            yield params, scenario
+
+
+def simulate_row(scenario: dict[str, Any], base_dir: str | None = None) -> Row:
+    """Build and simulate one scenario; a spec error becomes the row's ``error``."""
+    from moesim.sim import simulate  # imported here: workers import moesim lazily
+
+    try:
+        s = scenario_from_dict(scenario, base=Path(base_dir) if base_dir else None)
+    except ScenarioError as e:
+        return {"name": scenario.get("name", ""), "error": str(e)}
+    return _flatten(simulate(s).to_json_dict())
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> Row:
+    out: Row = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        elif not isinstance(v, list):
+            out[key] = v
+    return out
+
+
+def _run_chunk(args: tuple[list[dict[str, Any]], str | None]) -> list[Row]:
+    scenarios, base_dir = args
+    return [simulate_row(s, base_dir) for s in scenarios]
+
+
+def _chunks(items: list, n: int) -> list[list]:
+    size = max(1, math.ceil(len(items) / n))
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def run_sweep(
+    spec: SweepSpec,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Simulate every point; one row per point with the grid's parameters and the result."""
+    points = list(expand(spec))
+    scenarios = [s for _, s in points]
+    base_dir = str(spec.base_dir) if spec.base_dir else None
+    # Chunks amortise process start-up and pickling: ~4 chunks per worker balances the load.
+    workers = workers or os.cpu_count() or 1
+    chunks = _chunks(scenarios, workers * 4) if len(scenarios) > 1 else [scenarios]
+    results: list[list[Row]] = [[] for _ in chunks]
+    if scheduler:
+        results = _run_dask(chunks, base_dir, scheduler, progress)
+    elif workers == 1 or len(chunks) == 1:
+        for i, chunk in enumerate(chunks):
+            results[i] = _run_chunk((chunk, base_dir))
+            if progress:
+                progress(len(chunk))
+    else:
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = {pool.submit(_run_chunk, (c, base_dir)): i for i, c in enumerate(chunks)}
+            from concurrent.futures import as_completed
+
+            for fut in as_completed(futures):
+                i = futures[fut]
+                results[i] = fut.result()
+                if progress:
+                    progress(len(chunks[i]))
+    rows = [r for chunk in results for r in chunk]
+    frame = pd.DataFrame(
+        [
+            {**{f"param.{k}": _cell(v) for k, v in p.items()}, **r}
+            for (p, _), r in zip(points, rows, strict=True)
+        ]
+    )
+    return frame
+
+
+def _cell(v: Any) -> Any:
+    return v if isinstance(v, int | float | str | bool) or v is None else str(v)
+
+
+def _run_dask(
+    chunks: list[list[dict[str, Any]]],
+    base_dir: str | None,
+    scheduler: str,
+    progress: Callable[[int], None] | None,
+) -> list[list[Row]]:
+    try:
+        from dask.distributed import Client, as_completed
+    except ImportError as e:  # pragma: no cover - the extra is not installed
+        raise ScenarioError(
+            "a Dask scheduler was given but dask[distributed] is not installed: "
+            "pip install 'moesim[dask]'"
+        ) from e
+    results: list[list[Row]] = [[] for _ in chunks]
+    with Client(scheduler) as client:
+        futures = [client.submit(_run_chunk, (c, base_dir), pure=False) for c in chunks]
+        index = {f.key: i for i, f in enumerate(futures)}
+        for fut in as_completed(futures):
+            i = index[fut.key]
+            results[i] = fut.result()
+            if progress:
+                progress(len(chunks[i]))
+    return results
+
+
+def write_frame(frame: pd.DataFrame, out: str | Path) -> Path:
+    """Parquet for ``.parquet``, CSV otherwise."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.suffix == ".parquet":
+        frame.to_parquet(out, index=False)
+    else:
+        frame.to_csv(out, index=False)
+    return out
