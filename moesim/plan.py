@@ -256,7 +256,7 @@ def run_plan(
     progress: Callable[[int], None] | None = None,
 ) -> PlanResult:
     if simulate is None:
-        from moesim.sim import simulate as _simulate
+        from moesim.sim.run import simulate as _simulate
 
         simulate = _simulate
     considered, scenarios = _candidates(spec)

@@ -128,7 +128,7 @@ def expand(spec: SweepSpec) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
 
 def simulate_row(scenario: dict[str, Any], base_dir: str | None = None) -> Row:
     """Build and simulate one scenario; a spec error becomes the row's ``error``."""
-    from moesim.sim import simulate  # imported here: workers import moesim lazily
+    from moesim.sim.run import simulate  # imported here: workers import moesim lazily
 
     try:
         s = scenario_from_dict(scenario, base=Path(base_dir) if base_dir else None)
