@@ -9,6 +9,7 @@ catalog's data before pydantic validates, so a Scenario always holds complete sp
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -100,10 +101,12 @@ def format_validation_error(
     out = []
     for err in e.errors():
         loc = tuple(x for x in err["loc"] if not _is_union_tag(x))
+        msg = err["msg"].removeprefix("Value error, ")
+        if not loc:
+            loc, msg = _loc_from_message(msg)
         field = ".".join(str(x) for x in loc) or "(top level)"
         line = _nearest_line(loc, lines or {})
         where = f"{source}:{line}" if source and line else source
-        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}': remove it or check its spelling"
         elif err["type"] == "missing":
@@ -117,6 +120,22 @@ _STAGE_TAGS = {"pretrain", "sft", "dpo", "grpo", "ppo", "inference", "moe_layer"
 
 def _is_union_tag(x: Any) -> bool:
     return isinstance(x, str) and x in _STAGE_TAGS
+
+
+_FIELD_AT_START = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)(: )?")
+
+
+def _loc_from_message(msg: str) -> tuple[tuple, str]:
+    """The field a cross-field check names first (``parallel.tp (3) must divide ...``).
+
+    Scenario-level validators see the whole scenario, so pydantic gives their errors no
+    location; their messages start with the field at fault, which gives the line to point at.
+    """
+    m = _FIELD_AT_START.match(msg)
+    if m is None or m.group(1).split(".")[0] not in Scenario.model_fields:
+        return (), msg
+    loc = tuple(m.group(1).split("."))
+    return loc, msg[m.end() :] if m.group(2) else msg
 
 
 def _nearest_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
