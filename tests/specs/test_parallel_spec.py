@@ -1,0 +1,41 @@
+"""ParallelSpec on its own: schedule rules and the folded expert sizes."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from moesim.specs import ParallelSpec
+
+
+def test_dp_unresolved_outside_a_scenario() -> None:
+    with pytest.raises(ValueError, match="build it through a Scenario"):
+        _ = ParallelSpec().dp_size
+
+
+def test_expert_data_parallel_folds_experts_out_of_attention_ranks() -> None:
+    """ep · etp · edp = tp · cp · dp (Megatron-Core MoE parallel folding)."""
+    p = ParallelSpec(tp=2, cp=2, dp=8, ep=8, etp=2)
+    assert p.edp == 2 * 2 * 8 // (8 * 2)
+    assert p.gpus == 2 * 2 * 1 * 8
+    assert p.model_parallel == 4
+
+
+def test_interleaved_needs_virtual_stages() -> None:
+    with pytest.raises(ValidationError, match=r"set parallel\.virtual_stages"):
+        ParallelSpec(schedule="interleaved_1f1b")
+
+
+def test_unknown_schedule_is_refused() -> None:
+    with pytest.raises(ValidationError, match="schedule"):
+        ParallelSpec(schedule="zero_bubble")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3])
+def test_zero_stages(stage: int) -> None:
+    assert ParallelSpec(zero_stage=stage).zero_stage == stage  # type: ignore[arg-type]
+
+
+def test_zero_stage_4_is_refused() -> None:
+    with pytest.raises(ValidationError, match="zero_stage"):
+        ParallelSpec(zero_stage=4)  # type: ignore[arg-type]
