@@ -1,0 +1,284 @@
+"""Collectives as sets of flows on the topology, timed by the flow simulation or by the
+closed-form alpha–beta bound.
+
+Legend: ``group`` a tuple of global GPU ids, ``n`` its size, ``S`` bytes per rank (the full
+buffer: the input of a reduce-scatter, the output of an all-gather), ``C`` ring channels.
+
+A collective is a list of phases run one after another; a phase is a set of flows that run
+concurrently and is repeated ``repeat`` times (the n−1 identical steps of a ring).
+
+- Ring (NCCL): one channel per group GPU on a node, each channel's ring rotated so that it leaves
+  every node through a different rail; each step a GPU sends S/(n·C) per channel to its
+  successor. Reduce-scatter and all-gather take n−1 steps, all-reduce 2(n−1).
+- Tree all-reduce: a chain inside each node and a double binary tree across nodes (NCCL ≥ 2.4),
+  pipelined, so every edge is busy at once; reduce then broadcast, each paying the depth in
+  latency. On one node the tree is a ring (what NCCL picks there).
+- All-to-all direct: one flow per (source, destination) pair.
+- All-to-all hierarchical (DeepEP internode): a token is sent once per destination node over
+  RDMA to the source's rail peer on that node, then forwarded over NVLink to the GPUs that need
+  it; intra-node pairs go straight over NVLink. The two legs are chunked and pipelined in
+  DeepEP, so they run concurrently here. Combine is the same traffic reversed (NVLink gather and
+  reduce on the expert node, then RDMA back).
+
+Two timings:
+
+- ``flow``: max-min fair fluid simulation (``network.simulate_flows``) of each phase.
+- ``alpha_beta``: per phase, α = the largest route latency, β-term = the largest link load over
+  its capacity. This is the textbook closed form (for a ring all-reduce on n GPUs of bandwidth B:
+  2(n−1)·(α + S/(n·B))). Its bandwidth term is a lower bound of the flow time (a link can carry
+  no more than its capacity), reached when the pattern is symmetric; it charges the largest
+  latency to every phase, so it can exceed the flow time by less than one latency.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Literal
+
+from moesim.sim.network import Flow, Topology, simulate_flows
+
+NetworkMode = Literal["flow", "analytic"]
+FlowSpec = tuple[int, int, float]  # (src, dst, bytes)
+
+
+@dataclass(frozen=True)
+class Phase:
+    flows: tuple[FlowSpec, ...]
+    repeat: int = 1
+    extra_latency_s: float = 0.0  # hops beyond one route latency (tree depth)
+
+
+@dataclass(frozen=True)
+class Collective:
+    kind: str
+    group: tuple[int, ...]
+    phases: tuple[Phase, ...] = field(default_factory=tuple)
+
+    def bytes_sent(self) -> dict[int, float]:
+        """Bytes each GPU puts on links (self-sends excluded), over all phases and repeats."""
+        out: dict[int, float] = defaultdict(float)
+        for p in self.phases:
+            for s, d, b in p.flows:
+                if s != d:
+                    out[s] += b * p.repeat
+        return dict(out)
+
+    def bytes_received(self) -> dict[int, float]:
+        out: dict[int, float] = defaultdict(float)
+        for p in self.phases:
+            for s, d, b in p.flows:
+                if s != d:
+                    out[d] += b * p.repeat
+        return dict(out)
+
+
+# -- builders ------------------------------------------------------------------------------------
+def _by_node(topo: Topology, group: tuple[int, ...]) -> list[list[int]]:
+    nodes: dict[int, list[int]] = defaultdict(list)
+    for g in sorted(group):
+        nodes[topo.node_of(g)].append(g)
+    return [nodes[k] for k in sorted(nodes)]
+
+
+def ring_channels(topo: Topology, group: tuple[int, ...]) -> list[list[int]]:
+    """Ring orders, one per channel. Channel c visits every node's GPUs starting from the c-th,
+    so it leaves each node from a different GPU (and rail)."""
+    per_node = _by_node(topo, group)
+    sizes = {len(m) for m in per_node}
+    if len(per_node) == 1 or len(sizes) != 1:
+        return [sorted(group)]
+    c_count = sizes.pop()
+    return [
+        [m[(c + j) % c_count] for m in per_node for j in range(c_count)] for c in range(c_count)
+    ]
+
+
+def _ring_phase(topo: Topology, group: tuple[int, ...], step_bytes: float, repeat: int) -> Phase:
+    channels = ring_channels(topo, group)
+    per_channel = step_bytes / len(channels)
+    flows = tuple(
+        (ring[i], ring[(i + 1) % len(ring)], per_channel)
+        for ring in channels
+        for i in range(len(ring))
+    )
+    return Phase(flows, repeat=repeat)
+
+
+def reduce_scatter(topo: Topology, group: tuple[int, ...], bytes_per_rank: float) -> Collective:
+    n = len(group)
+    if n <= 1 or bytes_per_rank <= 0:
+        return Collective("reduce_scatter", group)
+    return Collective(
+        "reduce_scatter", group, (_ring_phase(topo, group, bytes_per_rank / n, n - 1),)
+    )
+
+
+def all_gather(topo: Topology, group: tuple[int, ...], bytes_per_rank: float) -> Collective:
+    n = len(group)
+    if n <= 1 or bytes_per_rank <= 0:
+        return Collective("all_gather", group)
+    return Collective("all_gather", group, (_ring_phase(topo, group, bytes_per_rank / n, n - 1),))
+
+
+def ring_all_reduce(topo: Topology, group: tuple[int, ...], bytes_per_rank: float) -> Collective:
+    n = len(group)
+    if n <= 1 or bytes_per_rank <= 0:
+        return Collective("all_reduce", group)
+    phase = _ring_phase(topo, group, bytes_per_rank / n, 2 * (n - 1))
+    return Collective("all_reduce", group, (phase,))
+
+
+def tree_all_reduce(topo: Topology, group: tuple[int, ...], bytes_per_rank: float) -> Collective:
+    per_node = _by_node(topo, group)
+    if len(per_node) == 1 or len({len(m) for m in per_node}) != 1:
+        return ring_all_reduce(topo, group, bytes_per_rank)
+    if bytes_per_rank <= 0:
+        return Collective("all_reduce", group)
+    c_count, n_nodes = len(per_node[0]), len(per_node)
+    per_channel = bytes_per_rank / c_count
+    up: list[FlowSpec] = []
+    for c in range(c_count):
+        # intra-node chain ending at the channel's leader m[c]
+        for m in per_node:
+            chain = [m[(c + 1 + j) % c_count] for j in range(c_count)]
+            up += [(chain[j], chain[j + 1], per_channel) for j in range(c_count - 1)]
+        # double binary tree over the node leaders: half the data on each tree, the second
+        # tree numbered in reverse so a node that is inner in one is a leaf in the other
+        for order in (range(n_nodes), range(n_nodes - 1, -1, -1)):
+            idx = list(order)
+            for k in range(1, n_nodes):
+                child, parent = per_node[idx[k]][c], per_node[idx[(k - 1) // 2]][c]
+                up.append((child, parent, per_channel / 2))
+    depth = max(1, (n_nodes - 1).bit_length())
+    extra = (c_count - 1) * topo.intra_latency_s + (depth - 1) * topo.inter_latency_s
+    down = tuple((d, s, b) for s, d, b in up)
+    return Collective(
+        "all_reduce",
+        group,
+        (Phase(tuple(up), extra_latency_s=extra), Phase(down, extra_latency_s=extra)),
+    )
+
+
+def all_to_all_direct(
+    group: tuple[int, ...], bytes_sd: list[list[float]], kind: str = "all_to_all"
+) -> Collective:
+    """``bytes_sd[i][j]``: bytes group member i sends to member j."""
+    flows = tuple(
+        (s, d, bytes_sd[i][j])
+        for i, s in enumerate(group)
+        for j, d in enumerate(group)
+        if i != j and bytes_sd[i][j] > 0
+    )
+    return Collective(kind, group, (Phase(flows),) if flows else ())
+
+
+def all_to_all_hierarchical(
+    topo: Topology,
+    group: tuple[int, ...],
+    bytes_sd: list[list[float]],
+    rdma_bytes_sn: list[dict[int, float]],
+    kind: str = "all_to_all",
+) -> Collective:
+    """DeepEP-style dispatch. ``bytes_sd[i][j]``: bytes member i's tokens need on member j
+    (deduplicated per GPU); ``rdma_bytes_sn[i][node]``: bytes member i sends over RDMA to a
+    remote ``node`` (deduplicated per node)."""
+    members_on: dict[int, dict[int, int]] = defaultdict(dict)  # node -> local -> gpu
+    for g in group:
+        members_on[topo.node_of(g)][topo.local_of(g)] = g
+    flows: list[FlowSpec] = []
+    for i, s in enumerate(group):
+        ns = topo.node_of(s)
+        for j, d in enumerate(group):
+            if i != j and topo.node_of(d) == ns and bytes_sd[i][j] > 0:
+                flows.append((s, d, bytes_sd[i][j]))
+        for node, b in rdma_bytes_sn[i].items():
+            if node == ns or b <= 0:
+                continue
+            peers = members_on[node]
+            relay = peers.get(topo.local_of(s), peers[min(peers)])
+            flows.append((s, relay, b))
+            for j, d in enumerate(group):
+                if topo.node_of(d) == node and d != relay and bytes_sd[i][j] > 0:
+                    flows.append((relay, d, bytes_sd[i][j]))
+    phase = Phase(tuple(flows), extra_latency_s=topo.intra_latency_s)
+    return Collective(kind, group, (phase,) if flows else ())
+
+
+def reversed_collective(c: Collective, kind: str) -> Collective:
+    """The same traffic in the opposite direction (combine after dispatch)."""
+    return Collective(
+        kind,
+        c.group,
+        tuple(
+            Phase(tuple((d, s, b) for s, d, b in p.flows), p.repeat, p.extra_latency_s)
+            for p in c.phases
+        ),
+    )
+
+
+# -- timing --------------------------------------------------------------------------------------
+def flow_time_s(topo: Topology, c: Collective) -> float:
+    total = 0.0
+    for p in c.phases:
+        flows = [Flow(s, d, b) for s, d, b in p.flows if s != d and b > 0]
+        if flows:
+            total += p.repeat * (simulate_flows(topo, flows).makespan_s + p.extra_latency_s)
+    return total
+
+
+def alpha_beta_time_s(topo: Topology, c: Collective) -> float:
+    """Σ phases · repeat · (largest route latency + largest link load / capacity)."""
+    total = 0.0
+    for p in c.phases:
+        load: dict[int, float] = defaultdict(float)
+        alpha_s = 0.0
+        for s, d, b in p.flows:
+            if s == d or b <= 0:
+                continue
+            links, lat_s = topo.route(s, d)
+            alpha_s = max(alpha_s, lat_s)
+            for link in links:
+                load[link] += b
+        if load:
+            beta_s = max(v / topo.capacity_Bps[link] for link, v in load.items())
+            total += p.repeat * (alpha_s + beta_s + p.extra_latency_s)
+    return total
+
+
+def ring_all_reduce_textbook_s(
+    n: int, bytes_per_rank: float, bw_Bps: float, alpha_s: float
+) -> float:
+    """2(n−1)·(α + S/(n·B)) (Thakur, Rabenseifner & Gropp 2005; Patarasuk & Yuan 2009)."""
+    if n <= 1:
+        return 0.0
+    return 2 * (n - 1) * (alpha_s + bytes_per_rank / (n * bw_Bps))
+
+
+class CollectiveTimer:
+    """Times collectives in one mode, memoised by the collective's identity (kind, group, bytes):
+    a training step repeats the same few collectives thousands of times."""
+
+    def __init__(self, topo: Topology, mode: NetworkMode = "flow", overhead_s: float = 0.0):
+        self.topo = topo
+        self.mode = mode
+        self.overhead_s = overhead_s
+        self._cache: dict[tuple, float] = {}
+
+    def time_s(self, key: tuple, build) -> float:
+        """``build()`` makes the Collective on a cache miss; a collective without flows (degree
+        1, or nothing to send) costs 0."""
+        t = self._cache.get(key)
+        if t is None:
+            c = build()
+            if not c.phases:
+                t = 0.0
+            elif self.mode == "flow":
+                t = flow_time_s(self.topo, c) + self.overhead_s
+            else:
+                t = alpha_beta_time_s(self.topo, c) + self.overhead_s
+            self._cache[key] = t
+        return t
+
+    def spans_nodes(self, group: tuple[int, ...]) -> bool:
+        return len({self.topo.node_of(g) for g in group}) > 1

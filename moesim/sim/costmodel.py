@@ -1,0 +1,73 @@
+"""The time of one op on one device: a roofline with measured efficiencies.
+
+    time_s = max(FLOPs / (peak · eff_class(size)), bytes / (HBM · eff_hbm(bytes))) + launch
+
+``peak`` is the GPU's dense peak for the compute dtype (``GPUSpec.peak_TFLOPS``), ``HBM`` its
+memory bandwidth, and the efficiencies come from the calibration profile (``profile.py``).
+For a grouped GEMM (the experts of one rank) the efficiency is read at the FLOPs of one group,
+because a grouped GEMM of many small experts runs like many small GEMMs.
+
+This module knows nothing about SimPy or the schedule: calibration code and analytic tools can
+use it alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.sim.profile import OpClass, Profile
+from moesim.specs import GPUSpec
+
+
+@dataclass(frozen=True)
+class OpWork:
+    """The work of one kernel (or one fused group of kernels) on one GPU."""
+
+    name: str
+    op_class: OpClass
+    flops: float
+    bytes: float
+    groups: int = 1  # experts in a grouped GEMM
+    kernels: int = 1  # launches the op stands for
+
+
+class CostModel:
+    """Roofline time of an op on ``gpu`` at ``compute_dtype``, with ``profile`` efficiencies."""
+
+    def __init__(self, gpu: GPUSpec, profile: Profile, compute_dtype: str = "bf16"):
+        self.gpu = gpu
+        self.profile = profile
+        self.peak_flops_per_s = gpu.peak_TFLOPS(compute_dtype) * 1e12  # type: ignore[arg-type]
+        self.hbm_bytes_per_s = gpu.hbm_TBps * 1e12
+        self.launch_s = profile.launch_overhead_us.value * 1e-6
+        self._cache: dict[tuple, float] = {}
+
+    def time_s(self, op: OpWork) -> float:
+        key = (op.op_class, op.flops, op.bytes, op.groups, op.kernels)
+        t = self._cache.get(key)
+        if t is None:
+            t = self._time_s(op)
+            self._cache[key] = t
+        return t
+
+    def _time_s(self, op: OpWork) -> float:
+        if op.flops <= 0 and op.bytes <= 0:
+            return 0.0
+        launch_s = self.launch_s * op.kernels
+        hbm_eff = self.profile.hbm(max(op.bytes, 1.0))
+        if op.op_class == "memory_bound":
+            eff = self.profile.compute["memory_bound"](max(op.bytes, 1.0))
+            return op.bytes / (self.hbm_bytes_per_s * eff) + launch_s
+        per_group = max(op.flops / max(op.groups, 1), 1.0)
+        eff = self.profile.compute[op.op_class](per_group)
+        compute_s = op.flops / (self.peak_flops_per_s * eff)
+        memory_s = op.bytes / (self.hbm_bytes_per_s * hbm_eff)
+        return max(compute_s, memory_s) + launch_s
+
+    def link_fraction(self, kind: str) -> float:
+        """Achieved fraction of a link's nominal bandwidth: ``nvlink`` or ``network``."""
+        return getattr(self.profile.links, kind).value
+
+    @property
+    def collective_overhead_s(self) -> float:
+        return self.profile.collective_overhead_us.value * 1e-6

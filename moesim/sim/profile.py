@@ -1,0 +1,141 @@
+"""The calibration profile: how close to peak a device gets, per op class and per link.
+
+A profile is one JSON file (``calibration/<device>.json`` once measured; the default ships in
+``moesim/sim/profiles/default.json``). Every number carries a ``source`` so a reader can tell a
+measurement from an assumption. Schema (all keys required unless marked optional)::
+
+    {
+      "schema_version": 1,
+      "device": "default",                       # GPU id the numbers were measured on, or "default"
+      "source": "...",                           # how the file was made
+      "compute": {                               # op class -> efficiency curve
+        "gemm":         {"x": "flops", "points": [[1e6, 0.05], [1e12, 0.75]], "source": "..."},
+        "grouped_gemm": {"x": "flops", ...},     # x = FLOPs of one group (one expert's GEMM)
+        "attention":    {"x": "flops", ...},
+        "memory_bound": {"x": "bytes", ...}      # efficiency of HBM bandwidth
+      },
+      "hbm": {"x": "bytes", ...},                # HBM efficiency for the bytes term of compute ops
+      "launch_overhead_us": {"value": 4.0, "source": "..."},
+      "links": {                                 # achieved fraction of the nominal link bandwidth
+        "nvlink": {"value": 0.9, "source": "..."},
+        "network": {"value": 0.85, "source": "..."}
+      },
+      "collective_overhead_us": {"value": 10.0, "source": "..."}   # optional, per collective call
+    }
+
+Curves are piecewise linear in log10(x) (sizes span many decades) and flat beyond their ends.
+The calibration engineers write these files from measured points; nothing here imports SimPy.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+OpClass = Literal["gemm", "grouped_gemm", "attention", "memory_bound"]
+OP_CLASSES: tuple[str, ...] = ("gemm", "grouped_gemm", "attention", "memory_bound")
+DEFAULT_PROFILE_PATH = Path(__file__).parent / "profiles" / "default.json"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Curve(_Strict):
+    """Efficiency (0, 1] as a function of problem size, piecewise linear in log10(size)."""
+
+    x: Literal["flops", "bytes"]
+    points: list[tuple[float, float]] = Field(min_length=1)
+    source: str
+
+    @model_validator(mode="after")
+    def _check(self) -> Curve:
+        xs = [p[0] for p in self.points]
+        if any(x <= 0 for x in xs) or xs != sorted(xs):
+            raise ValueError("curve points need positive, increasing sizes")
+        if any(not 0 < p[1] <= 1 for p in self.points):
+            raise ValueError("curve efficiencies must lie in (0, 1]")
+        return self
+
+    def __call__(self, size: float) -> float:
+        pts = self.points
+        if size <= pts[0][0]:
+            return pts[0][1]
+        if size >= pts[-1][0]:
+            return pts[-1][1]
+        i = bisect.bisect_right([p[0] for p in pts], size)
+        (x0, y0), (x1, y1) = pts[i - 1], pts[i]
+        t = (math.log10(size) - math.log10(x0)) / (math.log10(x1) - math.log10(x0))
+        return y0 + t * (y1 - y0)
+
+
+class Value(_Strict):
+    value: float = Field(ge=0)
+    source: str
+
+
+class Links(_Strict):
+    nvlink: Value
+    network: Value
+
+
+class Profile(_Strict):
+    schema_version: Literal[1] = 1
+    device: str
+    source: str
+    compute: dict[OpClass, Curve]
+    hbm: Curve
+    launch_overhead_us: Value
+    links: Links
+    collective_overhead_us: Value = Value(value=0.0, source="not modelled")
+
+    @model_validator(mode="after")
+    def _check(self) -> Profile:
+        missing = [c for c in OP_CLASSES if c not in self.compute]
+        if missing:
+            raise ValueError(f"profile.compute lacks op classes {missing}")
+        for name in ("nvlink", "network"):
+            v = getattr(self.links, name).value
+            if not 0 < v <= 1:
+                raise ValueError(f"profile.links.{name}.value must lie in (0, 1], got {v}")
+        return self
+
+
+def load_profile(path: str | Path) -> Profile:
+    return Profile.model_validate(json.loads(Path(path).read_text()))
+
+
+@lru_cache(maxsize=1)
+def default_profile() -> Profile:
+    return load_profile(DEFAULT_PROFILE_PATH)
+
+
+def resolve_profile(
+    name: str | None, gpu_name: str = "", search_dirs: tuple[Path, ...] = ()
+) -> Profile:
+    """A profile from ``simulation.profile``: a JSON path, a device id looked up as
+    ``calibration/<id>.json``, or (None) the measured profile of the scenario's GPU when one
+    exists, else the shipped default."""
+    dirs = (*search_dirs, Path.cwd() / "calibration")
+    if name is not None:
+        p = Path(name)
+        if p.suffix == ".json":
+            if not p.is_file():
+                raise FileNotFoundError(f"simulation.profile: no such file {p}")
+            return load_profile(p)
+        for d in dirs:
+            if (d / f"{name}.json").is_file():
+                return load_profile(d / f"{name}.json")
+        raise FileNotFoundError(
+            f"simulation.profile: no calibration/{name}.json found; give a JSON path"
+        )
+    for d in dirs:
+        if gpu_name and (d / f"{gpu_name}.json").is_file():
+            return load_profile(d / f"{gpu_name}.json")
+    return default_profile()

@@ -1,0 +1,37 @@
+"""Roofline op times with profile efficiencies."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.catalog import load_gpu
+from moesim.sim.costmodel import CostModel, OpWork
+from moesim.sim.profile import default_profile
+
+
+@pytest.fixture
+def cm() -> CostModel:
+    return CostModel(load_gpu("h100-sxm"), default_profile(), "bf16")
+
+
+def test_large_gemm_is_compute_bound_at_the_profile_efficiency(cm):
+    flops = 1e13
+    t = cm.time_s(OpWork("gemm", "gemm", flops, 1e6))
+    eff = default_profile().compute["gemm"](flops)
+    assert t == pytest.approx(flops / (989.4e12 * eff) + cm.launch_s)
+
+
+def test_weight_heavy_small_op_is_memory_bound(cm):
+    # decode-like: 1 GB of weights, few FLOPs
+    t = cm.time_s(OpWork("gemv", "gemm", 1e9, 1e9))
+    assert t == pytest.approx(1e9 / (3.35e12 * default_profile().hbm(1e9)) + cm.launch_s)
+
+
+def test_grouped_gemm_of_many_small_groups_is_slower_than_one_big(cm):
+    one = cm.time_s(OpWork("g", "grouped_gemm", 1e12, 0.0, groups=1))
+    many = cm.time_s(OpWork("g", "grouped_gemm", 1e12, 0.0, groups=256))
+    assert many > one
+
+
+def test_empty_op_costs_nothing(cm):
+    assert cm.time_s(OpWork("none", "gemm", 0.0, 0.0)) == 0.0
