@@ -6,6 +6,7 @@ raises CatalogError listing the closest ids. A path to a YAML file works whereve
 
 from __future__ import annotations
 
+import copy
 import difflib
 from functools import cache
 from pathlib import Path
@@ -54,7 +55,8 @@ def raw_entry(kind: str, name: str) -> dict[str, Any]:
     """The entry's data as a dict (``kind`` is 'models' or 'gpus'); ids or YAML paths."""
     known = _ids(kind)
     if name in known:
-        return dict(_raw(kind, name))
+        # a deep copy: callers edit nested blocks (model["moe"]) and the cache must not change
+        return copy.deepcopy(_raw(kind, name))
     path = Path(name)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         with path.open() as f:
