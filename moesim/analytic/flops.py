@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.analytic.params import attention_params, ffn_params
+from moesim.analytic.params import attention_params, ffn_params, router_params
 from moesim.specs import ModelSpec
 
 Recompute = str  # "none" | "selective" | "full"
@@ -118,7 +118,7 @@ def layer_flops(m: ModelSpec, moe: bool, context: float, cross_context: float = 
         attention_proj=proj,
         attention_core=core,
         dense_ffn=0.0,
-        router=2.0 * m.d_model * e.n_routed_experts,
+        router=2.0 * router_params(m),  # noisy top-k's noise GEMM runs in training
         shared_experts=shared,
         routed_experts=2.0 * e.top_k * ffn_params(m, e.expert_hidden),
     )

@@ -106,6 +106,15 @@ def ffn_params(m: ModelSpec, hidden: int) -> int:
     return (3 if m.ffn_gated else 2) * m.d_model * hidden
 
 
+def router_params(m: ModelSpec) -> int:
+    """The gate of one MoE layer: a D×E weight; noisy top-k adds its learned D×E noise weight
+    W_noise (Shazeer et al. 2017, eq. 4); hash routing (Roller et al. 2021) learns nothing."""
+    if m.moe is None or m.moe.router == "hash":
+        return 0
+    weights = 2 if m.moe.router == "noisy_topk" else 1
+    return weights * m.d_model * m.moe.n_routed_experts
+
+
 def layer_params(m: ModelSpec, moe: bool, cross_attention: bool = False) -> LayerParams:
     attention = attention_params(m) * (2 if cross_attention else 1)
     norms = m.d_model * (3 if cross_attention else 2)
@@ -120,7 +129,7 @@ def layer_params(m: ModelSpec, moe: bool, cross_attention: bool = False) -> Laye
         attention=attention,
         norms=norms,
         dense_ffn=0,
-        router=m.d_model * e.n_routed_experts,
+        router=router_params(m),
         shared_experts=shared,
         routed_experts=e.n_routed_experts * one,
         routed_expert_one=one,

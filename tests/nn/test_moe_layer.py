@@ -1,0 +1,200 @@
+"""The MoE layer: fast dispatch equals the loop reference; capacity, shared experts, stats."""
+
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from moesim.nn import MoELayer, write_routing_histogram  # noqa: E402
+from moesim.nn.ffn import FeedForward  # noqa: E402
+from moesim.nn.upcycle import upcycle_ffn  # noqa: E402
+from moesim.specs import ModelSpec  # noqa: E402
+
+ROUTERS = ["softmax_topk", "noisy_topk", "sigmoid_topk", "expert_choice", "hash"]
+
+
+def spec(ffn_kind="swiglu", **moe) -> ModelSpec:
+    base = {"n_routed_experts": 8, "top_k": 2, "expert_hidden": 24}
+    return ModelSpec(
+        name="t",
+        vocab_size=64,
+        n_layers=1,
+        d_model=32,
+        n_heads=4,
+        ffn_hidden=64,
+        ffn_kind=ffn_kind,
+        moe=base | moe,
+    )
+
+
+def pair(s: ModelSpec) -> tuple[MoELayer, MoELayer]:
+    torch.manual_seed(0)
+    fast = MoELayer(s, dispatch="grouped")
+    ref = MoELayer(s, dispatch="loop")
+    ref.load_state_dict(fast.state_dict())
+    return fast, ref
+
+
+def run(layer: MoELayer, x, ids, seed=3):
+    torch.manual_seed(seed)  # same router noise for both
+    out = layer(x, ids)
+    loss = (out.out**2).sum() + sum(out.aux_losses.values())
+    grads = torch.autograd.grad(loss, [x, *layer.parameters()], allow_unused=True)
+    return out, grads
+
+
+def assert_rel_close(a, b, tol=1e-5):
+    scale = b.abs().max().clamp_min(1e-12)
+    assert ((a - b).abs().max() / scale).item() <= tol
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+@pytest.mark.parametrize("capacity_factor", [None, 1.0])
+def test_grouped_dispatch_equals_loop_reference(router, capacity_factor):
+    s = spec(router=router, capacity_factor=capacity_factor, n_shared_experts=1,
+             n_groups=4, topk_groups=2)  # fmt: skip
+    fast, ref = pair(s)
+    x = torch.randn(3, 20, 32, requires_grad=True)
+    ids = torch.randint(0, 64, (3, 20))
+    a, ga = run(fast, x, ids)
+    b, gb = run(ref, x, ids)
+    assert_rel_close(a.out, b.out)
+    for u, v in zip(ga, gb, strict=True):
+        assert (u is None) == (v is None)
+        if u is not None:
+            assert_rel_close(u, v)
+    assert a.stats.dropped == b.stats.dropped
+    assert torch.equal(a.stats.kept_per_expert_E, b.stats.kept_per_expert_E)
+
+
+@pytest.mark.parametrize("ffn_kind", ["geglu", "gelu", "relu"])
+def test_grouped_equals_loop_for_other_ffn_kinds(ffn_kind):
+    fast, ref = pair(spec(ffn_kind=ffn_kind))
+    x = torch.randn(40, 32, requires_grad=True)
+    a, ga = run(fast, x, None)
+    b, gb = run(ref, x, None)
+    assert_rel_close(a.out, b.out)
+    for u, v in zip(ga, gb, strict=True):
+        assert_rel_close(u, v)
+
+
+def test_torch_grouped_mm_path_equals_loop_where_torch_runs_it():
+    fast, ref = pair(spec(capacity_factor=1.25))
+    fast.experts.use_grouped_mm = True
+    x = torch.randn(50, 32, requires_grad=True)
+    try:
+        a, ga = run(fast, x, None)
+    except (RuntimeError, NotImplementedError) as e:  # CPU kernels exist only in newer torch
+        pytest.skip(f"torch._grouped_mm does not run here: {e}")
+    b, gb = run(ref, x, None)
+    assert_rel_close(a.out, b.out)
+    for u, v in zip(ga, gb, strict=True):
+        assert_rel_close(u, v)
+
+
+def test_capacity_drops_later_tokens_and_they_get_no_routed_output():
+    s = spec(n_routed_experts=4, top_k=1, capacity_factor=1.0)
+    layer, _ = pair(s)
+    layer.router.expert_bias_E[2] = 100.0  # every token wants expert 2
+    x = torch.randn(16, 32)
+    out = layer(x)
+    C = 4  # ceil(1.0 * 16 * 1 / 4)
+    assert out.stats.dropped == 16 - C
+    assert out.stats.kept_per_expert_E.tolist() == [0, 0, C, 0]
+    assert out.stats.tokens_per_expert_E.tolist() == [0, 0, 16, 0]
+    assert out.stats.drop_fraction == pytest.approx(12 / 16)
+    assert (out.out[:C] != 0).any(-1).all()  # the first C tokens won the capacity
+    assert (out.out[C:] == 0).all()  # dropped: only the residual will carry them
+
+
+def test_dropless_mode_drops_nothing():
+    layer, _ = pair(spec(n_routed_experts=4, top_k=1))
+    layer.router.expert_bias_E[2] = 100.0
+    out = layer(torch.randn(16, 32))
+    assert out.stats.dropped == 0 and (out.out != 0).any(-1).all()
+
+
+def test_one_expert_top1_equals_the_dense_ffn():
+    s = spec(n_routed_experts=1, top_k=1, expert_hidden=64)
+    torch.manual_seed(0)
+    moe, dense = MoELayer(s), FeedForward(32, 64)
+    upcycle_ffn(dense, moe)
+    x = torch.randn(10, 32)
+    torch.testing.assert_close(moe(x).out, dense(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_topk"])
+def test_upcycled_layer_computes_the_dense_ffn(router):
+    s = spec(router=router, expert_hidden=64)
+    torch.manual_seed(0)
+    moe, dense = MoELayer(s), FeedForward(32, 64)
+    upcycle_ffn(dense, moe)
+    x = torch.randn(30, 32)
+    torch.testing.assert_close(moe(x).out, dense(x), rtol=1e-5, atol=1e-6)
+    upcycle_ffn(dense, moe, noise_std=1e-2)
+    assert not torch.allclose(moe.experts.w_up_EDF[0], moe.experts.w_up_EDF[1])
+
+
+def test_fine_grained_upcycling_splits_the_dense_hidden_units():
+    s = spec(n_routed_experts=4, top_k=4, expert_hidden=16, norm_topk_prob=False)
+    torch.manual_seed(0)
+    moe, dense = MoELayer(s), FeedForward(32, 64)
+    upcycle_ffn(dense, moe)
+    # with every expert chosen at weight 1 the four slices add up to the dense FFN
+    moe.router.force_uniform = True
+    x = torch.randn(5, 32)
+    r = moe.router(x)
+    r.weight_A = torch.ones_like(r.weight_A)
+    from moesim.nn.dispatch import dispatch_grouped
+
+    got = dispatch_grouped(x, r, moe.experts, None).out_TD
+    torch.testing.assert_close(got, dense(x), rtol=1e-5, atol=1e-6)
+
+
+def test_shared_experts_and_their_gate_see_every_token():
+    s = spec(n_shared_experts=2, shared_expert_hidden=8, shared_expert_gate=True)
+    torch.manual_seed(0)
+    layer = MoELayer(s)
+    assert layer.shared.w_up.weight.shape == (16, 32)  # 2 experts × 8 fused
+    x = torch.randn(6, 32)
+    r = layer.router(x)
+    from moesim.nn.dispatch import dispatch_grouped
+
+    routed = dispatch_grouped(x, r, layer.experts, None).out_TD
+    expected = routed + torch.sigmoid(layer.shared_gate(x)) * layer.shared(x)
+    torch.testing.assert_close(layer(x).out, expected)
+
+
+def test_stats_and_force_uniform_switch():
+    layer, _ = pair(spec())
+    layer.force_uniform_routing = True
+    out = layer(torch.randn(4, 10, 32))
+    assert out.out.shape == (4, 10, 32)
+    assert out.stats.tokens_per_expert_E.tolist() == [10] * 8
+    assert out.stats.load_cv == 0.0
+    assert out.stats.n_tokens == 40
+    assert 0 < out.stats.entropy <= torch.log(torch.tensor(8.0)).item() + 1e-6
+    assert set(out.aux_losses) == {"load_balance", "z_loss", "importance_cv2"}
+    d = out.stats.to_dict()
+    assert d["dropped"] == 0 and len(d["tokens_per_expert"]) == 8
+
+
+def test_routing_histogram_file_is_what_the_simulator_reads(tmp_path):
+    layer, _ = pair(spec())
+    out = layer(torch.randn(40, 32))
+    p = write_routing_histogram(tmp_path / "hist.json", out.stats.tokens_per_expert_E)
+    data = json.loads(p.read_text())
+    assert data == {"tokens_per_expert": out.stats.tokens_per_expert_E.tolist()}
+    assert sum(data["tokens_per_expert"]) == 80
+    from moesim.specs import Routing
+
+    Routing(distribution="histogram", histogram=data["tokens_per_expert"])  # validates
+
+
+def test_bad_options_are_refused():
+    with pytest.raises(ValueError, match="dispatch"):
+        MoELayer(spec(), dispatch="fast")
+    dense = spec().model_copy(update={"moe": None})
+    with pytest.raises(ValueError, match="no moe block"):
+        MoELayer(dense)
