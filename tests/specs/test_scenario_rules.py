@@ -4,12 +4,15 @@ line, the field and (where there is one) the fix."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scenario_files import ScenarioFiles
 
-from moesim.catalog import raw_entry
+from moesim.catalog import load_model, raw_entry
+from moesim.scenario_io import ScenarioError, load_scenario, scenario_from_dict
 
 
-# -- the GPU count and dp -----------------------------------------------------------------------
+# -- the GPU count and dp --------------------------------------------------------------------------
 def test_base_scenario_is_valid_and_derives_dp(files: ScenarioFiles) -> None:
     s = files.load()
     assert s.parallel.dp == 8
@@ -42,7 +45,7 @@ def test_tp_cp_pp_not_dividing_gpus_when_dp_left_out(files: ScenarioFiles) -> No
     )
 
 
-# -- tensor parallel against the model ---------------------------------------------------------
+# -- tensor parallel against the model -------------------------------------------------------------
 def test_tp_not_dividing_heads(files: ScenarioFiles) -> None:
     files.error(
         {"model": "llama-3-8b", "cluster": {"nodes": 3}, "parallel": {"tp": 3, "ep": 1}},
@@ -82,7 +85,7 @@ def test_tp_not_dividing_ffn_hidden(files: ScenarioFiles) -> None:
     )
 
 
-# -- expert parallel ----------------------------------------------------------------------------
+# -- expert parallel -------------------------------------------------------------------------------
 def test_ep_not_dividing_routed_experts(files: ScenarioFiles) -> None:
     files.error(
         {"cluster": {"nodes": 2}, "parallel": {"ep": 16}},
@@ -142,7 +145,7 @@ def test_ep_above_one_on_a_dense_model(files: ScenarioFiles) -> None:
     )
 
 
-# -- pipeline -----------------------------------------------------------------------------------
+# -- pipeline --------------------------------------------------------------------------------------
 def test_pp_more_than_layers(files: ScenarioFiles) -> None:
     files.error(
         {"model": "tiny-dense", "parallel": {"pp": 8, "ep": 1}},
@@ -179,7 +182,7 @@ def merge_parallel(update: dict, **parallel: int) -> dict:
     return update | {"parallel": update["parallel"] | parallel}
 
 
-# -- batch ----------------------------------------------------------------------------------------
+# -- batch -----------------------------------------------------------------------------------------
 def test_global_batch_not_divisible_by_dp(files: ScenarioFiles) -> None:
     files.error(
         {"workload": {"global_batch": 63}},
@@ -216,7 +219,7 @@ def test_grpo_batch_counts_prompts_times_group(files: ScenarioFiles) -> None:
     )
 
 
-# -- precision ----------------------------------------------------------------------------------
+# -- precision -------------------------------------------------------------------------------------
 def test_fp8_on_a100_is_refused(files: ScenarioFiles) -> None:
     files.error(
         {"cluster": {"gpu": "a100-sxm-80gb"}, "precision": {"compute": "fp8"}},
@@ -229,10 +232,9 @@ def test_fp8_on_h100_is_allowed(files: ScenarioFiles) -> None:
     assert files.load({"precision": {"compute": "fp8"}}).precision.compute == "fp8"
 
 
-# -- unknown catalog ids --------------------------------------------------------------------------
+# -- unknown catalog ids ---------------------------------------------------------------------------
 def test_unknown_model_id_suggests_close_matches(files: ScenarioFiles) -> None:
     path = files.write({"name": "x", "model": "mixtrl-8x7b", "cluster": {"gpu": "h100-sxm"}})
-    from moesim.scenario_io import ScenarioError, load_scenario
 
     with pytest.raises(ScenarioError, match=r"model: unknown model id 'mixtrl-8x7b'.*mixtral-8x7b"):
         load_scenario(path)
@@ -240,7 +242,50 @@ def test_unknown_model_id_suggests_close_matches(files: ScenarioFiles) -> None:
 
 def test_unknown_gpu_id_suggests_close_matches(files: ScenarioFiles) -> None:
     path = files.write({"name": "x", "model": "mixtral-8x7b", "cluster": {"gpu": "h100"}})
-    from moesim.scenario_io import ScenarioError, load_scenario
 
     with pytest.raises(ScenarioError, match=r"cluster\.gpu: unknown gpu id 'h100'.*h100-sxm"):
         load_scenario(path)
+
+
+# -- the layout rules as a whole -------------------------------------------------------------------
+@settings(max_examples=150, deadline=None)
+@given(
+    model_id=st.sampled_from(["mixtral-8x7b", "qwen3-30b-a3b", "llama-3-8b", "deepseek-v2"]),
+    nodes=st.sampled_from([1, 2, 3, 4, 8]),
+    tp=st.sampled_from([1, 2, 3, 4, 8, 16]),
+    pp=st.sampled_from([1, 2, 3, 4]),
+    ep=st.sampled_from([1, 2, 4, 8, 16, 32, 64]),
+    etp=st.sampled_from([1, 2]),
+)
+def test_layout_is_accepted_exactly_when_the_documented_rules_hold(
+    model_id: str, nodes: int, tp: int, pp: int, ep: int, etp: int
+) -> None:
+    """DESIGN.md: dp = gpus / (tp·cp·pp); tp divides the heads, kv heads and FFN; ep divides the
+    routed experts; ep·etp divides tp·cp·dp; etp divides the expert FFN; dense means ep = etp = 1.
+    The global batch is a multiple of every dp here, so only the layout decides."""
+    m = load_model(model_id)
+    gpus = nodes * 8
+    data = {
+        "name": "h",
+        "model": model_id,
+        "cluster": {"gpu": "h100-sxm", "nodes": nodes},
+        "parallel": {"tp": tp, "pp": pp, "ep": ep, "etp": etp},
+        "workload": {"stage": "pretrain", "global_batch": 3 * 2**10},
+    }
+    dp = gpus // (tp * pp)
+    ok = gpus % (tp * pp) == 0 and m.n_heads % tp == 0 and m.ffn_hidden % tp == 0
+    ok = ok and (m.attention == "mla" or m.kv_heads % tp == 0)
+    if m.moe is None:
+        ok = ok and ep == 1 and etp == 1
+    else:
+        ok = ok and m.moe.n_routed_experts % ep == 0 and m.moe.expert_hidden % etp == 0
+        ok = ok and dp > 0 and (tp * dp) % (ep * etp) == 0
+    if ok:
+        s = scenario_from_dict(data)
+        assert s.parallel.dp == dp
+        assert s.parallel.gpus == gpus
+        if m.moe is not None:
+            assert s.parallel.ep * s.parallel.etp * s.parallel.edp == tp * dp
+    else:
+        with pytest.raises(ScenarioError, match=r"parallel"):
+            scenario_from_dict(data)
