@@ -3,7 +3,10 @@ registers itself on ``app``; the modules are imported below, explicitly."""
 
 from __future__ import annotations
 
-from moesim.cli import inspect_cmd  # noqa: F401  (registers inspect, validate, schema, import-hf)
+from moesim.cli import (
+    inspect_cmd,  # noqa: F401  (registers inspect, validate, schema, import-hf)
+    simulate_cmd,  # noqa: F401  (registers simulate)
+)
 from moesim.cli.app import app, main
 
 __all__ = ["app", "main"]

@@ -1,0 +1,85 @@
+"""``moesim simulate``: one step of a scenario through the discrete-event simulator."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from moesim.cli.app import UserError, app, console, print_json
+from moesim.scenario_io import load_scenario
+
+
+def _fmt_s(x: float) -> str:
+    return f"{x * 1e3:,.2f} ms" if x < 1 else f"{x:,.3f} s"
+
+
+@app.command()
+def simulate(
+    file: Annotated[Path, typer.Argument(help="a scenario YAML")],
+    as_json: Annotated[bool, typer.Option("--json", help="print the Result as JSON")] = False,
+    trace: Annotated[
+        Path | None, typer.Option("--trace", help="write a Chrome/Perfetto trace JSON here")
+    ] = None,
+    fidelity: Annotated[
+        str | None, typer.Option(help="symmetric (one rank per symmetry class) or full")
+    ] = None,
+) -> None:
+    """Simulate one training step (or one MoE layer) of a scenario: step time, throughput,
+    MFU, memory per GPU and where the time goes."""
+    from moesim.sim.profile import Profile  # noqa: F401  (fail early on a broken install)
+    from moesim.sim.run import UnsupportedStage
+    from moesim.sim.run import simulate as run_simulation
+
+    if fidelity not in (None, "symmetric", "full"):
+        raise UserError(f"--fidelity must be 'symmetric' or 'full', got {fidelity!r}")
+    s = load_scenario(file)
+    try:
+        result = run_simulation(s, fidelity=fidelity, trace_path=trace, base_dir=file.parent)
+    except (UnsupportedStage, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    except ValueError as e:  # a schedule or routing input that cannot be simulated
+        raise UserError(f"{file}: {e}") from None
+    d = result.to_json_dict()
+    if as_json:
+        print_json(d)
+        return
+    table = Table(title=f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("step time", _fmt_s(d["step_time_s"]) if "step_time_s" in d else None),
+        ("tokens/s", f"{d['tokens_per_s']:,.0f}" if "tokens_per_s" in d else None),
+        ("tokens/s per GPU", f"{d['tokens_per_s_per_gpu']:,.0f}" if "tokens_per_s" in d else None),
+        ("model TFLOPS/GPU", f"{d['model_tflops_per_gpu']:,.1f}" if "mfu" in d else None),
+        ("MFU", f"{d['mfu']:.1%}" if "mfu" in d else None),
+        ("dispatch", _fmt_s(d["dispatch_s"]) if "dispatch_s" in d else None),
+        ("combine", _fmt_s(d["combine_s"]) if "combine_s" in d else None),
+        ("expert compute", _fmt_s(d["expert_compute_s"]) if "expert_compute_s" in d else None),
+        ("GPU-hours", f"{d['gpu_hours']:,.0f}" if "gpu_hours" in d else None),
+        ("cost", f"${d['cost_usd']:,.0f}" if "cost_usd" in d else None),
+    ]
+    for k, v in rows:
+        if v is not None:
+            table.add_row(k, v)
+    mem = d["memory_per_gpu_GB"]
+    fits = "[green]fits[/]" if d.get("fits_in_memory") else "[bold red]does not fit[/]"
+    table.add_row("memory per GPU", f"{mem['total']:,.1f} GB ({fits})")
+    console.print(table)
+    tb = Table(title="time per step (mean over simulated ranks)")
+    tb.add_column("part")
+    tb.add_column("seconds", justify="right")
+    for k in ("compute", "exposed_comm", "bubble"):
+        tb.add_row(k, _fmt_s(d["time_breakdown_s"][k]))
+    for k in ("all_to_all", "tp_comm", "dp_comm", "pp_comm"):
+        tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(d['time_breakdown_s'][k])}[/]")
+    console.print(tb)
+    mt = Table(title="memory per GPU (GB, worst stage)")
+    for k in mem:
+        mt.add_column(k, justify="right")
+    mt.add_row(*(f"{v:,.2f}" for v in mem.values()))
+    console.print(mt)
+    if trace is not None:
+        console.print(f"wrote trace {trace} (open in https://ui.perfetto.dev)")

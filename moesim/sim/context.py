@@ -1,0 +1,226 @@
+"""Everything one simulation run shares: the scenario, the cost model, the network and its
+collective timer, the rank grid, the SimPy environment and its ranks, and the routing draws.
+
+Stage programs (``training_step``, ``moe_layer``) read op times from here, so the same pieces
+(a layer's forward, its backward, the MoE block, a pipeline pass) serve every workload.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import simpy
+
+from moesim.analytic.flops import token_flops
+from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.params import count_params
+from moesim.sim.collectives import (
+    CollectiveTimer,
+    all_gather,
+    all_to_all_direct,
+    all_to_all_hierarchical,
+    reduce_scatter,
+    reversed_collective,
+    ring_all_reduce,
+)
+from moesim.sim.costmodel import CostModel
+from moesim.sim.engine import Rank, Rendezvous
+from moesim.sim.grid import Grid
+from moesim.sim.layer_costs import (
+    DispatchPattern,
+    ExpertCost,
+    LayerCosts,
+    dispatch_pattern,
+    layer_costs,
+)
+from moesim.sim.network import Topology
+from moesim.sim.profile import Profile
+from moesim.sim.routing_load import RoutingSampler, expert_probabilities
+from moesim.specs import Scenario
+
+
+@dataclass
+class MoEDraw:
+    """Load of one MoE layer for one microbatch as one rank sees it."""
+
+    expert_copies: float  # copies this rank's experts process (symmetric: the group's max)
+    dispatch_s: float  # alone-on-the-link time of the dispatch (and of combine-backward)
+    combine_s: float
+    dropped: float = 0.0
+    offered: float = 0.0
+
+
+@dataclass
+class SimContext:
+    scenario: Scenario
+    profile: Profile
+    fidelity: str
+    tokens: float  # tokens of one microbatch on one attention rank
+    microbatches: int
+    base_dir: Path | None = None
+    env: simpy.Environment = field(default_factory=simpy.Environment)
+    ranks: dict[int, Rank] = field(default_factory=dict)
+    dropped_copies: float = 0.0
+    offered_copies: float = 0.0
+
+    def __post_init__(self) -> None:
+        s = self.scenario
+        self.model, self.parallel, self.precision = s.model, s.parallel, s.precision
+        self.cm = CostModel(s.cluster.gpu, self.profile, s.precision.compute)
+        self.topo = Topology.from_cluster(
+            s.cluster, self.cm.link_fraction("nvlink"), self.cm.link_fraction("network")
+        )
+        self.timer = CollectiveTimer(self.topo, s.simulation.network, self.cm.collective_overhead_s)
+        self.grid = Grid.of(s.parallel)
+        self.rendezvous = Rendezvous(self.env) if self.fidelity == "full" else None
+        self.stages: list[StageLayout] = pipeline_layout(
+            s.model, s.parallel.pp, s.parallel.virtual_stages
+        )
+        self.counts = count_params(s.model)
+        seq = getattr(s.workload, "seq_len", s.model.max_seq_len)
+        self.flops = token_flops(s.model, seq)
+        self.layers: dict[int, LayerCosts] = {}
+        all_layer_params = self.counts.encoder_layers + self.counts.decoder_layers
+        n_enc = s.model.n_encoder_layers
+        for i in range(s.model.n_layers + n_enc):
+            fl = (
+                self.flops.layers[i - n_enc]
+                if i >= n_enc
+                else self.flops.layers[s.model.n_layers + i]
+            )
+            prm = all_layer_params[i]
+            self.layers[i] = layer_costs(s, self.cm, fl, prm, self.tokens)
+        self.moe = s.model.moe
+        self._draws: dict[tuple, object] = {}
+        if self.moe is not None:
+            self.expert_cost = ExpertCost(s, self.cm)
+            probs = expert_probabilities(s.routing, self.moe.n_routed_experts, self.base_dir)
+            self.sampler = RoutingSampler(
+                probs, self.moe.top_k, s.parallel.ep, self.moe.capacity_factor, s.routing.seed
+            )
+
+    # -- ranks ----------------------------------------------------------------------------
+    def rank(self, gpu: int) -> Rank:
+        r = self.ranks.get(gpu)
+        if r is None:
+            stage, q = self.grid.coords(gpu)
+            r = Rank(self.env, gpu, f"gpu{gpu} (stage {stage}, rank {q})", self.rendezvous)
+            self.ranks[gpu] = r
+        return r
+
+    def simulated_gpus(self) -> list[int]:
+        """Symmetric: the first rank of each pipeline stage; full: every GPU."""
+        if self.fidelity == "full":
+            return list(range(self.grid.pp * self.grid.stage_size))
+        return [self.grid.gpu(stage, 0) for stage in range(self.grid.pp)]
+
+    def group_key(self, group: tuple[int, ...], *what) -> tuple | None:
+        return (group[0], len(group), *what) if self.rendezvous is not None else None
+
+    def link_of(self, group: tuple[int, ...]) -> str:
+        return "network" if self.timer.spans_nodes(group) else "nvlink"
+
+    # -- collective times (alone on the links) ----------------------------------------------
+    def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
+        return self.timer.time_s(
+            ("ar", group, nbytes), lambda: ring_all_reduce(self.topo, group, nbytes)
+        )
+
+    def reduce_scatter_s(self, group: tuple[int, ...], nbytes: float) -> float:
+        return self.timer.time_s(
+            ("rs", group, nbytes), lambda: reduce_scatter(self.topo, group, nbytes)
+        )
+
+    def all_gather_s(self, group: tuple[int, ...], nbytes: float) -> float:
+        return self.timer.time_s(
+            ("ag", group, nbytes), lambda: all_gather(self.topo, group, nbytes)
+        )
+
+    def p2p_s(self, src: int, dst: int, nbytes: float) -> float:
+        return self.timer.time_s(
+            ("p2p", src, dst, nbytes),
+            lambda: all_to_all_direct((src, dst), [[0.0, nbytes], [0.0, 0.0]], "p2p"),
+        )
+
+    # -- MoE ---------------------------------------------------------------------------------
+    @property
+    def tokens_moe(self) -> int:
+        """Tokens one rank routes per microbatch (sequence-parallel shard of T)."""
+        return max(1, round(self.tokens / self.parallel.tp))
+
+    def pattern(self, group: tuple[int, ...]) -> DispatchPattern:
+        nodes = len({self.topo.node_of(g) for g in group})
+        mode = self.scenario.simulation.all_to_all
+        hierarchical = mode == "hierarchical" or (mode == "auto" and nodes > 1)
+        return dispatch_pattern(self.scenario, nodes, hierarchical)
+
+    def a2a_s(
+        self, group: tuple[int, ...], copies_RR: np.ndarray, bytes_per_copy: float, kind: str
+    ) -> float:
+        """Alone time of a dispatch (``kind`` "dispatch") or combine of a copy matrix."""
+        pat = self.pattern(group)
+        key = ("a2a", kind, group, bytes_per_copy, copies_RR.tobytes())
+
+        def build():
+            mat = (copies_RR * bytes_per_copy * pat.gpu_dedup).tolist()
+            if not pat.hierarchical:
+                c = all_to_all_direct(group, mat, kind)
+            else:
+                node_of = [self.topo.node_of(g) for g in group]
+                rdma = []
+                for i in range(len(group)):
+                    per_node: dict[int, float] = {}
+                    for j, nd in enumerate(node_of):
+                        per_node[nd] = per_node.get(nd, 0.0) + copies_RR[i, j] * bytes_per_copy
+                    rdma.append({nd: b * pat.node_dedup for nd, b in per_node.items()})
+                c = all_to_all_hierarchical(self.topo, group, mat, rdma, kind)
+            return reversed_collective(c, kind) if kind.startswith("combine") else c
+
+        return self.timer.time_s(key, build)
+
+    def moe_draw(self, gpu: int, moe_index: int, mb: int, n_moe_on_stage: int) -> MoEDraw:
+        """Expert load and all-to-all times of one MoE layer (``moe_index``-th on the stage)
+        for microbatch ``mb``, as rank ``gpu`` sees them."""
+        stage, _ = self.grid.coords(gpu)
+        group = self.grid.ep_group(gpu)
+        ep = len(group)
+        n = n_moe_on_stage * self.microbatches
+        idx = moe_index * self.microbatches + mb
+        disp_b = self.model.d_model * self.precision.dispatch_bytes
+        comb_b = self.model.d_model * self.precision.activation_bytes
+        if self.fidelity != "full":
+            draws = self._draws.get(("sym", stage))
+            if draws is None:
+                draws = self.sampler.draw_group(n, self.tokens_moe, stage)
+                self._draws[("sym", stage)] = draws
+                self.dropped_copies += float(draws.dropped_N.sum())
+                self.offered_copies += float(draws.offered_N.sum())
+            load = draws.rank_load_NR[idx] if ep > 1 else draws.copies_NE[idx].sum(keepdims=True)
+            ratio = float(load.max() / max(load.mean(), 1e-30))
+            balanced = np.full((ep, ep), self.tokens_moe * self.moe.top_k / ep)
+            np.fill_diagonal(balanced, 0.0)
+            return MoEDraw(
+                expert_copies=float(load.max()),
+                dispatch_s=self.a2a_s(group, balanced, disp_b, "dispatch") * ratio,
+                combine_s=self.a2a_s(group, balanced, comb_b, "combine") * ratio,
+            )
+        key = ("full", group)
+        per_src = self._draws.get(key)
+        if per_src is None:
+            per_src = self.sampler.draw_per_source(n, self.tokens_moe, stage, group[0])
+            self._draws[key] = per_src
+            total = per_src.sum(axis=1)
+            self.offered_copies += float(n * ep * self.tokens_moe * self.moe.top_k)
+            self.dropped_copies += float(n * ep * self.tokens_moe * self.moe.top_k - total.sum())
+        counts = per_src[idx]  # (R_src, E)
+        copies = counts.reshape(ep, ep, -1).sum(axis=2).astype(float)  # (R_src, R_dst)
+        me = self.grid.ep_rank(gpu)
+        off_diag = copies.copy()
+        np.fill_diagonal(off_diag, 0.0)
+        return MoEDraw(
+            expert_copies=float(copies[:, me].sum()),
+            dispatch_s=self.a2a_s(group, off_diag, disp_b, "dispatch"),
+            combine_s=self.a2a_s(group, off_diag, comb_b, "combine"),
+        )

@@ -1,0 +1,144 @@
+"""What one layer costs on one rank for one microbatch: op times from the analytic FLOPs and
+parameter counts through the cost model, and the all-to-all traffic pattern of an MoE layer.
+
+Legend: ``T`` tokens of one microbatch on one attention rank (mbs · seq / cp), ``T_moe`` the
+tokens one rank routes (T / tp: with sequence parallelism each TP rank owns T/tp tokens),
+``k`` top-k, ``E`` routed experts, ``d`` d_model.
+
+Backward ops cost twice the forward FLOPs (grad w.r.t. inputs and w.r.t. weights; Kaplan et al.
+2020) and twice the bytes (weights read again, weight gradients written).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moesim.analytic.comm import EPPlacement, expected_distinct_bins, expected_nodes_per_token
+from moesim.analytic.flops import LayerFlops
+from moesim.analytic.params import LayerParams, ffn_params
+from moesim.sim.costmodel import CostModel, OpWork
+from moesim.specs import Scenario
+
+
+@dataclass(frozen=True)
+class LayerCosts:
+    """Seconds of each op of one layer, one microbatch, one rank (forward; ``_bwd`` backward)."""
+
+    is_moe: bool
+    attention_s: float
+    attention_bwd_s: float
+    attention_core_s: float  # what selective recomputation repeats
+    ffn_s: float  # dense FFN, or the shared experts of an MoE layer
+    ffn_bwd_s: float
+    router_s: float
+    router_bwd_s: float
+    norms_s: float  # element-wise: norms, residuals, activation functions (memory-bound)
+    non_expert_params: float  # on this rank (tp-sharded): gradient bytes for DP
+    expert_params: float  # on this rank (ep·etp-sharded)
+
+
+def _w(x: float) -> float:
+    return max(x, 0.0)
+
+
+def layer_costs(
+    s: Scenario, cm: CostModel, fl: LayerFlops, params: LayerParams, tokens: float
+) -> LayerCosts:
+    """Op times of one layer for ``tokens`` tokens per attention rank."""
+    p, m, prec = s.parallel, s.model, s.precision
+    act_b, w_b = prec.activation_bytes, prec.param_bytes
+    tp = p.tp
+    t_moe = tokens / tp
+    io = tokens * m.d_model * act_b  # one activation tensor of the microbatch (full width)
+    attn_w = params.attention * w_b / tp
+    proj = OpWork("attn_proj", "gemm", tokens * fl.attention_proj / tp, attn_w + 4 * io / tp, 4)
+    core = OpWork("attn_core", "attention", tokens * fl.attention_core / tp, 4 * io / tp)
+    attention_s = cm.time_s(proj) + cm.time_s(core)
+    attention_bwd_s = cm.time_s(_bwd(proj)) + cm.time_s(_bwd(core))
+    ffn_flops = fl.dense_ffn + fl.shared_experts
+    ffn_params_n = params.dense_ffn + params.shared_experts
+    ffn = OpWork("ffn", "gemm", tokens * ffn_flops / tp, ffn_params_n * w_b / tp + 3 * io / tp, 3)
+    router = OpWork("router", "gemm", t_moe * fl.router, params.router * w_b + t_moe * 4, 2)
+    # RMSNorm ×2, two residual adds, the gated activation: ~12 reads/writes of a (T, d) tensor
+    # (Korthikanti et al. 2022 count the same tensors for activation memory)
+    norms = OpWork("norms", "memory_bound", 0.0, 12 * io / tp, 5)
+    return LayerCosts(
+        is_moe=fl.routed_experts > 0,
+        attention_s=attention_s,
+        attention_bwd_s=attention_bwd_s,
+        attention_core_s=cm.time_s(core),
+        ffn_s=cm.time_s(ffn),
+        ffn_bwd_s=cm.time_s(_bwd(ffn)),
+        router_s=cm.time_s(router) if fl.router else 0.0,
+        router_bwd_s=cm.time_s(_bwd(router)) if fl.router else 0.0,
+        norms_s=cm.time_s(norms),
+        non_expert_params=params.non_expert / tp,
+        expert_params=params.routed_experts / (p.ep * p.etp),
+    )
+
+
+def _bwd(op: OpWork) -> OpWork:
+    return OpWork(
+        op.name + "_bwd", op.op_class, 2 * op.flops, 2 * op.bytes, op.groups, 2 * op.kernels
+    )
+
+
+class ExpertCost:
+    """Grouped-GEMM time of one rank's local experts as a function of the copies it received."""
+
+    def __init__(self, s: Scenario, cm: CostModel):
+        m, p, prec = s.model, s.parallel, s.precision
+        assert m.moe is not None
+        self.cm = cm
+        self.local_experts = m.moe.n_routed_experts // p.ep
+        self.flops_per_copy = 2.0 * ffn_params(m, m.moe.expert_hidden) / p.etp
+        self.weight_bytes = self.local_experts * ffn_params(m, m.moe.expert_hidden) / p.etp
+        self.weight_bytes *= prec.param_bytes
+        # input + output row, and the hidden activations written and read (gated: 3 widths)
+        widths = 2 * m.d_model + 3 * m.moe.expert_hidden / p.etp
+        self.bytes_per_copy = widths * prec.activation_bytes
+        self._cache: dict[tuple[int, bool], float] = {}
+
+    def time_s(self, copies: float, backward: bool = False) -> float:
+        key = (round(copies), backward)
+        t = self._cache.get(key)
+        if t is None:
+            n = float(key[0])
+            op = OpWork(
+                "experts",
+                "grouped_gemm",
+                n * self.flops_per_copy,
+                self.weight_bytes + n * self.bytes_per_copy,
+                groups=self.local_experts,
+                kernels=3,
+            )
+            t = self.cm.time_s(_bwd(op) if backward else op)
+            self._cache[key] = t
+        return t
+
+
+@dataclass(frozen=True)
+class DispatchPattern:
+    """How one rank's routed copies spread over the EP group, as byte multipliers.
+
+    ``gpu_dedup``: bytes per copy that reach a GPU once deduplicated per GPU (DeepEP sends a
+    token once per destination GPU); ``node_dedup``: the same per destination node (RDMA leg).
+    Direct (Megatron's all-to-all dispatcher) sends every (token, expert) copy: both 1.
+    """
+
+    hierarchical: bool
+    gpu_dedup: float
+    node_dedup: float
+
+
+def dispatch_pattern(s: Scenario, group_nodes: int, hierarchical: bool) -> DispatchPattern:
+    m, p = s.model, s.parallel
+    assert m.moe is not None
+    if not hierarchical:
+        return DispatchPattern(False, 1.0, 1.0)
+    e = m.moe
+    k = e.top_k
+    gpus_hit = expected_distinct_bins(e.n_routed_experts, p.ep, e.n_routed_experts / p.ep, k)
+    place = EPPlacement(p.ep, group_nodes, max(1, p.ep // group_nodes))
+    nodes_hit = expected_nodes_per_token(m, place)
+    return DispatchPattern(True, gpus_hit / k, nodes_hit / k)

@@ -1,0 +1,92 @@
+"""The MoE block of one layer on one rank, forward and backward, as SimPy processes.
+
+Forward (Megatron-Core / DeepEP order)::
+
+    router ─► dispatch all-to-all (ep stream) ──────────► experts ─► combine all-to-all
+                 └─ shared experts on the compute stream, while the dispatch is in flight
+                    (``simulation.overlap_shared_experts``; otherwise after the combine)
+
+Backward mirrors it: the combine's backward is a dispatch of gradients to the experts (with the
+shared experts' backward overlapping it), the experts' backward, then the dispatch's backward
+(a combine), then the router's backward. The all-to-alls are timed by ``SimContext.moe_draw``:
+under symmetric fidelity the most loaded rank of the EP group sets the expert time and stretches
+the all-to-all (its links carry the most), under full fidelity every rank has its own load and
+the rendezvous makes everyone wait for the slowest.
+"""
+
+from __future__ import annotations
+
+from moesim.sim.context import SimContext
+from moesim.sim.engine import Rank
+from moesim.sim.layer_costs import LayerCosts
+
+
+def moe_forward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, tp_block):
+    """Router, dispatch ‖ shared experts, experts, combine. ``tp_block`` wraps the shared
+    experts in their TP collectives (a generator factory)."""
+    group = ctx.grid.ep_group(rank.gpu)
+    link = ctx.link_of(group)
+    yield from rank.compute("router", lc.router_s)
+    overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_s > 0
+    dispatch = rank.comm(
+        "ep",
+        "dispatch",
+        "all_to_all",
+        draw.dispatch_s,
+        link,
+        ctx.group_key(group, "dispatch", *tag),
+        len(group),
+    )
+    if overlap:
+        proc = rank.start(dispatch)
+        yield from tp_block(rank, "shared_experts", lc.ffn_s)
+        yield proc
+    else:
+        yield from dispatch
+    yield from rank.compute("experts", ctx.expert_cost.time_s(draw.expert_copies))
+    yield from rank.comm(
+        "ep",
+        "combine",
+        "all_to_all",
+        draw.combine_s,
+        link,
+        ctx.group_key(group, "combine", *tag),
+        len(group),
+    )
+    if not overlap:
+        yield from tp_block(rank, "shared_experts", lc.ffn_s)
+
+
+def moe_backward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, tp_block):
+    group = ctx.grid.ep_group(rank.gpu)
+    link = ctx.link_of(group)
+    overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_bwd_s > 0
+    # gradients travel in activation precision both ways
+    grad_s = draw.combine_s
+    combine_bwd = rank.comm(
+        "ep",
+        "combine_bwd",
+        "all_to_all",
+        grad_s,
+        link,
+        ctx.group_key(group, "combine_bwd", *tag),
+        len(group),
+    )
+    if overlap:
+        proc = rank.start(combine_bwd)
+        yield from tp_block(rank, "shared_experts_bwd", lc.ffn_bwd_s)
+        yield proc
+    else:
+        yield from tp_block(rank, "shared_experts_bwd", lc.ffn_bwd_s)
+        yield from combine_bwd
+    yield from rank.compute("experts_bwd", ctx.expert_cost.time_s(draw.expert_copies, True))
+    yield from rank.comm(
+        "ep",
+        "dispatch_bwd",
+        "all_to_all",
+        grad_s,
+        link,
+        ctx.group_key(group, "dispatch_bwd", *tag),
+        len(group),
+    )
+    yield from rank.compute("router_bwd", lc.router_bwd_s)

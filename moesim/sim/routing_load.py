@@ -1,0 +1,151 @@
+"""How many tokens each expert gets, per MoE layer and microbatch: seeded draws from the
+scenario's routing distribution.
+
+Legend: ``E`` experts, ``R`` EP ranks (E/R experts each, contiguous), ``N`` draws.
+
+A token's top-k choices are modelled as k independent draws from the expert distribution (a
+multinomial over T·k (token, expert) copies); the exact law without replacement differs by at
+most k/E in each count's variance, and the simulator only needs the spread of loads.
+
+- ``uniform``: every expert equally likely.
+- ``zipf``: expert of popularity rank i gets ∝ 1/(i+1)^skew; popularity ranks are assigned to
+  experts by a seeded permutation, so hot experts land on random EP ranks (a model trained
+  without balancing does not put its hot experts next to each other).
+- ``histogram``: measured tokens per expert (``routing.histogram`` or ``histogram_file``,
+  a JSON list or a one-column CSV written by moesim.nn), normalised.
+
+With a capacity factor (``moe.capacity_factor``), an expert keeps at most
+cf · (tokens · k / E) copies per draw and the rest are dropped and counted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from moesim.specs import Routing
+
+
+def expert_probabilities(
+    routing: Routing, n_experts: int, base_dir: Path | None = None
+) -> np.ndarray:
+    """Probability of each expert, shape (E,)."""
+    if routing.distribution == "uniform":
+        return np.full(n_experts, 1.0 / n_experts)
+    if routing.distribution == "zipf":
+        w = 1.0 / np.arange(1, n_experts + 1, dtype=float) ** routing.skew
+        perm = np.random.default_rng([routing.seed, 0x5EED]).permutation(n_experts)
+        p = np.empty(n_experts)
+        p[perm] = w
+        return p / p.sum()
+    counts = routing.histogram
+    if counts is None:
+        assert routing.histogram_file is not None
+        counts = _read_histogram(Path(routing.histogram_file), base_dir)
+    h = np.asarray(counts, dtype=float)
+    if h.size != n_experts:
+        raise ValueError(
+            f"routing histogram has {h.size} entries but the model has {n_experts} routed "
+            "experts: give one count per expert"
+        )
+    return h / h.sum()
+
+
+def _read_histogram(path: Path, base_dir: Path | None) -> list[float]:
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.is_file():
+        raise FileNotFoundError(f"routing.histogram_file: no such file {path}")
+    text = path.read_text()
+    if path.suffix == ".json":
+        data = json.loads(text)
+        if isinstance(data, dict):
+            data = data.get("tokens_per_expert", data.get("histogram"))
+        return [float(x) for x in data]
+    rows = [r.split(",")[-1].strip() for r in text.splitlines() if r.strip()]
+    return [float(x) for x in rows if _is_number(x)]
+
+
+def _is_number(x: str) -> bool:
+    try:
+        float(x)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(frozen=True)
+class LoadDraws:
+    """``N`` draws of one EP group's expert loads."""
+
+    copies_NE: np.ndarray  # (token, expert) copies each expert processes, after drops
+    dropped_N: np.ndarray  # copies dropped by the capacity limit
+    offered_N: np.ndarray  # copies offered (tokens · k over the group)
+    ranks: int
+
+    @property
+    def rank_load_NR(self) -> np.ndarray:
+        n, e = self.copies_NE.shape
+        return self.copies_NE.reshape(n, self.ranks, e // self.ranks).sum(axis=2)
+
+    @property
+    def imbalance_N(self) -> np.ndarray:
+        """Most loaded rank over the mean rank load (1 = perfect balance)."""
+        load = self.rank_load_NR
+        mean = load.mean(axis=1)
+        return np.where(mean > 0, load.max(axis=1) / np.maximum(mean, 1e-30), 1.0)
+
+
+class RoutingSampler:
+    """Seeded draws of expert loads for one EP group (``ranks`` ranks of ``tokens_per_rank``)."""
+
+    def __init__(
+        self,
+        probs_E: np.ndarray,
+        top_k: int,
+        ranks: int,
+        capacity_factor: float | None = None,
+        seed: int = 0,
+    ):
+        if probs_E.size % ranks:
+            raise ValueError(f"{ranks} EP ranks do not divide {probs_E.size} experts")
+        self.probs_E = probs_E
+        self.top_k = top_k
+        self.ranks = ranks
+        self.capacity_factor = capacity_factor
+        self.seed = seed
+
+    def rng(self, *stream: int) -> np.random.Generator:
+        """An independent, reproducible generator per (stage, purpose, ...)."""
+        return np.random.default_rng([self.seed, *stream])
+
+    def draw_group(self, n: int, tokens_per_rank: int, *stream: int) -> LoadDraws:
+        """Loads of the whole group, drawn at once for ``n`` (layer, microbatch) pairs."""
+        copies = tokens_per_rank * self.ranks * self.top_k
+        counts = self.rng(*stream).multinomial(copies, self.probs_E, size=n)
+        return self._cap(counts, copies)
+
+    def draw_per_source(self, n: int, tokens_per_rank: int, *stream: int) -> np.ndarray:
+        """Copies from each source rank to each expert, shape (N, R_src, E), capacity applied
+        to the group total and shared among sources in proportion."""
+        copies = tokens_per_rank * self.top_k
+        counts = self.rng(*stream).multinomial(copies, self.probs_E, size=(n, self.ranks))
+        if self.capacity_factor is None:
+            return counts
+        total = counts.sum(axis=1)  # (N, E)
+        kept = self._cap(total, copies * self.ranks).copies_NE
+        scale = np.where(total > 0, kept / np.maximum(total, 1), 1.0)
+        return np.floor(counts * scale[:, None, :])
+
+    def _cap(self, counts_NE: np.ndarray, offered: int) -> LoadDraws:
+        n = counts_NE.shape[0]
+        offered_N = np.full(n, float(offered))
+        if self.capacity_factor is None:
+            return LoadDraws(counts_NE, np.zeros(n), offered_N, self.ranks)
+        cap = math.ceil(self.capacity_factor * offered / counts_NE.shape[1])
+        kept = np.minimum(counts_NE, cap)
+        return LoadDraws(kept, (counts_NE - kept).sum(axis=1).astype(float), offered_N, self.ranks)

@@ -1,0 +1,184 @@
+"""``simulate(scenario) -> Result``: build the context, run the stage's processes, read the
+result off the ranks' intervals.
+
+Step time is split per simulated rank into parts that sum to it:
+``compute`` (the compute stream busy, optimizer included) + ``exposed_comm`` (some stream
+communicating while the compute stream idles) + ``bubble`` (nothing running: waiting for a
+pipeline neighbour, or finished before the slowest rank). ``all_to_all``, ``tp_comm``,
+``dp_comm`` and ``pp_comm`` are the time each kind of communication ran, hidden or not.
+The reported breakdown is the mean over simulated ranks.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+from moesim.analytic.memory import memory_per_gpu, n_microbatches, sequences_per_step
+from moesim.sim.context import SimContext
+from moesim.sim.engine import Rank, exposed_length_s, union_length_s
+from moesim.sim.moe_layer import moe_backward, moe_forward
+from moesim.sim.profile import resolve_profile
+from moesim.sim.trace import write_trace
+from moesim.sim.training_step import pipeline_pass, tp_block_factory
+from moesim.specs import MoELayerWorkload, Result, Scenario
+
+SIMULATED_STAGES = ("pretrain", "sft", "moe_layer")
+COMM_CATEGORIES = ("all_to_all", "tp_comm", "dp_comm", "pp_comm")
+
+
+class UnsupportedStage(ValueError):
+    """A workload stage the simulator does not run yet."""
+
+
+def build_context(
+    scenario: Scenario, fidelity: str | None = None, base_dir: Path | None = None
+) -> SimContext:
+    s = scenario
+    profile = resolve_profile(s.simulation.profile, s.cluster.gpu.name)
+    w, p = s.workload, s.parallel
+    if isinstance(w, MoELayerWorkload):
+        tokens, mbs = float(w.tokens_per_gpu * p.tp), 1
+    else:
+        pairs = 2 if w.stage == "dpo" else 1
+        tokens = float(p.microbatch_size * pairs * w.seq_len / p.cp)
+        mbs = n_microbatches(s)
+        if s.simulation.microbatches_simulated:
+            mbs = min(mbs, s.simulation.microbatches_simulated)
+    return SimContext(
+        scenario=s,
+        profile=profile,
+        fidelity=fidelity or s.simulation.fidelity,
+        tokens=tokens,
+        microbatches=mbs,
+        base_dir=base_dir,
+    )
+
+
+def simulate(
+    scenario: Scenario,
+    fidelity: str | None = None,
+    trace_path: str | Path | None = None,
+    base_dir: Path | None = None,
+) -> Result:
+    """Simulate one step of ``scenario`` (one optimizer step; one layer pass for moe_layer)."""
+    stage = scenario.workload.stage
+    if stage not in SIMULATED_STAGES:
+        raise UnsupportedStage(
+            f"workload.stage '{stage}' is not simulated yet (simulated: "
+            f"{', '.join(SIMULATED_STAGES)})"
+        )
+    ctx = build_context(scenario, fidelity, base_dir)
+    if stage == "moe_layer":
+        _start_moe_layer(ctx)
+    else:
+        pipeline_pass(ctx)
+    ctx.env.run()
+    ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
+    if trace_path is not None:
+        write_trace(ranks, trace_path)
+    return _result(ctx, ranks)
+
+
+def _start_moe_layer(ctx: SimContext) -> None:
+    """One MoE layer over one EP group (symmetric: one rank), forward or forward + backward."""
+    w = ctx.scenario.workload
+    assert isinstance(w, MoELayerWorkload)
+    if ctx.moe is None:
+        raise UnsupportedStage("workload.stage 'moe_layer' needs an MoE model")
+    layer = next(i for i, lc in ctx.layers.items() if lc.is_moe)
+    lc = ctx.layers[layer]
+    block = tp_block_factory(ctx)
+    gpus = ctx.grid.ep_group(0) if ctx.fidelity == "full" else (0,)
+
+    def program(g: int):
+        rank = ctx.rank(g)
+        draw = ctx.moe_draw(g, 0, 0, 1)
+        yield from moe_forward(ctx, rank, lc, (layer, 0, "f"), draw, block)
+        if w.passes == "forward_backward":
+            yield from moe_backward(ctx, rank, lc, (layer, 0, "b"), draw, block)
+
+    for g in gpus:
+        ctx.env.process(program(g))
+
+
+def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
+    compute = [(a, b) for st, _, _, a, b in rank.intervals if st == "compute"]
+    comm = [(a, b) for st, _, _, a, b in rank.intervals if st != "compute"]
+    busy_s = union_length_s(compute)
+    exposed_s = exposed_length_s(comm, compute)
+    out = {
+        "compute": busy_s,
+        "exposed_comm": exposed_s,
+        "bubble": max(step_s - busy_s - exposed_s, 0.0),
+    }
+    per_cat: dict[str, float] = defaultdict(float)
+    for _, _, cat, a, b in rank.intervals:
+        per_cat[cat] += b - a
+    for cat in COMM_CATEGORIES:
+        out[cat] = per_cat[cat]
+    return out
+
+
+def _result(ctx: SimContext, ranks: list[Rank]) -> Result:
+    from moesim.analytic.memory import fits
+
+    s = ctx.scenario
+    w = s.workload
+    gpus = s.gpus
+    step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
+    per_rank = [rank_breakdown(r, step_s) for r in ranks]
+    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
+    breakdown = {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
+    mem = memory_per_gpu(s)
+    flops_per_token = ctx.flops.model_flops
+    out = Result(
+        name=s.name,
+        stage=w.stage,
+        gpus=gpus,
+        params_total=float(ctx.counts.total),
+        params_active=float(ctx.counts.active),
+        model_flops_per_token=flops_per_token,
+        memory_per_gpu_GB=mem.as_GB(),
+        fits_in_memory=fits(s),
+        time_breakdown_s=breakdown,
+    )
+    extra: dict[str, object] = {
+        "fidelity": ctx.fidelity,
+        "network": s.simulation.network,
+        "simulated_ranks": len(ranks),
+        "microbatches": ctx.microbatches,
+        "profile": ctx.profile.device,
+    }
+    if ctx.offered_copies:
+        extra["tokens_dropped_fraction"] = ctx.dropped_copies / ctx.offered_copies
+    if isinstance(w, MoELayerWorkload):
+
+        def total(names: tuple[str, ...]) -> float:
+            return max(sum(iv[4] - iv[3] for iv in r.intervals if iv[1] in names) for r in ranks)
+
+        out.step_time_s = step_s
+        out.dispatch_s = total(("dispatch", "dispatch_bwd"))
+        out.combine_s = total(("combine", "combine_bwd"))
+        out.expert_compute_s = total(("experts", "experts_bwd"))
+        tokens = w.tokens_per_gpu * gpus
+    else:
+        tokens = sequences_per_step(s) * w.seq_len
+        if s.simulation.microbatches_simulated and ctx.microbatches < n_microbatches(s):
+            extra["microbatches_total"] = n_microbatches(s)
+            tokens = tokens * ctx.microbatches / n_microbatches(s)
+        out.step_time_s = step_s
+    if step_s > 0:
+        out.tokens_per_s = tokens / step_s
+        out.tokens_per_s_per_gpu = out.tokens_per_s / gpus
+        if not isinstance(w, MoELayerWorkload):
+            achieved = flops_per_token * out.tokens_per_s / gpus
+            out.model_tflops_per_gpu = achieved / 1e12
+            out.mfu = achieved / (s.cluster.gpu.bf16_TFLOPS * 1e12)
+        total_tokens = getattr(w, "total_tokens", None)
+        if total_tokens:
+            out.gpu_hours = total_tokens / out.tokens_per_s * gpus / 3600.0
+            out.cost_usd = out.gpu_hours * s.cost.usd_per_gpu_hour
+    for k, v in extra.items():
+        setattr(out, k, v)
+    return out

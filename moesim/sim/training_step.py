@@ -1,0 +1,349 @@
+"""A training step as SimPy processes: layers, pipeline passes, gradient buckets, optimizer.
+
+Reusable pieces (post-training stages compose them):
+
+- ``layer_forward`` / ``layer_backward``: one transformer layer for one microbatch on one rank,
+  with its TP collectives, its MoE block and recomputation.
+- ``pipeline_pass(ctx, backward=...)``: every simulated rank runs its schedule's tasks, waiting
+  for activations (and gradients) from its pipeline neighbours; ``backward=False`` is a
+  forward-only pass (a reference model's log-probs, a reward model, prefill).
+- ``GradBuckets``: gradients of the last microbatch's backward are reduced in buckets on the
+  ``dp`` stream while the backward goes on (Megatron's overlapped grad reduce), non-expert
+  gradients over the dp·cp group, expert gradients over the expert-data-parallel group.
+- ``optimizer_step``: the Adam update (memory-bound) and, under ZeRO ≥ 1, the parameter
+  all-gather (overlapped with the next step's forward when ``overlap_dp``: it is then issued at
+  the start of the step and the first forward of each chunk waits for its shard).
+"""
+
+from __future__ import annotations
+
+import simpy
+
+from moesim.analytic.comm import pp_send_bytes
+from moesim.sim.context import SimContext
+from moesim.sim.costmodel import OpWork
+from moesim.sim.engine import Rank
+from moesim.sim.moe_layer import moe_backward, moe_forward
+from moesim.sim.schedules import Task, schedule
+
+
+# -- one layer ----------------------------------------------------------------------------------
+def tp_block_factory(ctx: SimContext):
+    """A compute op wrapped in its TP collectives (Megatron SP: all-gather before, reduce-scatter
+    after; without SP one all-reduce after). Zero cost at tp = 1."""
+    p = ctx.parallel
+    buffer = ctx.tokens * ctx.model.d_model * ctx.precision.activation_bytes
+
+    def block(rank: Rank, name: str, duration_s: float, tag: tuple = ()):
+        if p.tp == 1 or duration_s <= 0:
+            yield from rank.compute(name, duration_s)
+            return
+        group = ctx.grid.tp_group(rank.gpu)
+        link = ctx.link_of(group)
+        key = ctx.group_key
+        if p.sequence_parallel:
+            before = ctx.all_gather_s(group, buffer)
+            after = ctx.reduce_scatter_s(group, buffer)
+        else:
+            before, after = 0.0, ctx.all_reduce_s(group, buffer)
+        pre = rank.comm(
+            "tp", "tp_all_gather", "tp_comm", before, link, key(group, name, "ag", *tag), len(group)
+        )
+        post = rank.comm(
+            "tp", "tp_reduce", "tp_comm", after, link, key(group, name, "rs", *tag), len(group)
+        )
+        if ctx.scenario.simulation.overlap_tp:
+            procs = [rank.start(pre), rank.start(post)]
+            yield from rank.compute(name, duration_s)
+            yield simpy.AllOf(ctx.env, procs)
+        else:
+            yield from pre
+            yield from rank.compute(name, duration_s)
+            yield from post
+
+    return block
+
+
+class LayerRunner:
+    """Forward and backward of any layer of the model on any rank."""
+
+    def __init__(self, ctx: SimContext):
+        self.ctx = ctx
+        self.tp_block = tp_block_factory(ctx)
+        self.moe_pos: dict[tuple[int, int], tuple[int, int]] = {}
+        for st in ctx.stages:
+            for j, layer in enumerate(st.moe_layers):
+                self.moe_pos[(st.rank, layer)] = (j, len(st.moe_layers))
+
+    def _draw(self, rank: Rank, layer: int, mb: int):
+        stage = self.ctx.grid.coords(rank.gpu)[0]
+        j, n = self.moe_pos[(stage, layer)]
+        return self.ctx.moe_draw(rank.gpu, j, mb, n)
+
+    def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
+        lc = self.ctx.layers[layer]
+        tag = (layer, mb, "r" if recompute else "f")
+        yield from self.tp_block(rank, "attention", lc.attention_s + lc.norms_s, tag)
+        if lc.is_moe:
+            draw = self._draw(rank, layer, mb)
+            yield from moe_forward(self.ctx, rank, lc, tag, draw, self.tp_block)
+        else:
+            yield from self.tp_block(rank, "ffn", lc.ffn_s, tag)
+
+    def backward(self, rank: Rank, layer: int, mb: int):
+        lc = self.ctx.layers[layer]
+        mode = self.ctx.parallel.recompute
+        tag = (layer, mb, "b")
+        if mode == "full":
+            yield from self.forward(rank, layer, mb, recompute=True)
+        elif mode == "selective":
+            yield from rank.compute("recompute_attention_core", lc.attention_core_s)
+        if lc.is_moe:
+            draw = self._draw(rank, layer, mb)
+            yield from moe_backward(self.ctx, rank, lc, tag, draw, self.tp_block)
+        else:
+            yield from self.tp_block(rank, "ffn_bwd", lc.ffn_bwd_s, tag)
+        yield from self.tp_block(rank, "attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s, tag)
+
+
+# -- head and embedding -------------------------------------------------------------------------
+def head_times_s(ctx: SimContext) -> tuple[float, float]:
+    """LM head (+ MTP modules) and the cross-entropy on the last stage: (forward, backward)."""
+    m, p, prec = ctx.model, ctx.parallel, ctx.precision
+    t = ctx.tokens
+    logits_b = t * m.vocab_size / p.tp * 4  # fp32 logits
+    head = OpWork(
+        "lm_head",
+        "gemm",
+        t * (ctx.flops.lm_head + ctx.flops.mtp) / p.tp,
+        m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b,
+        2,
+    )
+    loss = OpWork("cross_entropy", "memory_bound", 0.0, 3 * logits_b, 3)
+    fwd = ctx.cm.time_s(head) + ctx.cm.time_s(loss)
+    bwd = ctx.cm.time_s(OpWork("lm_head_bwd", "gemm", 2 * head.flops, 2 * head.bytes, 1, 4))
+    return fwd, bwd + ctx.cm.time_s(loss)
+
+
+# -- gradients and optimizer --------------------------------------------------------------------
+class GradBuckets:
+    """Gradient buckets of one rank: filled layer by layer in the last backward, each reduced on
+    the ``dp`` stream as soon as it is full (``simulation.dp_bucket_MB``)."""
+
+    def __init__(self, ctx: SimContext, rank: Rank):
+        self.ctx, self.rank = ctx, rank
+        self.size_bytes = ctx.scenario.simulation.dp_bucket_MB * 1e6
+        self.pending = {"dense": 0.0, "expert": 0.0}
+        self.procs: list[simpy.Process] = []
+        self.count = 0
+
+    def add(self, non_expert_params: float, expert_params: float) -> None:
+        gb = self.ctx.precision.grad_bytes
+        self.pending["dense"] += non_expert_params * gb
+        self.pending["expert"] += expert_params * gb
+        for kind in ("dense", "expert"):
+            if self.pending[kind] >= self.size_bytes:
+                self._launch(kind)
+
+    def flush(self) -> None:
+        for kind in ("dense", "expert"):
+            if self.pending[kind] > 0:
+                self._launch(kind)
+
+    def _launch(self, kind: str) -> None:
+        ctx, g = self.ctx, self.rank.gpu
+        nbytes, self.pending[kind] = self.pending[kind], 0.0
+        group = ctx.grid.dp_group(g) if kind == "dense" else ctx.grid.edp_group(g)
+        if len(group) == 1:
+            return
+        zero = ctx.parallel.zero_stage >= 1
+        t = ctx.reduce_scatter_s(group, nbytes) if zero else ctx.all_reduce_s(group, nbytes)
+        self.count += 1
+        name = f"grad_{'reduce_scatter' if zero else 'all_reduce'}_{kind}"
+        key = ctx.group_key(group, "grad", kind, self.count)
+        self.procs.append(
+            self.rank.start(
+                self.rank.comm("dp", name, "dp_comm", t, ctx.link_of(group), key, len(group))
+            )
+        )
+
+
+def stage_params_on_rank(
+    ctx: SimContext, stage: int, chunk: int | None = None
+) -> tuple[float, float]:
+    """(non-expert, expert) parameters one rank of ``stage`` holds (one chunk, or all)."""
+    st = ctx.stages[stage]
+    chunks = st.chunks if chunk is None else [st.chunks[chunk]]
+    dense = sum(ctx.layers[i].non_expert_params for c in chunks for i in c)
+    expert = sum(ctx.layers[i].expert_params for c in chunks for i in c)
+    c = ctx.counts
+    if st.has_embedding and (chunk is None or chunk == 0):
+        dense += c.embedding / ctx.parallel.tp
+    if st.has_lm_head and (chunk is None or chunk == len(st.chunks) - 1):
+        dense += (c.lm_head + c.final_norm + c.mtp) / ctx.parallel.tp
+    return dense, expert
+
+
+def param_all_gather(ctx: SimContext, rank: Rank, dense: float, expert: float, tag: tuple):
+    """ZeRO ≥ 1: updated parameter shards gathered back (bf16), dense and expert groups."""
+    pb = ctx.precision.param_bytes
+    for kind, n, group in (
+        ("dense", dense, ctx.grid.dp_group(rank.gpu)),
+        ("expert", expert, ctx.grid.edp_group(rank.gpu)),
+    ):
+        if n <= 0 or len(group) == 1:
+            continue
+        t = ctx.all_gather_s(group, n * pb)
+        yield from rank.comm(
+            "dp",
+            f"param_all_gather_{kind}",
+            "dp_comm",
+            t,
+            ctx.link_of(group),
+            ctx.group_key(group, "pag", kind, *tag),
+            len(group),
+        )
+
+
+def optimizer_time_s(ctx: SimContext, stage: int) -> float:
+    """Adam over this rank's shard: read and write master weights and both moments, read the
+    gradient, write the bf16 weight (ZeRO paper §3 state sizes)."""
+    p, prec = ctx.parallel, ctx.precision
+    dense, expert = stage_params_on_rank(ctx, stage)
+    if p.zero_stage >= 1:
+        dense /= p.dp_size * p.cp
+        expert /= p.edp
+    per_param = 2 * prec.optimizer_bytes_per_param + prec.grad_bytes + prec.param_bytes
+    return ctx.cm.time_s(OpWork("optimizer", "memory_bound", 0.0, (dense + expert) * per_param, 4))
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+class Pipeline:
+    """Runs every simulated rank's schedule with pipeline sends between neighbours."""
+
+    def __init__(self, ctx: SimContext, runner: LayerRunner | None = None):
+        self.ctx = ctx
+        self.runner = runner or LayerRunner(ctx)
+        self.inbox: dict[tuple, simpy.Event] = {}
+        p = ctx.parallel
+        self.send_bytes = pp_send_bytes(
+            ctx.model, p, ctx.scenario.workload.seq_len, ctx.precision.activation_bytes
+        )
+        self.head_s = head_times_s(ctx)
+        self.virtual = p.pp * p.virtual_stages
+
+    def _box(self, key: tuple) -> simpy.Event:
+        ev = self.inbox.get(key)
+        if ev is None:
+            ev = self.inbox[key] = self.ctx.env.event()
+        return ev
+
+    def _send(self, rank: Rank, dst: int, name: str, key: tuple):
+        t = self.ctx.p2p_s(rank.gpu, dst, self.send_bytes)
+        link = self.ctx.link_of((rank.gpu, dst))
+        yield from rank.comm("pp", name, "pp_comm", t, link)
+        self._box(key).succeed()
+
+    def run_task(self, rank: Rank, task: Task, buckets: GradBuckets | None, ready: dict):
+        ctx, runner = self.ctx, self.runner
+        stage, q = ctx.grid.coords(rank.gpu)
+        st = ctx.stages[stage]
+        vs = task.chunk * ctx.parallel.pp + stage
+        layers = st.chunks[task.chunk]
+        mb = task.microbatch
+        if task.kind == "F":
+            if task.chunk in ready:
+                yield ready.pop(task.chunk)
+            if vs > 0:
+                yield self._box(("F", q, mb, vs))
+            for layer in layers:
+                yield from runner.forward(rank, layer, mb)
+            if vs == self.virtual - 1:
+                yield from rank.compute("lm_head", self.head_s[0])
+            else:
+                dst = ctx.grid.pp_peer(rank.gpu, +1)
+                rank.start(self._send(rank, dst, "send_activation", ("F", q, mb, vs + 1)))
+            return
+        if vs < self.virtual - 1:
+            yield self._box(("B", q, mb, vs))
+        else:
+            yield from rank.compute("lm_head_bwd", self.head_s[1])
+        last_mb = mb == ctx.microbatches - 1
+        for layer in reversed(layers):
+            yield from runner.backward(rank, layer, mb)
+            if last_mb and buckets is not None:
+                lc = ctx.layers[layer]
+                buckets.add(lc.non_expert_params, lc.expert_params)
+        if last_mb and buckets is not None:
+            dense, _ = stage_params_on_rank(ctx, stage, task.chunk)
+            dense -= sum(ctx.layers[i].non_expert_params for i in layers)
+            buckets.add(dense, 0.0)  # embedding / head / final norm
+            buckets.flush()
+        if vs > 0:
+            dst = ctx.grid.pp_peer(rank.gpu, -1)
+            rank.start(self._send(rank, dst, "send_gradient", ("B", q, mb, vs - 1)))
+
+
+def pipeline_pass(
+    ctx: SimContext, backward: bool = True, optimizer: bool = True, pipeline: Pipeline | None = None
+) -> dict[int, simpy.Process]:
+    """Start every simulated rank's program for one step; returns the processes."""
+    pipe = pipeline or Pipeline(ctx)
+    p = ctx.parallel
+    procs = {}
+    for g in ctx.simulated_gpus():
+        stage, _ = ctx.grid.coords(g)
+        if backward:
+            tasks = schedule(p.schedule, p.pp, ctx.microbatches, stage, p.virtual_stages)
+        else:
+            tasks = [
+                Task("F", mb, c) for c in range(p.virtual_stages) for mb in range(ctx.microbatches)
+            ]
+        procs[g] = ctx.env.process(_rank_program(ctx, pipe, g, tasks, backward, optimizer))
+    return procs
+
+
+def _rank_program(
+    ctx: SimContext, pipe: Pipeline, gpu: int, tasks: list[Task], backward: bool, optimizer: bool
+):
+    rank = ctx.rank(gpu)
+    stage, _ = ctx.grid.coords(gpu)
+    p, sim = ctx.parallel, ctx.scenario.simulation
+    train = backward and optimizer
+    zero = p.zero_stage >= 1 and train
+    ready: dict[int, simpy.Process] = {}
+    if zero and sim.overlap_dp:
+        for c in range(len(ctx.stages[stage].chunks)):
+            dense, expert = stage_params_on_rank(ctx, stage, c)
+            ready[c] = rank.start(param_all_gather(ctx, rank, dense, expert, ("pre", c)))
+    buckets = GradBuckets(ctx, rank) if train and sim.overlap_dp else None
+    i = 0
+    while i < len(tasks):
+        task = tasks[i]
+        pair = (
+            p.schedule == "dualpipe"
+            and task.kind == "F"
+            and i + 1 < len(tasks)
+            and tasks[i + 1].kind == "B"
+        )
+        if pair:  # DualPipe-style overlap: the F and B of a pair share the rank's streams
+            a = rank.start(pipe.run_task(rank, task, buckets, ready))
+            b = rank.start(pipe.run_task(rank, tasks[i + 1], buckets, ready))
+            yield simpy.AllOf(ctx.env, [a, b])
+            i += 2
+            continue
+        yield from pipe.run_task(rank, task, buckets, ready)
+        i += 1
+    if not train:
+        return
+    if buckets is None:  # no overlap: reduce everything after the backward
+        buckets = GradBuckets(ctx, rank)
+        dense, expert = stage_params_on_rank(ctx, stage)
+        buckets.add(dense, expert)
+        buckets.flush()
+    if buckets.procs:
+        yield simpy.AllOf(ctx.env, buckets.procs)
+    yield from rank.compute("optimizer", optimizer_time_s(ctx, stage), "optimizer")
+    if zero and not sim.overlap_dp:
+        dense, expert = stage_params_on_rank(ctx, stage)
+        yield from param_all_gather(ctx, rank, dense, expert, ("post",))
