@@ -20,7 +20,10 @@ measurement from an assumption. Schema (all keys required unless marked optional
         "nvlink": {"value": 0.9, "source": "..."},
         "network": {"value": 0.85, "source": "..."}
       },
-      "collective_overhead_us": {"value": 10.0, "source": "..."}   # optional, per collective call
+      "collective_overhead_us": {"value": 10.0, "source": "..."},  # optional, per collective call
+      "measured": {...},                         # optional: environment, bandwidths (calibrate)
+      "validation": {"gemm": {"median_abs_rel_error": 0.1, "max_abs_rel_error": 0.3, "n": 12}}
+                                                 # optional: held-out prediction errors
     }
 
 Curves are piecewise linear in log10(x) (sizes span many decades) and flat beyond their ends.
@@ -34,7 +37,7 @@ import json
 import math
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -94,6 +97,9 @@ class Profile(_Strict):
     launch_overhead_us: Value
     links: Links
     collective_overhead_us: Value = Value(value=0.0, source="not modelled")
+    # written by moesim.calibrate (optional; the simulator does not read them):
+    measured: dict[str, Any] | None = None  # environment, peaks used, bandwidths, counts
+    validation: dict[str, dict[str, Any]] | None = None  # op class -> prediction errors
 
     @model_validator(mode="after")
     def _check(self) -> Profile:
