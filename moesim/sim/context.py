@@ -94,6 +94,9 @@ class SimContext:
             self.layers[i] = layer_costs(s, self.cm, fl, prm, self.tokens)
         self.moe = s.model.moe
         self._draws: dict[tuple, object] = {}
+        self._links: dict[tuple[int, ...], str] = {}
+        self._ep_groups: dict[int, tuple[int, ...]] = {}
+        self._patterns: dict[tuple[int, ...], DispatchPattern] = {}
         if self.moe is not None:
             self.expert_cost = ExpertCost(s, self.cm)
             probs = expert_probabilities(s.routing, self.moe.n_routed_experts, self.base_dir)
@@ -120,27 +123,44 @@ class SimContext:
         return (group[0], len(group), *what) if self.rendezvous is not None else None
 
     def link_of(self, group: tuple[int, ...]) -> str:
-        return "network" if self.timer.spans_nodes(group) else "nvlink"
+        link = self._links.get(group)
+        if link is None:
+            link = self._links[group] = "network" if self.timer.spans_nodes(group) else "nvlink"
+        return link
+
+    def ep_group(self, gpu: int) -> tuple[int, ...]:
+        g = self._ep_groups.get(gpu)
+        if g is None:
+            g = self._ep_groups[gpu] = self.grid.ep_group(gpu)
+        return g
 
     # -- collective times (alone on the links) ----------------------------------------------
+    def shape(self, group: tuple[int, ...]) -> tuple:
+        """A group's place on the cluster up to a shift by whole nodes: all nodes are alike, so
+        collectives of groups with the same shape take the same time (one flow simulation for
+        the EP groups of all pipeline stages)."""
+        topo = self.topo
+        base = topo.node_of(group[0])
+        return tuple((topo.node_of(g) - base, topo.local_of(g)) for g in group)
+
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
         return self.timer.time_s(
-            ("ar", group, nbytes), lambda: ring_all_reduce(self.topo, group, nbytes)
+            ("ar", self.shape(group), nbytes), lambda: ring_all_reduce(self.topo, group, nbytes)
         )
 
     def reduce_scatter_s(self, group: tuple[int, ...], nbytes: float) -> float:
         return self.timer.time_s(
-            ("rs", group, nbytes), lambda: reduce_scatter(self.topo, group, nbytes)
+            ("rs", self.shape(group), nbytes), lambda: reduce_scatter(self.topo, group, nbytes)
         )
 
     def all_gather_s(self, group: tuple[int, ...], nbytes: float) -> float:
         return self.timer.time_s(
-            ("ag", group, nbytes), lambda: all_gather(self.topo, group, nbytes)
+            ("ag", self.shape(group), nbytes), lambda: all_gather(self.topo, group, nbytes)
         )
 
     def p2p_s(self, src: int, dst: int, nbytes: float) -> float:
         return self.timer.time_s(
-            ("p2p", src, dst, nbytes),
+            ("p2p", self.shape((src, dst)), nbytes),
             lambda: all_to_all_direct((src, dst), [[0.0, nbytes], [0.0, 0.0]], "p2p"),
         )
 
@@ -151,6 +171,12 @@ class SimContext:
         return max(1, round(self.tokens / self.parallel.tp))
 
     def pattern(self, group: tuple[int, ...]) -> DispatchPattern:
+        pat = self._patterns.get(group)
+        if pat is None:
+            pat = self._patterns[group] = self._pattern(group)
+        return pat
+
+    def _pattern(self, group: tuple[int, ...]) -> DispatchPattern:
         nodes = len({self.topo.node_of(g) for g in group})
         mode = self.scenario.simulation.all_to_all
         hierarchical = mode == "hierarchical" or (mode == "auto" and nodes > 1)
@@ -161,7 +187,7 @@ class SimContext:
     ) -> float:
         """Alone time of a dispatch (``kind`` "dispatch") or combine of a copy matrix."""
         pat = self.pattern(group)
-        key = ("a2a", kind, group, bytes_per_copy, copies_RR.tobytes())
+        key = ("a2a", kind, self.shape(group), bytes_per_copy, copies_RR.tobytes())
 
         def build():
             mat = (copies_RR * bytes_per_copy * pat.gpu_dedup).tolist()
@@ -180,32 +206,44 @@ class SimContext:
 
         return self.timer.time_s(key, build)
 
+    def _symmetric_table(
+        self, group: tuple[int, ...], n: int, stage: int, disp_b: float, comb_b: float
+    ) -> list[MoEDraw]:
+        """One draw of the stage's EP group per (MoE layer, microbatch): the most loaded rank
+        sets the expert time, and its share over the mean stretches the balanced all-to-all."""
+        ep = len(group)
+        draws = self.sampler.draw_group(n, self.tokens_moe, stage)
+        self.dropped_copies += float(draws.dropped_N.sum())
+        self.offered_copies += float(draws.offered_N.sum())
+        load = draws.rank_load_NR if ep > 1 else draws.copies_NE.sum(axis=1, keepdims=True)
+        max_load = load.max(axis=1)
+        ratio = max_load / np.maximum(load.mean(axis=1), 1e-30)
+        balanced = np.full((ep, ep), self.tokens_moe * self.moe.top_k / ep)
+        np.fill_diagonal(balanced, 0.0)
+        dispatch_s = self.a2a_s(group, balanced, disp_b, "dispatch")
+        combine_s = self.a2a_s(group, balanced, comb_b, "combine")
+        return [
+            MoEDraw(float(mx), dispatch_s * float(r), combine_s * float(r))
+            for mx, r in zip(max_load.tolist(), ratio.tolist(), strict=True)
+        ]
+
     def moe_draw(self, gpu: int, moe_index: int, mb: int, n_moe_on_stage: int) -> MoEDraw:
         """Expert load and all-to-all times of one MoE layer (``moe_index``-th on the stage)
         for microbatch ``mb``, as rank ``gpu`` sees them."""
         stage, _ = self.grid.coords(gpu)
-        group = self.grid.ep_group(gpu)
+        group = self.ep_group(gpu)
         ep = len(group)
         n = n_moe_on_stage * self.microbatches
         idx = moe_index * self.microbatches + mb
         disp_b = self.model.d_model * self.precision.dispatch_bytes
         comb_b = self.model.d_model * self.precision.activation_bytes
         if self.fidelity != "full":
-            draws = self._draws.get(("sym", stage))
-            if draws is None:
-                draws = self.sampler.draw_group(n, self.tokens_moe, stage)
-                self._draws[("sym", stage)] = draws
-                self.dropped_copies += float(draws.dropped_N.sum())
-                self.offered_copies += float(draws.offered_N.sum())
-            load = draws.rank_load_NR[idx] if ep > 1 else draws.copies_NE[idx].sum(keepdims=True)
-            ratio = float(load.max() / max(load.mean(), 1e-30))
-            balanced = np.full((ep, ep), self.tokens_moe * self.moe.top_k / ep)
-            np.fill_diagonal(balanced, 0.0)
-            return MoEDraw(
-                expert_copies=float(load.max()),
-                dispatch_s=self.a2a_s(group, balanced, disp_b, "dispatch") * ratio,
-                combine_s=self.a2a_s(group, balanced, comb_b, "combine") * ratio,
-            )
+            table = self._draws.get(("sym", stage))
+            if table is None:
+                table = self._draws[("sym", stage)] = self._symmetric_table(
+                    group, n, stage, disp_b, comb_b
+                )
+            return table[idx]
         key = ("full", group)
         per_src = self._draws.get(key)
         if per_src is None:

@@ -6,9 +6,10 @@ one layer for one microbatch"), never per token or per packet. An op's duration 
 cost model or the collective timer before it is scheduled, so the event loop only orders ops;
 that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity) near a second.
 
-- **Streams** are ``simpy.Resource(capacity=1)``: a rank's compute stream runs one kernel at a
-  time; each communication stream (``tp``, ``ep``, ``pp``, ``dp``) runs its collectives in
-  issue order, concurrently with compute and with the other streams, as CUDA streams do.
+- **Streams** are capacity-1 FIFO resources (``Stream``): a rank's compute stream runs one
+  kernel at a time; each communication stream (``tp``, ``ep``, ``pp``, ``dp``) runs its
+  collectives in issue order, concurrently with compute and with the other streams, as CUDA
+  streams do.
 - **Links** of a rank (``nvlink``, ``network``) are processor-sharing servers: a collective
   brings the seconds it would take alone (from the flow or alpha–beta timer), and concurrent
   collectives on the same link class share it equally, so a gradient reduce-scatter slows an
@@ -23,6 +24,7 @@ step's time breakdown and the Chrome trace are both read from them.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,38 +36,92 @@ LINK_CLASSES = ("nvlink", "network")
 Interval = tuple[str, str, str, float, float]  # stream, op name, category, start_s, end_s
 
 
-class SharedLink:
-    """Processor sharing: n concurrent transfers each progress at 1/n of the link."""
+class Stream:
+    """A FIFO stream (a capacity-1 resource on SimPy events). Unlike ``simpy.Resource``, an
+    uncontended acquire costs no event: most ops find their stream free, and at 10⁵ ops per
+    step the saved events are most of the run time."""
 
     def __init__(self, env: simpy.Environment):
         self.env = env
-        self.remaining_s: dict[simpy.Event, float] = {}
+        self.busy = False
+        self.waiting: deque[simpy.Event] = deque()
+
+    def acquire(self) -> simpy.Event | None:
+        """None when the stream was free (now held), else an event that fires when it is."""
+        if not self.busy:
+            self.busy = True
+            return None
+        ev = self.env.event()
+        self.waiting.append(ev)
+        return ev
+
+    def release(self) -> None:
+        if self.waiting:
+            self.waiting.popleft().succeed()  # ownership passes straight to the next op
+        else:
+            self.busy = False
+
+
+class _Job:
+    __slots__ = ("done", "remaining_s")
+
+    def __init__(self, remaining_s: float, done: simpy.Event | None):
+        self.remaining_s = remaining_s
+        self.done = done
+
+
+class SharedLink:
+    """Processor sharing: n concurrent transfers each progress at 1/n of the link.
+
+    A transfer that finds the link idle runs on a plain timeout (one event). If another arrives
+    meanwhile, both get completion events driven by a shared timer, rescheduled at every arrival
+    and departure; the first one's timeout then fires early (sharing only delays it) and it goes
+    on to wait for its completion event.
+    """
+
+    def __init__(self, env: simpy.Environment):
+        self.env = env
+        self.jobs: list[_Job] = []
         self.last_s = 0.0
         self.generation = 0
 
     def transfer(self, alone_s: float) -> Generator[simpy.Event, Any, None]:
         if alone_s <= 0:
             return
-        done = self.env.event()
+        if not self.jobs:
+            job = _Job(alone_s, None)
+            self.jobs.append(job)
+            self.last_s = self.env.now
+            yield self.env.timeout(alone_s)
+            if job.done is None:  # never shared
+                self.jobs.remove(job)
+                self.last_s = self.env.now
+                return
+            yield job.done
+            return
         self._advance()
-        self.remaining_s[done] = alone_s
+        for other in self.jobs:
+            if other.done is None:
+                other.done = self.env.event()
+        job = _Job(alone_s, self.env.event())
+        self.jobs.append(job)
         self._reschedule()
-        yield done
+        yield job.done
 
     def _advance(self) -> None:
-        n = len(self.remaining_s)
+        n = len(self.jobs)
         if n:
             step = (self.env.now - self.last_s) / n
-            for k in self.remaining_s:
-                self.remaining_s[k] -= step
+            for job in self.jobs:
+                job.remaining_s -= step
         self.last_s = self.env.now
 
     def _reschedule(self) -> None:
         self.generation += 1
-        if not self.remaining_s:
+        if not self.jobs:
             return
         gen = self.generation
-        delay = max(min(self.remaining_s.values()), 0.0) * len(self.remaining_s)
+        delay = max(min(j.remaining_s for j in self.jobs), 0.0) * len(self.jobs)
         timer = self.env.timeout(delay)
         timer.callbacks.append(lambda _ev, gen=gen: self._on_timer(gen))
 
@@ -74,9 +130,11 @@ class SharedLink:
             return
         self._advance()
         tol = 1e-12 * max(1.0, self.env.now)
-        for k in [k for k, v in self.remaining_s.items() if v <= tol]:
-            del self.remaining_s[k]
-            k.succeed()
+        finished = [j for j in self.jobs if j.remaining_s <= tol]
+        for job in finished:
+            self.jobs.remove(job)
+            assert job.done is not None
+            job.done.succeed()
         self._reschedule()
 
 
@@ -108,19 +166,38 @@ class Rank:
     intervals: list[Interval] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.compute_stream = simpy.Resource(self.env, capacity=1)
-        self.streams = {s: simpy.Resource(self.env, capacity=1) for s in COMM_STREAMS}
+        self.compute_stream = Stream(self.env)
+        self.streams = {s: Stream(self.env) for s in COMM_STREAMS}
         self.links = {c: SharedLink(self.env) for c in LINK_CLASSES}
 
     def compute(self, name: str, duration_s: float, category: str = "compute"):
         """Run a kernel on the compute stream."""
         if duration_s <= 0:
             return
-        with self.compute_stream.request() as req:
-            yield req
-            start = self.env.now
-            yield self.env.timeout(duration_s)
+        wait = self.compute_stream.acquire()
+        if wait is not None:
+            yield wait
+        start = self.env.now
+        yield self.env.timeout(duration_s)
+        self.compute_stream.release()
         self.intervals.append(("compute", name, category, start, self.env.now))
+
+    def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute"):
+        """Run consecutive kernels with one hold of the compute stream (one event for all);
+        each still gets its own interval in the trace."""
+        total_s = sum(d for _, d in ops)
+        if total_s <= 0:
+            return
+        wait = self.compute_stream.acquire()
+        if wait is not None:
+            yield wait
+        t = self.env.now
+        yield self.env.timeout(total_s)
+        self.compute_stream.release()
+        for name, d in ops:
+            if d > 0:
+                self.intervals.append(("compute", name, category, t, t + d))
+                t += d
 
     def comm(
         self,
@@ -136,12 +213,15 @@ class Rank:
         for the group, then share the link for ``alone_s`` seconds of exclusive use."""
         if alone_s <= 0:
             return
-        with self.streams[stream].request() as req:
-            yield req
-            start = self.env.now
-            if self.rendezvous is not None and group_key is not None and group_size > 1:
-                yield self.rendezvous.arrive(group_key, group_size)
-            yield from self.links[link].transfer(alone_s)
+        st = self.streams[stream]
+        wait = st.acquire()
+        if wait is not None:
+            yield wait
+        start = self.env.now
+        if self.rendezvous is not None and group_key is not None and group_size > 1:
+            yield self.rendezvous.arrive(group_key, group_size)
+        yield from self.links[link].transfer(alone_s)
+        st.release()
         self.intervals.append((stream, name, category, start, self.env.now))
 
     def start(self, gen) -> simpy.Process:

@@ -21,12 +21,20 @@ from moesim.sim.engine import Rank
 from moesim.sim.layer_costs import LayerCosts
 
 
-def moe_forward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, tp_block):
+def moe_forward(
+    ctx: SimContext,
+    rank: Rank,
+    lc: LayerCosts,
+    tag: tuple,
+    draw,
+    tp_block,
+    lead: list[tuple[str, float]] = (),
+):
     """Router, dispatch ‖ shared experts, experts, combine. ``tp_block`` wraps the shared
-    experts in their TP collectives (a generator factory)."""
-    group = ctx.grid.ep_group(rank.gpu)
+    experts in their TP collectives; ``lead`` are compute ops to run in the router's hold."""
+    group = ctx.ep_group(rank.gpu)
     link = ctx.link_of(group)
-    yield from rank.compute("router", lc.router_s)
+    yield from rank.compute_ops([*lead, ("router", lc.router_s)])
     overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_s > 0
     dispatch = rank.comm(
         "ep",
@@ -39,7 +47,7 @@ def moe_forward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, t
     )
     if overlap:
         proc = rank.start(dispatch)
-        yield from tp_block(rank, "shared_experts", lc.ffn_s)
+        yield from tp_block(rank, [("shared_experts", lc.ffn_s)], tag)
         yield proc
     else:
         yield from dispatch
@@ -54,11 +62,23 @@ def moe_forward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, t
         len(group),
     )
     if not overlap:
-        yield from tp_block(rank, "shared_experts", lc.ffn_s)
+        yield from tp_block(rank, [("shared_experts", lc.ffn_s)], tag)
 
 
-def moe_backward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, tp_block):
-    group = ctx.grid.ep_group(rank.gpu)
+def moe_backward(
+    ctx: SimContext,
+    rank: Rank,
+    lc: LayerCosts,
+    tag: tuple,
+    draw,
+    tp_block,
+    lead: list[tuple[str, float]] = (),
+    trail: list[tuple[str, float]] = (),
+):
+    """Combine-backward ‖ shared experts' backward, experts' backward, dispatch-backward,
+    router's backward. ``lead`` (recomputation) runs with the shared experts' backward,
+    ``trail`` (the attention's backward at tp = 1) in the router's hold."""
+    group = ctx.ep_group(rank.gpu)
     link = ctx.link_of(group)
     overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_bwd_s > 0
     # gradients travel in activation precision both ways
@@ -72,12 +92,18 @@ def moe_backward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, 
         ctx.group_key(group, "combine_bwd", *tag),
         len(group),
     )
+    shared = [("shared_experts_bwd", lc.ffn_bwd_s)]
     if overlap:
         proc = rank.start(combine_bwd)
-        yield from tp_block(rank, "shared_experts_bwd", lc.ffn_bwd_s)
+        if ctx.parallel.tp == 1:
+            yield from rank.compute_ops([*lead, *shared])
+        else:
+            yield from rank.compute_ops(list(lead))
+            yield from tp_block(rank, shared, tag)
         yield proc
     else:
-        yield from tp_block(rank, "shared_experts_bwd", lc.ffn_bwd_s)
+        yield from rank.compute_ops(list(lead))
+        yield from tp_block(rank, shared, tag)
         yield from combine_bwd
     yield from rank.compute("experts_bwd", ctx.expert_cost.time_s(draw.expert_copies, True))
     yield from rank.comm(
@@ -89,4 +115,4 @@ def moe_backward(ctx: SimContext, rank: Rank, lc: LayerCosts, tag: tuple, draw, 
         ctx.group_key(group, "dispatch_bwd", *tag),
         len(group),
     )
-    yield from rank.compute("router_bwd", lc.router_bwd_s)
+    yield from rank.compute_ops([("router_bwd", lc.router_bwd_s), *trail])

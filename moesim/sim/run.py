@@ -89,7 +89,7 @@ def _start_moe_layer(ctx: SimContext) -> None:
     layer = next(i for i, lc in ctx.layers.items() if lc.is_moe)
     lc = ctx.layers[layer]
     block = tp_block_factory(ctx)
-    gpus = ctx.grid.ep_group(0) if ctx.fidelity == "full" else (0,)
+    gpus = ctx.ep_group(0) if ctx.fidelity == "full" else (0,)
 
     def program(g: int):
         rank = ctx.rank(g)

@@ -29,18 +29,19 @@ from moesim.sim.schedules import Task, schedule
 
 # -- one layer ----------------------------------------------------------------------------------
 def tp_block_factory(ctx: SimContext):
-    """A compute op wrapped in its TP collectives (Megatron SP: all-gather before, reduce-scatter
-    after; without SP one all-reduce after). Zero cost at tp = 1."""
+    """Compute ops wrapped in their TP collectives (Megatron SP: all-gather before,
+    reduce-scatter after; without SP one all-reduce after). Plain compute at tp = 1."""
     p = ctx.parallel
     buffer = ctx.tokens * ctx.model.d_model * ctx.precision.activation_bytes
 
-    def block(rank: Rank, name: str, duration_s: float, tag: tuple = ()):
-        if p.tp == 1 or duration_s <= 0:
-            yield from rank.compute(name, duration_s)
+    def block(rank: Rank, ops: list[tuple[str, float]], tag: tuple = ()):
+        if p.tp == 1 or sum(d for _, d in ops) <= 0:
+            yield from rank.compute_ops(ops)
             return
         group = ctx.grid.tp_group(rank.gpu)
         link = ctx.link_of(group)
         key = ctx.group_key
+        name = ops[0][0]
         if p.sequence_parallel:
             before = ctx.all_gather_s(group, buffer)
             after = ctx.reduce_scatter_s(group, buffer)
@@ -54,18 +55,22 @@ def tp_block_factory(ctx: SimContext):
         )
         if ctx.scenario.simulation.overlap_tp:
             procs = [rank.start(pre), rank.start(post)]
-            yield from rank.compute(name, duration_s)
+            yield from rank.compute_ops(ops)
             yield simpy.AllOf(ctx.env, procs)
         else:
             yield from pre
-            yield from rank.compute(name, duration_s)
+            yield from rank.compute_ops(ops)
             yield from post
 
     return block
 
 
 class LayerRunner:
-    """Forward and backward of any layer of the model on any rank."""
+    """Forward and backward of any layer of the model on any rank.
+
+    At tp = 1 consecutive kernels share one hold of the compute stream (attention with the
+    router or the dense FFN, recomputation with the shared experts' backward, the router's
+    backward with the attention's), which keeps the event count near one per op group."""
 
     def __init__(self, ctx: SimContext):
         self.ctx = ctx
@@ -83,27 +88,41 @@ class LayerRunner:
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
-        yield from self.tp_block(rank, "attention", lc.attention_s + lc.norms_s, tag)
+        attention = [("attention", lc.attention_s + lc.norms_s)]
+        single = self.ctx.parallel.tp == 1
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
-            yield from moe_forward(self.ctx, rank, lc, tag, draw, self.tp_block)
+            if not single:
+                yield from self.tp_block(rank, attention, tag)
+            lead = attention if single else []
+            yield from moe_forward(self.ctx, rank, lc, tag, draw, self.tp_block, lead)
+        elif single:
+            yield from rank.compute_ops([*attention, ("ffn", lc.ffn_s)])
         else:
-            yield from self.tp_block(rank, "ffn", lc.ffn_s, tag)
+            yield from self.tp_block(rank, attention, tag)
+            yield from self.tp_block(rank, [("ffn", lc.ffn_s)], tag)
 
     def backward(self, rank: Rank, layer: int, mb: int):
         lc = self.ctx.layers[layer]
         mode = self.ctx.parallel.recompute
         tag = (layer, mb, "b")
+        single = self.ctx.parallel.tp == 1
         if mode == "full":
             yield from self.forward(rank, layer, mb, recompute=True)
-        elif mode == "selective":
-            yield from rank.compute("recompute_attention_core", lc.attention_core_s)
+        lead = [("recompute_attention_core", lc.attention_core_s)] if mode == "selective" else []
+        attention = [("attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s)]
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
-            yield from moe_backward(self.ctx, rank, lc, tag, draw, self.tp_block)
+            trail = attention if single else []
+            yield from moe_backward(self.ctx, rank, lc, tag, draw, self.tp_block, lead, trail)
+            if not single:
+                yield from self.tp_block(rank, attention, tag)
+        elif single:
+            yield from rank.compute_ops([*lead, ("ffn_bwd", lc.ffn_bwd_s), *attention])
         else:
-            yield from self.tp_block(rank, "ffn_bwd", lc.ffn_bwd_s, tag)
-        yield from self.tp_block(rank, "attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s, tag)
+            yield from rank.compute_ops(lead)
+            yield from self.tp_block(rank, [("ffn_bwd", lc.ffn_bwd_s)], tag)
+            yield from self.tp_block(rank, attention, tag)
 
 
 # -- head and embedding -------------------------------------------------------------------------

@@ -1,0 +1,82 @@
+"""Streams, processor-shared links and interval arithmetic."""
+
+from __future__ import annotations
+
+import pytest
+import simpy
+
+from moesim.sim.engine import Rank, Rendezvous, SharedLink, exposed_length_s, union_length_s
+
+
+def _finish_times(starts_and_work: list[tuple[float, float]]) -> list[float]:
+    env = simpy.Environment()
+    link = SharedLink(env)
+    done = [0.0] * len(starts_and_work)
+
+    def job(i, start, work):
+        yield env.timeout(start)
+        yield from link.transfer(work)
+        done[i] = env.now
+
+    for i, (s, w) in enumerate(starts_and_work):
+        env.process(job(i, s, w))
+    env.run()
+    return done
+
+
+def test_alone_transfer_takes_its_time():
+    assert _finish_times([(0.0, 2.0)]) == [2.0]
+
+
+def test_two_concurrent_transfers_share_the_link():
+    assert _finish_times([(0.0, 1.0), (0.0, 1.0)]) == pytest.approx([2.0, 2.0])
+
+
+def test_late_arrival_slows_the_first_and_speeds_up_after_it_leaves():
+    # job 0: 2 s of work from t=0; job 1: 0.5 s of work from t=1.
+    # 0..1: job 0 alone (1 s left); then both at half speed: job 1 done at 2.0 (job 0 has
+    # 0.5 left), job 0 alone again: done at 2.5
+    assert _finish_times([(0.0, 2.0), (1.0, 0.5)]) == pytest.approx([2.5, 2.0])
+
+
+def test_compute_stream_serialises_and_comm_overlaps():
+    env = simpy.Environment()
+    r = Rank(env, 0, "r0")
+
+    def a():
+        yield from r.compute("x", 1.0)
+
+    def b():
+        yield from r.compute("y", 1.0)
+
+    def c():
+        yield from r.comm("ep", "z", "all_to_all", 1.5, "network")
+
+    for g in (a, b, c):
+        env.process(g())
+    env.run()
+    ends = sorted(iv[4] for iv in r.intervals)
+    assert ends == [1.0, 1.5, 2.0]
+    comm = [(iv[3], iv[4]) for iv in r.intervals if iv[0] != "compute"]
+    comp = [(iv[3], iv[4]) for iv in r.intervals if iv[0] == "compute"]
+    assert exposed_length_s(comm, comp) == 0.0
+
+
+def test_rendezvous_waits_for_the_whole_group():
+    env = simpy.Environment()
+    rv = Rendezvous(env)
+    ranks = [Rank(env, g, f"r{g}", rv) for g in range(3)]
+
+    def prog(rank, delay):
+        yield env.timeout(delay)
+        yield from rank.comm("ep", "a2a", "all_to_all", 1.0, "nvlink", ("k",), 3)
+
+    for rank, d in zip(ranks, (0.0, 0.5, 2.0), strict=True):
+        env.process(prog(rank, d))
+    env.run()
+    assert [r.intervals[0][4] for r in ranks] == [3.0, 3.0, 3.0]
+
+
+def test_union_and_exposed_lengths():
+    assert union_length_s([(0, 2), (1, 3), (5, 6)]) == 4
+    assert exposed_length_s([(0, 4)], [(1, 2), (3, 5)]) == 2
