@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 # torch==2.13.0 is the CPU wheel this machine carries; a bare `torch` would pull CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup demo test test-fast perf lint format clean
+.PHONY: setup browser demo reports test perf lint format clean
 
 setup: $(VENV)/.installed
 
@@ -18,11 +18,26 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install -q -e ".[torch,dask,dev]"
 	touch $@
 
+# The main job: should we pretrain Mixtral 8x7B or a dense model? A table and an HTML report.
 demo: setup
-	$(BIN)/moesim inspect mixtral-8x7b
-	$(BIN)/moesim validate scenarios/mixtral-8x7b-pretrain-256xh100.yaml
+	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
+	  --html reports/mixtral-vs-dense-pretrain.html
 
-test: setup
+# Regenerate every example report in reports/ from scenarios/.
+reports: setup
+	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
+	  --html reports/mixtral-vs-dense-pretrain.html
+	$(BIN)/moesim report scenarios/mixtral-8x7b-pretrain-256xh100.yaml \
+	  -o reports/mixtral-8x7b-pretrain-256xh100.html
+
+# The report test opens an HTML report in headless Chromium (Debian's package).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the report browser test"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+	    >/dev/null 2>&1 || echo "warning: could not install chromium"; }
+
+test: setup browser
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from moesim.cli import (
     inspect_cmd,  # noqa: F401  (registers inspect, validate, schema, import-hf)
+    report_cmd,  # noqa: F401  (registers compare, report, sweep, plan)
     simulate_cmd,  # noqa: F401  (registers simulate)
 )
 from moesim.cli.app import app, main

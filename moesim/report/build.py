@@ -1,0 +1,487 @@
+"""Reports for a scenario, a comparison, a sweep or a plan: simulate, draw, explain.
+
+Every report ends with its assumptions (the specs as simulated, the calibration profile and its
+measured prediction error) so a reader can tell what the numbers rest on.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from moesim.report import figures
+from moesim.report.html import Report, Section, kv_table, pre
+from moesim.sim.profile import resolve_profile
+from moesim.sim.routing_load import expert_probabilities
+from moesim.sim.run import simulate
+from moesim.specs import InferenceWorkload, Result, Scenario
+
+SECONDS_PER_DAY = 86_400.0
+
+
+# -- words ------------------------------------------------------------------------------------
+def _pct(x: float | None) -> str:
+    return "–" if x is None else f"{100 * x:.1f}%"
+
+
+def _money(x: float | None) -> str:
+    return "–" if x is None else f"${x:,.0f}"
+
+
+def _num(x: float | None, fmt: str = ",.0f") -> str:
+    return "–" if x is None else format(x, fmt)
+
+
+def verdict(s: Scenario, r: Result) -> str:
+    """One paragraph a newcomer can read: how fast, where the time goes, fits, what it costs."""
+    cap = s.cluster.gpu.hbm_GB
+    mem = r.memory_per_gpu_GB.get("total", 0.0)
+    fit = (
+        f"fits in memory ({mem:.0f} of {cap:.0f} GB per GPU)"
+        if r.fits_in_memory
+        else f"<b>does not fit</b> in memory ({mem:.0f} GB needed per GPU, {cap:.0f} GB available)"
+    )
+    if isinstance(s.workload, InferenceWorkload) or r.stage == "inference":
+        return (
+            f"{s.model.name} serving on {s.gpus}× {s.cluster.gpu.name}: "
+            f"{_num(getattr(r, 'output_tokens_per_s', None))} output tokens/s, "
+            f"p50 TTFT {_num(r.ttft_s_p50, '.3f')} s, "
+            f"p50 TPOT {_num(r.tpot_s_p50, '.4f')} s; {fit}."
+        )
+    step = r.step_time_s or 0.0
+    tb = r.time_breakdown_s
+    parts = ", ".join(
+        f"{_pct(tb.get(k, 0.0) / step if step else None)} {label}"
+        for k, label in (
+            ("compute", "compute"),
+            ("exposed_comm", "exposed communication"),
+            ("bubble", "pipeline bubble or waiting"),
+        )
+    )
+    text = (
+        f"{s.model.name} {r.stage} on {s.gpus}× {s.cluster.gpu.name}: one step takes "
+        f"{step:.3f} s at {_pct(r.mfu)} MFU ({_num(r.tokens_per_s)} tokens/s). "
+        f"The step is {parts}. It {fit}."
+    )
+    if r.gpu_hours is not None:
+        days = r.gpu_hours / s.gpus / 24
+        text += (
+            f" {getattr(s.workload, 'total_tokens', 0):.3g} tokens take {r.gpu_hours:,.0f} "
+            f"GPU-hours, {_money(r.cost_usd)} and {days:.1f} days."
+        )
+    return text
+
+
+# -- simulations ------------------------------------------------------------------------------
+def simulate_with_trace(s: Scenario, base_dir: Path | None = None) -> tuple[Result, list[dict]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "trace.json"
+        r = simulate(s, trace_path=path, base_dir=base_dir)
+        events = json.loads(path.read_text())["traceEvents"] if path.exists() else []
+    return r, events
+
+
+def variant(s: Scenario, **updates: Any) -> Scenario | None:
+    """``s`` with dotted-key updates (``parallel__ep=8``); None when the result is invalid."""
+    d = s.model_dump(mode="python")
+    for key, value in updates.items():
+        node = d
+        parts = key.split("__")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                return None
+            node = child
+        node[parts[-1]] = value
+    try:
+        return Scenario.model_validate(d)
+    except ValueError:
+        return None
+
+
+def _sweep(
+    s: Scenario, values: Sequence[Any], make: Callable[[Any], Scenario | None], base_dir
+) -> tuple[list[Any], list[Result]]:
+    xs, rs = [], []
+    for v in values:
+        sv = make(v)
+        if sv is None:
+            continue
+        try:
+            rs.append(simulate(sv, base_dir=base_dir))
+        except ValueError:
+            continue
+        xs.append(v)
+    return xs, rs
+
+
+def sensitivity_figures(s: Scenario, base_dir: Path | None = None) -> list:
+    """Curves of step time (or decode TPOT) against the knobs that move MoE costs most."""
+    figs = []
+    m, p = s.model, s.parallel
+    if isinstance(s.workload, InferenceWorkload):
+        if s.workload.batch_size is not None:
+            xs, rs = _sweep(
+                s, [1, 4, 16, 64, 256],
+                lambda b: variant(s, workload__batch_size=b), base_dir,
+            )  # fmt: skip
+            figs.append(
+                figures.curve(
+                    xs,
+                    {"TPOT p50 (s)": [r.tpot_s_p50 for r in rs]},
+                    "Decode time per output token vs batch size",
+                    "concurrent sequences",
+                    "seconds per token",
+                )
+            )
+        return figs
+    if m.moe is not None:
+        attn_ranks = p.tp * p.cp * p.dp_size
+        eps = [
+            e
+            for e in (1, 2, 4, 8, 16, 32, 64, 128, 256)
+            if m.moe.n_routed_experts % e == 0 and attn_ranks % (e * p.etp) == 0
+        ]
+        xs, rs = _sweep(s, eps, lambda e: variant(s, parallel__ep=e), base_dir)
+        figs.append(_step_curve(xs, rs, "Step time vs expert-parallel size", "ep"))
+        skews = [0.0, 0.5, 1.0, 1.5]
+        xs, rs = _sweep(
+            s, skews,
+            lambda k: variant(s, routing__distribution="zipf", routing__skew=k), base_dir,
+        )  # fmt: skip
+        figs.append(_step_curve(xs, rs, "Step time vs routing skew (Zipf exponent)", "skew"))
+        cfs = [1.0, 1.25, 1.5, 2.0, None]
+        xs, rs = _sweep(
+            s, cfs,
+            lambda c: variant(
+                s, model__moe__capacity_factor=c, routing__distribution="zipf", routing__skew=1.0
+            ),
+            base_dir,
+        )  # fmt: skip
+        labels = ["dropless" if c is None else str(c) for c in xs]
+        fig = _step_curve(labels, rs, "Step time vs capacity factor (Zipf 1.0 routing)", "cf")
+        fig.add_scatter(
+            name="tokens dropped (%)",
+            x=labels,
+            y=[100 * getattr(r, "tokens_dropped_fraction", 0.0) for r in rs],
+            yaxis="y2",
+            mode="lines+markers",
+        )
+        fig.update_layout(yaxis2=dict(title="dropped %", overlaying="y", side="right"))
+        figs.append(fig)
+    if s.cluster.nodes > 1:
+        base = s.cluster.inter.nic_Gbps
+        factors = [0.25, 0.5, 1.0, 2.0, 4.0]
+        xs, rs = _sweep(
+            s, factors,
+            lambda f: variant(s, cluster__inter_node__nic_Gbps=base * f), base_dir,
+        )  # fmt: skip
+        figs.append(
+            _step_curve(
+                [base * f for f in xs], rs, "Step time vs inter-node NIC speed", "Gb/s per NIC"
+            )
+        )
+    return figs
+
+
+def _step_curve(xs: Sequence[Any], rs: Sequence[Result], title: str, x_title: str):
+    return figures.curve(
+        list(xs),
+        {
+            "step time (s)": [r.step_time_s for r in rs],
+            "exposed comm (s)": [r.time_breakdown_s.get("exposed_comm") for r in rs],
+        },
+        title,
+        x_title,
+        "seconds",
+    )
+
+
+def traffic_matrix_MB(s: Scenario, base_dir: Path | None = None) -> tuple[np.ndarray, list[str]]:
+    """Expected dispatch bytes (MB) between the ranks of one EP group for one MoE layer and
+    microbatch, from the routing distribution: GPU i sends each token copy to the rank holding
+    its expert. Large groups are summed per node."""
+    m, p = s.model, s.parallel
+    assert m.moe is not None
+    probs = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
+    per_rank = probs.reshape(p.ep, -1).sum(axis=1)  # (R,) share of copies each rank receives
+    seq = getattr(s.workload, "seq_len", 4096)
+    tokens = getattr(s.workload, "tokens_per_gpu", None) or p.microbatch_size * seq / p.cp
+    copy_bytes = m.d_model * s.precision.dispatch_bytes
+    matrix = np.outer(np.full(p.ep, tokens * m.moe.top_k * copy_bytes), per_rank) / 1e6
+    labels = [f"gpu{i}" for i in range(p.ep)]
+    if p.ep > 32:
+        per_node = max(1, s.cluster.gpus_per_node // p.etp)
+        n = p.ep // per_node
+        matrix = matrix.reshape(n, per_node, n, per_node).sum(axis=(1, 3))
+        labels = [f"node{i}" for i in range(n)]
+    return matrix, labels
+
+
+def _assumptions(s: Scenario) -> str:
+    profile = resolve_profile(s.simulation.profile, s.cluster.gpu.name)
+    rows = [("calibration profile", profile.device), ("profile source", profile.source)]
+    validation = getattr(profile, "validation", None)
+    if validation:
+        rows.append(("measured prediction error", pre(json.dumps(validation, indent=1))))
+    else:
+        rows.append(
+            (
+                "measured prediction error",
+                "none: this profile has no validation block (not calibrated on this GPU); "
+                "treat efficiencies as stated assumptions",
+            )
+        )
+    spec = yaml.safe_dump(
+        s.model_dump(mode="json", exclude={"model": {"source"}}), sort_keys=False, width=100
+    )
+    return kv_table(rows) + "<p>The scenario as simulated:</p>" + pre(spec)
+
+
+def _summary_rows(s: Scenario, r: Result) -> list[tuple[str, str]]:
+    p = s.parallel
+    rows = [
+        ("model", f"{s.model.name}: {r.params_total / 1e9:.1f} B parameters, "
+                  f"{r.params_active / 1e9:.1f} B active"),
+        ("cluster", f"{s.cluster.nodes} × {s.cluster.gpus_per_node} {s.cluster.gpu.name}"),
+        ("parallelism", f"tp {p.tp} · cp {p.cp} · pp {p.pp} · dp {p.dp} · ep {p.ep} · etp {p.etp}"
+                        f", ZeRO-{p.zero_stage}, microbatch {p.microbatch_size}, recompute "
+                        f"{p.recompute}, {p.schedule}"),
+        ("workload", s.workload.stage),
+    ]  # fmt: skip
+    if r.step_time_s is not None:
+        rows += [
+            ("step time", f"{r.step_time_s:.3f} s"),
+            ("tokens/s", f"{_num(r.tokens_per_s)} ({_num(r.tokens_per_s_per_gpu)} per GPU)"),
+            ("MFU", _pct(r.mfu)),
+        ]
+    if r.gpu_hours is not None:
+        rows += [("GPU-hours", _num(r.gpu_hours)), ("cost", _money(r.cost_usd))]
+    return rows
+
+
+# -- the four kinds of report --------------------------------------------------------------
+def scenario_report(s: Scenario, base_dir: Path | None = None, sensitivity: bool = True) -> Report:
+    r, events = simulate_with_trace(s, base_dir)
+    rep = Report(f"moesim: {s.name}", verdict(s, r))
+    rep.add(Section("Summary", kv_table(_summary_rows(s, r))))
+    rep.add(Section("Where the step time goes", figures=[figures.step_breakdown([r])]))
+    rep.add(
+        Section(
+            "Memory per GPU",
+            figures=[figures.memory_breakdown([r], [s.cluster.gpu.hbm_GB])],
+        )
+    )
+    if events:
+        rep.add(
+            Section(
+                "Timeline of one simulated step",
+                "<p class='note'>One row per simulated rank and stream; hover for op names. "
+                "Symmetric ranks are simulated once.</p>",
+                figures=[figures.timeline(events)],
+            )
+        )
+    if s.model.moe is not None and s.parallel.ep > 1:
+        matrix, labels = traffic_matrix_MB(s, base_dir)
+        rep.add(
+            Section(
+                "All-to-all traffic of one MoE layer",
+                "<p class='note'>Expected dispatch megabytes from each rank of one EP group to "
+                "each other for one microbatch, under the scenario's routing distribution "
+                "(combine sends the same back). Hot columns are overloaded experts.</p>",
+                figures=[figures.heatmap(matrix, labels, "Dispatch traffic (MB)")],
+            )
+        )
+    if sensitivity:
+        figs = sensitivity_figures(s, base_dir)
+        if figs:
+            rep.add(Section("Sensitivity", figures=figs))
+    rep.add(Section("Cost", figures=[cost_table([s], [r])]))
+    rep.add(Section("Assumptions", _assumptions(s)))
+    return rep
+
+
+def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]):
+    header = ["scenario", "GPUs", "step (s)", "tokens/s", "MFU", "mem/GPU (GB)", "fits",
+              "GPU-hours", "cost", "days"]  # fmt: skip
+    rows = []
+    for s, r in zip(scenarios, results, strict=True):
+        days = r.gpu_hours / s.gpus / 24 if r.gpu_hours else None
+        rows.append(
+            [
+                s.name, s.gpus, _num(r.step_time_s, ".3f"), _num(r.tokens_per_s), _pct(r.mfu),
+                _num(r.memory_per_gpu_GB.get("total"), ".1f"),
+                "yes" if r.fits_in_memory else "NO", _num(r.gpu_hours), _money(r.cost_usd),
+                _num(days, ".1f"),
+            ]
+        )  # fmt: skip
+    return figures.table(header, rows, "Cost and throughput")
+
+
+def comparison_verdict(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
+    pairs = [(s, r) for s, r in zip(scenarios, results, strict=True) if r.fits_in_memory]
+    if not pairs:
+        return "None of these configurations fits in GPU memory."
+    costed = [(s, r) for s, r in pairs if r.cost_usd is not None]
+    if costed:
+        cheap = min(costed, key=lambda t: t[1].cost_usd)
+        fast = min(costed, key=lambda t: t[1].gpu_hours / t[0].gpus)
+        text = (
+            f"Cheapest: <b>{cheap[0].name}</b> ({_money(cheap[1].cost_usd)}, "
+            f"{cheap[1].gpu_hours / cheap[0].gpus / 24:.1f} days). "
+            f"Fastest: <b>{fast[0].name}</b> ({fast[1].gpu_hours / fast[0].gpus / 24:.1f} days, "
+            f"{_money(fast[1].cost_usd)})."
+        )
+    else:
+        fast = min(pairs, key=lambda t: t[1].step_time_s or float("inf"))
+        text = f"Fastest step: <b>{fast[0].name}</b> ({fast[1].step_time_s:.3f} s)."
+    unfit = [s.name for s, r in zip(scenarios, results, strict=True) if not r.fits_in_memory]
+    if unfit:
+        text += f" Does not fit in memory: {', '.join(unfit)}."
+    return text
+
+
+def comparison_report(
+    scenarios: Sequence[Scenario], results: Sequence[Result], title: str, description: str = ""
+) -> Report:
+    lead = (description + " " if description else "") + comparison_verdict(scenarios, results)
+    rep = Report(f"moesim: {title}", lead)
+    table_rows = [
+        [s.name, s.model.name, f"{r.params_total / 1e9:.1f} B / {r.params_active / 1e9:.1f} B",
+         r.stage, f"{s.gpus}× {s.cluster.gpu.name}"]
+        for s, r in zip(scenarios, results, strict=True)
+    ]  # fmt: skip
+    rep.add(
+        Section(
+            "What is compared",
+            figures=[
+                figures.table(
+                    ["scenario", "model", "params total / active", "stage", "cluster"],
+                    table_rows,
+                    "Scenarios",
+                )
+            ],
+        )
+    )
+    rep.add(Section("Cost and throughput", figures=[cost_table(scenarios, results)]))
+    rep.add(Section("Where the step time goes", figures=[figures.step_breakdown(results)]))
+    rep.add(
+        Section(
+            "Memory per GPU",
+            figures=[figures.memory_breakdown(results, [s.cluster.gpu.hbm_GB for s in scenarios])],
+        )
+    )
+    inference = [(s, r) for s, r in zip(scenarios, results, strict=True) if r.stage == "inference"]
+    if inference:
+        rows = [
+            [s.name, _num(r.ttft_s_p50, ".3f"), _num(r.ttft_s_p99, ".3f"),
+             _num(r.tpot_s_p50, ".4f"), _num(r.tpot_s_p99, ".4f"),
+             _num(getattr(r, "output_tokens_per_s", None)),
+             _num(getattr(r, "cost_per_million_tokens_usd", None), ",.2f")]
+            for s, r in inference
+        ]  # fmt: skip
+        rep.add(
+            Section(
+                "Serving latency",
+                figures=[
+                    figures.table(
+                        [
+                            "scenario",
+                            "TTFT p50 (s)",
+                            "TTFT p99 (s)",
+                            "TPOT p50 (s)",
+                            "TPOT p99 (s)",
+                            "output tokens/s",
+                            "$ per M tokens",
+                        ],
+                        rows,
+                        "Latency and throughput",
+                    )
+                ],
+            )
+        )
+    rep.add(
+        Section(
+            "Assumptions",
+            "".join(f"<h3>{s.name}</h3>{_assumptions(s)}" for s in scenarios),
+        )
+    )
+    return rep
+
+
+def sweep_report(frame: pd.DataFrame, title: str) -> Report:
+    params = [c for c in frame.columns if c.startswith("param.")]
+    ok = frame[frame["error"].isna()] if "error" in frame else frame
+    rep = Report(
+        f"moesim sweep: {title}",
+        f"{len(frame)} scenarios, {len(ok)} simulated"
+        + (f", {len(frame) - len(ok)} could not be built (see the table)." if len(ok) < len(frame)
+           else "."),
+    )  # fmt: skip
+    metric = "step_time_s" if "step_time_s" in ok else None
+    figs = []
+    if metric and params:
+        x = params[0]
+        groups = ok.groupby(params[1:], dropna=False) if len(params) > 1 else [("all", ok)]
+        ys = {
+            (", ".join(map(str, k)) if isinstance(k, tuple) else str(k)): g.sort_values(x)[
+                metric
+            ].tolist()
+            for k, g in groups
+        }
+        xs = sorted(ok[x].unique().tolist(), key=str)
+        figs.append(figures.curve(xs, ys, f"{metric} vs {x[6:]}", x[6:], "seconds"))
+        if "mfu" in ok:
+            ys = {
+                (", ".join(map(str, k)) if isinstance(k, tuple) else str(k)): g.sort_values(x)[
+                    "mfu"
+                ].tolist()
+                for k, g in groups
+            }
+            figs.append(figures.curve(xs, ys, f"MFU vs {x[6:]}", x[6:], "MFU"))
+    cols = [*params, *(c for c in ("step_time_s", "mfu", "fits_in_memory", "cost_usd", "error")
+                       if c in frame)]  # fmt: skip
+    rows = frame[cols].astype(object).where(frame[cols].notna(), "").values.tolist()
+    figs.append(figures.table(cols, rows[:500], "Results (first 500 rows)"))
+    rep.add(Section("Results", figures=figs))
+    return rep
+
+
+def plan_report(plan: Any) -> Report:
+    d = plan.to_json_dict()
+    best = d["best"]
+    lead = (
+        f"{d['considered']} layouts considered, {d['fit_in_memory']} fit in memory, "
+        f"{d['simulated']} simulated; "
+    )
+    if best:
+        b = best[0]
+        lead += (
+            f"the best by {d['objective']} is <b>{b['name']}</b>: {b['gpus']} GPUs, "
+            f"{_num(b['run_days'], '.1f')} days, {_money(b['run_cost_usd'])}."
+        )
+    else:
+        lead += "none meets the constraints."
+    rep = Report(f"moesim plan: {d['name']}", lead)
+    cols = ["name", "gpus", "tp", "pp", "dp", "ep", "zero_stage", "microbatch_size", "recompute",
+            "memory_GB", "step_time_s", "mfu", "run_days", "run_cost_usd"]  # fmt: skip
+    rows = [[_fmt_cell(b.get(c)) for c in cols] for b in best]
+    rep.add(Section("Best configurations", figures=[figures.table(cols, rows, "Best")]))
+    points = [c.row() for c in plan.simulated if c.run_days is not None]
+    front = [c.row() for c in plan.pareto if c.run_days is not None]
+    if points:
+        rep.add(Section("Pareto front", figures=[figures.pareto(points, front)]))
+    return rep
+
+
+def _fmt_cell(v: Any) -> Any:
+    if isinstance(v, float):
+        return f"{v:,.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+    return v

@@ -1,0 +1,221 @@
+"""Plotly figures of simulation results: one function per figure, data in, figure out.
+
+Figures take plain data (Result objects, trace events, matrices) so that they can be drawn for a
+single scenario, a comparison, a sweep or a plan alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import plotly.graph_objects as go
+
+from moesim.specs import Result
+
+# One colour per kind of time, used by every figure so a reader learns them once.
+TIME_COLOURS = {
+    "compute": "#4C78A8",
+    "all_to_all": "#F58518",
+    "tp_comm": "#E45756",
+    "dp_comm": "#72B7B2",
+    "pp_comm": "#54A24B",
+    "bubble": "#BAB0AC",
+    "exposed_comm": "#EECA3B",
+}
+MEMORY_COLOURS = {
+    "weights": "#4C78A8",
+    "gradients": "#72B7B2",
+    "optimizer": "#54A24B",
+    "activations": "#F58518",
+    "kv_cache": "#B279A2",
+    "other": "#BAB0AC",
+}
+LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=380)
+
+
+def step_breakdown(results: Sequence[Result]) -> go.Figure:
+    """Where each step's time goes: compute, exposed communication and the pipeline bubble
+    stack to the step time; the communication kinds (mostly hidden under compute) are shown
+    beside them as their own bars."""
+    names = [r.name for r in results]
+    fig = go.Figure()
+    for key in ("compute", "exposed_comm", "bubble"):
+        fig.add_bar(
+            name=key.replace("_", " "),
+            y=names,
+            x=[r.time_breakdown_s.get(key, 0.0) for r in results],
+            orientation="h",
+            marker_color=TIME_COLOURS[key],
+            offsetgroup="step",
+        )
+    for key in ("all_to_all", "tp_comm", "dp_comm", "pp_comm"):
+        fig.add_bar(
+            name=f"{key.replace('_', ' ')} (total, overlapped or not)",
+            y=names,
+            x=[r.time_breakdown_s.get(key, 0.0) for r in results],
+            orientation="h",
+            marker_color=TIME_COLOURS[key],
+            offsetgroup="comm",
+            visible="legendonly" if len(results) > 4 else True,
+        )
+    fig.update_layout(
+        barmode="stack",
+        title="Step time breakdown (s)",
+        xaxis_title="seconds per step",
+        **LAYOUT,
+    )
+    fig.update_layout(height=max(300, 90 * len(results) + 150))
+    return fig
+
+
+def memory_breakdown(results: Sequence[Result], capacity_GB: Sequence[float]) -> go.Figure:
+    """Memory per GPU by kind, against each GPU's HBM capacity (the red tick)."""
+    names = [r.name for r in results]
+    fig = go.Figure()
+    for key, colour in MEMORY_COLOURS.items():
+        fig.add_bar(
+            name=key,
+            x=names,
+            y=[r.memory_per_gpu_GB.get(key, 0.0) for r in results],
+            marker_color=colour,
+        )
+    fig.add_scatter(
+        name="HBM capacity",
+        x=names,
+        y=list(capacity_GB),
+        mode="markers",
+        marker=dict(symbol="line-ew-open", size=40, color="#D62728", line=dict(width=3)),
+    )
+    fig.update_layout(barmode="stack", title="Memory per GPU (GB)", yaxis_title="GB", **LAYOUT)
+    return fig
+
+
+def timeline(events: Sequence[dict[str, Any]], max_events: int = 4000) -> go.Figure:
+    """A Gantt chart of a simulated step from Chrome-trace events (``ph: X``, µs), one row per
+    (rank, stream) track. Long traces are cut to the first ``max_events`` spans."""
+    spans = [e for e in events if e.get("ph") == "X"][:max_events]
+    names = _track_names(events)
+    rows: dict[str, dict[str, list]] = {}
+    for e in spans:
+        track = names.get((e.get("pid"), e.get("tid")), f"{e.get('pid')}/{e.get('tid')}")
+        kind = _span_kind(e)
+        row = rows.setdefault(kind, {"y": [], "x": [], "base": [], "text": []})
+        row["y"].append(track)
+        row["x"].append(e["dur"] / 1e3)
+        row["base"].append(e["ts"] / 1e3)
+        row["text"].append(e.get("name", ""))
+    fig = go.Figure()
+    for kind, row in rows.items():
+        fig.add_bar(
+            name=kind,
+            orientation="h",
+            textposition="none",
+            marker_color=TIME_COLOURS.get(kind),
+            hovertemplate="%{text}<br>start %{base:.3f} ms, %{x:.3f} ms<extra></extra>",
+            **row,
+        )
+    tracks = sorted({y for r in rows.values() for y in r["y"]})
+    fig.update_layout(
+        barmode="overlay",
+        title="Simulated timeline of one step",
+        xaxis_title="ms",
+        yaxis=dict(categoryorder="array", categoryarray=tracks[::-1]),
+        **LAYOUT,
+    )
+    fig.update_layout(height=max(300, 28 * len(tracks) + 150))
+    return fig
+
+
+def _track_names(events: Sequence[dict[str, Any]]) -> dict[tuple, str]:
+    """Track labels from the trace's ``thread_name``/``process_name`` metadata events."""
+    procs = {
+        e["pid"]: e["args"]["name"]
+        for e in events
+        if e.get("ph") == "M" and e.get("name") == "process_name"
+    }
+    out = {}
+    for e in events:
+        if e.get("ph") == "M" and e.get("name") == "thread_name":
+            out[(e["pid"], e["tid"])] = f"{procs.get(e['pid'], e['pid'])} · {e['args']['name']}"
+    return out
+
+
+def _span_kind(e: dict[str, Any]) -> str:
+    cat = str(e.get("cat", "")).lower()
+    name = str(e.get("name", "")).lower()
+    for key, words in (
+        ("all_to_all", ("dispatch", "combine", "all_to_all", "a2a")),
+        ("tp_comm", ("tp_", "tp ")),
+        ("dp_comm", ("dp_", "grad", "reduce_scatter", "all_gather")),
+        ("pp_comm", ("pp_", "send", "recv")),
+        ("bubble", ("bubble", "idle")),
+    ):
+        if cat == key or any(w in name for w in words):
+            return key
+    return "compute" if cat in ("", "compute") else cat
+
+
+def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str) -> go.Figure:
+    fig = go.Figure(
+        go.Heatmap(
+            z=matrix,
+            x=list(labels),
+            y=list(labels),
+            colorscale="Viridis",
+            zmin=0,
+            colorbar=dict(title="MB"),
+            hovertemplate="from %{y} to %{x}: %{z:.2f} MB<extra></extra>",
+        )
+    )
+    fig.update_layout(title=title, xaxis_title="to", yaxis_title="from", **LAYOUT)
+    fig.update_layout(height=460, yaxis=dict(autorange="reversed"))
+    return fig
+
+
+def curve(
+    x: Sequence[Any], ys: dict[str, Sequence[float | None]], title: str, x_title: str, y_title: str
+) -> go.Figure:
+    fig = go.Figure()
+    for name, y in ys.items():
+        fig.add_scatter(name=name, x=list(x), y=list(y), mode="lines+markers")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
+    return fig
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str) -> go.Figure:
+    cols = list(zip(*rows, strict=True)) if rows else [[] for _ in header]
+    fig = go.Figure(
+        go.Table(
+            header=dict(values=list(header), fill_color="#E8EEF6", align="left"),
+            cells=dict(values=[list(c) for c in cols], align="left"),
+        )
+    )
+    fig.update_layout(title=title, **LAYOUT)
+    fig.update_layout(height=min(900, 120 + 32 * max(1, len(rows))))
+    return fig
+
+
+def pareto(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]]) -> go.Figure:
+    """Run time against cost of every simulated configuration, the Pareto front joined."""
+    fig = go.Figure()
+    fig.add_scatter(
+        name="simulated",
+        x=[p["run_days"] for p in points],
+        y=[p["run_cost_usd"] for p in points],
+        text=[p["name"] for p in points],
+        mode="markers",
+        marker=dict(color="#BAB0AC"),
+        hovertemplate="%{text}<br>%{x:.2f} days, $%{y:,.0f}<extra></extra>",
+    )
+    fig.add_scatter(
+        name="Pareto front",
+        x=[p["run_days"] for p in front],
+        y=[p["run_cost_usd"] for p in front],
+        text=[p["name"] for p in front],
+        mode="lines+markers",
+        marker=dict(color="#D62728", size=9),
+        hovertemplate="%{text}<br>%{x:.2f} days, $%{y:,.0f}<extra></extra>",
+    )
+    fig.update_layout(title="Run time vs cost", xaxis_title="days", yaxis_title="USD", **LAYOUT)
+    return fig
