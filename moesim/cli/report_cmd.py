@@ -95,18 +95,26 @@ def compare(
     if as_json:
         print_json({"name": name, "results": [r.to_json_dict() for r in results]})
     else:
+        # metrics as rows and one column per scenario: fits an 80-column terminal
         t = Table(title=name)
-        for col in ("scenario", "GPUs", "step s", "tokens/s", "MFU", "mem GB", "fits",
-                    "GPU-hours", "cost $"):  # fmt: skip
-            t.add_column(col, justify="left" if col == "scenario" else "right")
-        for s, r in zip(scenarios, results, strict=True):
-            t.add_row(
-                s.name, str(s.gpus), _fmt(r.step_time_s, ".3f"), _fmt(r.tokens_per_s, ",.0f"),
-                _fmt(r.mfu and 100 * r.mfu, ".1f") + "%", _fmt(r.memory_per_gpu_GB.get("total"),
-                ".1f"), "yes" if r.fits_in_memory else "[red]NO[/]", _fmt(r.gpu_hours, ",.0f"),
-                _fmt(r.cost_usd, ",.0f"),
-            )  # fmt: skip
+        t.add_column("")
+        for i, s in enumerate(scenarios, 1):
+            t.add_column(f"#{i} {s.model.name}", justify="right", overflow="fold")
+        rows = {
+            "GPUs": [str(s.gpus) for s in scenarios],
+            "step time s": [_fmt(r.step_time_s, ".3f") for r in results],
+            "tokens/s": [_fmt(r.tokens_per_s, ",.0f") for r in results],
+            "MFU": [_fmt(r.mfu and 100 * r.mfu, ".1f") + "%" for r in results],
+            "memory GB": [_fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
+            "fits": ["yes" if r.fits_in_memory else "[red]NO[/]" for r in results],
+            "GPU-hours": [_fmt(r.gpu_hours, ",.0f") for r in results],
+            "cost $": [_fmt(r.cost_usd, ",.0f") for r in results],
+        }
+        for label, cells in rows.items():
+            t.add_row(label, *cells)
         console.print(t)
+        for i, s in enumerate(scenarios, 1):
+            console.print(f"  #{i} {s.name}", highlight=False)
     if html is not None:
         from moesim.report.build import comparison_report
 
@@ -220,7 +228,7 @@ def plan(
         t = Table(title=f"best configurations: {d['name']}")
         for col in ("gpus", "tp", "pp", "dp", "ep", "zero", "mb", "recompute", "mem GB",
                     "step s", "MFU", "days", "cost $"):  # fmt: skip
-            t.add_column(col, justify="right")
+            t.add_column(col, justify="right", no_wrap=True)
         for b in d["best"]:
             t.add_row(
                 str(b["gpus"]), str(b["tp"]), str(b["pp"]), str(b["dp"]), str(b["ep"]),

@@ -242,7 +242,12 @@ def _assumptions(s: Scenario) -> str:
     spec = yaml.safe_dump(
         s.model_dump(mode="json", exclude={"model": {"source"}}), sort_keys=False, width=100
     )
-    return kv_table(rows) + "<p>The scenario as simulated:</p>" + pre(spec)
+    return (
+        kv_table(rows)
+        + "<details><summary>The scenario as simulated (every spec field)</summary>"
+        + pre(spec)
+        + "</details>"
+    )
 
 
 def _summary_rows(s: Scenario, r: Result) -> list[tuple[str, str]]:
@@ -345,7 +350,27 @@ def comparison_verdict(scenarios: Sequence[Scenario], results: Sequence[Result])
     unfit = [s.name for s, r in zip(scenarios, results, strict=True) if not r.fits_in_memory]
     if unfit:
         text += f" Does not fit in memory: {', '.join(unfit)}."
-    return text
+    return text + " " + relative_costs(scenarios, results)
+
+
+def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
+    """Each scenario's cost per token and memory relative to the first one, in words."""
+    s0, r0 = scenarios[0], results[0]
+    if not r0.tokens_per_s:
+        return ""
+    base_cost = s0.gpus / r0.tokens_per_s  # GPU-seconds per token
+    parts = []
+    for s, r in zip(scenarios[1:], results[1:], strict=True):
+        if not r.tokens_per_s:
+            continue
+        ratio = (s.gpus / r.tokens_per_s) / base_cost
+        parts.append(
+            f"{s.name} needs {ratio:.2f}× the GPU-time per token of {s0.name} "
+            f"({r.params_active / 1e9:.1f} B active parameters against "
+            f"{r0.params_active / 1e9:.1f} B; {r.params_total / 1e9:.1f} B against "
+            f"{r0.params_total / 1e9:.1f} B held in memory)"
+        )
+    return ("Relative to the first: " + "; ".join(parts) + ".") if parts else ""
 
 
 def comparison_report(

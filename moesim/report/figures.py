@@ -187,6 +187,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[Any]], title: str) -> g
     cols = list(zip(*rows, strict=True)) if rows else [[] for _ in header]
     fig = go.Figure(
         go.Table(
+            columnwidth=[3] + [1] * (len(header) - 1),  # the first column holds names
             header=dict(values=list(header), fill_color="#E8EEF6", align="left"),
             cells=dict(values=[list(c) for c in cols], align="left"),
         )
