@@ -1,0 +1,67 @@
+"""`moesim simulate`: JSON contract, trace file, clean errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MIXTRAL = ROOT / "scenarios" / "mixtral-8x7b-pretrain-256xh100.yaml"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    code = "from moesim.cli import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT
+    )
+
+
+def test_simulate_json_has_the_contract_keys(tmp_path):
+    trace = tmp_path / "trace.json"
+    p = run("simulate", str(MIXTRAL), "--json", "--trace", str(trace))
+    assert p.returncode == 0, p.stderr
+    d = json.loads(p.stdout)
+    for key in (
+        "name",
+        "stage",
+        "gpus",
+        "params_total",
+        "params_active",
+        "model_flops_per_token",
+        "step_time_s",
+        "tokens_per_s",
+        "tokens_per_s_per_gpu",
+        "model_tflops_per_gpu",
+        "mfu",
+        "memory_per_gpu_GB",
+        "fits_in_memory",
+        "time_breakdown_s",
+        "gpu_hours",
+        "cost_usd",
+    ):
+        assert key in d, key
+    assert set(d["time_breakdown_s"]) >= {
+        "compute",
+        "all_to_all",
+        "tp_comm",
+        "dp_comm",
+        "pp_comm",
+        "bubble",
+        "exposed_comm",
+    }
+    assert 0 < d["mfu"] < 1
+    assert json.loads(trace.read_text())["traceEvents"]
+
+
+def test_table_output_and_bad_fidelity_exit_2():
+    p = run("simulate", str(MIXTRAL))
+    assert p.returncode == 0 and "step time" in p.stdout
+    p = run("simulate", str(MIXTRAL), "--fidelity", "exact")
+    assert p.returncode == 2 and "fidelity" in p.stderr
+
+
+def test_missing_file_is_exit_2():
+    p = run("simulate", "no/such.yaml")
+    assert p.returncode == 2 and "no such file" in p.stderr
