@@ -6,6 +6,8 @@ tests check the search itself; tests/test_plan_sim.py runs it through the real s
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from moesim.plan import (
@@ -96,3 +98,29 @@ def test_plan_errors_name_the_key():
         plan_from_dict(dict(PLAN, objective="speed"))
     with pytest.raises(ScenarioError, match="unknown plan keys"):
         plan_from_dict(dict(PLAN, serch={}))
+
+
+def test_plan_through_the_simulator_finds_a_fitting_layout(tmp_path):
+    """A small search simulated for real: every reported layout fits and meets the deadline,
+    and the CLI prints the same best configuration as JSON."""
+    import json
+    import subprocess
+
+    import yaml
+
+    small = dict(PLAN, search={"nodes": [2, 4], "tp": [1], "pp": [1, 2], "ep": [8],
+                               "microbatch_size": [1], "recompute": ["selective"]},
+                 simulate_max=8)  # fmt: skip
+    result = run_plan(plan_from_dict(small))
+    assert result.best
+    for c in result.best:
+        assert c.result.fits_in_memory and c.run_days <= 30
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(small))
+    exe = Path(__file__).parents[1] / ".venv" / "bin" / "moesim"
+    out = subprocess.run(
+        [str(exe) if exe.exists() else "moesim", "plan", str(path), "--json"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    got = json.loads(out.stdout)
+    assert got["best"][0]["name"] == result.best[0].scenario.name

@@ -45,3 +45,63 @@ def test_sweep_errors():
         sweep_from_dict({"base": {}, "grid": {"parallel.ep": 8}})
     with pytest.raises(ScenarioError, match="same length"):
         sweep_from_dict({"base": {}, "zip": {"a": [1, 2], "b": [1]}})
+
+
+SMALL = {
+    "name": "small",
+    "model": "mixtral-8x7b",
+    "cluster": {"gpu": "h100-sxm", "nodes": 2},
+    "parallel": {"pp": 2, "ep": 8},
+    "workload": {"stage": "pretrain", "seq_len": 4096, "global_batch": 64},
+}
+
+
+def _small_sweep():
+    return sweep_from_dict(
+        {
+            "name": "small",
+            "base": SMALL,
+            "grid": {
+                "parallel.ep": [1, 3, 8],  # 3 does not divide 8 experts: an error row
+                "routing": [{"distribution": "uniform"}, {"distribution": "zipf", "skew": 1.0}],
+            },
+        }
+    )
+
+
+def test_sweep_simulates_in_order_and_reports_bad_points():
+    from moesim.sweep import run_sweep
+
+    frame = run_sweep(_small_sweep(), workers=1)
+    assert len(frame) == 6
+    assert list(frame["param.parallel.ep"]) == [1, 1, 3, 3, 8, 8]
+    bad = frame[frame["param.parallel.ep"] == 3]
+    assert bad["error"].str.contains("parallel.ep").all()
+    good = frame[frame["param.parallel.ep"] != 3]
+    assert good["step_time_s"].gt(0).all()
+    # with experts spread over 8 GPUs, skewed routing makes the busiest GPU slower
+    ep8 = good[good["param.parallel.ep"] == 8]["step_time_s"].tolist()
+    assert ep8[1] > ep8[0]
+
+
+def test_sweep_on_local_processes_equals_serial(tmp_path):
+    from moesim.sweep import run_sweep, write_frame
+
+    serial = run_sweep(_small_sweep(), workers=1)
+    parallel = run_sweep(_small_sweep(), workers=2)
+    assert serial.equals(parallel)
+    out = write_frame(parallel, tmp_path / "sweep.parquet")
+    import pandas as pd
+
+    assert pd.read_parquet(out).shape == parallel.shape
+
+
+def test_sweep_on_a_dask_cluster_equals_local():
+    distributed = pytest.importorskip("dask.distributed")
+    from moesim.sweep import run_sweep
+
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        on_dask = run_sweep(_small_sweep(), scheduler=cluster.scheduler_address)
+    assert on_dask.equals(run_sweep(_small_sweep(), workers=1))

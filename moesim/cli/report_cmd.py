@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from moesim.cli.app import UserError, app, console, print_json
+from moesim.cli.app import UserError, app, console, err_console, print_json
 from moesim.scenario_io import ScenarioError, load_scenario, load_yaml
 from moesim.specs import Result, Scenario
 
@@ -74,7 +74,7 @@ def _progress() -> Progress:
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=console,
+        console=err_console,  # stdout stays clean for --json
         transient=True,
     )
 
