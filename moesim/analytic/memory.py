@@ -134,42 +134,63 @@ def model_state_bytes(
 
 # -- activations ------------------------------------------------------------------------------
 def activation_bytes_per_token(
-    m: ModelSpec, moe: bool, p: ParallelSpec, recompute: str, act_bytes: float = 2.0
+    m: ModelSpec,
+    moe: bool,
+    p: ParallelSpec,
+    recompute: str,
+    act_bytes: float = 2.0,
+    cached_gemm_input_bytes: float | None = None,
 ) -> float:
     """Bytes autograd keeps for one token through one layer, on one GPU (tp/SP applied).
 
-    none: norm inputs and outputs, Q/K/V, the attention output and its log-sum-exp, FFN input,
-    the FFN's gate/up outputs and their activated product (per routed copy in an MoE layer, plus
-    router logits and probabilities in fp32 and the expert outputs kept for the gate weights'
-    gradient). selective: the activation function is recomputed, so its output is not kept.
+    none: each norm's input and output; Q, K, V and the attention output (what flash
+    attention's backward reads) plus its fp32 log-sum-exp; MLA's latents and up-projections;
+    the FFN's gate/up outputs and their activated product. An MoE layer keeps, per routed copy,
+    the permuted input, the expert's hidden activations and its output (needed for the gate
+    weights' gradient), plus fp32 router logits and probabilities.
+
+    selective: Megatron-Core's ``recompute_modules`` {layernorm, moe_act/mlp act, mla_up_proj}
+    (the set DeepSeek-V3 §3.2.3 describes): norm outputs, activation-function outputs and
+    MLA's up-projected Q/K/V are recomputed in the backward pass, so they are not kept.
+
     full: only the layer input.
+
+    ``cached_gemm_input_bytes``: with FP8 training, the inputs of the attention output
+    projection and of the experts (dispatched tokens, SwiGLU inputs) are cached in FP8
+    (DeepSeek-V3 §3.3.2, "low-precision storage"); default: ``act_bytes``.
     """
     d = m.d_model
+    a, c = act_bytes, cached_gemm_input_bytes or act_bytes
     sp = p.tp if p.sequence_parallel else 1
     if recompute == "full":
-        return act_bytes * d / sp
-    # attention block: norm input + normed input (sequence-sharded), q/k/v and output (head-sharded)
-    seq_sharded = 2 * d
+        return a * d / sp
+    selective = recompute == "selective"
+    norms = 1 if selective else 2  # norm input (and output unless recomputed), per norm
+    # attention block
+    seq_sharded = norms * d * a
     if m.mla is not None:
-        a = m.mla
-        head_sharded = m.q_dim + m.n_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
-        head_sharded += m.n_heads * a.v_head_dim + m.attn_out_dim
-        seq_sharded += (a.q_lora_rank or 0) + a.kv_lora_rank + a.qk_rope_head_dim
+        ml = m.mla
+        seq_sharded += ((ml.q_lora_rank or 0) + ml.kv_lora_rank + ml.qk_rope_head_dim) * a
+        up = m.q_dim + m.n_heads * (ml.qk_nope_head_dim + ml.qk_rope_head_dim)
+        up += m.n_heads * ml.v_head_dim
+        head_sharded = (0 if selective else up) * a + m.attn_out_dim * c
     else:
-        head_sharded = m.q_dim + 2 * m.kv_dim + m.attn_out_dim
+        head_sharded = (m.q_dim + 2 * m.kv_dim) * a + m.attn_out_dim * c
     lse = FP32_BYTES * m.n_heads / p.tp
-    total = act_bytes * (seq_sharded / sp + head_sharded / p.tp) + lse
-    # FFN block: norm input + normed input
-    total += act_bytes * 2 * d / sp
-    per_hidden = (3 if m.ffn_gated else 2) - (1 if recompute == "selective" else 0)
+    total = seq_sharded / sp + head_sharded / p.tp + lse
+    # FFN block: its norm
+    total += norms * d * a / sp
+    gated = m.ffn_gated
+    kept_inputs = 2 if gated else 1  # gate and up outputs (or the pre-activation)
+    kept_act = 0 if selective else 1  # the activated product / post-activation
     if not moe or m.moe is None:
-        return total + act_bytes * per_hidden * m.ffn_hidden / p.tp
+        return total + (kept_inputs + kept_act) * m.ffn_hidden * a / p.tp
     e = m.moe
     router = 2 * FP32_BYTES * e.n_routed_experts / sp
-    # each routed copy: permuted input, hidden activations, expert output (for the gate's grad)
-    per_copy = act_bytes * (2 * d + per_hidden * e.expert_hidden / p.etp)
+    hidden = e.expert_hidden / p.etp
+    per_copy = d * c + kept_inputs * hidden * c + kept_act * hidden * a + d * a
     routed = e.top_k * per_copy / sp
-    shared = act_bytes * per_hidden * e.n_shared_experts * e.shared_hidden / p.tp
+    shared = (kept_inputs + kept_act) * e.n_shared_experts * e.shared_hidden * a / p.tp
     return total + router + routed + shared
 
 
@@ -208,10 +229,11 @@ def stage_activation_bytes(s: Scenario, stage: StageLayout, seq_len: int) -> flo
     """Activations one GPU of ``stage`` holds at its peak in a training step."""
     m, p = s.model, s.parallel
     act = s.precision.activation_bytes
+    cached = 1.0 if s.precision.compute == "fp8" else act
     pairs = 2 if isinstance(s.workload, DPOWorkload) else 1
     tokens = p.microbatch_size * pairs * seq_len / p.cp
     per_mb = sum(
-        activation_bytes_per_token(m, i in stage.moe_layers, p, p.recompute, act)
+        activation_bytes_per_token(m, i in stage.moe_layers, p, p.recompute, act, cached)
         for i in stage.layers
     )
     in_flight = microbatches_in_flight(p, n_microbatches(s))
@@ -221,7 +243,7 @@ def stage_activation_bytes(s: Scenario, stage: StageLayout, seq_len: int) -> flo
     if p.recompute == "full" and stage.layers:
         # the layer being recomputed holds its full activations during its backward
         worst = max(
-            activation_bytes_per_token(m, i in stage.moe_layers, p, "none", act)
+            activation_bytes_per_token(m, i in stage.moe_layers, p, "none", act, cached)
             for i in stage.layers
         )
         total += worst * tokens

@@ -62,10 +62,11 @@ def test_activations_worked_example():
     attention: norm in + normed (2·64) + q,k,v (3·64) + output (64) = 384 values → 768 B,
                plus the fp32 log-sum-exp of 4 heads = 16 B
     FFN:       norm in + normed (2·64) + gate, up, product (3·128) = 512 values → 1024 B
-    = 1808 B; selective drops the product (128 values): 1552 B; full keeps the input: 128 B."""
+    = 1808 B; selective recomputes both norm outputs and the product (2·64 + 128 values):
+    1296 B; full keeps the layer input: 128 B."""
     p = ParallelSpec(dp=1)
     assert activation_bytes_per_token(HAND_MODEL, False, p, "none") == 1808
-    assert activation_bytes_per_token(HAND_MODEL, False, p, "selective") == 1552
+    assert activation_bytes_per_token(HAND_MODEL, False, p, "selective") == 1296
     assert activation_bytes_per_token(HAND_MODEL, False, p, "full") == 128
     # one microbatch of 32 tokens, 2 layers, plus fp32 logits 32·1000·4 for the loss
     est = memory_per_gpu(_scenario(1, "none"))
@@ -152,3 +153,19 @@ def test_inference_kv_cache_mla_is_compressed():
     assert kv_cache_bytes_per_token(v3, p, prec) == 61 * 576 * 2
     llama = load_model("llama-3-8b")
     assert kv_cache_bytes_per_token(llama, p, prec) == 32 * 2 * 8 * 128 * 2
+
+
+def test_fp8_caching_and_mla_up_projection_recompute():
+    """DeepSeek-V3 §3.2.3 and §3.3.2: selective recompute drops MLA's up-projected Q/K/V, and
+    FP8 training caches the expert inputs in one byte instead of two."""
+    from moesim.catalog import load_model
+
+    v3 = load_model("deepseek-v3")
+    p = ParallelSpec(dp=1, ep=1)
+    none = activation_bytes_per_token(v3, True, p, "none")
+    sel = activation_bytes_per_token(v3, True, p, "selective")
+    up = v3.q_dim + 128 * (128 + 64) + 128 * 128  # Q, K and V after the up-projections
+    assert none - sel >= up * 2
+    fp8 = activation_bytes_per_token(v3, True, p, "selective", 2.0, 1.0)
+    # per routed copy: dispatched input (7168) and SwiGLU inputs (2·2048) at 1 B instead of 2
+    assert sel - fp8 == pytest.approx(8 * (7168 + 2 * 2048) + v3.attn_out_dim)
