@@ -27,8 +27,10 @@ demo: setup
 reports: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
-	$(BIN)/moesim report scenarios/mixtral-8x7b-pretrain-256xh100.yaml \
-	  -o reports/mixtral-8x7b-pretrain-256xh100.html
+	$(BIN)/moesim sweep scenarios/sweeps/mixtral-ep-vs-skew.yaml \
+	  -o out/mixtral-ep-vs-skew.csv --html reports/mixtral-ep-vs-skew.html
+	$(BIN)/moesim plan scenarios/plans/mixtral-pretrain-30-days.yaml \
+	  --html reports/mixtral-pretrain-plan.html
 
 # The report test opens an HTML report in headless Chromium (Debian's package).
 browser:

@@ -226,15 +226,18 @@ def plan(
             f"{d['simulated']} simulated, objective: {d['objective']}"
         )
         t = Table(title=f"best configurations: {d['name']}")
-        for col in ("gpus", "tp", "pp", "dp", "ep", "zero", "mb", "recompute", "mem GB",
-                    "step s", "MFU", "days", "cost $"):  # fmt: skip
+        t.add_column("GPUs", justify="right", no_wrap=True)
+        t.add_column("layout", overflow="fold", ratio=1)
+        for col in ("mem GB", "step s", "MFU", "days", "cost $"):
             t.add_column(col, justify="right", no_wrap=True)
         for b in d["best"]:
+            layout = (
+                f"tp{b['tp']} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
+                f"mb{b['microbatch_size']} {b['recompute']}"
+            )
             t.add_row(
-                str(b["gpus"]), str(b["tp"]), str(b["pp"]), str(b["dp"]), str(b["ep"]),
-                str(b["zero_stage"]), str(b["microbatch_size"]), b["recompute"],
-                _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
-                _fmt(b["mfu"] and 100 * b["mfu"], ".1f"), _fmt(b["run_days"], ".1f"),
+                str(b["gpus"]), layout, _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
+                _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", _fmt(b["run_days"], ".1f"),
                 _fmt(b["run_cost_usd"], ",.0f"),
             )  # fmt: skip
         console.print(t if d["best"] else "[red]no configuration meets the constraints[/]")
