@@ -23,7 +23,7 @@ from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
-SIMULATED_STAGES = ("pretrain", "sft", "moe_layer")
+SIMULATED_STAGES = ("pretrain", "sft", "moe_layer", "inference")
 COMM_CATEGORIES = ("all_to_all", "tp_comm", "dp_comm", "pp_comm")
 
 
@@ -68,6 +68,10 @@ def simulate(
             f"workload.stage '{stage}' is not simulated yet (simulated: "
             f"{', '.join(SIMULATED_STAGES)})"
         )
+    if stage == "inference":  # serving: its own server process (moesim.sim.inference)
+        from moesim.sim.inference import simulate_inference
+
+        return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
     ctx = build_context(scenario, fidelity, base_dir)
     if stage == "moe_layer":
         _start_moe_layer(ctx)

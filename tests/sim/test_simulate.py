@@ -178,7 +178,10 @@ def test_moe_layer_stage_reports_dispatch_combine_and_experts():
     assert full.step_time_s == pytest.approx(r.step_time_s, rel=0.02)
 
 
-def test_unsupported_stage_is_a_clear_error():
+def test_unsupported_stage_is_a_clear_error(monkeypatch):
+    import moesim.sim.run as run_module
+
+    monkeypatch.setattr(run_module, "SIMULATED_STAGES", ("pretrain", "sft", "moe_layer"))
     s = build(workload={"stage": "inference", "batch_size": 8})
     with pytest.raises(UnsupportedStage, match="not simulated yet"):
         simulate(s)

@@ -1,0 +1,203 @@
+"""Serving: step costs against their closed forms, the queue against M/D/1, MoE vs dense decode."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from moesim.scenario_io import scenario_from_dict
+from moesim.sim.inference import (
+    ReplicaCost,
+    expected_experts_touched,
+    poisson_arrivals_s,
+    serve,
+)
+from moesim.sim.run import simulate
+
+
+def serving(model: str, gpus: int = 8, parallel: dict | None = None, **workload) -> object:
+    wl = {"stage": "inference", "prompt_len": 512, "output_len": 64, **workload}
+    if "arrival_rate_per_s" not in wl and "batch_size" not in wl:
+        wl["batch_size"] = 1
+    return scenario_from_dict(
+        {
+            "name": f"{model}-serving",
+            "model": model,
+            "cluster": {"gpu": "h100-sxm", "nodes": 1, "gpus_per_node": gpus},
+            "parallel": {"zero_stage": 0, "recompute": "none", **(parallel or {"tp": 1})},
+            "workload": wl,
+        }
+    )
+
+
+def test_expected_experts_touched_is_the_uniform_closed_form():
+    e, k = 8, 2
+    probs = np.full(e, 1 / e)
+    for t in (1, 3, 16, 200):
+        assert expected_experts_touched(probs, k, t) == pytest.approx(e * (1 - (1 - k / e) ** t))
+    assert expected_experts_touched(probs, k, 1) == pytest.approx(k)
+
+
+def test_routing_draws_agree_with_the_closed_form_and_see_the_busiest_rank():
+    # ep = 1: the busiest "rank" holds every expert, so touched = distinct experts
+    c1 = ReplicaCost(serving("mixtral-8x7b", parallel={"tp": 2, "etp": 2}))
+    for t in (1, 4, 8):
+        touched, copies = c1.busiest_rank_load(t)
+        assert touched == pytest.approx(8 * (1 - 0.75**t), rel=0.06)
+        assert copies == pytest.approx(2 * t)
+    # ep = 8, one expert per rank: at batch 1 the rank that got a token reads a whole expert,
+    # although the group mean is k/ep = 0.25 experts per rank
+    c8 = ReplicaCost(serving("mixtral-8x7b", parallel={"tp": 1, "ep": 8}))
+    touched, copies = c8.busiest_rank_load(1)
+    assert touched == 1.0 and copies == 1.0
+
+
+def test_decode_step_reads_active_weights_at_batch_one():
+    """A dense decode step at batch 1 and short context is the weight read at HBM speed."""
+    s = serving("llama-2-13b", gpus=1, prompt_len=16, output_len=2)
+    c = ReplicaCost(s)
+    step = c.decode(1, 17)
+    weights = c.counts.total * 2.0  # bf16
+    hbm = s.cluster.gpu.hbm_TBps * 1e12
+    assert weights / hbm < step.total_s < 1.5 * weights / hbm
+    # int4 weights: a quarter of the bytes
+    int4 = ReplicaCost(scenario_from_dict({**_dump(s), "precision": {"weights_inference": "int4"}}))
+    assert int4.decode(1, 17).total_s < 0.4 * step.total_s
+
+
+def _dump(s) -> dict:
+    return json.loads(s.model_dump_json())
+
+
+def test_static_batch_ttft_is_the_prefill_and_tpot_the_decode_steps():
+    s = serving("llama-3-8b", gpus=1, batch_size=4, prompt_len=256, output_len=8)
+    r = simulate(s)
+    c = ReplicaCost(s)
+    prefill = c.prefill(4, 256).total_s
+    decodes = [c.decode(4, 4 * (256 + 1 + j)).total_s for j in range(7)]
+    assert r.ttft_s_p50 == pytest.approx(prefill) and r.ttft_s_p99 == pytest.approx(prefill)
+    assert r.tpot_s_p50 == pytest.approx(sum(decodes) / 7)
+    assert r.output_tokens_per_s == pytest.approx(4 * 8 / (prefill + sum(decodes)))
+    assert r.cost_per_million_tokens_usd == pytest.approx(2.0 / 3600 / r.output_tokens_per_s * 1e6)
+
+
+def test_replicas_multiply_throughput_and_split_the_rate():
+    one = simulate(serving("llama-3-8b", gpus=1, batch_size=8))
+    eight = simulate(serving("llama-3-8b", gpus=8, batch_size=8))
+    assert eight.replicas == 8
+    assert eight.output_tokens_per_s == pytest.approx(8 * one.output_tokens_per_s)
+    assert eight.tokens_per_s_per_gpu == pytest.approx(one.tokens_per_s_per_gpu)
+
+
+def test_queue_matches_md1_mean_wait_at_batch_one():
+    """Poisson arrivals, one slot, deterministic service S: mean wait ρ·S / (2(1 − ρ))."""
+    s = serving("tiny-dense", gpus=1, prompt_len=64, output_len=3, arrival_rate_per_s=1.0)
+    c = ReplicaCost(s)
+    service = c.prefill(1, 64).total_s + c.decode(1, 65).total_s + c.decode(1, 66).total_s
+    for rho in (0.3, 0.7):
+        rate = rho / service
+        waits = []
+        for seed in range(3):
+            arrivals = poisson_arrivals_s(rate, 8000 * service, seed)
+            log = serve(c, arrivals, 64, 3, slots=1)
+            ttft = np.array([r.first_token_s - r.arrival_s for r in log.requests])
+            waits.append(ttft.mean() - c.prefill(1, 64).total_s)
+            # deterministic service: every request's decode takes the same time
+            tpot = [(r.finish_s - r.first_token_s) / 2 for r in log.requests]
+            assert np.ptp(tpot) == pytest.approx(0.0, abs=1e-12)
+        md1 = rho * service / (2 * (1 - rho))
+        assert np.mean(waits) == pytest.approx(md1, rel=0.1)  # M/M/1 would be 2×
+
+
+def test_moe_decode_time_rises_with_batch_faster_than_dense():
+    moe = ReplicaCost(serving("mixtral-8x7b", parallel={"tp": 2, "etp": 2}))
+    dense = ReplicaCost(serving("llama-2-13b", parallel={"tp": 1}))
+    ctx = 512
+
+    def growth(c: ReplicaCost, b: int) -> float:
+        return c.decode(b, b * ctx).total_s / c.decode(1, ctx).total_s
+
+    for b in (4, 16, 64):
+        assert growth(moe, b) > growth(dense, b) + 0.3
+    touched = [moe.decode(b, b * ctx).experts_touched for b in (1, 2, 4, 16, 64)]
+    assert touched == sorted(touched) and touched[0] == pytest.approx(2) and touched[-1] > 7.99
+    # the growth is the expert weights: bytes read go from 2 experts per layer to all 8
+    read = [moe.decode(b, b * ctx).expert_bytes_read for b in (1, 64)]
+    assert read[1] / read[0] == pytest.approx(4.0, rel=0.01)
+
+
+def test_result_reports_experts_touched_and_breakdown_sums():
+    r = simulate(serving("mixtral-8x7b", parallel={"tp": 2, "etp": 2}, batch_size=16))
+    assert r.experts_touched_per_layer == pytest.approx(8 * (1 - 0.75**16))
+    tb = r.time_breakdown_s
+    parts = tb["compute"] + tb["exposed_comm"] + tb["expert_offload"]
+    assert parts == pytest.approx(r.step_time_s)
+    assert tb["tp_comm"] > 0 and tb["all_to_all"] == 0  # tp 2, ep 1
+    ep = simulate(serving("mixtral-8x7b", parallel={"tp": 1, "ep": 8}, batch_size=16))
+    assert ep.time_breakdown_s["all_to_all"] > 0 and ep.time_breakdown_s["tp_comm"] == 0
+
+
+def test_kv_capacity_limits_concurrency_under_load():
+    s = serving(
+        "llama-2-13b",
+        gpus=1,
+        prompt_len=2048,
+        output_len=256,
+        arrival_rate_per_s=50.0,
+        duration_s=20.0,
+        max_batch_size=256,
+    )
+    r = simulate(s)
+    # MHA 13B: 0.82 MB of KV per token; ~50 GB free → a few dozen sequences, not 256
+    assert r.kv_capacity_sequences < 256
+    assert r.concurrency_limit == r.kv_capacity_sequences
+    assert r.mean_decode_batch <= r.kv_capacity_sequences
+    assert r.fits_in_memory
+    # overloaded: the queue grows, so p99 TTFT is far above the prefill
+    assert r.ttft_s_p99 > 10 * ReplicaCost(s).prefill(1, 2048).total_s
+
+
+def test_low_load_throughput_is_the_offered_load():
+    s = serving("llama-3-8b", gpus=1, arrival_rate_per_s=2.0, duration_s=200.0, output_len=32)
+    r = simulate(s)
+    assert r.output_tokens_per_s == pytest.approx(2.0 * 32, rel=0.1)
+    assert r.ttft_s_p50 < 2 * ReplicaCost(s).prefill(1, 512).total_s
+
+
+def test_expert_offload_moves_weights_to_host_and_costs_pcie_time():
+    base = serving("mixtral-8x7b", parallel={"tp": 2, "etp": 2}, batch_size=4)
+    off = scenario_from_dict(
+        {**_dump(base), "workload": {**_dump(base)["workload"], "expert_offload": True}}
+    )
+    a, b = simulate(base), simulate(off)
+    assert b.memory_per_gpu_GB["weights"] < 0.25 * a.memory_per_gpu_GB["weights"]
+    assert b.time_breakdown_s["expert_offload"] > 0 and a.time_breakdown_s["expert_offload"] == 0
+    c = ReplicaCost(off)
+    step = c.decode(4, 4 * 600)
+    assert step.offload_s == pytest.approx(step.expert_bytes_read / (64e9))
+    assert b.tpot_s_p50 > 5 * a.tpot_s_p50  # PCIe is ~50× slower than HBM
+
+
+def test_fp8_weights_halve_weight_memory():
+    base = serving("llama-2-70b", parallel={"tp": 4})
+    fp8 = scenario_from_dict({**_dump(base), "precision": {"weights_inference": "fp8"}})
+    a, b = simulate(base), simulate(fp8)
+    assert b.memory_per_gpu_GB["weights"] == pytest.approx(a.memory_per_gpu_GB["weights"] / 2)
+    assert b.tpot_s_p50 < 0.75 * a.tpot_s_p50
+
+
+def test_seeded_serving_is_bit_identical_and_seed_matters():
+    s = serving("tiny-moe", gpus=1, arrival_rate_per_s=200.0, duration_s=2.0)
+    a, b = simulate(s).to_json_dict(), simulate(s).to_json_dict()
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+    other = scenario_from_dict({**_dump(s), "workload": {**_dump(s)["workload"], "seed": 1}})
+    assert simulate(other).ttft_s_p99 != a["ttft_s_p99"]
+
+
+def test_trace_has_prefill_and_decode_steps(tmp_path):
+    path = tmp_path / "t.json"
+    simulate(serving("tiny-dense", gpus=1, batch_size=2, output_len=4), trace_path=path)
+    names = [e["name"] for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
+    assert names == ["prefill", "decode", "decode", "decode"]
