@@ -61,6 +61,17 @@ def simulate(
         ("GPU-hours", f"{d['gpu_hours']:,.0f}" if "gpu_hours" in d else None),
         ("cost", f"${d['cost_usd']:,.0f}" if "cost_usd" in d else None),
     ]
+    for key, label in (  # serving and post-training extras (moesim.sim.inference, post_training)
+        ("ttft_s_p50", "TTFT p50"),
+        ("ttft_s_p99", "TTFT p99"),
+        ("tpot_s_p50", "TPOT p50"),
+        ("tpot_s_p99", "TPOT p99"),
+    ):
+        rows.append((label, _fmt_s(d[key]) if key in d else None))
+    if "experts_touched_per_layer" in d:
+        rows.append(("experts touched per layer", f"{d['experts_touched_per_layer']:.2f}"))
+    if "cost_per_million_tokens_usd" in d:
+        rows.append(("$ per million output tokens", f"{d['cost_per_million_tokens_usd']:,.2f}"))
     for k, v in rows:
         if v is not None:
             table.add_row(k, v)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from moesim.scenario_io import scenario_from_dict
+from moesim.scenario_io import load_scenario, load_yaml, scenario_from_dict
 from moesim.sim.inference import (
     ReplicaCost,
     expected_experts_touched,
@@ -15,6 +16,7 @@ from moesim.sim.inference import (
     serve,
 )
 from moesim.sim.run import simulate
+from moesim.sweep import load_sweep, run_sweep
 
 
 def serving(model: str, gpus: int = 8, parallel: dict | None = None, **workload) -> object:
@@ -201,3 +203,18 @@ def test_trace_has_prefill_and_decode_steps(tmp_path):
     simulate(serving("tiny-dense", gpus=1, batch_size=2, output_len=4), trace_path=path)
     names = [e["name"] for e in json.loads(path.read_text())["traceEvents"] if e["ph"] == "X"]
     assert names == ["prefill", "decode", "decode", "decode"]
+
+
+SERVING = sorted((Path(__file__).parents[2] / "scenarios" / "serving").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SERVING, ids=[p.stem for p in SERVING])
+def test_serving_scenario_files_validate_and_simulate(path):
+    data, _ = load_yaml(path)
+    if "base" in data:  # a sweep: every point must build and simulate
+        rows = run_sweep(load_sweep(path), workers=1)
+        assert "error" not in rows or rows["error"].isna().all()
+        assert (rows["output_tokens_per_s"] > 0).all()
+        return
+    r = simulate(load_scenario(path), base_dir=path.parent)
+    assert r.output_tokens_per_s > 0 and r.tpot_s_p50 > 0 and r.fits_in_memory
