@@ -4,6 +4,7 @@ registers itself on ``app``; the modules are imported below, explicitly."""
 from __future__ import annotations
 
 from moesim.cli import (
+    calibrate_cmd,  # noqa: F401  (registers calibrate run|validate)
     inspect_cmd,  # noqa: F401  (registers inspect, validate, schema, import-hf)
     report_cmd,  # noqa: F401  (registers compare, report, sweep, plan)
     simulate_cmd,  # noqa: F401  (registers simulate)

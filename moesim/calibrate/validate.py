@@ -1,0 +1,308 @@
+"""``moesim calibrate validate PROFILE``: how wrong are the simulator's predictions?
+
+1. Split the measurements: for each fitted class (gemm, grouped_gemm, attention,
+   memory_bound, copy) a seeded random ``holdout`` fraction is held out; launch and collective
+   rows always go to the fit; ``moe_layer`` and ``step`` rows are never fitted, so all of them
+   are held out.
+2. Fit a profile on the rest (``fit.fit_profile``, same device spec and dtype).
+3. Predict each held-out measurement with that profile:
+   - op classes through the cost model (``moesim.sim.costmodel.CostModel``): forward + a
+     backward of twice the FLOPs and bytes (the simulator's convention) for ``fwd_bwd`` rows;
+     copies as bytes over the fitted HBM bandwidth plus the launch overhead;
+   - ``moe_layer`` through ``moesim.sim.run.simulate`` of a one-GPU ``moe_layer`` scenario of
+     the same layer, tokens, passes and measured routing histogram;
+   - ``step`` through ``simulate`` of a one-GPU scenario of the same model, stage, batch and
+     sequence length (stages the simulator does not run yet are listed, not scored).
+4. Errors |predicted − measured| / measured per class → ``validation`` in the profile (which
+   itself stays the fit on all measurements), ``<id>/predictions.csv`` and the HTML report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from moesim.calibrate.fit import COMPUTE_CLASSES, fit_profile
+from moesim.sim.costmodel import CostModel, OpWork
+from moesim.sim.profile import Profile, load_profile
+from moesim.specs import GPUSpec
+
+FITTED_CLASSES = (*COMPUTE_CLASSES, "memory_bound", "copy")
+ALWAYS_FIT = ("launch", "collective")
+REQUIRED_CLASSES = ("gemm", "moe_layer", "attention", "step")
+
+
+def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
+    p = Path(path)
+    Profile.model_validate(profile)
+    p.write_text(json.dumps(profile, indent=2) + "\n")
+    return p
+
+
+def load_measurements(path: str | Path) -> pd.DataFrame:
+    return pd.read_csv(path, keep_default_na=True)
+
+
+def device_spec_for(profile_path: Path, device_id: str) -> GPUSpec:
+    """``<dir>/<id>.device.yaml`` beside the profile (the CPU's measured spec), else the
+    catalog GPU of that id."""
+    import yaml
+
+    from moesim.catalog import load_gpu
+
+    local = profile_path.parent / f"{device_id}.device.yaml"
+    if local.is_file():
+        return GPUSpec.model_validate(yaml.safe_load(local.read_text()))
+    return load_gpu(device_id)
+
+
+def split(
+    df: pd.DataFrame, holdout: float = 0.3, seed: int = 0
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(fit rows, held-out rows): a seeded ``holdout`` fraction of each fitted class (at least
+    one row when the class has two or more), all moe_layer/step rows held out."""
+    rng = np.random.default_rng(seed)
+    test = np.zeros(len(df), dtype=bool)
+    classes = df["op_class"].to_numpy()
+    for c in FITTED_CLASSES:
+        idx = np.flatnonzero(classes == c)
+        if len(idx) < 2:
+            continue
+        n = max(1, round(holdout * len(idx)))
+        test[rng.choice(idx, size=n, replace=False)] = True
+    test |= ~np.isin(classes, (*FITTED_CLASSES, *ALWAYS_FIT))
+    return df[~test].reset_index(drop=True), df[test].reset_index(drop=True)
+
+
+def scored_rows(df: pd.DataFrame, dtype: str) -> pd.DataFrame:
+    """The rows a profile of ``dtype`` speaks for: compute-class rows of other dtypes (GEMMs
+    measured in fp16/fp32 for reference) are neither fitted nor scored."""
+    other = df["op_class"].isin(COMPUTE_CLASSES) & (df["dtype"] != dtype)
+    return df[~other].reset_index(drop=True)
+
+
+def _f(v: Any, default: float = 0.0) -> float:
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return default
+    return default if math.isnan(x) else x
+
+
+def predict_op(r: dict[str, Any], cm: CostModel) -> float:
+    """Cost-model time of one op measurement (a fitted class)."""
+    cls = r["op_class"]
+    if cls == "copy":
+        b = _f(r["bytes"])
+        return b / (cm.hbm_bytes_per_s * cm.profile.hbm(max(b, 1.0))) + cm.launch_s
+    groups = int(_f(r.get("groups"), 1.0)) or 1
+    bwd = r["pass"] == "fwd_bwd"
+    flops, n_bytes = _f(r["flops"]), _f(r["bytes"])
+    if bwd:  # the row holds fwd + bwd = 3× the forward
+        flops, n_bytes = flops / 3, n_bytes / 3
+    fwd = OpWork(r["op"], cls, flops, n_bytes, groups=groups)
+    t = cm.time_s(fwd)
+    if bwd:
+        t += cm.time_s(OpWork(r["op"] + "_bwd", cls, 2 * flops, 2 * n_bytes, groups, 2))
+    return t
+
+
+def _precision(dtype: str) -> dict[str, Any]:
+    # CPU stages train in fp32; CUDA stages autocast to bf16 over fp32 weights
+    return {"compute": dtype, "params": "fp32", "grads": "fp32", "master_weights": False}
+
+
+def _cluster(gpu: GPUSpec) -> dict[str, Any]:
+    return {"gpu": gpu.model_dump(), "nodes": 1, "gpus_per_node": 1}
+
+
+def moe_layer_scenario(r: dict[str, Any], gpu: GPUSpec, profile_path: Path, dtype: str):
+    from moesim.calibrate.bench_moe import model_spec
+    from moesim.specs import Scenario
+
+    t, e, k = int(r["tokens"]), int(r["experts"]), int(r["top_k"])
+    d, f = int(r["hidden"]), int(r["ffn_hidden"])
+    note = json.loads(r["note"]) if isinstance(r["note"], str) and r["note"] else {}
+    hist = note.get("tokens_per_expert")
+    routing = {"distribution": "histogram", "histogram": hist} if hist else {}
+    precision = _precision(dtype) | {"params": dtype if dtype != "fp32" else "fp32"}
+    return Scenario.model_validate(
+        {
+            "name": f"calib-{r['op']}-T{t}E{e}K{k}D{d}F{f}-{r['pass']}",
+            "model": model_spec(t, e, k, d, f).model_dump(),
+            "cluster": _cluster(gpu),
+            "parallel": {"tp": 1, "pp": 1, "dp": 1, "ep": 1},
+            "precision": precision,
+            "routing": routing,
+            "workload": {
+                "stage": "moe_layer",
+                "tokens_per_gpu": t,
+                "passes": "forward_backward" if r["pass"] == "fwd_bwd" else "forward",
+            },
+            "simulation": {"profile": str(profile_path)},
+        }
+    )
+
+
+def step_scenario(r: dict[str, Any], gpu: GPUSpec, profile_path: Path, dtype: str, cuda: bool):
+    from moesim.calibrate.bench_steps import step_models
+    from moesim.specs import Scenario
+
+    note = json.loads(r["note"])
+    stage, b, s = note["stage"], int(r["batch"]), int(r["seq_len"])
+    if stage == "grpo":
+        g = int(note.get("group_size", 4))
+        workload = {"stage": "grpo", "global_batch": b, "group_size": g, "prompt_len": 4,
+                    "response_len": 3, "ppo_epochs": 2}  # fmt: skip
+        mbs = b * g
+    else:
+        workload = {"stage": stage, "global_batch": b, "seq_len": s}
+        mbs = b
+    return Scenario.model_validate(
+        {
+            "name": f"calib-step-{stage}-{note['model']}-B{b}S{s}",
+            "model": step_models(cuda)[note["model"]],
+            "cluster": _cluster(gpu),
+            "parallel": {
+                "tp": 1,
+                "pp": 1,
+                "dp": 1,
+                "ep": 1,
+                "microbatch_size": mbs,
+                "recompute": "none",
+                "zero_stage": 0,
+            },
+            "precision": _precision(dtype),
+            "workload": workload,
+            "simulation": {"profile": str(profile_path)},
+        }
+    )
+
+
+def error_stats(measured: list[float], predicted: list[float]) -> dict[str, Any]:
+    """Median and maximum of |predicted − measured| / measured, and n."""
+    errs = [abs(p - m) / m for m, p in zip(measured, predicted, strict=True) if m > 0]
+    if not errs:
+        return {"median_abs_rel_error": None, "max_abs_rel_error": None, "n": 0}
+    return {
+        "median_abs_rel_error": float(np.median(errs)),
+        "max_abs_rel_error": float(np.max(errs)),
+        "n": len(errs),
+    }
+
+
+def predict_all(
+    test: pd.DataFrame, gpu: GPUSpec, profile_path: Path, dtype: str, cuda: bool
+) -> pd.DataFrame:
+    """The held-out rows with ``predicted_s``, ``method`` and (when not scored) ``skipped``."""
+    from moesim.sim.run import UnsupportedStage, simulate
+
+    cm = CostModel(gpu, load_profile(profile_path), dtype)
+    out = []
+    for r in test.to_dict("records"):
+        r = dict(r)
+        r["skipped"] = ""
+        cls = r["op_class"]
+        try:
+            if cls in FITTED_CLASSES:
+                r["predicted_s"], r["method"] = predict_op(r, cm), "costmodel"
+            elif cls == "moe_layer":
+                res = simulate(moe_layer_scenario(r, gpu, profile_path, dtype))
+                r["predicted_s"], r["method"] = res.step_time_s, "simulate"
+            elif cls == "step":
+                res = simulate(step_scenario(r, gpu, profile_path, dtype, cuda))
+                r["predicted_s"], r["method"] = res.step_time_s, "simulate"
+            else:
+                continue
+        except UnsupportedStage as e:
+            r["predicted_s"], r["method"], r["skipped"] = float("nan"), "simulate", str(e)
+        out.append(r)
+    return pd.DataFrame(out)
+
+
+def summarize(pred: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    val: dict[str, dict[str, Any]] = {}
+    for cls, g in pred.groupby("op_class", sort=False):
+        scored = g[g["skipped"] == ""]
+        stats = error_stats(
+            scored["time_s_median"].astype(float).tolist(),
+            scored["predicted_s"].astype(float).tolist(),
+        )
+        stats["method"] = str(g["method"].iloc[0])
+        if cls == "step":
+            stats["by_stage"] = {
+                str(op): error_stats(
+                    s["time_s_median"].astype(float).tolist(),
+                    s["predicted_s"].astype(float).tolist(),
+                )
+                for op, s in scored.groupby("op")
+            }
+            not_sim = sorted(set(g[g["skipped"] != ""]["op"]))
+            if not_sim:
+                stats["not_simulated"] = not_sim
+        val[str(cls)] = stats
+    return val
+
+
+def validate_profile(
+    profile_path: str | Path,
+    *,
+    measurements: str | Path | None = None,
+    holdout: float = 0.3,
+    seed: int = 0,
+    report: str | Path | None = None,
+) -> dict[str, Any]:
+    """Score the simulator on held-out measurements; write the errors into the profile, the
+    predictions CSV and the HTML report. Returns the ``validation`` block."""
+    profile_path = Path(profile_path)
+    profile = json.loads(profile_path.read_text())
+    device_id = profile["device"]
+    meas_path = (
+        Path(measurements) if measurements else profile_path.parent / device_id / "measurements.csv"
+    )
+    measured = profile.get("measured") or {}
+    dtype = measured.get("dtype", "bf16")
+    df = scored_rows(load_measurements(meas_path), dtype)
+    gpu = device_spec_for(profile_path, device_id)
+    cuda = device_id != "cpu"
+    train, test = split(df, holdout, seed)
+    part = fit_profile(
+        train, gpu, dtype=dtype, device_id=device_id, environment=measured.get("environment")
+    )
+    with tempfile.TemporaryDirectory(prefix="moesim-validate-") as tmp:
+        part_path = write_profile(Path(tmp) / f"{device_id}.json", part)
+        pred = predict_all(test, gpu, part_path, dtype, cuda)
+    validation = summarize(pred)
+    missing = [c for c in REQUIRED_CLASSES if c not in validation]
+    validation["_split"] = {
+        "holdout_fraction": holdout,
+        "seed": seed,
+        "fit_rows": len(train),
+        "held_out_rows": len(test),
+        "date": dt.date.today().isoformat(),
+        "measurements": str(meas_path),
+        "note": "errors of a profile fitted without the held-out rows; the profile's curves "
+        "are fitted on all rows",
+        "missing_classes": missing,
+    }
+    profile["validation"] = validation
+    write_profile(profile_path, profile)
+    pred_path = meas_path.parent / "predictions.csv"
+    pred.to_csv(pred_path, index=False)
+    from moesim.calibrate.report import write_report
+
+    write_report(
+        pred,
+        validation,
+        Path(report) if report else meas_path.parent / "report.html",
+        title=f"moesim calibration: {device_id} "
+        f"({(measured.get('environment') or {}).get('device_name', '')})",
+    )
+    return validation

@@ -1,0 +1,125 @@
+"""End to end on the CPU: ``moesim calibrate run --device cpu --quick`` into a temporary folder,
+then ``moesim calibrate validate`` on what it wrote; the simulator reads the profile."""
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from moesim.calibrate import bench_steps
+from moesim.calibrate.records import COLUMNS
+from moesim.cli import app
+from moesim.sim.profile import load_profile, resolve_profile
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("calibration")
+    res = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "run",
+            "--device",
+            "cpu",
+            "--quick",
+            "--threads",
+            "1",
+            "--out",
+            str(out),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return out, json.loads(res.stdout[res.stdout.index("{") :])
+
+
+def test_measurements_cover_every_benchmark(quick_run):
+    out, summary = quick_run
+    assert summary["failures"] == []
+    df = pd.read_csv(out / "cpu" / "measurements.csv")
+    assert list(df.columns) == list(COLUMNS)
+    classes = set(df["op_class"])
+    assert classes >= {"gemm", "grouped_gemm", "moe_layer", "attention", "memory_bound", "copy",
+                       "launch", "collective"}  # fmt: skip
+    if bench_steps.available() is None:  # moesim.training is importable
+        assert set(df[df["op_class"] == "step"]["op"]) == {
+            "step_pretrain", "step_sft", "step_dpo", "step_grpo"
+        }  # fmt: skip
+    assert (df["time_s_median"] > 0).all()
+    assert (df["time_s_p10"] <= df["time_s_median"]).all()
+    assert (df["time_s_median"] <= df["time_s_p90"]).all()
+    assert set(df[df["op"] == "moe_layer"]["note"].map(lambda n: json.loads(n)["routing"])) == {
+        "uniform", "skewed"
+    }  # fmt: skip
+    assert set(df["pass"]) == {"fwd", "fwd_bwd"}
+
+
+def test_profile_is_loadable_and_sourced(quick_run):
+    out, _ = quick_run
+    prof = load_profile(out / "cpu.json")
+    assert prof.device == "cpu"
+    for c in prof.compute.values():
+        assert c.source.startswith("measured")
+    assert prof.launch_overhead_us.source.startswith("measured")
+    env = prof.measured["environment"]
+    assert env["torch"] and env["date"] and env["device_name"]
+    assert (out / "cpu.device.yaml").is_file()
+    # the simulator takes it by id from the folder, as --profile cpu would
+    assert resolve_profile("cpu", search_dirs=(out,)).device == "cpu"
+
+
+def test_validation_block_and_report(quick_run):
+    out, summary = quick_run
+    val = load_profile(out / "cpu.json").validation
+    assert val == json.loads(json.dumps(summary["validation"]))
+    needed = ["gemm", "moe_layer", "attention"]
+    if bench_steps.available() is None:
+        needed.append("step")
+        assert set(val["step"]["by_stage"]) >= {"step_pretrain", "step_sft"}
+    for cls in needed:
+        v = val[cls]
+        assert v["n"] >= 1
+        assert 0 <= v["median_abs_rel_error"] <= v["max_abs_rel_error"]
+    report = (out / "cpu" / "report.html").read_text()
+    assert "Plotly" in report and "cdn.plot.ly" not in report.split("<script")[1][:200]
+    assert (out / "cpu" / "report.html").stat().st_size < 5e6
+    pred = pd.read_csv(out / "cpu" / "predictions.csv")
+    scored = pred[pred["skipped"].isna()]
+    assert scored["predicted_s"].gt(0).all()
+
+
+def test_validate_command_rewrites_the_errors(quick_run, tmp_path):
+    out, _ = quick_run
+    report = tmp_path / "r.html"
+    res = CliRunner().invoke(
+        app,
+        [
+            "calibrate",
+            "validate",
+            str(out / "cpu.json"),
+            "--holdout",
+            "0.5",
+            "--seed",
+            "3",
+            "--report",
+            str(report),
+            "--json",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    val = load_profile(out / "cpu.json").validation
+    assert val["_split"]["holdout_fraction"] == 0.5 and val["_split"]["seed"] == 3
+    assert report.is_file()
+
+
+def test_bad_arguments_are_user_errors(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["calibrate", "run", "--device", "tpu", "--out", str(tmp_path)])
+    assert res.exit_code != 0
+    res = runner.invoke(app, ["calibrate", "validate", str(tmp_path / "none.json")])
+    assert res.exit_code != 0
