@@ -10,9 +10,10 @@ for its input from the neighbouring stage, so bubbles come out of the dependenci
 - Interleaved 1F1B (Narayanan et al. 2021 §2.2; Megatron-LM's
   ``forward_backward_pipelining_with_interleaving``): v chunks per rank, microbatches in groups
   of pp, warm-up of (pp−r−1)·2 + (v−1)·pp forwards.
-- DualPipe: the 1F1B order, with each steady-state forward and backward pair run concurrently
-  on the rank so that one's communication hides under the other's compute (DeepSeek-V3 §3.2.1's
-  overlap); the bidirectional feeding of DualPipe is not modelled.
+- DualPipe (DeepSeek-V3 §3.2.1): bidirectional, with overlapped forward/backward pairs; its
+  order and layout live in ``moesim.sim.dualpipe``. Where its layout does not apply (odd pp,
+  fewer than 2·pp microbatches) the 1F1B order below runs with each steady-state forward and
+  backward pair overlapped.
 """
 
 from __future__ import annotations

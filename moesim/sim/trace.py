@@ -14,7 +14,7 @@ from typing import Any
 
 from moesim.sim.engine import Rank
 
-STREAM_ORDER = ("compute", "tp", "ep", "pp", "dp")
+STREAM_ORDER = ("compute", "tp", "ep", "pp", "dp", "ep_bwd", "pp_bwd", "cp")
 
 
 def chrome_trace(ranks: list[Rank]) -> dict[str, Any]:

@@ -307,8 +307,13 @@ def pipeline_pass(
     ctx: SimContext, backward: bool = True, optimizer: bool = True, pipeline: Pipeline | None = None
 ) -> dict[int, simpy.Process]:
     """Start every simulated rank's program for one step; returns the processes."""
-    pipe = pipeline or Pipeline(ctx)
     p = ctx.parallel
+    if backward and p.schedule == "dualpipe":
+        from moesim.sim import dualpipe  # imports this module
+
+        if dualpipe.supported(p.pp, ctx.microbatches, p.virtual_stages):
+            return dualpipe.start_dualpipe(ctx, optimizer, pipeline)
+    pipe = pipeline or Pipeline(ctx)
     procs = {}
     for g in ctx.simulated_gpus():
         stage, _ = ctx.grid.coords(g)
@@ -345,9 +350,12 @@ def _rank_program(
             and i + 1 < len(tasks)
             and tasks[i + 1].kind == "B"
         )
-        if pair:  # DualPipe-style overlap: the F and B of a pair share the rank's streams
-            a = rank.start(pipe.run_task(rank, task, buckets, ready))
-            b = rank.start(pipe.run_task(rank, tasks[i + 1], buckets, ready))
+        if pair:  # DualPipe's overlap where its layout does not apply (moesim.sim.dualpipe)
+            from moesim.sim.dualpipe import pair_views
+
+            fview, bview = pair_views(rank)
+            a = rank.start(pipe.run_task(fview, task, buckets, ready))
+            b = rank.start(pipe.run_task(bview, tasks[i + 1], buckets, ready))
             yield simpy.AllOf(ctx.env, [a, b])
             i += 2
             continue
