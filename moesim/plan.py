@@ -201,7 +201,7 @@ def plan_from_dict(
 
 
 # -- the search -----------------------------------------------------------------------------
-def _candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
+def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
     """Every buildable scenario of the search space (and how many points were considered)."""
     sp, considered, out = spec.search, 0, []
     model = spec.base["model"]
@@ -259,7 +259,7 @@ def run_plan(
         from moesim.sim.run import simulate as _simulate
 
         simulate = _simulate
-    considered, scenarios = _candidates(spec)
+    considered, scenarios = candidates(spec)
     fitting: list[Candidate] = []
     for s in scenarios:
         mem = memory_per_gpu(s)

@@ -175,3 +175,14 @@ def load_model_arg(name: str) -> ModelSpec:
         return ModelSpec.model_validate(raw_entry("models", name))
     except CatalogError as e:
         raise ScenarioError(str(e)) from None
+
+
+def file_kind(data: dict[str, Any]) -> str:
+    """Which kind of moesim file a YAML mapping is: scenario, comparison, sweep or plan."""
+    if "scenarios" in data:
+        return "comparison"
+    if "grid" in data or "zip" in data:
+        return "sweep"
+    if "search" in data or "constraints" in data:
+        return "plan"
+    return "scenario"

@@ -12,7 +12,13 @@ from rich.table import Table
 from moesim.analytic.flops import token_flops
 from moesim.analytic.params import count_params
 from moesim.cli.app import UserError, app, console, print_json
-from moesim.scenario_io import load_model_arg, load_scenario
+from moesim.scenario_io import (
+    ScenarioError,
+    file_kind,
+    load_model_arg,
+    load_scenario,
+    load_yaml,
+)
 from moesim.specs import ModelSpec, Scenario
 
 
@@ -85,13 +91,32 @@ def inspect(
 
 @app.command()
 def validate(
-    file: Annotated[Path, typer.Argument(help="a scenario YAML")],
+    file: Annotated[Path, typer.Argument(help="a scenario, comparison, sweep or plan file")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
-    """Check a scenario file; print the resolved layout or every problem with its line."""
-    s = load_scenario(file)
+    """Check a moesim file; print the resolved layout or every problem with its line."""
+    data, _ = load_yaml(file)
+    kind = file_kind(data)
+    if kind == "scenario":
+        summaries = [_scenario_summary(load_scenario(file))]
+    elif kind == "comparison":
+        from moesim.cli.report_cmd import load_comparison
+
+        summaries = [_scenario_summary(s) for s in load_comparison(file)[2]]
+    elif kind == "sweep":
+        summaries = [_sweep_summary(file)]
+    else:
+        summaries = [_plan_summary(file)]
+    if as_json:
+        print_json(summaries[0] if kind == "scenario" else {"kind": kind, "items": summaries})
+        return
+    for summary in summaries:
+        console.print(f"[green]ok[/] {summary['line']}", highlight=False)
+
+
+def _scenario_summary(s: Scenario) -> dict:
     p = s.parallel
-    summary = {
+    return {
         "name": s.name,
         "model": s.model.name,
         "gpu": s.cluster.gpu.name,
@@ -99,15 +124,41 @@ def validate(
         "parallel": p.model_dump(),
         "expert_data_parallel": p.edp if s.model.is_moe else None,
         "stage": s.workload.stage,
+        "line": (
+            f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name} "
+            f"({s.cluster.nodes} nodes), tp {p.tp} · cp {p.cp} · pp {p.pp} · dp {p.dp} "
+            f"· ep {p.ep} · etp {p.etp}, stage {s.workload.stage}"
+        ),
     }
-    if as_json:
-        print_json(summary)
-        return
-    console.print(
-        f"[green]ok[/] {s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name} "
-        f"({s.cluster.nodes} nodes), tp {p.tp} · cp {p.cp} · pp {p.pp} · dp {p.dp} "
-        f"· ep {p.ep} · etp {p.etp}, stage {s.workload.stage}"
-    )
+
+
+def _sweep_summary(file: Path) -> dict:
+    """A sweep is valid when its base is; points that cannot be built are counted (they become
+    error rows when the sweep runs)."""
+    from moesim.scenario_io import scenario_from_dict
+    from moesim.sweep import expand, load_sweep
+
+    spec = load_sweep(file)
+    scenario_from_dict(spec.base, str(file), base=spec.base_dir)
+    bad = []
+    for _, d in expand(spec):
+        try:
+            scenario_from_dict(d, base=spec.base_dir)
+        except ScenarioError as e:
+            bad.append(f"{d['name']}: {e}")
+    line = f"sweep {spec.name}: {spec.size} points, {spec.size - len(bad)} buildable"
+    if bad:
+        line += f"; {len(bad)} will be error rows, e.g. {bad[0]}"
+    return {"name": spec.name, "points": spec.size, "unbuildable": bad, "line": line}
+
+
+def _plan_summary(file: Path) -> dict:
+    from moesim.plan import candidates, load_plan
+
+    spec = load_plan(file)
+    considered, scenarios = candidates(spec)
+    line = f"plan {spec.name}: {considered} layouts in the search, {len(scenarios)} buildable"
+    return {"name": spec.name, "considered": considered, "buildable": len(scenarios), "line": line}
 
 
 @app.command()

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, err_console, print_json
-from moesim.scenario_io import ScenarioError, load_scenario, load_yaml
+from moesim.scenario_io import ScenarioError, file_kind, load_scenario, load_yaml
 from moesim.specs import Result, Scenario
 
 COMPARISON_KEYS = {"name", "description", "scenarios"}
@@ -123,16 +123,6 @@ def compare(
             console.print(f"wrote {out}")
 
 
-def _kind(data: dict[str, Any]) -> str:
-    if "scenarios" in data:
-        return "comparison"
-    if "grid" in data or "zip" in data:
-        return "sweep"
-    if "search" in data or "constraints" in data:
-        return "plan"
-    return "scenario"
-
-
 @app.command()
 def report(
     file: Annotated[Path, typer.Argument(help="a scenario, comparison, sweep or plan file")],
@@ -145,7 +135,7 @@ def report(
     from moesim.report import build
 
     data, _ = load_yaml(file)
-    kind = _kind(data)
+    kind = file_kind(data)
     out = out or Path("reports") / f"{file.stem}.html"
     if kind == "scenario":
         rep = build.scenario_report(
