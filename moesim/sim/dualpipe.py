@@ -18,9 +18,13 @@ input (B) and weight (W) gradients (steps 3, 6–8 of the reference); here W sta
 is the W = 0 case of the report's bubble (PP/2−1)(F&B+B−3W).
 
 Overlap: the two chunks of a pair run as two processes on the rank. They share its compute
-stream (one kernel at a time, so an overlapped pair is never faster than its compute), and each
-has its own EP and PP streams (``ep``/``pp`` for the forward chunk, ``ep_bwd``/``pp_bwd`` for the
-backward chunk): the forward's dispatch runs while the backward's experts compute and vice versa.
+stream (one kernel at a time, so an overlapped pair is never faster than its compute), so the
+forward's dispatch runs while the backward's experts compute and vice versa. Their all-to-alls
+share one ``ep`` queue in issue order, as in Fig. 4 (one row of communication: the 20
+communication SMs run one all-to-all at a time); their pipeline sends go on separate streams
+(``pp``, ``pp_bwd``: opposite directions, different peers). Two concurrent all-to-alls sharing
+the NICs instead hide less (each finishes late): 12.5 s against 12.0 s per step for
+scenarios/deepseek-v3-pretrain-2048xh800.yaml when tried.
 
 SM sharing: DeepSeek-V3 gives 20 of the H800's 132 SMs to communication (report §3.2.2: 20 SMs
 saturate IB and NVLink). A kernel of an overlapped pair that starts while any communication of
@@ -113,7 +117,7 @@ def bubble_s(pp: int, f_s: float, b_s: float, fb_s: float, w_s: float = 0.0) -> 
 
 class ChunkView:
     """The rank as one chunk of an overlapped pair sees it: its own compute stream and links,
-    communication streams renamed by ``alias`` (the backward chunk's ``ep`` is ``ep_bwd``), and
+    communication streams renamed by ``alias`` (the backward chunk's ``pp`` is ``pp_bwd``), and
     compute stretched by ``OVERLAP_SLOWDOWN`` while a collective of the pair is in flight
     (``busy``, shared by the pair's two views, counts them)."""
 
@@ -243,7 +247,7 @@ class DualPipe:
         stage, _ = ctx.grid.coords(gpu)
         p, sim = ctx.parallel, ctx.scenario.simulation
         positions = [self.place(stage, ph)[1] for ph in (0, 1)]
-        zero = p.zero_stage >= 1 and optimizer
+        zero = p.zero_stage in (1, 2) and optimizer  # ZeRO-3 gathers per layer (zero3.py)
         ready: dict[int, simpy.Process] = {}
         if zero and sim.overlap_dp:
             for ph, pos in enumerate(positions):

@@ -25,6 +25,7 @@ from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank
 from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.schedules import Task, schedule
+from moesim.sim.zero3 import Zero3Gather
 
 
 # -- one layer ----------------------------------------------------------------------------------
@@ -75,6 +76,7 @@ class LayerRunner:
     def __init__(self, ctx: SimContext):
         self.ctx = ctx
         self.tp_block = tp_block_factory(ctx)
+        self.zero3 = Zero3Gather(ctx) if ctx.parallel.zero_stage == 3 else None
         self.moe_pos: dict[tuple[int, int], tuple[int, int]] = {}
         for st in ctx.stages:
             for j, layer in enumerate(st.moe_layers):
@@ -88,6 +90,8 @@ class LayerRunner:
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
+        if self.zero3 is not None and not recompute:
+            yield from self.zero3.before(rank, layer, mb, "f")
         attention = [("attention", lc.attention_s + lc.norms_s)]
         single = self.ctx.parallel.tp == 1
         if lc.is_moe:
@@ -107,6 +111,8 @@ class LayerRunner:
         mode = self.ctx.parallel.recompute
         tag = (layer, mb, "b")
         single = self.ctx.parallel.tp == 1
+        if self.zero3 is not None:
+            yield from self.zero3.before(rank, layer, mb, "b")
         if mode == "full":
             yield from self.forward(rank, layer, mb, recompute=True)
         lead = [("recompute_attention_core", lc.attention_core_s)] if mode == "selective" else []
@@ -334,7 +340,7 @@ def _rank_program(
     stage, _ = ctx.grid.coords(gpu)
     p, sim = ctx.parallel, ctx.scenario.simulation
     train = backward and optimizer
-    zero = p.zero_stage >= 1 and train
+    zero = p.zero_stage in (1, 2) and train  # ZeRO-3 gathers per layer (moesim.sim.zero3)
     ready: dict[int, simpy.Process] = {}
     if zero and sim.overlap_dp:
         for c in range(len(ctx.stages[stage].chunks)):
