@@ -23,7 +23,7 @@ from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
-SIMULATED_STAGES = ("pretrain", "sft", "moe_layer", "inference")
+SIMULATED_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo", "moe_layer", "inference")
 COMM_CATEGORIES = ("all_to_all", "tp_comm", "dp_comm", "pp_comm")
 
 
@@ -72,6 +72,10 @@ def simulate(
         from moesim.sim.inference import simulate_inference
 
         return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
+    if stage in ("sft", "dpo", "grpo", "ppo"):  # phases composed in moesim.sim.post_training
+        from moesim.sim.post_training import simulate_post_training
+
+        return simulate_post_training(scenario, fidelity, trace_path, base_dir)
     ctx = build_context(scenario, fidelity, base_dir)
     if stage == "moe_layer":
         _start_moe_layer(ctx)

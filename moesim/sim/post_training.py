@@ -1,0 +1,420 @@
+"""Post-training steps: SFT, DPO, GRPO and PPO, composed from the pretraining pipeline passes
+(forward-only and forward + backward, ``training_step.pipeline_pass``) and the serving engine
+(``inference``) for rollouts. Each phase is its own SimPy run on the same layout; phases follow
+one another (each needs the previous one's output), so the step is their sum and
+``time_breakdown_s`` carries one key per phase besides the usual compute/comm/bubble split.
+
+Per optimizer step (N sequences = ``global_batch``, × ``group_size`` for GRPO):
+
+- **SFT**: one training pass (pretraining's), LoRA when given. Padding costs compute but is not
+  a token: ``tokens_per_s`` counts real tokens (× ``packing_efficiency``), ``loss_tokens_per_s``
+  the ones in the loss (× (1 − ``prompt_fraction``)).
+- **DPO** (Rafailov et al. 2023; TRL): ``reference`` — a forward of the frozen reference on
+  chosen and rejected (skipped when ``precomputed``), then ``training`` — the policy's forward
+  and backward on both (a microbatch holds the pair, so 2 × seq_len tokens).
+- **GRPO** (Shao et al. 2024; TRL/veRL): ``weight_sync`` (colocated: the new weights copied into
+  the inference engine, plus a ZeRO-3 all-gather; disaggregated: a broadcast over the network to
+  the rollout GPUs), ``rollout`` (N = prompts × group sequences of ``response_len`` through the
+  serving engine: prefill, decode steps, KV-limited waves), ``reward`` (``rule``: a CPU verifier,
+  0 s; ``model``: a reward-model forward), ``old_logprobs`` (a policy forward, only when
+  ``ppo_epochs`` > 1: otherwise the ratio's denominator is the detached current policy),
+  ``reference`` (skipped when ``kl_coef`` is 0), ``training`` (``ppo_epochs`` training passes).
+- **PPO** (Ouyang et al. 2022): as GRPO with N = prompts, plus ``values`` (the critic's forward),
+  ``gae`` (advantages: element-wise over the N × response_len rewards and values) and
+  ``critic_training`` (the critic's training passes); ``old_logprobs`` always runs.
+
+The responses are assumed to run to ``response_len`` (an upper bound: real ones stop earlier).
+Reward and critic models keep the policy's layout (ep and etp fall to 1 for a dense one) and are
+costed with their LM head (a scalar value head is smaller; the difference is 2·V·d per token).
+MFU counts the policy's training passes only (model FLOPs: 3·F per token, 2·F + 3·F_adapters
+with LoRA) over the whole step's GPU time.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from moesim.analytic.flops import token_flops
+from moesim.analytic.lora import LoRALayer, lora_counts, lora_forward_flops_per_token
+from moesim.analytic.memory import n_microbatches, sequences_per_step
+from moesim.analytic.params import count_params
+from moesim.analytic.post_training import (
+    critic_model_of,
+    needs_reference_pass,
+    post_training_memory,
+    reward_model_of,
+    rollout_gpu_memory,
+)
+from moesim.sim.context import SimContext
+from moesim.sim.costmodel import OpWork
+from moesim.sim.engine import Rank
+from moesim.sim.inference import ReplicaCost, serve
+from moesim.sim.run import COMM_CATEGORIES, build_context, rank_breakdown
+from moesim.sim.trace import write_trace
+from moesim.sim.training_step import Pipeline, pipeline_pass
+from moesim.specs import (
+    DPOWorkload,
+    GRPOWorkload,
+    InferenceWorkload,
+    LoRASpec,
+    ModelSpec,
+    PPOWorkload,
+    Result,
+    Scenario,
+    SFTWorkload,
+)
+
+PART_KEYS = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
+
+
+@dataclass
+class Phase:
+    """One phase of a step: its time and the usual parts (mean over simulated ranks)."""
+
+    name: str
+    time_s: float
+    parts: dict[str, float]
+    ranks: list[Rank] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# -- LoRA in the simulator ----------------------------------------------------------------------
+class LoRAExpertCost:
+    """Routed experts with adapters: the frozen experts' backward computes input gradients only
+    (one forward's worth), the expert adapters run forward and full backward per routed copy."""
+
+    def __init__(self, ctx: SimContext, base, copy_flops: float):
+        self.ctx, self.base, self.copy_flops = ctx, base, copy_flops
+
+    def time_s(self, copies: float, backward: bool = False) -> float:
+        frozen = self.base.time_s(copies)
+        p = self.ctx.parallel
+        flops = copies * self.copy_flops / p.etp
+        io = copies * 2 * self.ctx.model.d_model * self.ctx.precision.activation_bytes
+        adapter = self.ctx.cm.time_s(OpWork("lora_experts", "gemm", flops, io)) if flops else 0.0
+        return frozen + (2.0 if backward else 1.0) * adapter
+
+
+def apply_lora(ctx: SimContext, lora: LoRASpec) -> Pipeline:
+    """Turn ``ctx`` into a LoRA step: adapter time in every layer, frozen-base backward (input
+    gradients only), gradients/optimizer/all-gathers of the adapters alone. Returns the pipeline
+    to run (its LM head backward is the frozen head's: input gradients only)."""
+    m, p, cm = ctx.model, ctx.parallel, ctx.cm
+    ab, pb = ctx.precision.activation_bytes, ctx.precision.param_bytes
+    n_enc = m.n_encoder_layers
+    layers = lora_counts(m, lora).layers
+    none = LoRALayer(0, 0, 0, 0, 0, 0.0)
+    t = ctx.tokens
+
+    def adapter_s(name: str, n_params: int, tokens: float) -> float:
+        if n_params <= 0:
+            return 0.0
+        flops = tokens * 2.0 * n_params / p.tp
+        return cm.time_s(
+            OpWork(name, "gemm", flops, n_params * pb / p.tp + 2 * tokens * m.d_model * ab / p.tp)
+        )
+
+    for i, lc in list(ctx.layers.items()):
+        ll = layers[i - n_enc] if i >= n_enc else none
+        att = adapter_s("lora_attention", ll.attention, t)
+        mlp = adapter_s("lora_mlp", ll.mlp, t)
+        rt = adapter_s("lora_router", ll.router, t / p.tp) if lc.is_moe else 0.0
+        ctx.layers[i] = replace(
+            lc,
+            attention_s=lc.attention_s + att,
+            # frozen projections: input gradients (≈ their forward); core backward ≈ 2× forward
+            attention_bwd_s=lc.attention_s + lc.attention_core_s + 2 * att,
+            ffn_s=lc.ffn_s + mlp,
+            ffn_bwd_s=lc.ffn_s + 2 * mlp,
+            router_s=lc.router_s + rt,
+            router_bwd_s=lc.router_s + 2 * rt,
+            non_expert_params=ll.non_expert / p.tp,
+            expert_params=ll.expert / (p.ep * p.etp),
+        )
+    if m.moe is not None:
+        copy = next((x.expert_copy_flops for x in layers if x.expert_copy_flops), 0.0)
+        ctx.expert_cost = LoRAExpertCost(ctx, ctx.expert_cost, copy)
+    # embeddings and the LM head are frozen: no gradients, optimizer states or all-gathers
+    ctx.counts = replace(ctx.counts, embedding=0, lm_head=0, final_norm=0, mtp=0)
+    pipe = Pipeline(ctx)
+    pipe.head_s = (pipe.head_s[0], pipe.head_s[0])
+    return pipe
+
+
+# -- phases --------------------------------------------------------------------------------------
+def variant(s: Scenario, model: ModelSpec, **workload) -> Scenario:
+    """``s`` with another model (reward, critic) on the same layout; a dense model drops ep."""
+    d = json.loads(s.model_dump_json())
+    d["model"] = json.loads(model.model_dump_json())
+    if model.moe is None or model.moe.n_routed_experts % s.parallel.ep:
+        d["parallel"] |= {"ep": 1, "etp": 1}
+    d["workload"] |= workload
+    try:
+        return Scenario.model_validate(d)
+    except ValueError as e:
+        raise ValueError(f"workload: {model.name} cannot run on the policy's layout: {e}") from None
+
+
+def pipeline_phase(
+    s: Scenario,
+    name: str,
+    train: bool,
+    fidelity: str | None,
+    base_dir: Path | None,
+    lora: LoRASpec | None = None,
+    repeat: int = 1,
+) -> Phase:
+    """A forward-only (``train`` False) or training pass over the step's sequences, ``repeat``
+    times (PPO epochs). With ``simulation.microbatches_simulated`` the pass is extrapolated
+    linearly to all microbatches."""
+    ctx = build_context(s, fidelity, base_dir)
+    pipe = apply_lora(ctx, lora) if lora is not None else None
+    pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe)
+    ctx.env.run()
+    ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
+    step = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
+    per_rank = [rank_breakdown(r, step) for r in ranks]
+    scale = repeat * n_microbatches(s) / ctx.microbatches
+    parts = {k: scale * sum(b[k] for b in per_rank) / len(per_rank) for k in PART_KEYS}
+    extra = {"dropped": ctx.dropped_copies, "offered": ctx.offered_copies}
+    return Phase(name, scale * step, parts, ranks, extra)
+
+
+def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
+    """Generate the step's responses with the serving engine on the rollout GPUs."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    n = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
+    roll, slots = rollout_scenario(s)
+    replicas = roll.parallel.dp_size * roll.parallel.cp
+    per_replica = math.ceil(n / replicas)
+    cost = ReplicaCost(roll, base_dir)
+    log = serve(cost, [0.0] * per_replica, w.prompt_len, w.response_len, slots)
+    time_s = max(r.finish_s for r in log.requests)
+    batch = log.decode_batch_sum / max(log.decode_steps, 1)
+    typical = cost.decode(max(1, round(batch)), log.decode_context_sum / max(log.decode_steps, 1))
+    frac = typical.comm_s / typical.total_s if typical.total_s else 0.0
+    parts = dict.fromkeys(PART_KEYS, 0.0)
+    parts["compute"] = time_s * (1 - frac)
+    parts["exposed_comm"] = time_s * frac
+    parts["tp_comm"] = time_s * typical.tp_comm_s / typical.total_s if typical.total_s else 0.0
+    parts["all_to_all"] = time_s * typical.all_to_all_s / typical.total_s if typical.total_s else 0
+    extra: dict[str, object] = {
+        "rollout_sequences_per_replica": per_replica,
+        "rollout_concurrency": slots,
+        "rollout_waves": math.ceil(per_replica / slots),
+        "rollout_decode_steps": log.decode_steps,
+        "rollout_tpot_s": typical.total_s,
+    }
+    if s.model.moe is not None:
+        extra["rollout_experts_touched_per_layer"] = typical.experts_touched
+    return Phase("rollout", time_s, parts, extra=extra)
+
+
+def rollout_scenario(s: Scenario) -> tuple[Scenario, int]:
+    """The serving scenario of the rollout engine and its concurrent sequences per replica."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    d = json.loads(s.model_dump_json())
+    d["workload"] = {
+        "stage": "inference",
+        "prompt_len": w.prompt_len,
+        "output_len": w.response_len,
+        "batch_size": 1,
+    }
+    if w.rollout == "colocated":
+        slots = post_training_memory(s).rollout_slots
+    else:
+        gpus = w.rollout_gpus or s.gpus
+        gpn = s.cluster.gpus_per_node
+        p = s.parallel
+        if gpus % (p.tp * p.pp) or (gpus > gpn and gpus % gpn):
+            raise ValueError(
+                f"workload.rollout_gpus ({gpus}) must be a multiple of tp·pp = {p.tp * p.pp} and "
+                f"of the {gpn} GPUs of a node (or fewer than a node)"
+            )
+        nodes = max(1, gpus // gpn)
+        d["cluster"] |= {"nodes": nodes, "gpus_per_node": min(gpus, gpn)}
+        d["parallel"] |= {"dp": gpus // (p.tp * p.pp), "zero_stage": 0}
+        slots = 0
+    roll = Scenario.model_validate(d)
+    if w.rollout != "colocated":
+        slots = rollout_gpu_memory(s)[1]
+    assert isinstance(roll.workload, InferenceWorkload)
+    return roll, slots
+
+
+def weight_sync_phase(s: Scenario, ctx_s: SimContext) -> Phase:
+    """New policy weights into the rollout engine (see the module docstring)."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    p, prec = s.parallel, s.precision
+    counts = ctx_s.counts
+    routed = sum(x.routed_experts for x in counts.decoder_layers)
+    per_gpu = ((counts.total - routed) / p.tp + routed / (p.ep * p.etp)) / p.pp  # parameters
+    wbytes = per_gpu * prec.param_bytes
+    parts = dict.fromkeys(PART_KEYS, 0.0)
+    if w.rollout == "colocated":
+        # a device-local copy into the engine's buffers (read + write), after a ZeRO-3 gather
+        copy_s = ctx_s.cm.time_s(OpWork("weight_copy", "memory_bound", 0.0, 2 * wbytes))
+        gather_s = 0.0
+        if p.zero_stage >= 3:
+            gather_s = ctx_s.all_gather_s(ctx_s.grid.dp_group(0), wbytes)
+        parts["compute"], parts["exposed_comm"], parts["dp_comm"] = copy_s, gather_s, gather_s
+        return Phase("weight_sync", copy_s + gather_s, parts)
+    # disaggregated: a pipelined broadcast; every rollout GPU receives its shard over its NIC
+    inter = s.cluster.inter
+    nic_Bps = inter.nic_Gbps / 8 * 1e9 * ctx_s.cm.link_fraction("network")
+    nic_Bps *= inter.nics_per_node / s.cluster.gpus_per_node
+    t = wbytes / nic_Bps + inter.latency_us * 1e-6
+    parts["exposed_comm"] = t
+    return Phase("weight_sync", t, parts)
+
+
+def gae_phase(s: Scenario, ctx_s: SimContext) -> Phase:
+    """Advantages and returns: a backward scan over rewards and values (fp32), memory-bound."""
+    w = s.workload
+    seqs_per_gpu = w.global_batch / (s.parallel.dp_size * s.parallel.cp)
+    nbytes = 4 * 4.0 * seqs_per_gpu * w.response_len  # rewards, values in; advantages, returns out
+    t = ctx_s.cm.time_s(OpWork("gae", "memory_bound", 0.0, nbytes))
+    parts = dict.fromkeys(PART_KEYS, 0.0)
+    parts["compute"] = t
+    return Phase("gae", t, parts)
+
+
+# -- the step ------------------------------------------------------------------------------------
+def phases_of(s: Scenario, fidelity: str | None, base_dir: Path | None) -> list[Phase]:
+    w = s.workload
+    lora = getattr(w, "lora", None)
+    if isinstance(w, SFTWorkload):
+        return [pipeline_phase(s, "training", True, fidelity, base_dir, lora)]
+    out: list[Phase] = []
+    if isinstance(w, DPOWorkload):
+        if needs_reference_pass(s):
+            out.append(pipeline_phase(s, "reference", False, fidelity, base_dir))
+        out.append(pipeline_phase(s, "training", True, fidelity, base_dir, lora))
+        return out
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    probe = build_context(s, fidelity, base_dir)  # cost model, grid and counts of the policy
+    out.append(weight_sync_phase(s, probe))
+    out.append(rollout_phase(s, base_dir))
+    rm = reward_model_of(s)
+    if rm is None:
+        out.append(Phase("reward", 0.0, dict.fromkeys(PART_KEYS, 0.0)))  # rule-based verifier
+    else:
+        out.append(pipeline_phase(variant(s, rm), "reward", False, fidelity, base_dir))
+    if isinstance(w, PPOWorkload) or w.ppo_epochs > 1:
+        out.append(pipeline_phase(s, "old_logprobs", False, fidelity, base_dir, lora))
+    if needs_reference_pass(s):
+        out.append(pipeline_phase(s, "reference", False, fidelity, base_dir))
+    critic = critic_model_of(s)
+    if critic is not None:
+        out.append(pipeline_phase(variant(s, critic), "values", False, fidelity, base_dir))
+        out.append(gae_phase(s, probe))
+    out.append(pipeline_phase(s, "training", True, fidelity, base_dir, lora, w.ppo_epochs))
+    if critic is not None:
+        cs = variant(s, critic)
+        out.append(
+            pipeline_phase(cs, "critic_training", True, fidelity, base_dir, None, w.ppo_epochs)
+        )
+    return out
+
+
+def simulate_post_training(
+    scenario: Scenario,
+    fidelity: str | None = None,
+    trace_path: str | Path | None = None,
+    base_dir: Path | None = None,
+) -> Result:
+    s = scenario
+    w = s.workload
+    phases = phases_of(s, fidelity, base_dir)
+    step_s = sum(ph.time_s for ph in phases)
+    breakdown = {k: sum(ph.parts[k] for ph in phases) for k in PART_KEYS}
+    for ph in phases:
+        breakdown[ph.name] = breakdown.get(ph.name, 0.0) + ph.time_s
+    mem = post_training_memory(s)
+    pc = count_params(s.model)
+    fl = token_flops(s.model, w.seq_len)
+    lora = getattr(w, "lora", None)
+    if lora is not None:
+        adapter = lora_forward_flops_per_token(s.model, lora)
+        flops_per_token = 2.0 * fl.forward + 3.0 * adapter
+    else:
+        flops_per_token = fl.model_flops
+    gpus = s.gpus
+    disaggregated = isinstance(w, GRPOWorkload | PPOWorkload) and w.rollout == "disaggregated"
+    if disaggregated:
+        gpus += w.rollout_gpus or s.gpus
+    tokens = sequences_per_step(s) * w.seq_len  # trained tokens (pairs count twice)
+    res = Result(
+        name=s.name,
+        stage=w.stage,
+        gpus=gpus,
+        params_total=float(pc.total),
+        params_active=float(pc.active),
+        model_flops_per_token=flops_per_token,
+        step_time_s=step_s,
+        memory_per_gpu_GB=mem.estimate.as_GB(),
+        fits_in_memory=mem.estimate.total <= s.cluster.gpu.hbm_GB * 1e9,
+        time_breakdown_s=breakdown,
+    )
+    extra: dict[str, object] = {
+        "memory_per_model_GB": mem.copies_GB(),
+        "fidelity": fidelity or s.simulation.fidelity,
+        "network": s.simulation.network,
+        "microbatches": n_microbatches(s),
+    }
+    if lora is not None:
+        extra["trainable_params"] = float(lora_counts(s.model, lora).total)
+    useful = tokens
+    if isinstance(w, SFTWorkload):
+        useful = tokens * w.packing_efficiency
+        if step_s > 0:
+            extra["loss_tokens_per_s"] = useful * (1 - w.prompt_fraction) / step_s
+    for ph in phases:
+        extra.update(ph.extra if ph.name == "rollout" else {})
+    dropped = sum(float(ph.extra.get("dropped", 0.0)) for ph in phases)
+    offered = sum(float(ph.extra.get("offered", 0.0)) for ph in phases)
+    if offered:
+        extra["tokens_dropped_fraction"] = dropped / offered
+    if disaggregated:
+        roll_mem, _ = rollout_gpu_memory(s)
+        extra["training_gpus"] = s.gpus
+        extra["rollout_gpus"] = gpus - s.gpus
+        extra["rollout_memory_per_gpu_GB"] = roll_mem.as_GB()
+        extra["rollout_fits_in_memory"] = roll_mem.total <= s.cluster.gpu.hbm_GB * 1e9
+    if step_s > 0:
+        res.tokens_per_s = useful / step_s
+        res.tokens_per_s_per_gpu = res.tokens_per_s / gpus
+        train_flops = flops_per_token * useful * getattr(w, "ppo_epochs", 1)
+        achieved = train_flops / step_s / gpus
+        res.model_tflops_per_gpu = achieved / 1e12
+        res.mfu = achieved / (s.cluster.gpu.bf16_TFLOPS * 1e12)
+        if w.total_tokens:
+            res.gpu_hours = w.total_tokens / res.tokens_per_s * gpus / 3600.0
+            res.cost_usd = res.gpu_hours * s.cost.usd_per_gpu_hour
+    for k, v in extra.items():
+        setattr(res, k, v)
+    if trace_path is not None:
+        write_trace(_concatenated(phases), trace_path)
+    return res
+
+
+def _concatenated(phases: list[Phase]) -> list[Rank]:
+    """The phases' ranks on one time axis (each phase shifted to start where the last ended)."""
+    merged: dict[int, Rank] = {}
+    offset = 0.0
+    for ph in phases:
+        for r in ph.ranks:
+            into = merged.get(r.gpu)
+            if into is None:
+                into = merged[r.gpu] = Rank(r.env, r.gpu, r.label)
+            into.intervals += [
+                (st, f"{ph.name}:{n}", c, a + offset, b + offset) for st, n, c, a, b in r.intervals
+            ]
+        offset += ph.time_s
+    return [merged[g] for g in sorted(merged)]
