@@ -8,6 +8,7 @@ from moesim.cli import (
     inspect_cmd,  # noqa: F401  (registers inspect, validate, schema, import-hf)
     report_cmd,  # noqa: F401  (registers compare, report, sweep, plan)
     simulate_cmd,  # noqa: F401  (registers simulate)
+    train_cmd,  # noqa: F401  (registers train)
 )
 from moesim.cli.app import app, main
 
