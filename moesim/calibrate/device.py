@@ -64,6 +64,16 @@ def _driver_version() -> str | None:
         return None
 
 
+def _nccl_version() -> str | None:
+    import torch
+
+    try:
+        v = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):
+        return None
+    return ".".join(map(str, v)) if isinstance(v, tuple | list) else str(v)
+
+
 @dataclass
 class DeviceInfo:
     """The device a calibration ran on; ``profile_id`` names its files in calibration/."""
@@ -114,7 +124,7 @@ def detect(kind: str, gpu_id: str | None = None) -> DeviceInfo:
             driver=_driver_version(),
             compute_capability=f"{cap[0]}.{cap[1]}",
             cudnn=torch.backends.cudnn.version(),
-            nccl=".".join(map(str, torch.cuda.nccl.version())),
+            nccl=_nccl_version(),
         )
         return DeviceInfo("cuda", name, pid, torch.cuda.device_count(), env)
     if kind != "cpu":

@@ -20,6 +20,16 @@ from pathlib import Path
 from typing import Any
 
 BENCHES = ("gemm", "moe", "attention", "memory", "copy", "collectives", "steps")
+# the op classes each benchmark writes (``append`` replaces exactly these rows)
+BENCH_CLASSES = {
+    "gemm": ("gemm",),
+    "moe": ("grouped_gemm", "moe_layer"),
+    "attention": ("attention",),
+    "memory": ("memory_bound", "launch"),
+    "copy": ("copy",),
+    "collectives": ("collective",),
+    "steps": ("step",),
+}
 
 
 @dataclass
@@ -107,9 +117,13 @@ def run_calibration(
     gpu_id: str | None = None,
     validate: bool = True,
     seed: int = 0,
+    append: bool = False,
     console=None,
 ) -> RunOutput:
-    """Measure, write the CSV, fit and write the profile (and the CPU spec), validate."""
+    """Measure, write the CSV, fit and write the profile (and the CPU spec), validate.
+
+    ``append``: keep the rows of an existing measurements.csv except those of the benchmarks
+    run now (to split a long calibration over several calls with ``only``)."""
     import os
 
     import pandas as pd
@@ -161,8 +175,10 @@ def run_calibration(
     )
     with Progress(*columns, console=console, transient=False) as bar:
         task = bar.add_task("calibrate", total=len(cases), case="")
-        for _, case in cases:
+        for i, (_, case) in enumerate(cases):
             bar.update(task, case=case.label)
+            if not console.is_terminal:  # logs and pipes: one line per case instead of a bar
+                console.print(f"[{i + 1}/{len(cases)}] {case.label}", highlight=False)
             try:
                 rows += case.run()
             except Exception as e:  # one failing case must not lose the others
@@ -177,6 +193,12 @@ def run_calibration(
     (out_dir / info.profile_id).mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     csv_path = out_dir / info.profile_id / "measurements.csv"
+    if append and csv_path.is_file():
+        old = pd.read_csv(csv_path)
+        replaced = [c for b in selected for c in BENCH_CLASSES[b]]
+        kept = old[~old["op_class"].isin(replaced)]
+        df = pd.concat([kept, df], ignore_index=True)[list(COLUMNS)]
+        console.print(f"appended to {csv_path}: kept {len(kept)} rows of other benchmarks")
     df.to_csv(csv_path, index=False)
     spec_path = None
     if info.kind == "cpu":
@@ -195,7 +217,7 @@ def run_calibration(
     from moesim.calibrate.validate import write_profile
 
     write_profile(profile_path, profile)
-    out = RunOutput(csv_path, profile_path, spec_path, len(rows), failures)
+    out = RunOutput(csv_path, profile_path, spec_path, len(df), failures)
     if validate:
         from moesim.calibrate.validate import validate_profile
 

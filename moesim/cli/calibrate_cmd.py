@@ -60,6 +60,13 @@ def run_cmd(
     ] = None,
     validate: Annotated[bool, typer.Option(help="score the simulator afterwards")] = True,
     seed: Annotated[int, typer.Option(help="random inputs and the validation split")] = 0,
+    append: Annotated[
+        bool,
+        typer.Option(
+            "--append",
+            help="keep the existing measurements of the benchmarks not run now (with --only)",
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
 ) -> None:
     """Run every benchmark on DEVICE, write calibration/<id>/measurements.csv, the fitted
@@ -82,6 +89,7 @@ def run_cmd(
             gpu_id=gpu_id,
             validate=validate,
             seed=seed,
+            append=append,
         )
     except (RuntimeError, ValueError) as e:
         raise UserError(str(e)) from e

@@ -123,3 +123,22 @@ def test_bad_arguments_are_user_errors(tmp_path):
     assert res.exit_code != 0
     res = runner.invoke(app, ["calibrate", "validate", str(tmp_path / "none.json")])
     assert res.exit_code != 0
+
+
+def test_append_replaces_only_the_benchmarks_run(tmp_path):
+    from moesim.calibrate.run import run_calibration
+
+    first = run_calibration(
+        "cpu", quick=True, out_dir=tmp_path, only=("gemm", "copy"), validate=False, threads=1
+    )
+    before = pd.read_csv(first.measurements)
+    second = run_calibration(
+        "cpu", quick=True, out_dir=tmp_path, only=("attention", "copy"), validate=False,
+        threads=1, append=True,
+    )  # fmt: skip
+    after = pd.read_csv(second.measurements)
+    assert set(after["op_class"]) == {"gemm", "copy", "attention"}
+    gemm_before = before[before["op_class"] == "gemm"].reset_index(drop=True)
+    gemm_after = after[after["op_class"] == "gemm"].reset_index(drop=True)
+    pd.testing.assert_frame_equal(gemm_before, gemm_after)  # kept as they were
+    assert (after["op_class"] == "copy").sum() == (before["op_class"] == "copy").sum()
