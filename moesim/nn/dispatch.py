@@ -64,6 +64,7 @@ def dispatch_loop(
     out_TD = torch.zeros_like(x_TD)
     kept = []
     dropped = 0
+    weights = experts.expert_weights()
     for e in range(experts.n_experts):
         sel = torch.nonzero(r.expert_idx_A == e).squeeze(1)  # ascending assignment order
         if capacity is not None and sel.numel() > capacity:
@@ -71,7 +72,7 @@ def dispatch_loop(
             sel = sel[:capacity]
         kept.append(sel.numel())
         tok = r.token_idx_A[sel]
-        y = experts.expert_forward(e, x_TD[tok]) * r.weight_A[sel, None].to(x_TD.dtype)
+        y = experts.expert_forward(weights[e], x_TD[tok]) * r.weight_A[sel, None].to(x_TD.dtype)
         out_TD = out_TD.index_add(0, tok, y)
     dev = x_TD.device
     return DispatchResult(out_TD, torch.tensor(kept, device=dev), torch.tensor(dropped, device=dev))

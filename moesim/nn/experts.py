@@ -48,14 +48,24 @@ class RoutedExperts(nn.Module):
             if w is not None:
                 nn.init.normal_(w, std=std)
 
-    def expert_forward(self, e: int, x_ND: torch.Tensor) -> torch.Tensor:
-        """Expert ``e`` on its rows: the plain FFN (the loop reference uses this)."""
-        up_NF = x_ND @ self.w_up_EDF[e]
-        if self.w_gate_EDF is not None:
-            h_NF = self.act(x_ND @ self.w_gate_EDF[e]) * up_NF
-        else:
-            h_NF = self.act(up_NF)
-        return h_NF @ self.w_down_EFD[e]
+    def expert_weights(self) -> list[tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]]:
+        """Per-expert (gate, up, down) views from one ``unbind`` of each stacked weight.
+
+        Why not ``w[e]`` per expert: autograd then materialises a full (E, D, F) zero gradient
+        for every expert and adds them up, E²·D·F memory traffic in the backward (measured on
+        the 2-core CPU, E=32, D=F=512, 1024 rows: forward+backward 1.77 s with ``w[e]``, 0.21 s
+        with ``unbind``, whose backward stacks the E gradients once)."""
+        gates = (
+            self.w_gate_EDF.unbind(0) if self.w_gate_EDF is not None else [None] * self.n_experts
+        )
+        return list(zip(gates, self.w_up_EDF.unbind(0), self.w_down_EFD.unbind(0), strict=True))
+
+    def expert_forward(self, weights, x_ND: torch.Tensor) -> torch.Tensor:
+        """One expert's FFN on its rows, ``weights`` one entry of ``expert_weights()``."""
+        w_gate_DF, w_up_DF, w_down_FD = weights
+        up_NF = x_ND @ w_up_DF
+        h_NF = self.act(x_ND @ w_gate_DF) * up_NF if w_gate_DF is not None else self.act(up_NF)
+        return h_NF @ w_down_FD
 
     def grouped_forward(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
         """All experts on rows sorted by expert, ``counts_E[e]`` rows for expert e."""
@@ -66,7 +76,8 @@ class RoutedExperts(nn.Module):
             return self._grouped_mm(x_ND, counts_E)
         # fallback: a loop over the contiguous slices (one host sync for the split sizes)
         slices = torch.split(x_ND, counts_E.tolist())
-        outs = [self.expert_forward(e, s) for e, s in enumerate(slices)]
+        weights = self.expert_weights()
+        outs = [self.expert_forward(w, s) for w, s in zip(weights, slices, strict=True)]
         return torch.cat(outs) if outs else x_ND.new_zeros(0, self.d_model)
 
     def _grouped_mm(self, x_ND: torch.Tensor, counts_E: torch.Tensor) -> torch.Tensor:
