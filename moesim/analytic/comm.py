@@ -1,4 +1,5 @@
-"""Communication volumes per GPU: expert all-to-all, TP collectives, DP gradients, PP sends.
+"""Communication volumes per GPU: expert all-to-all, TP collectives, DP gradients, PP sends,
+context-parallel K/V exchange.
 
 Conventions: sizes are bytes per GPU per operation. Ring collectives over n ranks move
 (n−1)/n of the buffer per GPU for reduce-scatter and all-gather and 2(n−1)/n for all-reduce
@@ -192,3 +193,34 @@ def pp_send_bytes(m: ModelSpec, p: ParallelSpec, seq_len: int, act_bytes: float)
     tokens = p.microbatch_size * seq_len / p.cp
     shard = p.tp if p.sequence_parallel else 1
     return tokens * m.d_model * act_bytes / shard
+
+
+def cp_kv_bytes_per_token(m: ModelSpec, p: ParallelSpec, act_bytes: float) -> float:
+    """Bytes of K and V per token that one attention rank holds and ring attention exchanges.
+
+    MHA/GQA: 2 (K and V) × kv_dim over tp; when tp exceeds the KV heads each rank keeps one
+    replicated head (as the KV cache does). MLA exchanges K and V after the up-projection, not
+    the cached latent: per head the key's qk_nope + qk_rope dims and the value's v_head_dim
+    (Megatron-Core runs MLA's core attention on full heads), heads split over tp.
+    """
+    if m.mla is not None:
+        a = m.mla
+        k_plus_v = a.qk_nope_head_dim + a.qk_rope_head_dim + a.v_head_dim  # per head
+        return m.n_heads / p.tp * k_plus_v * act_bytes
+    return 2 * m.kv_dim / min(p.tp, m.kv_heads) * act_bytes
+
+
+def cp_kv_bytes(m: ModelSpec, p: ParallelSpec, seq_len: int, act_bytes: float) -> float:
+    """Bytes of the K/V chunk one rank holds, per layer and microbatch, under context parallelism.
+
+    Ring attention (Liu et al. 2023, "Ring Attention with Blockwise Transformers"; Megatron-Core
+    context parallelism, Transformer Engine's P2P ring): each of the cp ranks holds seq_len/cp
+    tokens of every sequence and passes its K/V chunk around the ring, overlapped with the
+    attention of the chunk it already has. The forward receives the other cp−1 chunks (the
+    traffic of an all-gather of a cp·chunk buffer); the backward receives K/V again and sends
+    dK/dV around (an all-gather plus a reduce-scatter of the same buffer). 0 at cp = 1.
+    """
+    if p.cp == 1:
+        return 0.0
+    tokens = p.microbatch_size * seq_len / p.cp
+    return tokens * cp_kv_bytes_per_token(m, p, act_bytes)

@@ -84,8 +84,10 @@ def simulate(
     tb.add_column("seconds", justify="right")
     for k in ("compute", "exposed_comm", "bubble"):
         tb.add_row(k, _fmt_s(d["time_breakdown_s"][k]))
-    for k in ("all_to_all", "tp_comm", "dp_comm", "pp_comm"):
-        tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(d['time_breakdown_s'][k])}[/]")
+    parts = d["time_breakdown_s"]
+    for k in ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm"):
+        if k in parts:  # serving reports no cp_comm
+            tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(parts[k])}[/]")
     console.print(tb)
     mt = Table(title="memory per GPU (GB, worst stage)")
     for k in mem:

@@ -7,7 +7,7 @@ cost model or the collective timer before it is scheduled, so the event loop onl
 that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity) near a second.
 
 - **Streams** are capacity-1 FIFO resources (``Stream``): a rank's compute stream runs one
-  kernel at a time; each communication stream (``tp``, ``ep``, ``pp``, ``dp``) runs its
+  kernel at a time; each communication stream (``tp``, ``ep``, ``pp``, ``dp``, ``cp``) runs its
   collectives in issue order, concurrently with compute and with the other streams, as CUDA
   streams do.
 - **Links** of a rank (``nvlink``, ``network``) are processor-sharing servers: a collective
@@ -31,7 +31,7 @@ from typing import Any
 
 import simpy
 
-COMM_STREAMS = ("tp", "ep", "pp", "dp")
+COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp")
 LINK_CLASSES = ("nvlink", "network")
 Interval = tuple[str, str, str, float, float]  # stream, op name, category, start_s, end_s
 

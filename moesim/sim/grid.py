@@ -53,6 +53,13 @@ class Grid:
         tp_r = q % self.tp
         return tuple(self.gpu(stage, tp_r + self.tp * j) for j in range(self.cp * self.dp))
 
+    def cp_group(self, g: int) -> tuple[int, ...]:
+        """The cp ranks that split one sequence (same tp rank, dp rank and stage): the ring
+        that ring attention passes K/V chunks around."""
+        stage, q = self.coords(g)
+        tp_r, dp_r = q % self.tp, q // (self.tp * self.cp)
+        return tuple(self.gpu(stage, tp_r + self.tp * (j + self.cp * dp_r)) for j in range(self.cp))
+
     def ep_group(self, g: int) -> tuple[int, ...]:
         stage, q = self.coords(g)
         etp_r = q % self.etp

@@ -5,7 +5,8 @@ Step time is split per simulated rank into parts that sum to it:
 ``compute`` (the compute stream busy, optimizer included) + ``exposed_comm`` (some stream
 communicating while the compute stream idles) + ``bubble`` (nothing running: waiting for a
 pipeline neighbour, or finished before the slowest rank). ``all_to_all``, ``tp_comm``,
-``dp_comm`` and ``pp_comm`` are the time each kind of communication ran, hidden or not.
+``cp_comm``, ``dp_comm`` and ``pp_comm`` are the time each kind of communication ran, hidden
+or not.
 The reported breakdown is the mean over simulated ranks.
 """
 
@@ -24,7 +25,7 @@ from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
 SIMULATED_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo", "moe_layer", "inference")
-COMM_CATEGORIES = ("all_to_all", "tp_comm", "dp_comm", "pp_comm")
+COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm")
 
 
 class UnsupportedStage(ValueError):

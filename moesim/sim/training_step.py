@@ -2,8 +2,9 @@
 
 Reusable pieces (post-training stages compose them):
 
-- ``layer_forward`` / ``layer_backward``: one transformer layer for one microbatch on one rank,
-  with its TP collectives, its MoE block and recomputation.
+- ``LayerRunner.forward`` / ``.backward``: one transformer layer for one microbatch on one
+  rank, with its TP collectives, its context-parallel ring exchange, its MoE block and
+  recomputation.
 - ``pipeline_pass(ctx, backward=...)``: every simulated rank runs its schedule's tasks, waiting
   for activations (and gradients) from its pipeline neighbours; ``backward=False`` is a
   forward-only pass (a reference model's log-probs, a reward model, prefill).
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import simpy
 
-from moesim.analytic.comm import pp_send_bytes
+from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank
@@ -66,16 +67,73 @@ def tp_block_factory(ctx: SimContext):
     return block
 
 
+CP_FORWARD = ("cp_kv_all_gather",)
+CP_RECOMPUTE = ("cp_kv_all_gather_recompute",)
+CP_BACKWARD = ("cp_kv_all_gather_bwd", "cp_dkv_reduce_scatter")
+
+
+def cp_ring_factory(ctx: SimContext):
+    """Ring attention's K/V exchange around a layer's attention (context parallelism); None at
+    cp = 1.
+
+    Each of the cp ranks of a sequence holds one K/V chunk and passes it around the ring while
+    it computes on the chunk it already holds (Liu et al. 2023; Megatron-Core CP), so a rank
+    receives the other cp−1 chunks: the traffic of an all-gather of the cp·chunk buffer
+    (``CP_FORWARD``). The backward passes K/V around again and dK/dV back to their owners: an
+    all-gather plus a reduce-scatter of the same buffer (``CP_BACKWARD``); a recomputed core
+    attention runs its forward ring again (``CP_RECOMPUTE``). With ``simulation.overlap_cp``
+    the exchange runs on the ``cp`` stream during the attention and the layer goes on when
+    both are done; without it the exchange comes first."""
+    p = ctx.parallel
+    if p.cp == 1:
+        return None
+    per_token_b = cp_kv_bytes_per_token(ctx.model, p, ctx.precision.activation_bytes)
+    buffer_b = p.cp * ctx.tokens * per_token_b  # all chunks: the collectives' buffer convention
+    overlap = ctx.scenario.simulation.overlap_cp
+    rings: dict[int, tuple] = {}  # gpu -> (group, link, all-gather s, reduce-scatter s)
+
+    def exchange(rank: Rank, names: tuple[str, ...], tag: tuple):
+        ring = rings.get(rank.gpu)
+        if ring is None:
+            group = ctx.grid.cp_group(rank.gpu)
+            ring = rings[rank.gpu] = (
+                group,
+                ctx.link_of(group),
+                ctx.all_gather_s(group, buffer_b),
+                ctx.reduce_scatter_s(group, buffer_b),
+            )
+        group, link, gather_s, scatter_s = ring
+        for name in names:
+            t = scatter_s if name.endswith("reduce_scatter") else gather_s
+            key = ctx.group_key(group, name, *tag)
+            yield from rank.comm("cp", name, "cp_comm", t, link, key, len(group))
+
+    def around(rank: Rank, attention, tag: tuple, names: tuple[str, ...]):
+        """Run the ``attention`` process (a generator) with the ring exchanges ``names``."""
+        if overlap:
+            ring = rank.start(exchange(rank, names, tag))
+            yield from attention
+            yield ring
+        else:
+            yield from exchange(rank, names, tag)
+            yield from attention
+
+    return around
+
+
 class LayerRunner:
     """Forward and backward of any layer of the model on any rank.
 
     At tp = 1 consecutive kernels share one hold of the compute stream (attention with the
     router or the dense FFN, recomputation with the shared experts' backward, the router's
-    backward with the attention's), which keeps the event count near one per op group."""
+    backward with the attention's), which keeps the event count near one per op group. At
+    cp > 1 the attention (with its recomputation in the backward) runs on its own, around its
+    ring exchange, and the rest of the layer as at cp = 1 without it."""
 
     def __init__(self, ctx: SimContext):
         self.ctx = ctx
         self.tp_block = tp_block_factory(ctx)
+        self.cp_ring = cp_ring_factory(ctx)
         self.zero3 = Zero3Gather(ctx) if ctx.parallel.zero_stage == 3 else None
         self.moe_pos: dict[tuple[int, int], tuple[int, int]] = {}
         for st in ctx.stages:
@@ -87,6 +145,14 @@ class LayerRunner:
         j, n = self.moe_pos[(stage, layer)]
         return self.ctx.moe_draw(rank.gpu, j, mb, n)
 
+    def _attention(self, rank: Rank, ops: list[tuple[str, float]], tag: tuple, lead=()):
+        """``lead`` compute ops, then the attention ``ops`` in their TP collectives."""
+        if self.ctx.parallel.tp == 1:
+            yield from rank.compute_ops([*lead, *ops])
+        else:
+            yield from rank.compute_ops(list(lead))
+            yield from self.tp_block(rank, ops, tag)
+
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
@@ -94,6 +160,9 @@ class LayerRunner:
             yield from self.zero3.before(rank, layer, mb, "f")
         attention = [("attention", lc.attention_s + lc.norms_s)]
         single = self.ctx.parallel.tp == 1
+        if self.cp_ring is not None:
+            yield from self.cp_ring(rank, self._attention(rank, attention, tag), tag, CP_FORWARD)
+            attention = []
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
             if not single:
@@ -117,6 +186,15 @@ class LayerRunner:
             yield from self.forward(rank, layer, mb, recompute=True)
         lead = [("recompute_attention_core", lc.attention_core_s)] if mode == "selective" else []
         attention = [("attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s)]
+        ring_attention = None
+        if self.cp_ring is not None:
+            # after the FFN's backward, as autograd reaches the checkpointed core attention only
+            # there: its recomputation (with its forward ring) and the attention's backward
+            names = (*(CP_RECOMPUTE if lead else ()), *CP_BACKWARD)
+            ring_attention = self.cp_ring(
+                rank, self._attention(rank, attention, tag, lead), tag, names
+            )
+            lead, attention = [], []
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
             trail = attention if single else []
@@ -129,6 +207,8 @@ class LayerRunner:
             yield from rank.compute_ops(lead)
             yield from self.tp_block(rank, [("ffn_bwd", lc.ffn_bwd_s)], tag)
             yield from self.tp_block(rank, attention, tag)
+        if ring_attention is not None:
+            yield from ring_attention
 
 
 # -- head and embedding -------------------------------------------------------------------------

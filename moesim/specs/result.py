@@ -44,6 +44,7 @@ class TimeBreakdown(BaseModel):
     compute: float = 0.0
     all_to_all: float = 0.0
     tp_comm: float = 0.0
+    cp_comm: float = 0.0  # context parallelism: ring attention's K/V (and dK/dV) exchange
     dp_comm: float = 0.0
     pp_comm: float = 0.0
     bubble: float = 0.0

@@ -24,6 +24,12 @@ class SimulationSpec(Spec):
     )
     overlap_dp: bool = Field(True, description="gradient reduce overlaps the backward pass")
     overlap_tp: bool = Field(False, description="TP collectives overlap GEMMs (comm-gemm overlap)")
+    overlap_cp: bool = Field(
+        True,
+        description="context parallelism: the ring's K/V exchange runs during the attention "
+        "(ring attention computes on the chunk it holds while the next one arrives); False "
+        "exchanges first, then computes (a lower bound on what overlap buys)",
+    )
     dp_bucket_MB: float = Field(40.0, gt=0, description="gradient bucket size (1e6 bytes)")
     profile: str | None = Field(
         None, description="calibration profile: a JSON path or a GPU id; default ships with moesim"

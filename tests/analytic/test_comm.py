@@ -6,6 +6,7 @@ import pytest
 
 from moesim.analytic.comm import (
     all_to_all_volume,
+    cp_kv_bytes,
     ep_placement,
     expected_distinct_bins,
     expected_nodes_per_token,
@@ -89,3 +90,16 @@ def test_gradient_sync_groups():
     assert g.wire_bytes() == pytest.approx(2 * (2e9 * 15 / 16 + 4e9 * 1 / 2))
     g0 = gradient_sync(1e9, 0, ParallelSpec(dp=16, zero_stage=0), Precision())
     assert g0.wire_bytes() == pytest.approx(2 * 2e9 * 15 / 16)
+
+
+def test_cp_kv_chunk_bytes_by_hand():
+    llama = load_model("llama-3-8b")  # 8 KV heads of 128
+    assert cp_kv_bytes(llama, ParallelSpec(dp=1), 32768, 2) == 0  # cp = 1: no ring
+    # tp 2, cp 4: 8192 tokens × (K and V) × 4 heads × 128 × 2 B = 16 MiB
+    assert cp_kv_bytes(llama, ParallelSpec(tp=2, cp=4, dp=1), 32768, 2) == 8192 * 2 * 4 * 128 * 2
+    # tp 16 > 8 KV heads: each rank keeps one (replicated) head; mbs 2 doubles the tokens
+    p = ParallelSpec(tp=16, cp=2, dp=1, microbatch_size=2)
+    assert cp_kv_bytes(llama, p, 4096, 2) == 4096 * 2 * 1 * 128 * 2
+    # MLA exchanges up-projected K (128 nope + 64 rope) and V (128) of 128 heads, not the latent
+    v3 = load_model("deepseek-v3")
+    assert cp_kv_bytes(v3, ParallelSpec(tp=4, cp=2, dp=1), 4096, 2) == 2048 * 32 * 320 * 2
