@@ -209,17 +209,22 @@ class Rank:
         group_key: tuple | None = None,
         group_size: int = 1,
     ):
-        """Run a collective on a communication stream: wait for the stream, (full fidelity)
-        for the group, then share the link for ``alone_s`` seconds of exclusive use."""
+        """Run a collective on a communication stream: (full fidelity) wait for the group,
+        then for the stream, then share the link for ``alone_s`` seconds of exclusive use.
+
+        The group comes first: a rank that held its stream while waiting for its peers would
+        deadlock when two collectives reach the same stream in different orders on different
+        ranks (DualPipe's overlapped forward and backward chunks issue their all-to-alls in an
+        order set by each rank's own routing load)."""
         if alone_s <= 0:
             return
+        if self.rendezvous is not None and group_key is not None and group_size > 1:
+            yield self.rendezvous.arrive(group_key, group_size)
         st = self.streams[stream]
         wait = st.acquire()
         if wait is not None:
             yield wait
         start = self.env.now
-        if self.rendezvous is not None and group_key is not None and group_size > 1:
-            yield self.rendezvous.arrive(group_key, group_size)
         yield from self.links[link].transfer(alone_s)
         st.release()
         self.intervals.append((stream, name, category, start, self.env.now))
@@ -243,3 +248,15 @@ def exposed_length_s(comm: list[tuple[float, float]], compute: list[tuple[float,
     """Length of the union of ``comm`` spans not covered by any ``compute`` span."""
     both = union_length_s(comm + compute)
     return both - union_length_s(compute)
+
+
+def run_to_completion(env: simpy.Environment, procs: dict[int, simpy.Process]) -> None:
+    """Run the simulation and check every rank's program finished: one still waiting when no
+    event is left is a deadlock in the simulator (peers that never meet), never a result."""
+    env.run()
+    stuck = sorted(g for g, p in procs.items() if p.is_alive)
+    if stuck:
+        raise RuntimeError(
+            f"simulator deadlock: the programs of GPUs {stuck[:8]}{'…' if len(stuck) > 8 else ''} "
+            "never finished (a collective whose members never all arrived); please report it"
+        )

@@ -50,7 +50,7 @@ from moesim.analytic.post_training import (
 )
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
-from moesim.sim.engine import Rank
+from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.inference import ReplicaCost, serve
 from moesim.sim.run import COMM_CATEGORIES, build_context, rank_breakdown
 from moesim.sim.trace import write_trace
@@ -172,8 +172,7 @@ def pipeline_phase(
     linearly to all microbatches."""
     ctx = build_context(s, fidelity, base_dir)
     pipe = apply_lora(ctx, lora) if lora is not None else None
-    pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe)
-    ctx.env.run()
+    run_to_completion(ctx.env, pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe))
     ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
     step = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
     per_rank = [rank_breakdown(r, step) for r in ranks]

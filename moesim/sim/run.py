@@ -15,9 +15,11 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+import simpy
+
 from moesim.analytic.memory import memory_per_gpu, n_microbatches, sequences_per_step
 from moesim.sim.context import SimContext
-from moesim.sim.engine import Rank, exposed_length_s, union_length_s
+from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
 from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.profile import resolve_profile
 from moesim.sim.trace import write_trace
@@ -78,18 +80,15 @@ def simulate(
 
         return simulate_post_training(scenario, fidelity, trace_path, base_dir)
     ctx = build_context(scenario, fidelity, base_dir)
-    if stage == "moe_layer":
-        _start_moe_layer(ctx)
-    else:
-        pipeline_pass(ctx)
-    ctx.env.run()
+    procs = _start_moe_layer(ctx) if stage == "moe_layer" else pipeline_pass(ctx)
+    run_to_completion(ctx.env, procs)
     ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
     if trace_path is not None:
         write_trace(ranks, trace_path)
     return _result(ctx, ranks)
 
 
-def _start_moe_layer(ctx: SimContext) -> None:
+def _start_moe_layer(ctx: SimContext) -> dict[int, simpy.Process]:
     """One MoE layer over one EP group (symmetric: one rank), forward or forward + backward."""
     w = ctx.scenario.workload
     assert isinstance(w, MoELayerWorkload)
@@ -107,8 +106,7 @@ def _start_moe_layer(ctx: SimContext) -> None:
         if w.passes == "forward_backward":
             yield from moe_backward(ctx, rank, lc, (layer, 0, "b"), draw, block)
 
-    for g in gpus:
-        ctx.env.process(program(g))
+    return {g: ctx.env.process(program(g)) for g in gpus}
 
 
 def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 import simpy
 
-from moesim.sim.engine import Rank, Rendezvous, SharedLink, exposed_length_s, union_length_s
+from moesim.sim.engine import (
+    Rank,
+    Rendezvous,
+    SharedLink,
+    exposed_length_s,
+    run_to_completion,
+    union_length_s,
+)
 
 
 def _finish_times(starts_and_work: list[tuple[float, float]]) -> list[float]:
@@ -80,3 +87,31 @@ def test_rendezvous_waits_for_the_whole_group():
 def test_union_and_exposed_lengths():
     assert union_length_s([(0, 2), (1, 3), (5, 6)]) == 4
     assert exposed_length_s([(0, 4)], [(1, 2), (3, 5)]) == 2
+
+
+def _two_ranks() -> tuple[simpy.Environment, Rank, Rank]:
+    env = simpy.Environment()
+    rv = Rendezvous(env)
+    return env, Rank(env, 0, "g0", rv), Rank(env, 1, "g1", rv)
+
+
+def test_collectives_issued_in_different_orders_do_not_deadlock():
+    """Two collectives on one stream, issued A then B on one rank and B then A on the other
+    (DualPipe's overlapped chunks can do this): both complete."""
+    env, r0, r1 = _two_ranks()
+
+    def issue(rank: Rank, first: str, second: str):
+        a = rank.start(rank.comm("ep", first, "all_to_all", 1.0, "nvlink", (first,), 2))
+        b = rank.start(rank.comm("ep", second, "all_to_all", 1.0, "nvlink", (second,), 2))
+        yield simpy.AllOf(env, [a, b])
+
+    procs = {0: env.process(issue(r0, "A", "B")), 1: env.process(issue(r1, "B", "A"))}
+    run_to_completion(env, procs)
+    assert env.now == pytest.approx(2.0)  # one stream: the two run one after the other
+
+
+def test_a_rank_left_waiting_is_reported_as_a_deadlock():
+    env, r0, _ = _two_ranks()
+    lonely = r0.comm("ep", "a2a", "all_to_all", 1.0, "nvlink", ("x",), 2)  # peer never comes
+    with pytest.raises(RuntimeError, match=r"deadlock.*GPUs \[0\]"):
+        run_to_completion(env, {0: env.process(lonely)})
