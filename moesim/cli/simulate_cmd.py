@@ -26,6 +26,13 @@ def simulate(
     fidelity: Annotated[
         str | None, typer.Option(help="symmetric (one rank per symmetry class) or full")
     ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(
+            help="calibration profile: a JSON path or a device id (calibration/<id>.json); "
+            "overrides simulation.profile"
+        ),
+    ] = None,
 ) -> None:
     """Simulate one training step (or one MoE layer) of a scenario: step time, throughput,
     MFU, memory per GPU and where the time goes."""
@@ -36,6 +43,10 @@ def simulate(
     if fidelity not in (None, "symmetric", "full"):
         raise UserError(f"--fidelity must be 'symmetric' or 'full', got {fidelity!r}")
     s = load_scenario(file)
+    if profile is not None:
+        s = s.model_copy(
+            update={"simulation": s.simulation.model_copy(update={"profile": profile})}
+        )
     try:
         result = run_simulation(s, fidelity=fidelity, trace_path=trace, base_dir=file.parent)
     except (UnsupportedStage, FileNotFoundError) as e:

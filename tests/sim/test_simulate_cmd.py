@@ -65,3 +65,21 @@ def test_table_output_and_bad_fidelity_exit_2():
 def test_missing_file_is_exit_2():
     p = run("simulate", "no/such.yaml")
     assert p.returncode == 2 and "no such file" in p.stderr
+
+
+def test_profile_option_takes_a_measured_profile(tmp_path):
+    """--profile overrides simulation.profile: a profile whose GEMMs reach half the default
+    efficiency makes the step slower; an unknown id is a user error."""
+    default = json.loads((ROOT / "moesim" / "sim" / "profiles" / "default.json").read_text())
+    for cls in ("gemm", "grouped_gemm"):
+        default["compute"][cls]["points"] = [
+            [x, eff / 2] for x, eff in default["compute"][cls]["points"]
+        ]
+    slow = tmp_path / "slow.json"
+    slow.write_text(json.dumps(default))
+    base = json.loads(run("simulate", str(MIXTRAL), "--json").stdout)
+    p = run("simulate", str(MIXTRAL), "--json", "--profile", str(slow))
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["step_time_s"] > 1.3 * base["step_time_s"]
+    p = run("simulate", str(MIXTRAL), "--profile", "no-such-device")
+    assert p.returncode == 2 and "calibration/no-such-device.json" in p.stderr
