@@ -28,6 +28,10 @@ A plan file::
 
 For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constraints take
 ``ttft_p99_s`` and ``tpot_p99_s``; the request rate is split over data-parallel replicas.
+``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
+may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
+serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
+at the offered rate); ``objective: time`` minimises p99 TPOT instead.
 """
 
 from __future__ import annotations
@@ -61,6 +65,10 @@ class SearchSpace(Spec):
     pp: list[int] = Field(default_factory=lambda: [1, 2, 4, 8])
     cp: list[int] = Field(default_factory=lambda: [1])
     ep: list[int] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
+    etp: list[int] = Field(default_factory=lambda: [1])
+    gpus: list[int] | None = Field(
+        None, description="total GPUs (replaces nodes): a slice of a node when below its size"
+    )
     zero_stage: list[int] = Field(default_factory=lambda: [1])
     microbatch_size: list[int] = Field(default_factory=lambda: [1, 2])
     recompute: list[str] = Field(default_factory=lambda: ["selective", "full"])
@@ -83,6 +91,7 @@ class Candidate:
     result: Result | None = None
     run_days: float | None = None
     run_cost_usd: float | None = None
+    usd_per_hour: float | None = None  # serving: what the layout costs while it serves
     meets: bool = True
     why_not: list[str] = field(default_factory=list)
 
@@ -100,7 +109,7 @@ class Candidate:
             "zero_stage": p.zero_stage,
             "microbatch_size": p.microbatch_size,
             "recompute": p.recompute,
-            "memory_GB": self.memory_GB,
+            "memory_GB": r.memory_per_gpu_GB.get("total", self.memory_GB) if r else self.memory_GB,
             "step_time_s": r.step_time_s if r else None,
             "mfu": r.mfu if r else None,
             "run_days": self.run_days,
@@ -108,9 +117,23 @@ class Candidate:
             "meets_constraints": self.meets,
             "why_not": "; ".join(self.why_not),
         }
-        if r is not None and r.ttft_s_p99 is not None:
-            out |= {"ttft_s_p99": r.ttft_s_p99, "tpot_s_p99": r.tpot_s_p99}
+        if p.etp > 1:
+            out["etp"] = p.etp
+        if r is not None and r.stage == "inference":
+            out |= {
+                "ttft_s_p99": r.ttft_s_p99,
+                "tpot_s_p99": r.tpot_s_p99,
+                "replicas": getattr(r, "replicas", None),
+                "concurrency_limit": getattr(r, "concurrency_limit", None),
+                "output_tokens_per_s": r.output_tokens_per_s,
+                "usd_per_hour": self.usd_per_hour,
+                "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
+            }
         return out
+
+    @property
+    def serving(self) -> bool:
+        return self.result is not None and self.result.stage == "inference"
 
 
 @dataclass
@@ -122,16 +145,22 @@ class PlanResult:
     simulated: list[Candidate]
     best: list[Candidate]
     pareto: list[Candidate]
+    rejected: list[Candidate] = field(default_factory=list)  # cheapest misses, with why_not
+    serving: bool = False
+    constraints: dict[str, float] = field(default_factory=dict)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "objective": self.objective,
+            "serving": self.serving,
+            "constraints": self.constraints,
             "considered": self.considered,
             "fit_in_memory": self.fitting,
             "simulated": len(self.simulated),
             "best": [c.row() for c in self.best],
             "pareto": [c.row() for c in self.pareto],
+            "rejected": [c.row() for c in self.rejected],
         }
 
 
@@ -145,6 +174,10 @@ class PlanSpec:
     top: int
     simulate_max: int
     base_dir: Path | None
+
+    @property
+    def serving(self) -> bool:
+        return self.base["workload"].get("stage") == "inference"
 
 
 def load_plan(path: str | Path) -> PlanSpec:
@@ -174,6 +207,13 @@ def plan_from_dict(
     objective = data.get("objective", "cost")
     if objective not in ("cost", "time"):
         raise ScenarioError(f"{where}objective: '{objective}' is not cost or time")
+    stage = data["workload"].get("stage") if isinstance(data["workload"], dict) else None
+    slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
+    if slos and stage != "inference":
+        raise ScenarioError(
+            f"{where}constraints.{slos[0]}: a serving SLO needs workload.stage: inference "
+            f"(this plan's stage is {stage})"
+        )
     cluster = {"gpu": data["gpu"]}
     for key in ("gpus_per_node", "intra_node", "inter_node"):
         if key in data:
@@ -188,6 +228,13 @@ def plan_from_dict(
         if key in data:
             base[key] = data[key]
     base = resolve_ids(base, base_dir)
+    gpn = _gpus_per_node(base)
+    for g in search.gpus or []:
+        if g > gpn and g % gpn:
+            raise ScenarioError(
+                f"{where}search.gpus: {g} is neither a slice of one {gpn}-GPU node nor whole "
+                f"nodes: use at most {gpn} or a multiple of {gpn}"
+            )
     return PlanSpec(
         name=data.get("name", "plan"),
         base=base,
@@ -201,35 +248,45 @@ def plan_from_dict(
 
 
 # -- the search -----------------------------------------------------------------------------
+def _gpus_per_node(base: dict[str, Any]) -> int:
+    return base["cluster"].get("gpus_per_node") or base["cluster"]["gpu"].get("gpus_per_node", 8)
+
+
+def cluster_sizes(spec: PlanSpec) -> list[tuple[int, int]]:
+    """(nodes, GPUs per node) of every cluster size searched: ``search.gpus`` as slices of a
+    node (or whole nodes beyond one), else ``search.nodes`` full nodes."""
+    gpn = _gpus_per_node(spec.base)
+    if spec.search.gpus is None:
+        return [(n, gpn) for n in spec.search.nodes]
+    return [(1, g) if g <= gpn else (g // gpn, gpn) for g in spec.search.gpus]
+
+
 def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
     """Every buildable scenario of the search space (and how many points were considered)."""
     sp, considered, out = spec.search, 0, []
-    model = spec.base["model"]
-    moe = model.get("moe") is not None
-    inference = spec.base["workload"].get("stage") == "inference"
-    ep_values = sp.ep if moe else [1]
-    zero_values = [0] if inference else sp.zero_stage
-    recompute_values = ["none"] if inference else sp.recompute
+    moe = spec.base["model"].get("moe") is not None
+    serving = spec.serving
     axes = itertools.product(
-        sp.nodes, sp.tp, sp.pp, sp.cp, ep_values, zero_values, sp.microbatch_size,
-        recompute_values, sp.schedule,
+        cluster_sizes(spec), sp.tp, sp.pp, sp.cp,
+        sp.ep if moe else [1], sp.etp if moe else [1],
+        [0] if serving else sp.zero_stage,  # nothing to shard without optimizer states
+        sp.microbatch_size[:1] if serving else sp.microbatch_size,  # the server sets batches
+        ["none"] if serving else sp.recompute,
+        sp.schedule[:1] if serving else sp.schedule,
     )  # fmt: skip
-    for nodes, tp, pp, cp, ep, zero, mbs, rc, sched in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched in axes:
         considered += 1
-        gpn = spec.base["cluster"].get("gpus_per_node") or spec.base["cluster"]["gpu"].get(
-            "gpus_per_node", 8
-        )
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
         if tp > gpn:  # TP stays inside a node
             continue
         d = dict(spec.base)
-        d["cluster"] = {**spec.base["cluster"], "nodes": nodes}
+        d["cluster"] = {**spec.base["cluster"], "nodes": nodes, "gpus_per_node": gpn}
         d["parallel"] = {
-            "tp": tp, "pp": pp, "cp": cp, "ep": ep, "zero_stage": zero, "microbatch_size": mbs,
-            "recompute": rc, "schedule": sched,
+            "tp": tp, "pp": pp, "cp": cp, "ep": ep, "etp": etp, "zero_stage": zero,
+            "microbatch_size": mbs, "recompute": rc, "schedule": sched,
         }  # fmt: skip
-        d["name"] = f"{spec.name}[n{nodes} tp{tp} pp{pp} ep{ep} z{zero} mb{mbs} {rc}]"
+        d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
         try:
             out.append(scenario_from_dict(d, base=spec.base_dir))
         except ScenarioError:
@@ -237,8 +294,19 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
     return considered, out
 
 
+def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:
+    etp = f" etp{p['etp']}" if p["etp"] > 1 else ""
+    if spec.serving:
+        return f"{spec.name}[{nodes * gpus_per_node} GPUs tp{p['tp']} pp{p['pp']} ep{p['ep']}{etp}]"
+    return (
+        f"{spec.name}[n{nodes} tp{p['tp']} pp{p['pp']} ep{p['ep']}{etp} z{p['zero_stage']} "
+        f"mb{p['microbatch_size']} {p['recompute']}]"
+    )
+
+
 def step_time_lower_bound_s(s: Scenario) -> float:
-    """Compute at the GPU's dense peak, stretched by the 1F1B bubble: no simulation needed."""
+    """Compute at the GPU's dense peak, stretched by the 1F1B bubble: no simulation needed.
+    Serving has no step to bound (0): its layouts are ranked by GPU count alone."""
     w, p = s.workload, s.parallel
     peak = s.cluster.gpu.peak_TFLOPS(s.precision.compute) * 1e12
     if isinstance(w, InferenceWorkload):
@@ -262,12 +330,14 @@ def run_plan(
     considered, scenarios = candidates(spec)
     fitting: list[Candidate] = []
     for s in scenarios:
-        mem = memory_per_gpu(s)
-        if mem.total > s.cluster.gpu.hbm_GB * 1e9:
+        mem_B = least_memory_per_gpu_B(s)
+        if mem_B > s.cluster.gpu.hbm_GB * 1e9:
             continue
-        fitting.append(Candidate(s, mem.total / 1e9, step_time_lower_bound_s(s)))
-    # Most promising first: by the analytic bound on run cost (or time) for the objective.
-    fitting.sort(key=lambda c: _objective(c.bound_step_s, c.scenario, spec.objective))
+        fitting.append(Candidate(s, mem_B / 1e9, step_time_lower_bound_s(s)))
+    # Most promising first: by the analytic bound on run cost (or time), then fewer GPUs.
+    fitting.sort(
+        key=lambda c: (_objective(c.bound_step_s, c.scenario, spec.objective), c.scenario.gpus)
+    )
     chosen = fitting[: spec.simulate_max]
     for c in chosen:
         c.result = simulate(c.scenario)
@@ -275,8 +345,8 @@ def run_plan(
         if progress:
             progress(1)
     done = [c for c in chosen if c.result is not None]
+    done.sort(key=lambda c: _rank_key(c, spec.objective))
     meeting = [c for c in done if c.meets]
-    meeting.sort(key=lambda c: _rank_key(c, spec.objective))
     return PlanResult(
         name=spec.name,
         objective=spec.objective,
@@ -285,16 +355,42 @@ def run_plan(
         simulated=done,
         best=meeting[: spec.top],
         pareto=pareto_front(meeting),
+        rejected=[c for c in done if not c.meets][: spec.top],
+        serving=spec.serving,
+        constraints=spec.constraints.model_dump(exclude_none=True),
     )
+
+
+def least_memory_per_gpu_B(s: Scenario) -> float:
+    """Bytes per GPU the layout needs at the least: a server under Poisson arrivals shrinks its
+    batch to the KV cache that fits (one sequence at the least); anything else needs all of it."""
+    w = s.workload
+    if isinstance(w, InferenceWorkload) and w.arrival_rate_per_s is not None:
+        from moesim.sim.inference import inference_memory
+
+        return inference_memory(s, 1).total
+    return memory_per_gpu(s).total
 
 
 def _objective(step_s: float, s: Scenario, objective: str) -> float:
     return step_s * (s.gpus if objective == "cost" else 1)
 
 
+def cost_and_time(c: Candidate) -> tuple[float, float]:
+    """What a candidate costs and how long it takes, in the units its plan ranks by: a run's
+    dollars and days; a serving layout's dollars per hour and p99 seconds per output token."""
+    r = c.result
+    assert r is not None
+    if c.serving:
+        return (c.usd_per_hour or math.inf, r.tpot_s_p99 or math.inf)
+    time = c.run_days if c.run_days is not None else (r.step_time_s or math.inf)
+    gpus = c.scenario.gpus if c.scenario is not None else 1
+    cost = c.run_cost_usd if c.run_cost_usd is not None else time * gpus
+    return cost, time
+
+
 def _rank_key(c: Candidate, objective: str) -> tuple[float, float]:
-    time = c.run_days if c.run_days is not None else (c.result.step_time_s or math.inf)
-    cost = c.run_cost_usd if c.run_cost_usd is not None else time * c.scenario.gpus
+    cost, time = cost_and_time(c)
     return (cost, time) if objective == "cost" else (time, cost)
 
 
@@ -309,26 +405,39 @@ def _judge(c: Candidate, k: Constraints) -> None:
         seconds = total / r.tokens_per_s
         c.run_days = seconds / SECONDS_PER_DAY
         c.run_cost_usd = seconds / 3600 * s.gpus * s.cost.usd_per_gpu_hour
-    elif r.output_tokens_per_s:
-        c.run_cost_usd = s.gpus * s.cost.usd_per_gpu_hour  # per hour of serving
+    if r.stage == "inference":
+        c.usd_per_hour = s.gpus * s.cost.usd_per_gpu_hour
     if k.deadline_days and c.run_days and c.run_days > k.deadline_days:
         c.why_not.append(f"takes {c.run_days:.1f} days > {k.deadline_days:g}")
     if k.budget_usd and c.run_cost_usd and c.run_cost_usd > k.budget_usd:
         c.why_not.append(f"costs ${c.run_cost_usd:,.0f} > ${k.budget_usd:,.0f}")
-    if k.ttft_p99_s and (r.ttft_s_p99 or math.inf) > k.ttft_p99_s:
-        c.why_not.append(f"p99 TTFT {r.ttft_s_p99} s > {k.ttft_p99_s:g}")
-    if k.tpot_p99_s and (r.tpot_s_p99 or math.inf) > k.tpot_p99_s:
-        c.why_not.append(f"p99 TPOT {r.tpot_s_p99} s > {k.tpot_p99_s:g}")
+    c.why_not += _slo_misses(r, k)
     c.meets = not c.why_not
 
 
+def _slo_misses(r: Result, k: Constraints) -> list[str]:
+    """'p99 TTFT 1.84 s > SLO 1 s' for each serving SLO the result misses."""
+    out = []
+    for label, got, slo in (
+        ("TTFT", r.ttft_s_p99, k.ttft_p99_s),
+        ("TPOT", r.tpot_s_p99, k.tpot_p99_s),
+    ):
+        if slo is None:
+            continue
+        if got is None:
+            out.append(f"no p99 {label} measured (SLO {_seconds(slo)})")
+        elif got > slo:
+            out.append(f"p99 {label} {_seconds(got)} > SLO {_seconds(slo)}")
+    return out
+
+
+def _seconds(x: float) -> str:
+    return f"{x * 1e3:.3g} ms" if x < 1 else f"{x:.3g} s"
+
+
 def pareto_front(candidates: list[Candidate]) -> list[Candidate]:
-    """Candidates no other beats on both run time and cost, fastest first."""
-    pts = [
-        (c.run_days if c.run_days is not None else (c.result.step_time_s or math.inf),
-         c.run_cost_usd if c.run_cost_usd is not None else math.inf, c)
-        for c in candidates if c.result is not None
-    ]  # fmt: skip
+    """Candidates no other beats on both time and cost (see ``cost_and_time``), fastest first."""
+    pts = [(*cost_and_time(c)[::-1], c) for c in candidates if c.result is not None]
     pts.sort(key=lambda t: (t[0], t[1]))
     front, best_cost = [], math.inf
     for _time, cost, c in pts:

@@ -1,7 +1,8 @@
 """Capacity planning: analytic pruning, constraint checks and the Pareto front.
 
 The simulator is replaced by a stand-in whose step time is the analytic bound × 1.5, so these
-tests check the search itself; tests/test_plan_sim.py runs it through the real simulator.
+tests check the search itself; the serving-plan tests at the end and
+test_plan_through_the_simulator_finds_a_fitting_layout run it through the real simulator.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import pytest
 
 from moesim.plan import (
     Candidate,
+    candidates,
+    cluster_sizes,
     pareto_front,
     plan_from_dict,
     run_plan,
@@ -124,3 +127,94 @@ def test_plan_through_the_simulator_finds_a_fitting_layout(tmp_path):
     )  # fmt: skip
     got = json.loads(out.stdout)
     assert got["best"][0]["name"] == result.best[0].scenario.name
+
+
+# -- serving plans, through the inference simulator ----------------------------------------------
+SERVING_PLAN = {
+    "name": "mixtral-serving",
+    "model": "mixtral-8x7b",
+    "gpu": "h100-sxm",
+    "precision": {"compute": "bf16", "weights_inference": "bf16", "kv_cache": "bf16"},
+    "workload": {"stage": "inference", "prompt_len": 512, "output_len": 64,
+                 "arrival_rate_per_s": 60, "duration_s": 10, "seed": 0},
+    "search": {"gpus": [2, 4, 8], "tp": [2], "pp": [1], "ep": [1, 2, 4]},
+    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.05},
+    "simulate_max": 20,
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def serving_plan():
+    return run_plan(plan_from_dict(SERVING_PLAN))
+
+
+def test_serving_plan_returns_only_layouts_meeting_the_slos(serving_plan):
+    """Every reported layout was simulated under Poisson arrivals and meets both p99 SLOs; the
+    cheapest per hour comes first, and a serving row carries its latency and $ per M tokens."""
+    assert serving_plan.serving and serving_plan.best
+    for c in serving_plan.best:
+        assert c.result.stage == "inference" and c.result.fits_in_memory
+        assert c.result.ttft_s_p99 <= 1.0 and c.result.tpot_s_p99 <= 0.05
+    # the search had to reject some: 2 GPUs queue (TTFT), 4 GPUs with ep 2 decode too slowly
+    assert serving_plan.rejected
+    for c in serving_plan.rejected:
+        r = c.result
+        assert r.ttft_s_p99 > 1.0 or r.tpot_s_p99 > 0.05, c.why_not
+    assert serving_plan.best[0].scenario.name == "mixtral-serving[4 GPUs tp2 pp1 ep4]"
+    per_hour = [c.usd_per_hour for c in serving_plan.best]
+    assert per_hour == sorted(per_hour)
+    assert per_hour[0] == serving_plan.best[0].scenario.gpus * 2.0  # the catalog's default price
+    row = serving_plan.best[0].row()
+    assert row["cost_per_million_tokens_usd"] > 0 and row["replicas"] >= 1
+    assert row["run_days"] is None  # serving has no run length without total_tokens
+
+
+def test_serving_plan_searches_gpus_below_a_node():
+    considered, scenarios = candidates(plan_from_dict(SERVING_PLAN))
+    assert considered == 3 * 3  # gpus · ep: serving has one ZeRO stage, microbatch, recompute
+    assert {s.gpus for s in scenarios} <= {2, 4, 8}
+    assert {(s.cluster.nodes, s.cluster.gpus_per_node) for s in scenarios} >= {(1, 2), (1, 4)}
+    assert all(s.parallel.zero_stage == 0 and s.parallel.recompute == "none" for s in scenarios)
+
+
+def test_tighter_slo_rejects_every_layout_with_a_clear_why_not():
+    tight = dict(SERVING_PLAN, constraints={"ttft_p99_s": 1.0, "tpot_p99_s": 0.002})
+    result = run_plan(plan_from_dict(tight))
+    assert result.best == [] and result.pareto == []
+    assert result.rejected and len(result.rejected) == len(result.simulated)
+    for c in result.rejected:
+        assert any(w.startswith("p99 TPOT ") and w.endswith("> SLO 2 ms") for w in c.why_not)
+    d = result.to_json_dict()
+    assert d["best"] == [] and "p99 TPOT" in d["rejected"][0]["why_not"]
+    assert d["constraints"] == {"ttft_p99_s": 1.0, "tpot_p99_s": 0.002}
+
+
+def test_search_gpus_must_be_a_slice_of_a_node_or_whole_nodes():
+    with pytest.raises(ScenarioError, match=r"search.gpus: 12 .* multiple of 8"):
+        plan_from_dict(dict(SERVING_PLAN, search={"gpus": [4, 12]}))
+    spec = plan_from_dict(dict(SERVING_PLAN, search={"gpus": [1, 8, 16]}))
+    assert cluster_sizes(spec) == [(1, 1), (1, 8), (2, 8)]
+
+
+def test_serving_slo_on_a_training_plan_is_an_error():
+    with pytest.raises(ScenarioError, match=r"constraints.ttft_p99_s: .*stage: inference"):
+        plan_from_dict(dict(PLAN, constraints={"ttft_p99_s": 1.0}))
+
+
+def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
+    import os
+    import subprocess
+
+    import yaml
+
+    tight = dict(SERVING_PLAN, constraints={"tpot_p99_s": 0.002},
+                 search=dict(SERVING_PLAN["search"], gpus=[4]))  # fmt: skip
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(tight))
+    exe = Path(__file__).parents[1] / ".venv" / "bin" / "moesim"
+    out = subprocess.run(
+        [str(exe) if exe.exists() else "moesim", "plan", str(path)],
+        capture_output=True, text=True, check=True, env=os.environ | {"COLUMNS": "200"},
+    )  # fmt: skip
+    assert "no configuration meets the constraints" in out.stdout
+    assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout

@@ -83,13 +83,54 @@ def _fmt(x: float | None, f: str) -> str:
     return "–" if x is None else format(x, f)
 
 
+def _ms(x_s: float | None) -> str:
+    return "–" if x_s is None else f"{x_s * 1e3:,.1f}"
+
+
+def _cells(values: list[float | None], applies: list[bool], f: str) -> list[str]:
+    """Formatted cells, '–' where the metric does not apply to the scenario."""
+    return [_fmt(v if ok else None, f) for v, ok in zip(values, applies, strict=True)]
+
+
+def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, list[str]]:
+    """The metrics of ``moesim compare``, one row each: training metrics when any scenario
+    trains, serving metrics (latency percentiles, output tokens/s per GPU, $ per million output
+    tokens) when any serves. A metric that does not apply to a scenario shows '–'."""
+    trains = [r.stage != "inference" for r in results]
+    serves = [not x for x in trains]
+    rows = {"GPUs": [str(s.gpus) for s in scenarios]}
+    if any(trains):
+        rows["step time s"] = _cells([r.step_time_s for r in results], trains, ".3f")
+        rows["tokens/s"] = _cells([r.tokens_per_s for r in results], trains, ",.0f")
+        rows["MFU"] = [_fmt(r.mfu, ".1%") for r in results]
+    if any(serves):
+        rows |= {
+            "TTFT p50 / p99 ms": [f"{_ms(r.ttft_s_p50)} / {_ms(r.ttft_s_p99)}" for r in results],
+            "TPOT p50 / p99 ms": [f"{_ms(r.tpot_s_p50)} / {_ms(r.tpot_s_p99)}" for r in results],
+            "output tokens/s": _cells([r.output_tokens_per_s for r in results], serves, ",.0f"),
+            "out tokens/s/GPU": _cells([r.tokens_per_s_per_gpu for r in results], serves, ",.0f"),
+            "$ per M out tokens": _cells(
+                [getattr(r, "cost_per_million_tokens_usd", None) for r in results], serves, ",.2f"
+            ),
+        }
+    rows |= {
+        "memory GB": [_fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
+        "fits": ["yes" if r.fits_in_memory else "[red]NO[/]" for r in results],
+    }
+    if any(trains) or any(r.gpu_hours is not None for r in results):
+        rows["GPU-hours"] = [_fmt(r.gpu_hours, ",.0f") for r in results]
+        rows["cost $"] = [_fmt(r.cost_usd, ",.0f") for r in results]
+    return rows
+
+
 @app.command()
 def compare(
     files: Annotated[list[Path], typer.Argument(help="scenario files, or one comparison file")],
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
-    """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost."""
+    """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost; for serving,
+    TTFT and TPOT percentiles, output tokens/s per GPU and $ per million output tokens."""
     name, desc, scenarios, paths = _scenarios_from_args(files)
     results = _simulate_all(scenarios, paths)
     if as_json:
@@ -100,17 +141,7 @@ def compare(
         t.add_column("")
         for i, s in enumerate(scenarios, 1):
             t.add_column(f"#{i} {s.model.name}", justify="right", overflow="fold")
-        rows = {
-            "GPUs": [str(s.gpus) for s in scenarios],
-            "step time s": [_fmt(r.step_time_s, ".3f") for r in results],
-            "tokens/s": [_fmt(r.tokens_per_s, ",.0f") for r in results],
-            "MFU": [_fmt(r.mfu and 100 * r.mfu, ".1f") + "%" for r in results],
-            "memory GB": [_fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
-            "fits": ["yes" if r.fits_in_memory else "[red]NO[/]" for r in results],
-            "GPU-hours": [_fmt(r.gpu_hours, ",.0f") for r in results],
-            "cost $": [_fmt(r.cost_usd, ",.0f") for r in results],
-        }
-        for label, cells in rows.items():
+        for label, cells in compare_rows(scenarios, results).items():
             t.add_row(label, *cells)
         console.print(t)
         for i, s in enumerate(scenarios, 1):
@@ -118,7 +149,8 @@ def compare(
     if html is not None:
         from moesim.report.build import comparison_report
 
-        out = comparison_report(scenarios, results, name, desc).write(html)
+        dirs = [p.parent for p in paths]
+        out = comparison_report(scenarios, results, name, desc, base_dirs=dirs).write(html)
         if not as_json:
             console.print(f"wrote {out}")
 
@@ -144,7 +176,14 @@ def report(
     elif kind == "comparison":
         name, desc, scenarios = load_comparison(file)
         paths = [file.parent / f for f in data["scenarios"]]
-        rep = build.comparison_report(scenarios, _simulate_all(scenarios, paths), name, desc)
+        rep = build.comparison_report(
+            scenarios,
+            _simulate_all(scenarios, paths),
+            name,
+            desc,
+            base_dirs=[p.parent for p in paths],
+            sensitivity=not no_sensitivity,
+        )
     elif kind == "sweep":
         from moesim.sweep import load_sweep, run_sweep
 
@@ -153,7 +192,7 @@ def report(
     else:
         from moesim.plan import load_plan
 
-        rep = build.plan_report(_run_plan_with_bar(load_plan(file)))
+        rep = build.plan_report(_run_plan_with_bar(load_plan(file)), base_dir=file.parent)
     console.print(f"wrote {rep.write(out)}")
 
 
@@ -210,30 +249,68 @@ def plan(
     if as_json:
         print_json(result.to_json_dict())
     else:
-        d = result.to_json_dict()
-        console.print(
-            f"{d['considered']} layouts considered, {d['fit_in_memory']} fit, "
-            f"{d['simulated']} simulated, objective: {d['objective']}"
-        )
-        t = Table(title=f"best configurations: {d['name']}")
-        t.add_column("GPUs", justify="right", no_wrap=True)
-        t.add_column("layout", overflow="fold", ratio=1)
-        for col in ("mem GB", "step s", "MFU", "days", "cost $"):
-            t.add_column(col, justify="right", no_wrap=True)
-        for b in d["best"]:
-            layout = (
-                f"tp{b['tp']} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
-                f"mb{b['microbatch_size']} {b['recompute']}"
-            )
-            t.add_row(
-                str(b["gpus"]), layout, _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
-                _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", _fmt(b["run_days"], ".1f"),
-                _fmt(b["run_cost_usd"], ",.0f"),
-            )  # fmt: skip
-        console.print(t if d["best"] else "[red]no configuration meets the constraints[/]")
+        _print_plan(result.to_json_dict())
     if html is not None:
         from moesim.report.build import plan_report
 
-        out = plan_report(result).write(html)
+        out = plan_report(result, base_dir=file.parent).write(html)
         if not as_json:
             console.print(f"wrote {out}")
+
+
+def _print_plan(d: dict[str, Any]) -> None:
+    console.print(
+        f"{d['considered']} layouts considered, {d['fit_in_memory']} fit, "
+        f"{d['simulated']} simulated, objective: {d['objective']}"
+    )
+    table = _serving_plan_table if d["serving"] else _training_plan_table
+    if d["best"]:
+        console.print(table(d["best"], f"best configurations: {d['name']}"))
+        return
+    console.print("[red]no configuration meets the constraints[/]")
+    if d["rejected"]:
+        t = table(d["rejected"], "cheapest rejected, and why")
+        console.print(t)
+
+
+def _training_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("GPUs", justify="right", no_wrap=True)
+    t.add_column("layout", overflow="fold", ratio=1)
+    for col in ("mem GB", "step s", "MFU", "days", "cost $"):
+        t.add_column(col, justify="right", no_wrap=True)
+    with_why = any(b["why_not"] for b in rows)
+    if with_why:
+        t.add_column("why not", overflow="fold")
+    for b in rows:
+        layout = (
+            f"tp{b['tp']} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
+            f"mb{b['microbatch_size']} {b['recompute']}"
+        )
+        cells = [
+            str(b["gpus"]), layout, _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
+            _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", _fmt(b["run_days"], ".1f"),
+            _fmt(b["run_cost_usd"], ",.0f"),
+        ]  # fmt: skip
+        t.add_row(*cells, *([b["why_not"]] if with_why else []))
+    return t
+
+
+def _serving_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
+    t = Table(title=title)
+    t.add_column("GPUs", justify="right", no_wrap=True)
+    t.add_column("layout ×replicas", overflow="fold", ratio=1)
+    for col in ("TTFT p99 ms", "TPOT p99 ms", "$/hour", "$/M out tok"):
+        t.add_column(col, justify="right", no_wrap=True)
+    with_why = any(b["why_not"] for b in rows)
+    if with_why:
+        t.add_column("why not", overflow="fold")
+    for b in rows:
+        etp = f" etp{b['etp']}" if b.get("etp") else ""
+        layout = f"tp{b['tp']} pp{b['pp']} ep{b['ep']}{etp} ×{b.get('replicas')}"
+        cells = [
+            str(b["gpus"]), layout, _ms(b.get("ttft_s_p99")), _ms(b.get("tpot_s_p99")),
+            _fmt(b.get("usd_per_hour"), ",.0f"), _fmt(b.get("cost_per_million_tokens_usd"), ",.2f"),
+        ]  # fmt: skip
+        t.add_row(*cells, *([b["why_not"]] if with_why else []))
+    return t

@@ -16,7 +16,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from moesim.report import figures
+from moesim.report import figures, serving
+from moesim.report.common import money as _money
+from moesim.report.common import ms, variant
+from moesim.report.common import num as _num
+from moesim.report.common import pct as _pct
 from moesim.report.html import Report, Section, kv_table, pre
 from moesim.sim.profile import resolve_profile
 from moesim.sim.routing_load import expert_probabilities
@@ -24,19 +28,6 @@ from moesim.sim.run import simulate
 from moesim.specs import InferenceWorkload, Result, Scenario
 
 SECONDS_PER_DAY = 86_400.0
-
-
-# -- words ------------------------------------------------------------------------------------
-def _pct(x: float | None) -> str:
-    return "–" if x is None else f"{100 * x:.1f}%"
-
-
-def _money(x: float | None) -> str:
-    return "–" if x is None else f"${x:,.0f}"
-
-
-def _num(x: float | None, fmt: str = ",.0f") -> str:
-    return "–" if x is None else format(x, fmt)
 
 
 def verdict(s: Scenario, r: Result) -> str:
@@ -49,11 +40,14 @@ def verdict(s: Scenario, r: Result) -> str:
         else f"<b>does not fit</b> in memory ({mem:.0f} GB needed per GPU, {cap:.0f} GB available)"
     )
     if isinstance(s.workload, InferenceWorkload) or r.stage == "inference":
+        usd = serving.usd_per_million_tokens(r)
         return (
             f"{s.model.name} serving on {s.gpus}× {s.cluster.gpu.name}: "
-            f"{_num(getattr(r, 'output_tokens_per_s', None))} output tokens/s, "
-            f"p50 TTFT {_num(r.ttft_s_p50, '.3f')} s, "
-            f"p50 TPOT {_num(r.tpot_s_p50, '.4f')} s; {fit}."
+            f"{_num(r.output_tokens_per_s)} output tokens/s "
+            f"({_num(r.tokens_per_s_per_gpu)} per GPU"
+            + (f", ${usd:,.2f} per million" if usd is not None else "")
+            + f"), TTFT p50 {ms(r.ttft_s_p50)} / p99 {ms(r.ttft_s_p99)}, "
+            f"TPOT p50 {ms(r.tpot_s_p50)} / p99 {ms(r.tpot_s_p99)}; {fit}."
         )
     step = r.step_time_s or 0.0
     tb = r.time_breakdown_s
@@ -70,6 +64,8 @@ def verdict(s: Scenario, r: Result) -> str:
         f"{step:.3f} s at {_pct(r.mfu)} MFU ({_num(r.tokens_per_s)} tokens/s). "
         f"The step is {parts}. It {fit}."
     )
+    if len(figures.phase_keys([r])) > 1:
+        text += f" By phase: {phase_shares(r)}."
     if r.gpu_hours is not None:
         days = r.gpu_hours / s.gpus / 24
         text += (
@@ -86,24 +82,6 @@ def simulate_with_trace(s: Scenario, base_dir: Path | None = None) -> tuple[Resu
         r = simulate(s, trace_path=path, base_dir=base_dir)
         events = json.loads(path.read_text())["traceEvents"] if path.exists() else []
     return r, events
-
-
-def variant(s: Scenario, **updates: Any) -> Scenario | None:
-    """``s`` with dotted-key updates (``parallel__ep=8``); None when the result is invalid."""
-    d = s.model_dump(mode="python")
-    for key, value in updates.items():
-        node = d
-        parts = key.split("__")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                return None
-            node = child
-        node[parts[-1]] = value
-    try:
-        return Scenario.model_validate(d)
-    except ValueError:
-        return None
 
 
 def _sweep(
@@ -128,20 +106,8 @@ def sensitivity_figures(s: Scenario, base_dir: Path | None = None) -> list:
     m, p = s.model, s.parallel
     if isinstance(s.workload, InferenceWorkload):
         if s.workload.batch_size is not None:
-            xs, rs = _sweep(
-                s, [1, 4, 16, 64, 256],
-                lambda b: variant(s, workload__batch_size=b), base_dir,
-            )  # fmt: skip
-            figs.append(
-                figures.curve(
-                    xs,
-                    {"TPOT p50 (s)": [r.tpot_s_p50 for r in rs]},
-                    "Decode time per output token vs batch size",
-                    "concurrent sequences",
-                    "seconds per token",
-                )
-            )
-        return figs
+            return serving.decode_batch_figures([serving.decode_batch_curve(s, base_dir)])
+        return serving.load_figures(*serving.load_curve(s, base_dir))
     if m.moe is not None:
         attn_ranks = p.tp * p.cp * p.dp_size
         eps = [
@@ -278,6 +244,9 @@ def scenario_report(s: Scenario, base_dir: Path | None = None, sensitivity: bool
     rep = Report(f"moesim: {s.name}", verdict(s, r))
     rep.add(Section("Summary", kv_table(_summary_rows(s, r))))
     rep.add(Section("Where the step time goes", figures=[figures.step_breakdown([r])]))
+    phases = phase_section([r])
+    if phases is not None:
+        rep.add(phases)
     rep.add(
         Section(
             "Memory per GPU",
@@ -330,7 +299,68 @@ def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]):
     return figures.table(header, rows, "Cost and throughput")
 
 
+def phase_shares(r: Result) -> str:
+    """'rollout 79%, reference 5%, training 16%': each phase's share of the step."""
+    step = r.step_time_s or 0.0
+    keys = figures.phase_keys([r])
+    return ", ".join(
+        f"{k.replace('_', ' ')} {_share(r.time_breakdown_s[k] / step if step else None)}"
+        for k in keys
+        if r.time_breakdown_s[k] > 0
+    )
+
+
+def _share(x: float | None) -> str:
+    return "&lt;0.1%" if x is not None and 0 < x < 0.001 else _pct(x)
+
+
+def phase_section(results: Sequence[Result]) -> Section | None:
+    """The phase-by-phase breakdown of post-training steps, when any result has phases."""
+    if not any(len(figures.phase_keys([r])) > 1 for r in results):
+        return None
+    return Section(
+        "Where the step time goes, phase by phase",
+        "<p class='note'>A post-training step runs its phases one after another (each needs "
+        "the previous one's output): generating rollouts, scoring them with the reward and the "
+        "frozen reference, copying new weights into the inference engine, and training. "
+        "Each bar stacks to the step time.</p>",
+        figures=[figures.phase_breakdown(results)],
+    )
+
+
+def pipeline_verdict(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
+    """Stages of one pipeline (SFT → DPO → GRPO): what each step costs and where it goes."""
+    parts = [_stage_words(s, r, scenarios[0], results[0]) for s, r in zip(scenarios, results,
+                                                                          strict=True)]  # fmt: skip
+    text = "Stage by stage: " + "; ".join(parts) + "."
+    costs = [r.cost_usd for r in results]
+    if all(c is not None for c in costs):
+        text += f" All stages: {_money(sum(costs))}."
+    return text
+
+
+def _stage_words(s: Scenario, r: Result, s0: Scenario, r0: Result) -> str:
+    text = f"<b>{r.stage.upper()}</b> ({s.gpus} GPUs): {_num(r.step_time_s, '.2f')} s per step"
+    if r is not r0 and r.tokens_per_s and r0.tokens_per_s:
+        ratio = (s.gpus / r.tokens_per_s) / (s0.gpus / r0.tokens_per_s)
+        text += f", {ratio:.1f}× the GPU-time per token of {r0.stage.upper()}"
+    if r.cost_usd is not None:
+        tokens = getattr(s.workload, "total_tokens", 0) or 0
+        text += f"; {tokens / 1e9:.3g} B tokens for {_money(r.cost_usd)}"
+    if len(figures.phase_keys([r])) > 1:
+        text += f" ({phase_shares(r)})"
+    if not r.fits_in_memory:
+        text += ", <b>does not fit in memory</b>"
+    return text
+
+
 def comparison_verdict(scenarios: Sequence[Scenario], results: Sequence[Result]) -> str:
+    if all(serving.is_serving(r) for r in results):
+        return (
+            serving.serving_verdict(scenarios, results) + " " + relative_costs(scenarios, results)
+        )
+    if len({r.stage for r in results}) > 1:
+        return pipeline_verdict(scenarios, results)
     pairs = [(s, r) for s, r in zip(scenarios, results, strict=True) if r.fits_in_memory]
     if not pairs:
         return "None of these configurations fits in GPU memory."
@@ -364,8 +394,9 @@ def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> 
         if not r.tokens_per_s:
             continue
         ratio = (s.gpus / r.tokens_per_s) / base_cost
+        token = "output token" if serving.is_serving(r) else "token"
         parts.append(
-            f"{s.name} needs {ratio:.2f}× the GPU-time per token of {s0.name} "
+            f"{s.name} needs {ratio:.2f}× the GPU-time per {token} of {s0.name} "
             f"({r.params_active / 1e9:.1f} B active parameters against "
             f"{r0.params_active / 1e9:.1f} B; {r.params_total / 1e9:.1f} B against "
             f"{r0.params_total / 1e9:.1f} B held in memory)"
@@ -373,8 +404,19 @@ def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> 
     return ("Relative to the first: " + "; ".join(parts) + ".") if parts else ""
 
 
+STEP_NOTE_SERVING = (
+    "<p class='note'>For serving: one decode step at the scenario's mean batch (weights and KV "
+    "cache read, tensor-parallel all-reduces, all-to-all, experts fetched from host memory).</p>"
+)
+
+
 def comparison_report(
-    scenarios: Sequence[Scenario], results: Sequence[Result], title: str, description: str = ""
+    scenarios: Sequence[Scenario],
+    results: Sequence[Result],
+    title: str,
+    description: str = "",
+    base_dirs: Sequence[Path | None] | None = None,
+    sensitivity: bool = True,
 ) -> Report:
     lead = (description + " " if description else "") + comparison_verdict(scenarios, results)
     rep = Report(f"moesim: {title}", lead)
@@ -395,43 +437,38 @@ def comparison_report(
             ],
         )
     )
-    rep.add(Section("Cost and throughput", figures=[cost_table(scenarios, results)]))
-    rep.add(Section("Where the step time goes", figures=[figures.step_breakdown(results)]))
+    if any(serving.is_serving(r) for r in results):
+        rep.add(
+            Section(
+                "Serving: latency, throughput and cost",
+                "<p class='note'>TTFT: time to first token (queueing and prefill); TPOT: time "
+                "per output token after the first. Cost per million output tokens at the "
+                "scenario's GPU price.</p>",
+                figures=[serving.latency_table(scenarios, results)],
+            )
+        )
+    if not all(serving.is_serving(r) for r in results):
+        rep.add(Section("Cost and throughput", figures=[cost_table(scenarios, results)]))
+    rep.add(
+        Section(
+            "Where the step time goes",
+            STEP_NOTE_SERVING if any(serving.is_serving(r) for r in results) else "",
+            figures=[figures.step_breakdown(results)],
+        )
+    )
+    phases = phase_section(results)
+    if phases is not None:
+        rep.add(phases)
     rep.add(
         Section(
             "Memory per GPU",
             figures=[figures.memory_breakdown(results, [s.cluster.gpu.hbm_GB for s in scenarios])],
         )
     )
-    inference = [(s, r) for s, r in zip(scenarios, results, strict=True) if r.stage == "inference"]
-    if inference:
-        rows = [
-            [s.name, _num(r.ttft_s_p50, ".3f"), _num(r.ttft_s_p99, ".3f"),
-             _num(r.tpot_s_p50, ".4f"), _num(r.tpot_s_p99, ".4f"),
-             _num(getattr(r, "output_tokens_per_s", None)),
-             _num(getattr(r, "cost_per_million_tokens_usd", None), ",.2f")]
-            for s, r in inference
-        ]  # fmt: skip
-        rep.add(
-            Section(
-                "Serving latency",
-                figures=[
-                    figures.table(
-                        [
-                            "scenario",
-                            "TTFT p50 (s)",
-                            "TTFT p99 (s)",
-                            "TPOT p50 (s)",
-                            "TPOT p99 (s)",
-                            "output tokens/s",
-                            "$ per M tokens",
-                        ],
-                        rows,
-                        "Latency and throughput",
-                    )
-                ],
-            )
-        )
+    if sensitivity:
+        batches = serving.decode_batch_section(scenarios, base_dirs)
+        if batches is not None:
+            rep.add(batches)
     rep.add(
         Section(
             "Assumptions",
@@ -479,7 +516,9 @@ def sweep_report(frame: pd.DataFrame, title: str) -> Report:
     return rep
 
 
-def plan_report(plan: Any) -> Report:
+def plan_report(plan: Any, base_dir: Path | None = None) -> Report:
+    if plan.serving:
+        return serving.serving_plan_report(plan, base_dir)
     d = plan.to_json_dict()
     best = d["best"]
     lead = (

@@ -22,6 +22,7 @@ TIME_COLOURS = {
     "pp_comm": "#54A24B",
     "bubble": "#BAB0AC",
     "exposed_comm": "#EECA3B",
+    "expert_offload": "#9D755D",
 }
 MEMORY_COLOURS = {
     "weights": "#4C78A8",
@@ -30,6 +31,23 @@ MEMORY_COLOURS = {
     "activations": "#F58518",
     "kv_cache": "#B279A2",
     "other": "#BAB0AC",
+}
+# Post-training phases, in the order a step runs them (moesim.sim.post_training); each result's
+# time_breakdown_s holds the ones its stage runs, and they sum to its step time.
+PHASES = (
+    "weight_sync", "rollout", "reward", "old_logprobs", "reference", "values", "gae",
+    "training", "critic_training",
+)  # fmt: skip
+PHASE_COLOURS = {
+    "weight_sync": "#E45756",
+    "rollout": "#F58518",
+    "reward": "#EECA3B",
+    "old_logprobs": "#9D755D",
+    "reference": "#72B7B2",
+    "values": "#B279A2",
+    "gae": "#BAB0AC",
+    "training": "#4C78A8",
+    "critic_training": "#54A24B",
 }
 LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), height=380)
 
@@ -40,13 +58,16 @@ def step_breakdown(results: Sequence[Result]) -> go.Figure:
     beside them as their own bars."""
     names = [r.name for r in results]
     fig = go.Figure()
-    for key in ("compute", "exposed_comm", "bubble"):
+    stacked = ["compute", "exposed_comm", "bubble"]
+    if any(r.time_breakdown_s.get("expert_offload") for r in results):
+        stacked.append("expert_offload")  # serving: experts fetched from host memory over PCIe
+    for key in stacked:
         fig.add_bar(
             name=key.replace("_", " "),
             y=names,
             x=[r.time_breakdown_s.get(key, 0.0) for r in results],
             orientation="h",
-            marker_color=TIME_COLOURS[key],
+            marker_color=TIME_COLOURS.get(key),
             offsetgroup="step",
         )
     for key in ("all_to_all", "tp_comm", "dp_comm", "pp_comm"):
@@ -66,6 +87,40 @@ def step_breakdown(results: Sequence[Result]) -> go.Figure:
         **LAYOUT,
     )
     fig.update_layout(height=max(300, 90 * len(results) + 150))
+    return fig
+
+
+def phase_keys(results: Sequence[Result]) -> list[str]:
+    """The post-training phases present in any result, in step order."""
+    present = {k for r in results for k in r.time_breakdown_s}
+    return [k for k in PHASES if k in present]
+
+
+def phase_breakdown(results: Sequence[Result]) -> go.Figure:
+    """Where each post-training step's time goes, phase by phase (rollout, reference, training,
+    weight sync, ...): the phases run one after another and stack to the step time."""
+    names = [r.name for r in results]
+    fig = go.Figure()
+    for key in phase_keys(results):
+        fig.add_bar(
+            name=key.replace("_", " "),
+            y=names,
+            x=[r.time_breakdown_s.get(key, 0.0) for r in results],
+            orientation="h",
+            marker_color=PHASE_COLOURS.get(key),
+            hovertemplate="%{y}<br>" + key + ": %{x:.3f} s<extra></extra>",
+        )
+    fig.update_layout(
+        barmode="stack",
+        title="Step time by phase (s)",
+        xaxis_title="seconds per step",
+        **LAYOUT,
+    )
+    fig.update_layout(
+        height=max(300, 70 * len(results) + 150),
+        yaxis=dict(autorange="reversed"),  # a pipeline's stages read top-down
+        legend=dict(traceorder="normal"),
+    )
     return fig
 
 
@@ -174,12 +229,38 @@ def heatmap(matrix: Sequence[Sequence[float]], labels: Sequence[str], title: str
 
 
 def curve(
-    x: Sequence[Any], ys: dict[str, Sequence[float | None]], title: str, x_title: str, y_title: str
+    x: Sequence[Any],
+    ys: dict[str, Sequence[float | None]],
+    title: str,
+    x_title: str,
+    y_title: str,
+    log_x: bool = False,
 ) -> go.Figure:
+    """One line per entry of ``ys`` over the shared ``x``; a None leaves a gap."""
     fig = go.Figure()
     for name, y in ys.items():
         fig.add_scatter(name=name, x=list(x), y=list(y), mode="lines+markers")
     fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
+    if log_x:
+        fig.update_xaxes(type="log", tickvals=list(x), ticktext=[str(v) for v in x])
+    return fig
+
+
+def curves(
+    series: dict[str, tuple[Sequence[Any], Sequence[float | None]]],
+    title: str,
+    x_title: str,
+    y_title: str,
+    log_x: bool = False,
+) -> go.Figure:
+    """One line per entry of ``series``, each with its own x values: {name: (x, y)}."""
+    fig = go.Figure()
+    for name, (x, y) in series.items():
+        fig.add_scatter(name=name, x=list(x), y=list(y), mode="lines+markers")
+    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
+    if log_x:
+        ticks = sorted({v for x, _ in series.values() for v in x})
+        fig.update_xaxes(type="log", tickvals=ticks, ticktext=[str(v) for v in ticks])
     return fig
 
 
@@ -219,4 +300,35 @@ def pareto(points: Sequence[dict[str, Any]], front: Sequence[dict[str, Any]]) ->
         hovertemplate="%{text}<br>%{x:.2f} days, $%{y:,.0f}<extra></extra>",
     )
     fig.update_layout(title="Run time vs cost", xaxis_title="days", yaxis_title="USD", **LAYOUT)
+    return fig
+
+
+def serving_pareto(
+    points: Sequence[dict[str, Any]],
+    front: Sequence[dict[str, Any]],
+    rejected: Sequence[dict[str, Any]] = (),
+) -> go.Figure:
+    """p99 time per output token against dollars per hour of every simulated serving layout:
+    those meeting the SLOs (grey), the Pareto front (red) and the rejected ones (crosses)."""
+    fig = go.Figure()
+    for name, rows, marker, mode in (
+        ("meets the SLOs", points, dict(color="#BAB0AC"), "markers"),
+        ("misses an SLO", rejected, dict(color="#9D755D", symbol="x"), "markers"),
+        ("Pareto front", front, dict(color="#D62728", size=9), "lines+markers"),
+    ):
+        fig.add_scatter(
+            name=name,
+            x=[p["usd_per_hour"] for p in rows],
+            y=[1e3 * p["tpot_s_p99"] if p["tpot_s_p99"] else None for p in rows],
+            text=[p["name"] for p in rows],
+            mode=mode,
+            marker=marker,
+            hovertemplate="%{text}<br>$%{x:,.0f}/h, p99 TPOT %{y:.1f} ms<extra></extra>",
+        )
+    fig.update_layout(
+        title="p99 time per output token vs cost per hour",
+        xaxis_title="USD per hour",
+        yaxis_title="p99 TPOT (ms)",
+        **LAYOUT,
+    )
     return fig

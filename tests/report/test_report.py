@@ -8,20 +8,30 @@ from pathlib import Path
 import pytest
 from browser import check_in_browser, chromium  # tests/report/browser.py (pytest's rootdir)
 
+from moesim.cli.report_cmd import load_comparison
+from moesim.plan import plan_from_dict, run_plan
+from moesim.report import figures
 from moesim.report.build import (
     comparison_report,
+    comparison_verdict,
+    plan_report,
     scenario_report,
     sweep_report,
     traffic_matrix_MB,
     variant,
 )
 from moesim.report.html import Report, Section
+from moesim.report.serving import decode_batch_curve, decode_batch_figures
 from moesim.scenario_io import load_scenario
 from moesim.sim.run import simulate
 
 ROOT = Path(__file__).parents[2]
-MIXTRAL = ROOT / "scenarios" / "mixtral-8x7b-pretrain-256xh100.yaml"
-LLAMA = ROOT / "scenarios" / "pretrain" / "llama-2-13b-256xh100.yaml"
+SCENARIOS = ROOT / "scenarios"
+MIXTRAL = SCENARIOS / "mixtral-8x7b-pretrain-256xh100.yaml"
+LLAMA = SCENARIOS / "pretrain" / "llama-2-13b-256xh100.yaml"
+MIXTRAL_DECODE = SCENARIOS / "serving" / "mixtral-8x7b-decode-8xh100.yaml"
+LLAMA_13B_DECODE = SCENARIOS / "serving" / "llama-2-13b-decode-8xh100.yaml"
+POST_TRAINING = SCENARIOS / "post-training"
 
 needs_browser = pytest.mark.skipif(
     chromium() is None and not os.environ.get("CI"),
@@ -98,3 +108,122 @@ def test_sweep_report_builds_from_a_frame():
     )
     html = sweep_report(frame, "t").render()
     assert "step_time_s vs parallel.ep" in html
+
+
+# -- serving -------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def serving_comparison(tmp_path_factory) -> tuple[str, Path]:
+    name, desc, scenarios = load_comparison(SCENARIOS / "compare-mixtral-vs-dense-serving.yaml")
+    results = [simulate(s) for s in scenarios]
+    rep = comparison_report(scenarios, results, name, desc)
+    return comparison_verdict(scenarios, results), rep.write(
+        tmp_path_factory.mktemp("r") / "serving.html"
+    )
+
+
+def test_serving_comparison_shows_serving_metrics_not_training_ones(serving_comparison):
+    verdict, path = serving_comparison
+    assert "per million output tokens" in verdict and "Fastest decode" in verdict
+    assert "GPU-time per output token" in verdict
+    html = path.read_text()
+    for heading in (
+        "Serving: latency, throughput and cost",
+        "TTFT p99",
+        "TPOT p50",
+        "$ per M output tokens",
+        "Sensitivity: decode batch size",
+        "Decode: time per output token vs batch size",
+        "Decode: output tokens",  # "tokens/s" is "tokens\\/s" in plotly's JSON
+    ):
+        assert heading in html, heading
+    assert "MFU" not in html  # the training-only cost table is left out of a serving comparison
+
+
+def test_decode_batch_curves_put_moe_against_dense():
+    """Mixtral reads 2 of 8 experts per layer at batch 1 (a dense 13B's bytes) and all of them
+    by batch 16: its time per token rises with the batch, and so does its throughput. The 13B's
+    KV cache of 256 sequences does not fit, so its curve stops."""
+    batches = (1, 16, 256)
+    moe = decode_batch_curve(load_scenario(MIXTRAL_DECODE), batches=batches)
+    dense = decode_batch_curve(load_scenario(LLAMA_13B_DECODE), batches=batches)
+    assert moe.batches == dense.batches == list(batches)
+    assert moe.tpot_s[0] < moe.tpot_s[1] < moe.tpot_s[2]
+    assert moe.tokens_per_s_per_gpu[0] < moe.tokens_per_s_per_gpu[1] < moe.tokens_per_s_per_gpu[2]
+    assert moe.tpot_s[0] == pytest.approx(dense.tpot_s[0], rel=0.25)  # ~13 B read per token
+    assert moe.fits == [True, True, True] and dense.fits == [True, True, False]
+    assert dense.first_unfit_batch() == 256 and moe.cheapest()[0] == 256
+    tpot_fig, rate_fig = decode_batch_figures([moe, dense])
+    for fig in (tpot_fig, rate_fig):
+        assert [tr.name for tr in fig.data] == [moe.name, dense.name]
+        assert fig.layout.xaxis.type == "log"
+        assert fig.data[1].y[-1] is None  # the batch that does not fit is left out
+    assert tpot_fig.data[0].y[0] == pytest.approx(1e3 * moe.tpot_s[0])  # milliseconds
+
+
+def test_scenario_report_of_a_static_batch_has_the_decode_batch_curves(tmp_path):
+    html = scenario_report(load_scenario(MIXTRAL_DECODE)).render()
+    assert "Decode: time per output token vs batch size" in html
+    assert "per million" in html  # the verdict's cost per output token
+
+
+# -- post-training ----------------------------------------------------------------------------
+def test_phase_breakdown_shows_each_post_training_phase_and_sums_to_the_step():
+    files = ["qwen3-30b-a3b-sft-64xh100", "qwen3-30b-a3b-dpo-64xh100",
+             "qwen3-30b-a3b-grpo-64xh100", "llama-3-8b-ppo-32xh100"]  # fmt: skip
+    results = [simulate(load_scenario(POST_TRAINING / f"{f}.yaml")) for f in files]
+    fig = figures.phase_breakdown(results)
+    names = [tr.name for tr in fig.data]
+    for phase in ("weight sync", "rollout", "reference", "training", "old logprobs", "values",
+                  "gae", "critic training"):  # fmt: skip
+        assert phase in names, phase
+    assert names.index("rollout") < names.index("reference") < names.index("training")
+    for i, r in enumerate(results):
+        stacked = sum(tr.x[i] for tr in fig.data)
+        assert stacked == pytest.approx(r.step_time_s, rel=1e-6), r.name
+
+
+def test_post_training_comparison_reads_as_a_pipeline(tmp_path):
+    name, desc, scenarios = load_comparison(SCENARIOS / "compare-moe-post-training.yaml")
+    assert [s.workload.stage for s in scenarios] == ["sft", "dpo", "grpo"]
+    results = [simulate(s) for s in scenarios]
+    verdict = comparison_verdict(scenarios, results)
+    assert "Stage by stage" in verdict and "Cheapest" not in verdict  # stages, not alternatives
+    assert "rollout" in verdict and "All stages: $" in verdict
+    html = comparison_report(scenarios, results, name, desc).render()
+    assert "Where the step time goes, phase by phase" in html and "Step time by phase" in html
+
+
+# -- a serving plan ---------------------------------------------------------------------------
+SERVING_PLAN = {
+    "name": "mixtral-serving",
+    "model": "mixtral-8x7b",
+    "gpu": "h100-sxm",
+    "workload": {"stage": "inference", "prompt_len": 512, "output_len": 64,
+                 "arrival_rate_per_s": 60, "duration_s": 10},
+    "search": {"gpus": [2, 4], "tp": [2], "pp": [1], "ep": [2, 4]},
+    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.05},
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def serving_plan_report(tmp_path_factory) -> Path:
+    rep = plan_report(run_plan(plan_from_dict(SERVING_PLAN)))
+    return rep.write(tmp_path_factory.mktemp("r") / "plan.html")
+
+
+def test_serving_plan_report_explains_the_choice(serving_plan_report):
+    html = serving_plan_report.read_text()
+    assert "Serving 60 requests/s (Poisson) under p99 TTFT ≤ 1 s and p99 TPOT ≤ 50 ms" in html
+    assert "The cheapest that meets the SLOs is <b>4 GPUs: tp 2 · ep 4</b>" in html
+    assert "The closest cheaper layout, 2 GPUs: tp 2 · ep 2" in html
+    for heading in ("Why the others were rejected", "p99 time per output token vs cost per hour",
+                    "Time to first token vs request rate"):  # fmt: skip
+        assert heading in html, heading
+
+
+@needs_browser
+def test_serving_reports_render_in_chromium_without_errors(serving_comparison, serving_plan_report):
+    for path in (serving_comparison[1], serving_plan_report):
+        got = check_in_browser(path)
+        assert got["errors"] == [], path
+        assert got["plots"] >= 5 and got["rendered"] == got["plots"], (path, got)
