@@ -58,8 +58,12 @@ def aux_weight_schedule(step: int, warmup_steps: int, start: float) -> float:
 
 
 def tokens_per_expert(expert_idx_A: torch.Tensor, n_experts: int) -> torch.Tensor:
-    """Histogram (E,) of assignments per expert."""
-    return torch.bincount(expert_idx_A, minlength=n_experts)
+    """Histogram (E,) of assignments per expert (int64).
+
+    A scatter-add, not ``torch.bincount``: on CUDA bincount reads the input's min and max back
+    to the host to size its output (two host synchronisations per call); here E is known."""
+    counts_E = torch.zeros(n_experts, dtype=torch.int64, device=expert_idx_A.device)
+    return counts_E.scatter_add_(0, expert_idx_A, torch.ones_like(expert_idx_A))
 
 
 def load_balance_loss(

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
+from moesim.nn.balance import tokens_per_expert
 from moesim.nn.experts import RoutedExperts
 from moesim.nn.router import RouterOutput
 
@@ -36,7 +37,7 @@ def sort_by_expert(
     """Steps 1–3 (and the capacity cut): indices of the kept assignments in expert order,
     kept rows per expert (E,), and the number dropped."""
     order_A = torch.argsort(r.expert_idx_A, stable=True)  # 1. sort
-    counts_E = torch.bincount(r.expert_idx_A, minlength=n_experts)  # 2. histogram
+    counts_E = tokens_per_expert(r.expert_idx_A, n_experts)  # 2. histogram (no host sync)
     if capacity is None:
         return order_A, counts_E, counts_E.new_zeros(())
     starts_E = torch.cumsum(counts_E, 0) - counts_E  # 3. first row of each expert

@@ -41,13 +41,24 @@ Dispatch = Literal["grouped", "loop"]
 class RoutingStats:
     """What the router did to T tokens (all detached). ``tokens_per_expert_E`` counts
     assignments before capacity (the demand the simulator's histogram wants);
-    ``kept_per_expert_E`` after it."""
+    ``kept_per_expert_E`` after it.
+
+    The scalars stay device tensors until read (``dropped``, ``entropy``), so that the forward
+    never waits for the GPU to hand a number back to the host."""
 
     tokens_per_expert_E: torch.Tensor
     kept_per_expert_E: torch.Tensor
-    dropped: int
+    dropped_t: torch.Tensor  # int64 scalar
     n_tokens: int
-    entropy: float | None  # mean per-token router entropy, nats; None for hash routing
+    entropy_t: torch.Tensor | None  # mean per-token router entropy, nats; None for hash routing
+
+    @property
+    def dropped(self) -> int:
+        return int(self.dropped_t)
+
+    @property
+    def entropy(self) -> float | None:
+        return None if self.entropy_t is None else float(self.entropy_t)
 
     @property
     def load_cv(self) -> float:
@@ -173,9 +184,9 @@ class MoELayer(nn.Module):
             stats = RoutingStats(
                 tokens_per_expert_E=balance.tokens_per_expert(r.expert_idx_A, self.n_experts),
                 kept_per_expert_E=d.kept_per_expert_E.detach(),
-                dropped=int(d.dropped),
+                dropped_t=d.dropped.detach(),
                 n_tokens=x_TD.shape[0],
-                entropy=None if r.probs_TE is None else float(balance.router_entropy(r.probs_TE)),
+                entropy_t=None if r.probs_TE is None else balance.router_entropy(r.probs_TE),
             )
         return MoEOutput(out_TD.view(shape), aux, stats)
 
