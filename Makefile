@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
 
-# Regenerate every example report in reports/ from scenarios/.
+# Regenerate every example report in reports/ from scenarios/ (a few minutes).
 reports: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
@@ -31,6 +31,12 @@ reports: setup
 	  -o out/mixtral-ep-vs-skew.csv --html reports/mixtral-ep-vs-skew.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-pretrain-30-days.yaml \
 	  --html reports/mixtral-pretrain-plan.html
+	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-serving.yaml \
+	  --html reports/mixtral-vs-dense-serving.html
+	$(BIN)/moesim compare scenarios/compare-moe-post-training.yaml \
+	  --html reports/moe-post-training.html
+	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
+	  --html reports/mixtral-serving-plan.html
 
 # The report test opens an HTML report in headless Chromium (Debian's package).
 browser:
