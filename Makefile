@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
 
-# Regenerate every example report in reports/ from scenarios/ (a few minutes).
+# Regenerate every example report in reports/ from scenarios/ (about a minute).
 reports: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
