@@ -15,7 +15,9 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
 
 - attention projections and the dense FFN / shared experts: GEMMs that read their weights
   once per step (``precision.weights_inference``: fp8/int4 halve/quarter the bytes);
-- attention core: reads the KV cache of every key attended (``precision.kv_cache``);
+- attention core: reads the KV cache of every key attended (``precision.kv_cache``); in
+  prefill a FlashAttention kernel reads each key once per tile of ``FLASH_QUERY_TILE`` queries
+  (K/V stay in SRAM across the tile), not once per query;
 - routed experts: only the experts the step's tokens touch are read. With T_g tokens and
   uniform top-k routing the expected number of distinct experts per layer is
   E·(1 − (1 − k/E)^T_g); the busiest EP rank's touched experts and copies are drawn from the
@@ -58,6 +60,10 @@ from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Result, Scenario
 
 #: above this many (token, expert) cells a routing draw is replaced by its expectation
 MAX_DRAW_CELLS = 2_000_000
+# Queries per tile of a FlashAttention forward: each K/V block read from HBM serves this many
+# queries (FlashAttention-2, Dao 2023, §3.3: block sizes 64 or 128; FlashAttention-3's Hopper
+# forward uses 128-row query tiles). Prefill only: a decode query has no tile to share with.
+FLASH_QUERY_TILE = 128
 ROUTING_DRAWS = 32
 
 
@@ -166,28 +172,35 @@ class ReplicaCost:
         return touched, copies
 
     # -- one step -----------------------------------------------------------------------------
-    def step(self, tokens: int, attended_keys: float, logits: int) -> StepCost:
+    def step(
+        self, tokens: int, attended_keys: float, logits: int, queries_per_kv_read: float = 1.0
+    ) -> StepCost:
         """One forward step of ``tokens`` new tokens whose queries attend ``attended_keys`` keys
-        in all (summed over tokens), with ``logits`` rows through the LM head."""
+        in all (summed over tokens), with ``logits`` rows through the LM head; each key read
+        from HBM serves ``queries_per_kv_read`` queries."""
         base = self._base_cost(tokens, logits)
-        attn = self._attention_core_s(tokens, attended_keys)
+        attn = self._attention_core_s(tokens, attended_keys, queries_per_kv_read)
         return replace(base, attention_s=base.attention_s + attn)
 
     def decode(self, batch: int, context_sum: float) -> StepCost:
-        """A decode step of ``batch`` sequences whose contexts sum to ``context_sum`` keys."""
+        """A decode step of ``batch`` sequences whose contexts sum to ``context_sum`` keys
+        (each sequence's one query reads its whole KV cache)."""
         return self.step(batch, context_sum, batch)
 
     def prefill(self, n_seqs: int, prompt_len: int) -> StepCost:
         """A prefill step of ``n_seqs`` prompts (causal: token i attends i keys)."""
         keys = n_seqs * prompt_len * (prompt_len + 1) / 2.0
-        return self.step(n_seqs * prompt_len, keys, n_seqs)
+        tile = min(FLASH_QUERY_TILE, prompt_len)
+        return self.step(n_seqs * prompt_len, keys, n_seqs, queries_per_kv_read=tile)
 
-    def _attention_core_s(self, tokens: int, keys: float) -> float:
-        """QKᵀ and AV of every layer: FLOPs per attended key, KV bytes read per key."""
+    def _attention_core_s(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
+        """QKᵀ and AV of every layer: FLOPs per attended key, KV bytes per key read, the KV
+        cache written once per new token."""
         m, p = self.m, self.p
         n_layers = m.n_layers
         flops = attention_core_flops(m, keys) / p.tp
-        kv_read = keys * self.kv_bytes_per_token_layer / self.kv_heads_split
+        kv_per_token = self.kv_bytes_per_token_layer / self.kv_heads_split
+        kv_read = keys * kv_per_token / queries_per_kv_read + tokens * kv_per_token
         q_and_out = 2 * tokens * m.q_dim * self.ab / p.tp
         op = OpWork("attn_core", "attention", flops, kv_read + q_and_out)
         return n_layers * self.cm.time_s(op)

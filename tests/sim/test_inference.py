@@ -218,3 +218,18 @@ def test_serving_scenario_files_validate_and_simulate(path):
         return
     r = simulate(load_scenario(path), base_dir=path.parent)
     assert r.output_tokens_per_s > 0 and r.tpot_s_p50 > 0 and r.fits_in_memory
+
+
+def test_prefill_reads_each_key_once_per_query_tile():
+    """Llama-2-13B (MHA: a K/V per head) prefilling 4096 tokens: the attention core reads K/V
+    once per tile of FLASH_QUERY_TILE queries; read once per query it would dominate."""
+    from moesim.sim import inference
+
+    c = ReplicaCost(serving("llama-2-13b", prompt_len=4096))
+    L = 4096
+    keys = L * (L + 1) / 2
+    tiled = c._attention_core_s(L, keys, inference.FLASH_QUERY_TILE)
+    per_query = c._attention_core_s(L, keys, 1.0)
+    assert per_query > 3 * tiled
+    prefill = c.prefill(1, L)
+    assert prefill.attention_s == pytest.approx(c._base_cost(L, 1).attention_s + tiled)
