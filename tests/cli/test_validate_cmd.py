@@ -49,7 +49,7 @@ def test_validate_json_reports_the_resolved_layout(moesim, tmp_path: Path) -> No
 
 def test_validate_shipped_scenarios(moesim) -> None:
     root = Path(__file__).parents[2] / "scenarios"
-    files = sorted(root.glob("*.yaml"))
+    files = sorted(root.rglob("*.yaml"))  # scenarios, comparisons, sweeps, plans
     if not files:
         pytest.skip("no scenarios/ yet")
     for path in files:
