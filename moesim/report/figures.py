@@ -237,13 +237,7 @@ def curve(
     log_x: bool = False,
 ) -> go.Figure:
     """One line per entry of ``ys`` over the shared ``x``; a None leaves a gap."""
-    fig = go.Figure()
-    for name, y in ys.items():
-        fig.add_scatter(name=name, x=list(x), y=list(y), mode="lines+markers")
-    fig.update_layout(title=title, xaxis_title=x_title, yaxis_title=y_title, **LAYOUT)
-    if log_x:
-        fig.update_xaxes(type="log", tickvals=list(x), ticktext=[str(v) for v in x])
-    return fig
+    return curves({name: (x, y) for name, y in ys.items()}, title, x_title, y_title, log_x)
 
 
 def curves(
