@@ -1,9 +1,11 @@
 """Collectives through ``torch.distributed``: NCCL across the GPUs present (when there are at
 least two), gloo across several CPU processes otherwise.
 
-Each size is timed on every rank as: barrier, synchronise, the collective, synchronise; the
-rank's median over the repeats, then the maximum over ranks (a collective is as slow as its
-slowest member). Inputs are random (a pool of two per size, alternated). Bus bandwidth follows
+Each size is timed on every rank as: barrier, synchronise, the collective, synchronise. The
+barrier aligns the repeats across ranks, so repeat i's time is the maximum over ranks of their
+i-th sample (a collective is as slow as its slowest member); median and percentiles all come
+from those per-repeat maxima, so they describe one sample set (p10 ≤ median ≤ p90).
+Inputs are random (a pool of two per size, alternated). Bus bandwidth follows
 nccl-tests: all-reduce moves 2(n−1)/n of the buffer per rank, all-gather and all-to-all
 (n−1)/n; ``bytes`` in the row is the buffer (the all-gather's output).
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,16 +82,16 @@ def _worker(rank: int, world: int, backend: str, init_file: str, sizes, repeats,
                 call(pool[i % 2])
                 sync()
                 samples.append(time.perf_counter() - t0)
-            med = torch.tensor([statistics.median(samples)], device=dev)
-            dist.all_reduce(med, op=dist.ReduceOp.MAX)
+            slowest = torch.tensor(samples, dtype=torch.float64, device=dev)
+            dist.all_reduce(slowest, op=dist.ReduceOp.MAX)
             buffer = out.numel() * 4 if op == "all_gather" else n * 4
             if rank == 0:
-                s = summarize(samples)
+                s = summarize(slowest.tolist())
                 results.append(
                     {
                         "op": op,
                         "bytes": buffer,
-                        "median_s": float(med.item()),
+                        "median_s": s.median_s,
                         "p10_s": s.p10_s,
                         "p90_s": s.p90_s,
                         "repeats": repeats,
@@ -148,7 +149,7 @@ def measure_all(ctx: Context) -> list[Row]:
             "fp32",
             Timing(r["median_s"], r["p10_s"], r["p90_s"], r["repeats"]),
             bytes_=r["bytes"],
-            note=f"backend={backend}; median per rank, max over ranks",
+            note=f"backend={backend}; per repeat, the slowest rank",
             world_size=world,
         )
         for r in results
