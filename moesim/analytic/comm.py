@@ -117,11 +117,11 @@ def all_to_all_volume(
     and is then forwarded over NVLink to the experts' GPUs in that node (counted here as the
     intra-node part, which the receiving node's GPUs send on this GPU's behalf).
     """
-    if m.moe is None or p.ep == 1:
-        return AllToAllVolume(0.0, 0.0, tokens * (m.moe.top_k if m.moe else 0) * m.d_model)
+    token_bytes = m.d_model * bytes_per_element
+    if m.moe is None or p.ep == 1:  # every expert is local: its copies move no link
+        return AllToAllVolume(0.0, 0.0, tokens * (m.moe.top_k if m.moe else 0) * token_bytes)
     place = ep_placement(p, cluster)
     copies = tokens * m.moe.top_k
-    token_bytes = m.d_model * bytes_per_element
     local_frac = 1.0 / p.ep
     same_node_frac = place.ranks_per_node / p.ep
     local = copies * local_frac * token_bytes

@@ -47,6 +47,24 @@ def test_all_to_all_within_a_node_uses_no_rdma():
     assert v.sent_bytes + v.local_bytes == pytest.approx(4096 * 2 * 4096 * 2)
 
 
+@pytest.mark.parametrize("bytes_per_element", [1.0, 2.0])
+def test_all_to_all_without_expert_parallelism_keeps_every_copy_local(bytes_per_element):
+    """ep = 1: every expert is on the GPU, so nothing is sent and the local copies are the whole
+    dispatch, in bytes: tokens × top_k × d_model × bytes per element (fp8 half of bf16)."""
+    m = load_model("mixtral-8x7b")
+    v = all_to_all_volume(m, ParallelSpec(ep=1, dp=8), _cluster(1), 4096, bytes_per_element)
+    assert v.sent_bytes == 0
+    assert v.local_bytes == 4096 * 2 * 4096 * bytes_per_element
+    # the same total as with ep = 8, where the bytes only split between local and sent
+    spread = all_to_all_volume(m, ParallelSpec(ep=8, dp=8), _cluster(1), 4096, bytes_per_element)
+    assert v.local_bytes == pytest.approx(spread.local_bytes + spread.sent_bytes)
+
+
+def test_all_to_all_of_a_dense_model_is_empty():
+    v = all_to_all_volume(load_model("llama-3-8b"), ParallelSpec(dp=8), _cluster(1), 4096, 2)
+    assert (v.intra_node_bytes, v.inter_node_bytes, v.local_bytes) == (0, 0, 0)
+
+
 def test_all_to_all_across_nodes_and_hierarchical_dedup():
     m = load_model("deepseek-v3")
     p = ParallelSpec(pp=16, ep=64, dp=128)
