@@ -8,6 +8,15 @@ ctx is the number of keys attended: (s+1)/2 on average under a causal mask, s wi
 
 An encoder-decoder (T5/Switch) token is one source token through the encoder plus one target
 token through the decoder, with source and target both ``seq_len`` long.
+
+Recomputation (``TokenFlops.recompute``) repeats in the backward pass exactly what
+``moesim.analytic.memory`` does not keep: the whole layer forward under ``full``; under
+``selective`` the norm outputs (free in FLOPs, like every norm here), the activation-function
+outputs and MLA's up-projections (Megatron-Core's ``recompute_modules`` {layernorm, mlp/moe_act,
+mla_up_proj}, DeepSeek-V3 §3.2.3). Element-wise work left out of the forward count is counted in
+the recompute, one FLOP per element per op (the activation, and the gating product of a gated
+FFN), as DeepSpeed's flops profiler counts activations: it is tiny next to the GEMMs, but it is
+the part of the recompute that dense models have.
 """
 
 from __future__ import annotations
@@ -30,6 +39,15 @@ class LayerFlops:
     router: float
     shared_experts: float
     routed_experts: float  # top_k experts
+    # what selective recomputation repeats (not part of ``total``: mla_up_proj is already in
+    # attention_proj, and element-wise work is outside the forward count)
+    mla_up_proj: float = 0.0  # MLA's W_UQ (or W_Q), W_UK and W_UV GEMMs
+    activation: float = 0.0  # element-wise: activation function (and gating product) outputs
+
+    @property
+    def selective_recompute(self) -> float:
+        """Forward FLOPs that ``recompute: selective`` repeats in the backward pass."""
+        return self.mla_up_proj + self.activation
 
     @property
     def total(self) -> float:
@@ -62,16 +80,18 @@ class TokenFlops:
         return 3.0 * self.forward
 
     def recompute(self, mode: Recompute) -> float:
-        """Extra forward FLOPs that recomputation adds to the backward pass.
+        """Extra forward FLOPs that recomputation adds to the backward pass, per token.
 
-        selective: the activation functions and the attention core are recomputed; only the
-        core is a GEMM-class cost (Korthikanti et al. §5: recompute the parts that are cheap in
-        FLOPs and large in memory). full: the whole forward of every layer again.
+        selective: what ``memory.activation_bytes_per_token`` drops under it, recomputed: norm
+        outputs (0 FLOPs), activation-function outputs and MLA's up-projected Q/K/V. The
+        attention core is not among them: memory keeps Q, K, V, the output and the
+        log-sum-exp, all that flash attention's backward reads. full: the whole forward of
+        every layer again.
         """
         if mode == "none":
             return 0.0
         if mode == "selective":
-            return sum(x.attention_core for x in self.layers)
+            return sum(x.selective_recompute for x in self.layers)
         if mode == "full":
             return sum(x.total for x in self.layers)
         raise ValueError(f"recompute must be none|selective|full, got {mode!r}")
@@ -102,18 +122,47 @@ def _attention_proj_flops(m: ModelSpec) -> float:
     return 2.0 * weights
 
 
+def mla_up_proj_flops(m: ModelSpec) -> float:
+    """MLA's up-projections of one token: Q from its latent (W_UQ; the full W_Q when there is
+    no query compression), the per-head keys (W_UK) and values (W_UV) from the KV latent. The
+    RoPE key is shared by the heads: a copy, no GEMM."""
+    if m.mla is None:
+        return 0.0
+    a = m.mla
+    q = (a.q_lora_rank or m.d_model) * m.q_dim
+    kv = a.kv_lora_rank * m.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
+    return 2.0 * (q + kv)
+
+
+def activation_flops(m: ModelSpec, hidden_elements: float) -> float:
+    """Element-wise FLOPs making ``hidden_elements`` activation outputs: one for the function
+    (DeepSpeed flops profiler: SiLU/GELU/ReLU cost numel), one more for a gated FFN's product."""
+    return (2.0 if m.ffn_gated else 1.0) * hidden_elements
+
+
 def layer_flops(m: ModelSpec, moe: bool, context: float, cross_context: float = 0.0) -> LayerFlops:
     proj = _attention_proj_flops(m)
     core = attention_core_flops(m, context)
     if cross_context:
         proj *= 2
         core += attention_core_flops(m, cross_context)
+    up = mla_up_proj_flops(m)
     if not moe or m.moe is None:
-        return LayerFlops(proj, core, 2.0 * ffn_params(m, m.ffn_hidden), 0.0, 0.0, 0.0)
+        return LayerFlops(
+            attention_proj=proj,
+            attention_core=core,
+            dense_ffn=2.0 * ffn_params(m, m.ffn_hidden),
+            router=0.0,
+            shared_experts=0.0,
+            routed_experts=0.0,
+            mla_up_proj=up,
+            activation=activation_flops(m, m.ffn_hidden),
+        )
     e = m.moe
     shared = 2.0 * e.n_shared_experts * ffn_params(m, e.shared_hidden)
     if e.shared_expert_gate and e.n_shared_experts:
         shared += 2.0 * m.d_model
+    hidden = e.top_k * e.expert_hidden + e.n_shared_experts * e.shared_hidden
     return LayerFlops(
         attention_proj=proj,
         attention_core=core,
@@ -121,12 +170,16 @@ def layer_flops(m: ModelSpec, moe: bool, context: float, cross_context: float = 
         router=2.0 * router_params(m),  # noisy top-k's noise GEMM runs in training
         shared_experts=shared,
         routed_experts=2.0 * e.top_k * ffn_params(m, e.expert_hidden),
+        mla_up_proj=up,
+        activation=activation_flops(m, hidden),
     )
 
 
 def token_flops(m: ModelSpec, seq_len: int | None = None, causal: bool = True) -> TokenFlops:
-    """Forward FLOPs per token for sequences of ``seq_len`` (default: the model's)."""
-    s = seq_len or m.max_seq_len
+    """Forward FLOPs per token for sequences of ``seq_len`` (None: the model's max_seq_len)."""
+    s = m.max_seq_len if seq_len is None else seq_len
+    if s <= 0:
+        raise ValueError(f"seq_len must be a positive number of tokens, got {s}")
     ctx = (s + 1) / 2.0 if causal else float(s)
     enc = m.n_encoder_layers > 0
     layers = [

@@ -27,7 +27,7 @@ class LayerCosts:
     is_moe: bool
     attention_s: float
     attention_bwd_s: float
-    attention_core_s: float  # what selective recomputation repeats
+    attention_core_s: float  # QKᵀ and AV (the attention of a forward)
     ffn_s: float  # dense FFN, or the shared experts of an MoE layer
     ffn_bwd_s: float
     router_s: float
@@ -35,6 +35,9 @@ class LayerCosts:
     norms_s: float  # element-wise: norms, residuals, activation functions (memory-bound)
     non_expert_params: float  # on this rank (tp-sharded): gradient bytes for DP
     expert_params: float  # on this rank (ep·etp-sharded)
+    # what ``recompute: selective`` repeats before the backward: the norms, the activation
+    # functions and MLA's up-projections (what analytic.memory does not keep under it)
+    selective_recompute_s: float = 0.0
 
 
 def _w(x: float) -> float:
@@ -74,7 +77,43 @@ def layer_costs(
         norms_s=cm.time_s(norms),
         non_expert_params=params.non_expert / tp,
         expert_params=params.routed_experts / (p.ep * p.etp),
+        selective_recompute_s=_selective_recompute_s(s, cm, fl, tokens),
     )
+
+
+def _selective_recompute_s(s: Scenario, cm: CostModel, fl: LayerFlops, tokens: float) -> float:
+    """Selective recomputation of one layer on one rank, before its backward
+    (``analytic.flops.TokenFlops.recompute``): MLA's up-projection GEMMs from the cached latents,
+    and one memory-bound pass that rereads the two norms' inputs and the activation functions'
+    inputs (gate and up for a gated FFN) and writes their outputs again. Routed experts count
+    their mean load (tokens · top_k over the EP group): imbalance is left to the experts' GEMMs.
+    """
+    m, p, prec = s.model, s.parallel, s.precision
+    act_b, tp = prec.activation_bytes, p.tp
+    sp = tp if p.sequence_parallel else 1
+    t = 0.0
+    if fl.mla_up_proj:
+        a = m.mla
+        assert a is not None
+        up_weights = fl.mla_up_proj / 2.0
+        latent = (a.q_lora_rank or m.d_model) + a.kv_lora_rank
+        out = m.q_dim + m.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
+        io = tokens * (latent + out) * act_b / tp
+        t += cm.time_s(
+            OpWork(
+                "recompute_mla_up",
+                "gemm",
+                tokens * fl.mla_up_proj / tp,
+                up_weights * prec.param_bytes / tp + io,
+                3,
+            )
+        )
+    inputs = 2 if m.ffn_gated else 1
+    elements = fl.activation / (2.0 if m.ffn_gated else 1.0)  # hidden outputs per token
+    norm_b = 2 * 2 * tokens * m.d_model * act_b / sp  # two norms: read input, write output
+    act_bytes = (inputs + 1) * tokens * elements * act_b / tp
+    t += cm.time_s(OpWork("recompute_elementwise", "memory_bound", 0.0, norm_b + act_bytes, 2))
+    return t
 
 
 def _bwd(op: OpWork) -> OpWork:

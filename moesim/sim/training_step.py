@@ -68,7 +68,6 @@ def tp_block_factory(ctx: SimContext):
 
 
 CP_FORWARD = ("cp_kv_all_gather",)
-CP_RECOMPUTE = ("cp_kv_all_gather_recompute",)
 CP_BACKWARD = ("cp_kv_all_gather_bwd", "cp_dkv_reduce_scatter")
 
 
@@ -80,8 +79,8 @@ def cp_ring_factory(ctx: SimContext):
     it computes on the chunk it already holds (Liu et al. 2023; Megatron-Core CP), so a rank
     receives the other cp−1 chunks: the traffic of an all-gather of the cp·chunk buffer
     (``CP_FORWARD``). The backward passes K/V around again and dK/dV back to their owners: an
-    all-gather plus a reduce-scatter of the same buffer (``CP_BACKWARD``); a recomputed core
-    attention runs its forward ring again (``CP_RECOMPUTE``). With ``simulation.overlap_cp``
+    all-gather plus a reduce-scatter of the same buffer (``CP_BACKWARD``); a fully recomputed
+    layer runs its forward ring again. With ``simulation.overlap_cp``
     the exchange runs on the ``cp`` stream during the attention and the layer goes on when
     both are done; without it the exchange comes first."""
     p = ctx.parallel
@@ -184,17 +183,17 @@ class LayerRunner:
             yield from self.zero3.before(rank, layer, mb, "b")
         if mode == "full":
             yield from self.forward(rank, layer, mb, recompute=True)
-        lead = [("recompute_attention_core", lc.attention_core_s)] if mode == "selective" else []
+        lead = [("recompute_selective", lc.selective_recompute_s)] if mode == "selective" else []
         attention = [("attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s)]
         ring_attention = None
         if self.cp_ring is not None:
-            # after the FFN's backward, as autograd reaches the checkpointed core attention only
-            # there: its recomputation (with its forward ring) and the attention's backward
-            names = (*(CP_RECOMPUTE if lead else ()), *CP_BACKWARD)
+            # after the FFN's backward, as autograd reaches the attention only there; the
+            # selective recomputation (norms, activations, MLA's up-projection) is local and
+            # stays ahead of the FFN's backward
             ring_attention = self.cp_ring(
-                rank, self._attention(rank, attention, tag, lead), tag, names
+                rank, self._attention(rank, attention, tag), tag, CP_BACKWARD
             )
-            lead, attention = [], []
+            attention = []
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
             trail = attention if single else []

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from moesim.analytic.flops import attention_core_flops, model_flops_per_token, token_flops
+from moesim.analytic.memory import activation_bytes_per_token
 from moesim.analytic.params import count_params
 from moesim.catalog import load_model, raw_entry
-from moesim.specs import ModelSpec
+from moesim.specs import ModelSpec, ParallelSpec
 
 
 def model(base: str, **update: Any) -> ModelSpec:
@@ -55,6 +56,18 @@ def test_non_causal_attention_attends_all_keys() -> None:
     full = token_flops(m, 256, causal=False)
     per_key = 4 * 2 * 8 * (32 + 32)
     assert full.forward - causal.forward == pytest.approx(per_key * (256 - 257 / 2))
+
+
+@pytest.mark.parametrize("seq_len", [0, -5])
+def test_non_positive_seq_len_is_an_error_not_the_default(seq_len: int) -> None:
+    """0 is a length, not 'unset': only None takes the model's max_seq_len."""
+    m = load_model("tiny-dense")
+    with pytest.raises(
+        ValueError, match=f"seq_len must be a positive number of tokens, got {seq_len}"
+    ):
+        token_flops(m, seq_len)
+    with pytest.raises(ValueError, match="seq_len must be a positive"):
+        model_flops_per_token(m, seq_len)
 
 
 def test_default_seq_len_is_the_models() -> None:
@@ -174,12 +187,71 @@ def test_recompute_none_adds_nothing() -> None:
     assert f.hardware_flops("none") == f.model_flops
 
 
-def test_recompute_selective_redoes_the_attention_core() -> None:
-    """Korthikanti et al. §5: only the core attention is recomputed."""
+def test_recompute_selective_redoes_the_activations_of_mixtral() -> None:
+    """Mixtral (GQA, SwiGLU, no MLA): selective recomputes the norms (0 FLOPs) and the
+    activations: per layer SiLU + gating product on top-2 × 14336 hidden elements; no
+    attention core (memory keeps what flash attention's backward reads)."""
     f = token_flops(load_model("mixtral-8x7b"), 4096)
-    core = 32 * 2 * 32 * (128 + 128) * (4096 + 1) / 2
-    assert f.recompute("selective") == pytest.approx(core)
-    assert f.hardware_flops("selective") == f.model_flops + f.recompute("selective")
+    assert f.recompute("selective") == 32 * 2 * (2 * 14336)
+    assert f.hardware_flops("selective") == f.model_flops + 32 * 2 * 2 * 14336
+
+
+def test_recompute_selective_redoes_mla_up_projections_of_deepseek_v3() -> None:
+    """DeepSeek-V3, per layer: W_UQ 1536 → 128·192, W_UK and W_UV 512 → 128·(128 + 128), at 2
+    FLOPs per weight; activations: 3 dense layers of 18432 and 58 MoE layers of top-8 × 2048 +
+    1 shared × 2048 = 18432 hidden elements, 2 FLOPs each (SwiGLU)."""
+    f = token_flops(load_model("deepseek-v3"), 4096)
+    up = 2 * (1536 * 128 * 192 + 512 * 128 * (128 + 128))
+    assert up == 109_051_904
+    act = 2 * 18432
+    assert [x.mla_up_proj for x in f.layers] == [up] * 61
+    assert [x.activation for x in f.layers] == [act] * 61
+    assert f.recompute("selective") == 61 * (up + act) == 6_654_414_848
+    assert f.hardware_flops("selective") == f.model_flops + 6_654_414_848
+
+
+def test_recompute_selective_mla_without_query_compression_recomputes_w_q() -> None:
+    """q_lora_rank None (DeepSeek-V2-Lite style): Q comes from d_model through the full W_Q."""
+    mla = raw_entry("models", "deepseek-v3")["mla"] | {"q_lora_rank": None}
+    layer = token_flops(model("deepseek-v3", mla=mla), 4096).layers[0]
+    assert layer.mla_up_proj == 2 * (7168 * 128 * 192 + 512 * 128 * 256)
+
+
+def test_recompute_selective_of_a_non_gated_ffn() -> None:
+    """Switch-Base-128 (ReLU, top-1, 12 + 12 layers): one FLOP per hidden element."""
+    f = token_flops(load_model("switch-base-128"), 512)
+    assert f.recompute("selective") == 24 * 3072
+
+
+def test_recompute_selective_does_not_grow_with_sequence_length() -> None:
+    """Nothing of the attention core is recomputed, so the cost per token is the same at
+    any length."""
+    m = load_model("llama-3-8b")
+    assert token_flops(m, 1024).recompute("selective") == token_flops(m, 8192).recompute(
+        "selective"
+    )
+
+
+@pytest.mark.parametrize("model_id", ["mixtral-8x7b", "deepseek-v3", "llama-3-8b", "tiny-moe"])
+def test_recompute_selective_redoes_what_memory_drops(model_id: str) -> None:
+    """The elements memory.py does not keep under selective (tp 1, bf16) are the two norm
+    outputs, MLA's up-projected Q, K (nope + rope) and V, and the activation outputs; FLOPs
+    recompute the same activations (2 FLOPs per element, SwiGLU) and MLA's GEMMs."""
+    m = load_model(model_id)
+    p = ParallelSpec(dp=1)
+    f = token_flops(m, 4096)
+    for i, layer in enumerate(f.layers):
+        moe = m.is_moe_layer(i)
+        none = activation_bytes_per_token(m, moe, p, "none", 2.0)
+        selective = activation_bytes_per_token(m, moe, p, "selective", 2.0)
+        dropped = (none - selective) / 2.0
+        mla_out = 0
+        if m.mla is not None:
+            a = m.mla
+            mla_out = m.q_dim + m.n_heads * (a.qk_nope_head_dim + a.qk_rope_head_dim)
+            mla_out += m.n_heads * a.v_head_dim
+        assert dropped - 2 * m.d_model - mla_out == layer.activation / 2
+        assert (layer.mla_up_proj > 0) == (mla_out > 0)
 
 
 def test_recompute_full_redoes_every_layer_forward() -> None:

@@ -71,7 +71,7 @@ def _idle_and_parts(schedule: str, pp: int, m: int) -> tuple[list[float], float,
     idle = [step - sum(iv[4] - iv[3] for iv in r.intervals if iv[0] == "compute") for r in ranks]
     lc, layers = ctx.layers[0], len(ctx.stages[0].chunks[0])
     f = layers * (lc.attention_s + lc.norms_s + lc.ffn_s)
-    recompute = lc.attention_core_s if ctx.parallel.recompute == "selective" else 0.0
+    recompute = lc.selective_recompute_s if ctx.parallel.recompute == "selective" else 0.0
     b = layers * (recompute + lc.attention_bwd_s + 2 * lc.norms_s + lc.ffn_bwd_s)
     return idle, f, b
 
