@@ -5,9 +5,12 @@ Shape legend: B batch, S query length, P cached + new length, D d_model, H query
 G key/value heads, Dh head dim, Dn/Dr/Dv MLA's no-RoPE, RoPE and value head dims,
 Rq/Rkv MLA's query and KV latent ranks.
 
-Masks: a plain causal mask (``is_causal``) unless ``attn_mask`` is given (packed documents,
-see ``document_causal_mask``). With a cache, a single new query attends every cached key, so
-decoding needs no mask; a prefill starts from an empty cache.
+Masks: a plain causal mask unless ``attn_mask`` is given (packed documents, see
+``document_causal_mask``). With a cache the S new queries sit at the end of the P keys, so query
+i may see keys j ≤ P − S + i: a single decoded query sees every key (no mask), a first prefill
+(P = S) is the plain causal mask, and a chunk prefilled into a non-empty cache needs the causal
+mask offset by the cached length (``scaled_dot_product_attention``'s ``is_causal`` aligns the
+diagonal to the top-left corner, which is wrong when S < P).
 
 The MLA here is the training form (latent up-projected to per-head K and V); its cache stores
 the up-projected K and V, not the latent, which is enough for sampling completions in GRPO.
@@ -51,8 +54,22 @@ def document_causal_mask(doc_ids_BS: torch.Tensor) -> torch.Tensor:
     return (same_BSS & causal_SS)[:, None]
 
 
-def _sdpa(q, k, v, attn_mask, cache_used: bool, enable_gqa: bool = False):
-    is_causal = attn_mask is None and not cache_used
+def offset_causal_mask(n_queries: int, n_keys: int, device) -> torch.Tensor:
+    """Boolean (S, P): the S queries are the last S of P positions; query i sees key j iff
+    j ≤ P − S + i (the bottom-right-aligned causal mask)."""
+    ones_SP = torch.ones(n_queries, n_keys, dtype=torch.bool, device=device)
+    return ones_SP.tril(diagonal=n_keys - n_queries)
+
+
+def _sdpa(q, k, v, attn_mask, enable_gqa: bool = False):
+    S, P = q.shape[-2], k.shape[-2]
+    is_causal = False
+    if attn_mask is None:
+        if S == P:
+            is_causal = True  # no cache, or a prefill into an empty one
+        elif S > 1:
+            attn_mask = offset_causal_mask(S, P, q.device)  # a chunk after cached keys
+        # S == 1 < P: one decoded query sees every key, no mask
     return F.scaled_dot_product_attention(
         q, k, v, attn_mask=attn_mask, is_causal=is_causal, enable_gqa=enable_gqa
     )
@@ -88,11 +105,10 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)  # (B, H|G, S, Dh)
-        cache_used = cache is not None and cache.length > 0
         if cache is not None:
             k, v = cache.append(k, v)  # (B, G, P, Dh)
         gqa = self.n_kv_heads != self.n_heads
-        o_BHSd = _sdpa(q, k, v, attn_mask, cache_used, enable_gqa=gqa)
+        o_BHSd = _sdpa(q, k, v, attn_mask, enable_gqa=gqa)
         return self.wo(o_BHSd.transpose(1, 2).reshape(B, S, -1))
 
 
@@ -143,10 +159,9 @@ class MLAttention(nn.Module):
         k_pe = apply_rope(k_pe[:, None], cos, sin).expand(B, H, S, self.dr)  # shared by heads
         q = torch.cat([q_nope, apply_rope(q_pe, cos, sin)], dim=-1)  # (B, H, S, Dn+Dr)
         k = torch.cat([k_nope, k_pe], dim=-1)
-        cache_used = cache is not None and cache.length > 0
         if cache is not None:
             k, v = cache.append(k, v)
-        o_BHSv = _sdpa(q, k, v, attn_mask, cache_used)
+        o_BHSv = _sdpa(q, k, v, attn_mask)
         return self.wo(o_BHSv.transpose(1, 2).reshape(B, S, H * self.dv))
 
 

@@ -157,6 +157,31 @@ def test_kv_cached_decoding_equals_full_forward(name):
     torch.testing.assert_close(torch.cat(steps, 1), full[:, 8:], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-moe", "small-deepseek-v3", "small-qwen3-moe"])
+def test_prefill_in_chunks_into_the_cache_equals_full_forward(name):
+    """A chunk prefilled after cached keys must not see the chunk's later keys: the causal
+    mask is offset by the cached length (without it the second and third chunks differ)."""
+    spec = SPECS[name]
+    torch.manual_seed(0)
+    model = Transformer(spec).eval()
+    ids = torch.randint(0, spec.vocab_size, (2, 12))
+    with torch.no_grad():
+        full = model(ids).logits
+        caches = model.new_kv_caches(2, 12)
+        chunks = [model(ids[:, a:b], caches=caches).logits for a, b in ((0, 5), (5, 8), (8, 12))]
+    torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-4, atol=1e-5)
+
+
+def test_offset_causal_mask_sees_the_cache_and_earlier_new_keys():
+    from moesim.nn.attention import offset_causal_mask
+
+    assert offset_causal_mask(2, 5, "cpu").tolist() == [
+        [True, True, True, True, False],
+        [True, True, True, True, True],
+    ]
+    assert torch.equal(offset_causal_mask(4, 4, "cpu"), torch.ones(4, 4, dtype=torch.bool).tril())
+
+
 def test_packed_documents_equal_separate_sequences():
     spec = SPECS["tiny-dense"]
     torch.manual_seed(0)
