@@ -71,9 +71,13 @@ def load_balance_loss(
 ) -> torch.Tensor:
     """Switch Transformer loss without α: N·Σ_i f_i·P_i (Fedus et al. 2021, eq. 4–6).
 
-    f_i: fraction of assignments sent to expert i (a count, no gradient); P_i: mean router
-    probability of expert i (the gradient path). Equals 1 when both are uniform; top-k
-    routing counts each of a token's K assignments (as Megatron and HF Mixtral do).
+    f_i: fraction of the T·K assignments sent to expert i (a count, no gradient); P_i: mean
+    router probability of expert i (the gradient path). Equals 1 when both are uniform, for
+    any K: the normalisation of Switch (K = 1) and of Megatron-Core's
+    ``switch_load_balancing_loss_func`` (counts over T·K). HF Transformers' Mixtral/Qwen-MoE
+    ``load_balancing_loss_func`` divides the counts by T only, so its value is K times this
+    one (K at uniform): an α taken from a config that uses HF's loss is K times too large
+    here.
     """
     f_E = tokens_per_expert(expert_idx_A, n_experts).float() / max(expert_idx_A.numel(), 1)
     P_E = probs_TE.float().mean(0)
@@ -95,7 +99,8 @@ def importance_cv2_loss(
 
 def router_z_loss(logits_TE: torch.Tensor) -> torch.Tensor:
     """Mean squared log-partition (ST-MoE, Zoph et al. 2022, eq. 5): keeps logits small so
-    that the fp32 softmax stays well-conditioned."""
+    that the fp32 softmax stays well-conditioned. Give it the router's clean logits (without
+    noisy top-k's exploration noise, which is not a parameter it could shrink)."""
     return torch.logsumexp(logits_TE.float(), dim=-1).pow(2).mean()
 
 

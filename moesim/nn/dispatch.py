@@ -3,14 +3,19 @@
 Shape legend: T tokens, D d_model, E experts, A assignments, N kept assignments.
 
 ``dispatch_grouped`` is the fast path, in the MegaBlocks order (Gale et al. 2022):
-1. sort assignments by expert (stable, so earlier tokens win capacity),
+1. sort assignments by expert (within an expert by capacity priority, see below),
 2. histogram of rows per expert, 3. cumsum -> where each expert's rows start,
 4. drop rows past the capacity (if any), gather the kept rows, one grouped GEMM,
 5. scale by the gate weights and scatter-add back to the tokens.
 
-``dispatch_loop`` is the reference: for each expert, its assignments in order, the first C
-kept, a plain FFN, scatter-add. Tests require the two to agree to 1e-5 in fp32, outputs and
-gradients. A dropped assignment contributes nothing; the block's residual carries the token.
+Capacity priority (GShard §2.2, Switch §2.2): an expert first takes the tokens that chose it as
+their top-1, in token order, then those that chose it as their top-2, and so on; so no token
+loses its first choice to another token's second. (Expert choice has no capacity cut.)
+
+``dispatch_loop`` is the reference: for each expert, for each choice rank, its tokens in
+order, the first C kept, a plain FFN, scatter-add. Tests require the two to agree to 1e-5 in
+fp32, outputs and gradients. A dropped assignment contributes nothing; the block's residual
+carries the token.
 """
 
 from __future__ import annotations
@@ -36,7 +41,14 @@ def sort_by_expert(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Steps 1–3 (and the capacity cut): indices of the kept assignments in expert order,
     kept rows per expert (E,), and the number dropped."""
-    order_A = torch.argsort(r.expert_idx_A, stable=True)  # 1. sort
+    A = r.expert_idx_A.numel()
+    if capacity is not None and r.top_k is not None and r.top_k > 1:
+        # 1. sort by (expert, choice rank, token): top-1 choices first within each expert
+        rank_A = torch.arange(A, device=r.expert_idx_A.device) % r.top_k
+        key_A = (r.expert_idx_A * r.top_k + rank_A) * r.n_tokens + r.token_idx_A
+        order_A = torch.argsort(key_A)  # keys are distinct
+    else:
+        order_A = torch.argsort(r.expert_idx_A, stable=True)  # 1. sort (token order)
     counts_E = tokens_per_expert(r.expert_idx_A, n_experts)  # 2. histogram (no host sync)
     if capacity is None:
         return order_A, counts_E, counts_E.new_zeros(())
@@ -66,8 +78,12 @@ def dispatch_loop(
     kept = []
     dropped = 0
     weights = experts.expert_weights()
+    K = r.top_k or 1
+    rank_A = torch.arange(r.expert_idx_A.numel(), device=x_TD.device) % K
     for e in range(experts.n_experts):
-        sel = torch.nonzero(r.expert_idx_A == e).squeeze(1)  # ascending assignment order
+        # the top-1 choices of expert e in token order, then its top-2 choices, ...
+        sel = torch.cat([torch.nonzero((r.expert_idx_A == e) & (rank_A == k)).squeeze(1)
+                         for k in range(K)])  # fmt: skip
         if capacity is not None and sel.numel() > capacity:
             dropped += sel.numel() - capacity
             sel = sel[:capacity]

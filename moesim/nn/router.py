@@ -25,7 +25,14 @@ Kinds (``MoESpec.router``):
 
 Group-limited routing (DeepSeek-V2 device-limited, V3 node-limited): experts are split in
 ``n_groups`` groups; a token first picks the ``topk_groups`` groups with the highest group
-score (V3: the sum of the group's two highest affinities) and then its top-k inside them.
+score and then its top-k inside them. The group score depends on the router, as in the two
+papers: softmax routers take the group's highest affinity (DeepSeek-V2 §2.2.4: the M devices
+holding the highest-affinity experts; HF ``group_limited_greedy``), sigmoid routers the sum of
+the group's two highest (bias-added) affinities (DeepSeek-V3 §2.1.2; HF ``noaux_tc``).
+
+Token-choice routers list a token's K assignments in choice order (slot 0 = its top-1), which
+``RouterOutput.top_k`` records: capacity gives every top-1 choice priority over any top-2
+choice (GShard §2.2, Switch §2.2), see ``moesim.nn.dispatch``.
 
 Auxiliary-loss-free balancing (Wang et al. 2024, arXiv:2408.15664; DeepSeek-V3): a per-expert
 bias is added to the affinities for *selection only*; gates use the unbiased affinities. After
@@ -36,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +58,12 @@ TOKEN_CHOICE = ("softmax_topk", "noisy_topk", "sigmoid_topk")
 class RouterOutput:
     """The routing of T tokens. ``probs_TE`` is each token's distribution over experts (the
     softmax, or the sigmoid affinities normalised to sum 1), used by the balance losses and
-    the entropy statistic; ``logits_TE`` feeds the z-loss. Both are None for hash routing."""
+    the entropy statistic; ``logits_TE`` are the logits selection and gates came from (noisy
+    top-k: with the exploration noise), ``clean_logits_TE`` the same without noise, which the
+    z-loss penalises (the noise is not the router's to shrink). None for hash routing.
+
+    ``top_k``: token-choice routing lists assignments token by token, K per token in choice
+    order (assignment a is token a // K's (a % K + 1)-th choice); None for expert choice."""
 
     token_idx_A: torch.Tensor  # int64
     expert_idx_A: torch.Tensor  # int64
@@ -58,6 +71,8 @@ class RouterOutput:
     logits_TE: torch.Tensor | None
     probs_TE: torch.Tensor | None
     n_tokens: int
+    clean_logits_TE: torch.Tensor | None = None
+    top_k: int | None = None
 
 
 def expert_choice_capacity(n_tokens: int, n_experts: int, top_k: int, cf: float | None) -> int:
@@ -72,18 +87,26 @@ def uniform_assignment(n_tokens: int, n_experts: int, top_k: int, device) -> tor
     return (flat % n_experts).view(n_tokens, top_k)
 
 
-def group_limited_mask(scores_TE: torch.Tensor, n_groups: int, topk_groups: int) -> torch.Tensor:
+GroupScore = Literal["max", "top2_sum"]
+
+
+def group_limited_mask(
+    scores_TE: torch.Tensor, n_groups: int, topk_groups: int, group_score: GroupScore = "max"
+) -> torch.Tensor:
     """Boolean (T, E): True for the experts inside each token's top-M groups.
 
-    Group score = sum of the group's two highest scores (DeepSeek-V3 ``topk_group``), or its
-    maximum when a group holds one expert.
+    Group score ``"max"``: the group's highest score (DeepSeek-V2 device-limited routing);
+    ``"top2_sum"``: the sum of its two highest (DeepSeek-V3 node-limited routing; the maximum
+    when a group holds one expert).
     """
     T, E = scores_TE.shape
     grouped_TGe = scores_TE.view(T, n_groups, E // n_groups)
-    if grouped_TGe.shape[-1] >= 2:
+    if group_score == "top2_sum" and grouped_TGe.shape[-1] >= 2:
         group_score_TG = grouped_TGe.topk(2, dim=-1).values.sum(-1)
-    else:
+    elif group_score in ("max", "top2_sum"):
         group_score_TG = grouped_TGe.max(-1).values
+    else:
+        raise ValueError(f"group_score must be 'max' or 'top2_sum', got {group_score!r}")
     top_groups_TM = group_score_TG.topk(topk_groups, dim=-1).indices
     keep_TG = torch.zeros_like(group_score_TG, dtype=torch.bool).scatter_(1, top_groups_TM, True)
     return keep_TG.repeat_interleave(E // n_groups, dim=1)
@@ -112,6 +135,8 @@ class Router(nn.Module):
         self.capacity_factor = moe.capacity_factor
         self.bias_update_rate = bias_update_rate
         self.force_uniform = force_uniform
+        # V3's sum of the top-2 is meant for sigmoid affinities; V2's max for a softmax
+        self.group_score: GroupScore = "top2_sum" if self.kind == "sigmoid_topk" else "max"
         E = self.n_experts
         self.weight_ED: nn.Parameter | None = None
         self.noise_weight_ED: nn.Parameter | None = None
@@ -160,19 +185,27 @@ class Router(nn.Module):
                 weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
         token_idx_A = torch.arange(T, device=x_TD.device).repeat_interleave(self.top_k)
         return RouterOutput(
-            token_idx_A, expert_idx_TK.reshape(-1), weight_TK.reshape(-1), noisy_TE, probs_TE, T
+            token_idx_A,
+            expert_idx_TK.reshape(-1),
+            weight_TK.reshape(-1),
+            noisy_TE,
+            probs_TE,
+            T,
+            clean_logits_TE=logits_TE,
+            top_k=self.top_k,
         )
 
     def _select(self, scores_TE: torch.Tensor) -> torch.Tensor:
-        """Top-k expert ids (T, K): biased for selection, limited to top-M groups."""
+        """Top-k expert ids (T, K), best first: biased for selection, limited to top-M
+        groups."""
         T = scores_TE.shape[0]
         if self.force_uniform:
             return uniform_assignment(T, self.n_experts, self.top_k, scores_TE.device)
         sel_TE = scores_TE.detach() + self.expert_bias_E
         if self.topk_groups is not None and self.n_groups > 1:
-            mask_TE = group_limited_mask(sel_TE, self.n_groups, self.topk_groups)
+            mask_TE = group_limited_mask(sel_TE, self.n_groups, self.topk_groups, self.group_score)
             sel_TE = sel_TE.masked_fill(~mask_TE, float("-inf"))
-        return sel_TE.topk(self.top_k, dim=-1).indices
+        return sel_TE.topk(self.top_k, dim=-1, sorted=True).indices
 
     def _expert_choice(self, logits_TE: torch.Tensor) -> RouterOutput:
         T, E = logits_TE.shape
@@ -191,6 +224,7 @@ class Router(nn.Module):
             logits_TE,
             probs_TE,
             T,
+            clean_logits_TE=logits_TE,
         )
 
     def _hash(self, x_TD: torch.Tensor, token_ids_T: torch.Tensor | None) -> RouterOutput:
@@ -203,7 +237,9 @@ class Router(nn.Module):
             expert_idx_TK = self.hash_table_VK[token_ids_T.reshape(-1)]
         weight_A = torch.full((T * self.top_k,), 1.0 / self.top_k, device=x_TD.device)
         token_idx_A = torch.arange(T, device=x_TD.device).repeat_interleave(self.top_k)
-        return RouterOutput(token_idx_A, expert_idx_TK.reshape(-1), weight_A, None, None, T)
+        return RouterOutput(
+            token_idx_A, expert_idx_TK.reshape(-1), weight_A, None, None, T, top_k=self.top_k
+        )
 
     # -- aux-loss-free balancing ---------------------------------------------------------
     @torch.no_grad()

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import Fraction, PositiveFloat, PositiveInt, Spec
+from moesim.specs.base import Float, Fraction, Int, PositiveFloat, PositiveInt, Spec
 from moesim.specs.model import ModelSpec
 
 LoRATarget = Literal["attention", "mlp", "experts_shared", "experts_per_expert", "router"]
@@ -23,7 +23,7 @@ class LoRASpec(Spec):
     """
 
     rank: PositiveInt = 16
-    alpha: float = 32.0
+    alpha: Float = 32.0
     targets: list[LoRATarget] = Field(default_factory=lambda: ["attention"])
 
 
@@ -42,7 +42,7 @@ class SFTWorkload(_Training):
     packing_efficiency: Fraction = Field(
         1.0, description="fraction of each packed sequence holding real tokens"
     )
-    prompt_fraction: float = Field(
+    prompt_fraction: Float = Field(
         0.0, ge=0, lt=1, description="fraction of tokens that are prompt (masked out of the loss)"
     )
     lora: LoRASpec | None = None
@@ -78,7 +78,7 @@ class GRPOWorkload(_RL):
     group_size: PositiveInt = Field(8, description="responses sampled per prompt")
     reward: Literal["rule", "model"] = "rule"
     reward_model: ModelSpec | None = Field(None, description="reward model (reward: model)")
-    kl_coef: float = Field(0.04, ge=0)
+    kl_coef: Float = Field(0.04, ge=0)
 
     @model_validator(mode="after")
     def _check(self) -> GRPOWorkload:
@@ -91,8 +91,8 @@ class PPOWorkload(_RL):
     stage: Literal["ppo"] = "ppo"
     reward_model: ModelSpec | None = Field(None, description="default: the policy's architecture")
     critic_model: ModelSpec | None = Field(None, description="default: the policy's architecture")
-    gae_lambda: float = Field(0.95, ge=0, le=1)
-    gamma: float = Field(1.0, ge=0, le=1)
+    gae_lambda: Float = Field(0.95, ge=0, le=1)
+    gamma: Float = Field(1.0, ge=0, le=1)
 
 
 class InferenceWorkload(Spec):
@@ -104,7 +104,7 @@ class InferenceWorkload(Spec):
     duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
     max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: int = 0
+    seed: Int = 0
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
 
     @model_validator(mode="after")

@@ -149,6 +149,39 @@ def test_capacity_drops_later_tokens_and_they_get_no_routed_output():
     assert (out.out[C:] == 0).all()  # dropped: only the residual will carry them
 
 
+def test_capacity_serves_every_top1_choice_before_any_top2_choice():
+    """GShard/Switch priority. Tokens 0 and 1 pick expert 0 second, tokens 2 and 3 pick it
+    first; with room for 2, tokens 2 and 3 keep expert 0 (token order would keep 0 and 1)."""
+    from moesim.nn.dispatch import dispatch_grouped, dispatch_loop, sort_by_expert
+    from moesim.nn.router import RouterOutput
+
+    layer, _ = pair(spec(n_routed_experts=4, top_k=2))
+    # (token, choice) -> expert: t0 (1, 0), t1 (2, 0), t2 (0, 3), t3 (0, 1)
+    expert_TK = torch.tensor([[1, 0], [2, 0], [0, 3], [0, 1]])
+    r = RouterOutput(
+        token_idx_A=torch.arange(4).repeat_interleave(2),
+        expert_idx_A=expert_TK.reshape(-1),
+        weight_A=torch.full((8,), 0.5),
+        logits_TE=None,
+        probs_TE=None,
+        n_tokens=4,
+        top_k=2,
+    )
+    order_N, kept_E, dropped = sort_by_expert(r, 4, capacity=2)
+    kept = {(int(r.token_idx_A[a]), int(r.expert_idx_A[a])) for a in order_N}
+    assert (2, 0) in kept and (3, 0) in kept  # top-1 choices win expert 0
+    assert (0, 0) not in kept and (1, 0) not in kept  # the top-2 choices are dropped
+    assert kept_E.tolist() == [2, 2, 1, 1] and int(dropped) == 2
+    x = torch.randn(4, 32)
+    fast = dispatch_grouped(x, r, layer.experts, 2)
+    loop = dispatch_loop(x, r, layer.experts, 2)
+    assert_rel_close(fast.out_TD, loop.out_TD)
+    assert torch.equal(fast.kept_per_expert_E, loop.kept_per_expert_E)
+    # token 0 keeps only expert 1 (its top-1): its output is expert 1's alone, at weight 0.5
+    w = layer.experts.expert_weights()[1]
+    assert_rel_close(fast.out_TD[0], 0.5 * layer.experts.expert_forward(w, x[:1])[0])
+
+
 def test_dropless_mode_drops_nothing():
     layer, _ = pair(spec(n_routed_experts=4, top_k=1))
     layer.router.expert_bias_E[2] = 100.0

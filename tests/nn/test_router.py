@@ -4,7 +4,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from moesim.nn.router import Router, expert_choice_capacity  # noqa: E402
+from moesim.nn.router import Router, expert_choice_capacity, group_limited_mask  # noqa: E402
 from moesim.specs import MoESpec  # noqa: E402
 
 D = 32
@@ -74,6 +74,45 @@ def test_group_limited_routing_stays_within_m_groups():
     assert max(len(set(g)) for g in groups) <= 2
     unlimited = make_router(router="sigmoid_topk", top_k=4)(torch.randn(200, D))
     assert max(len(set(g)) for g in (unlimited.expert_idx_A.view(200, 4) // 2).tolist()) > 2
+
+
+@pytest.mark.parametrize(
+    "kind, expected_group", [("softmax_topk", 0), ("noisy_topk", 0), ("sigmoid_topk", 1)]
+)
+def test_group_score_is_the_max_for_softmax_and_the_top2_sum_for_sigmoid(kind, expected_group):
+    """Logits (2, −5 | 1.5, 1.5) in two groups: group 0 holds the single best expert (V2's max
+    picks it), group 1 the larger pair (V3's top-2 sum picks it), for softmax and sigmoid."""
+    r = make_router(router=kind, n_routed_experts=4, top_k=1, n_groups=2, topk_groups=1)
+    r.eval()  # no noise
+    with torch.no_grad():
+        r.weight_ED.zero_()
+        r.weight_ED[:, 0] = torch.tensor([2.0, -5.0, 1.5, 1.5])
+    x = torch.zeros(1, D)
+    x[0, 0] = 1.0
+    assert int(r(x).expert_idx_A[0]) // 2 == expected_group
+
+
+def test_group_limited_mask_scores():
+    scores = torch.tensor([[0.5, 0.0, 0.3, 0.3]])
+    assert group_limited_mask(scores, 2, 1, "max").tolist() == [[True, True, False, False]]
+    assert group_limited_mask(scores, 2, 1, "top2_sum").tolist() == [[False, False, True, True]]
+
+
+def test_z_loss_sees_the_clean_logits_not_the_exploration_noise():
+    from moesim.nn import MoELayer
+    from moesim.nn.balance import router_z_loss
+    from moesim.specs import ModelSpec
+
+    spec = ModelSpec(
+        name="z", vocab_size=64, n_layers=1, d_model=D, n_heads=4, ffn_hidden=64,
+        moe={"n_routed_experts": 8, "top_k": 2, "expert_hidden": 16, "router": "noisy_topk"},
+    )  # fmt: skip
+    torch.manual_seed(0)
+    layer = MoELayer(spec).train()
+    x = torch.randn(40, D)
+    out = layer(x)
+    clean = router_z_loss(x @ layer.router.weight_ED.T)
+    torch.testing.assert_close(out.aux_losses["z_loss"], clean)
 
 
 def test_expert_choice_gives_each_expert_c_tokens():
