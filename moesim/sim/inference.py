@@ -24,16 +24,31 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
   routing distribution (seeded top-k sampling without replacement), so one expert per rank at
   batch 1 costs a whole expert read on the rank that got it;
 - TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
-  all-to-alls; PP: a send per stage boundary (stages run one after another for a step);
+  all-to-alls; PP: a send per stage boundary. **Limitation: with pp > 1 the stages of a step
+  run one after another** (the step is the sum over stages, each stage idle (pp − 1)/pp of the
+  time): decode is not pipelined — vLLM/TensorRT-LLM keep pp micro-batches of the running
+  batch in flight, one per stage, for up to pp× the throughput at the same TPOT. Serving
+  results for pp > 1 are therefore a lower bound on throughput;
 - expert offloading (``expert_offload``): touched experts come over PCIe from host memory,
   before their GEMM (routing is known only at the layer, so the copy cannot be prefetched).
 
-The server (one replica, symmetric) runs prefill-first continuous batching as vLLM's default
-scheduler does: when requests wait and slots are free, one prefill step admits them all (their
-first token comes out of it); otherwise one decode step gives every running sequence a token. A
-request reserves the KV cache of its whole ``prompt_len + output_len`` at admission (no
-preemption), so concurrency is min(max_batch_size, KV capacity). TTFT = first token − arrival;
-TPOT = (last token − first token) / (output_len − 1).
+The server (one replica, symmetric) runs prefill-first continuous batching: while a prompt is
+part-way through its prefill, or requests wait and slots are free, it runs a prefill step of at
+most ``max_prefill_tokens`` prompt tokens (vLLM's ``max_num_batched_tokens``): first the rest
+of the prompts already started (oldest first), then new requests, the last one chunked when it
+does not fit whole (chunked prefill: chunk tokens attend the prompt's earlier tokens, read from
+the KV cache). A prompt's first token comes out of the step that finishes it. Otherwise one
+decode step gives every running sequence a token. Decodes do not ride along in prefill steps
+(vLLM V1 mixes them; here prefill and decode steps alternate, which overstates TPOT when
+prompts keep arriving). A request reserves the KV cache of its whole ``prompt_len +
+output_len`` at admission (no preemption), so concurrency is min(max_batch_size, KV capacity)
+under Poisson arrivals; a static ``batch_size`` is run as given, and the result says when its
+KV cache does not fit (``kv_capacity_sequences`` < ``batch_size``, ``memory_note``).
+TTFT = first token − arrival; TPOT = (last token − first token) / (output_len − 1).
+
+``model_flops_per_token`` of a serving result is the forward of one generated token (2 FLOPs
+per active weight in a GEMM, the LM head, attention over the mean context a generated token
+sees: prompt_len + (output_len − 1)/2 keys), not training's 3× forward.
 """
 
 from __future__ import annotations
@@ -56,7 +71,8 @@ from moesim.sim.engine import Rank
 from moesim.sim.profile import resolve_profile
 from moesim.sim.routing_load import expert_probabilities
 from moesim.sim.trace import write_trace
-from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Result, Scenario
+from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, ModelSpec, Result, Scenario
+from moesim.specs.workload import DEFAULT_MAX_PREFILL_TOKENS
 
 #: above this many (token, expert) cells a routing draw is replaced by its expectation
 MAX_DRAW_CELLS = 2_000_000
@@ -188,10 +204,19 @@ class ReplicaCost:
         return self.step(batch, context_sum, batch)
 
     def prefill(self, n_seqs: int, prompt_len: int) -> StepCost:
-        """A prefill step of ``n_seqs`` prompts (causal: token i attends i keys)."""
-        keys = n_seqs * prompt_len * (prompt_len + 1) / 2.0
-        tile = min(FLASH_QUERY_TILE, prompt_len)
-        return self.step(n_seqs * prompt_len, keys, n_seqs, queries_per_kv_read=tile)
+        """A prefill step of ``n_seqs`` whole prompts (causal: token i attends i keys)."""
+        return self.prefill_chunks([(0, prompt_len)] * n_seqs, n_seqs)
+
+    def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepCost:
+        """A prefill step of prompt chunks ``(offset, length)``: a chunk's token i attends the
+        offset earlier tokens (in the KV cache) and i of its own; ``finished`` chunks end their
+        prompt and go through the LM head. Each chunk's keys are read once per FlashAttention
+        query tile of its own queries."""
+        tokens = sum(c for _, c in chunks)
+        keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
+        reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
+        total = sum(keys)
+        return self.step(tokens, total, finished, queries_per_kv_read=total / reads)
 
     def _attention_core_s(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
         """QKᵀ and AV of every layer: FLOPs per attended key, KV bytes per key read, the KV
@@ -345,6 +370,7 @@ def serve(
     output_len: int,
     slots: int,
     window_s: float = math.inf,
+    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
 ) -> ServerLog:
     """Run one replica's server over ``arrivals_s`` until every request has finished."""
     env = simpy.Environment()
@@ -359,24 +385,43 @@ def serve(
 
     def server():
         waiting: deque[Request] = deque()
+        prefilling: deque[list] = deque()  # [request, prompt tokens done] of started prompts
         running: list[tuple[int, int, Request]] = []  # heap of (last decode step, id, request)
         step = 0  # decode steps so far
         context_sum = 0.0  # keys the next decode step's queries attend, over running sequences
         done = 0
         while done < len(log.requests):
-            if not waiting and not running:
+            if not waiting and not running and not prefilling:
                 waiting.append((yield queue.get()))
             while queue.items:
                 waiting.append((yield queue.get()))
-            admit = min(len(waiting), slots - len(running))
-            if admit > 0:
-                new = [waiting.popleft() for _ in range(admit)]
+            if prefilling or (waiting and len(running) < slots):
+                budget = max_prefill_tokens
+                chunks: list[tuple[int, int]] = []
+                started = list(prefilling)
+                for entry in started:
+                    if budget == 0:
+                        break
+                    take = min(prompt_len - entry[1], budget)
+                    chunks.append((entry[1], take))
+                    entry[1] += take
+                    budget -= take
+                while budget > 0 and waiting and len(running) + len(prefilling) < slots:
+                    entry = [waiting.popleft(), 0]
+                    prefilling.append(entry)
+                    take = min(prompt_len, budget)
+                    chunks.append((0, take))
+                    entry[1] = take
+                    budget -= take
+                finished = [e[0] for e in prefilling if e[1] == prompt_len]
                 start = env.now
-                yield env.timeout(cost.prefill(admit, prompt_len).total_s)
-                log.steps.append(("prefill", start, env.now, admit))
+                yield env.timeout(cost.prefill_chunks(chunks, len(finished)).total_s)
+                log.steps.append(("prefill", start, env.now, len(chunks)))
                 if env.now <= window_s:
-                    log.tokens_in_window += admit
-                for r in new:
+                    log.tokens_in_window += len(finished)
+                while prefilling and prefilling[0][1] == prompt_len:
+                    prefilling.popleft()
+                for r in finished:
                     r.first_token_s = env.now
                     if output_len == 1:
                         r.finish_s = env.now
@@ -409,6 +454,16 @@ def serve(
 
 
 # -- simulate(scenario) for stage: inference ----------------------------------------------------
+def generated_token_flops(m: ModelSpec, prompt_len: int, output_len: int) -> float:
+    """Forward FLOPs of one generated token: every decoder layer at the mean context a generated
+    token attends (prompt_len + (output_len − 1)/2 keys: the first token's query attends the
+    prompt, the j-th decode step's prompt_len + j) and the LM head. No MTP heads (not used to
+    decode here) and no encoder (run once per request, not per token)."""
+    ctx = prompt_len + (output_len - 1) / 2.0
+    layers = sum(layer_flops(m, m.is_moe_layer(i), ctx).total for i in range(m.n_layers))
+    return layers + 2.0 * m.vocab_size * m.d_model
+
+
 def kv_capacity_sequences(s: Scenario, mem: MemoryEstimate) -> int:
     """Sequences of prompt_len + output_len whose KV cache fits beside the weights, workspace
     and reserve of one GPU (every GPU of a replica holds its share of each sequence)."""
@@ -438,6 +493,28 @@ def inference_memory(s: Scenario, concurrent: int) -> MemoryEstimate:
     return mem
 
 
+def _memory_note(s: Scenario, mem: MemoryEstimate, capacity: int, slots: int) -> str | None:
+    """Why a serving configuration does not fit (None when it does)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload)
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    seq = f"sequences of {w.seq_len} tokens"
+    if capacity < 1:
+        return (
+            f"the weights and reserve take {(mem.total - mem.kv_cache) / 1e9:,.1f} GB of "
+            f"{hbm / 1e9:g} GB per GPU: no KV cache of one of the {seq} fits"
+        )
+    if w.batch_size is not None and w.batch_size > capacity:
+        return (
+            f"batch_size {w.batch_size} needs the KV cache of {w.batch_size} {seq} "
+            f"({mem.kv_cache / 1e9:,.1f} GB per GPU); only {capacity} fit "
+            "(kv_capacity_sequences): a static batch is not capped by the KV capacity"
+        )
+    if mem.total > hbm:
+        return f"needs {mem.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB per GPU"
+    return None
+
+
 def simulate_inference(
     scenario: Scenario, trace_path: str | Path | None = None, base_dir: Path | None = None
 ) -> Result:
@@ -457,7 +534,7 @@ def simulate_inference(
         arrivals = poisson_arrivals_s(w.arrival_rate_per_s / replicas, w.duration_s, w.seed)
         window = w.duration_s
     mem = inference_memory(s, slots)
-    log = serve(cost, arrivals, w.prompt_len, w.output_len, slots, window)
+    log = serve(cost, arrivals, w.prompt_len, w.output_len, slots, window, w.max_prefill_tokens)
     reqs = log.requests
     makespan = max((r.finish_s for r in reqs), default=0.0)
     ttft = np.array([r.first_token_s - r.arrival_s for r in reqs])
@@ -481,7 +558,7 @@ def simulate_inference(
         gpus=s.gpus,
         params_total=float(counts.total),
         params_active=float(counts.active),
-        model_flops_per_token=2.0 * cost.ctx.flops.forward,  # forward only: 2·N + attention
+        model_flops_per_token=generated_token_flops(s.model, w.prompt_len, w.output_len),
         memory_per_gpu_GB=mem.as_GB(),
         fits_in_memory=mem.total <= s.cluster.gpu.hbm_GB * 1e9 and capacity >= 1,
         step_time_s=typical.total_s,
@@ -511,6 +588,9 @@ def simulate_inference(
         "requests": len(reqs) * replicas,
         "concurrency_limit": slots,
         "kv_capacity_sequences": capacity,
+        "memory_note": _memory_note(s, mem, capacity, slots),
+        "max_prefill_tokens": w.max_prefill_tokens,
+        "prefill_steps": sum(1 for st in log.steps if st[0] == "prefill"),
         "mean_decode_batch": mean_batch,
         "makespan_s": makespan,
         "decode_step_parts_s": {

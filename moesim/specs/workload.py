@@ -12,6 +12,11 @@ from pydantic import Field, model_validator
 from moesim.specs.base import Float, Fraction, Int, PositiveFloat, PositiveInt, Spec
 from moesim.specs.model import ModelSpec
 
+#: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
+#: OpenAI server on GPUs of >= 70 GiB other than the A100 (vllm/engine/arg_utils.py,
+#: EngineArgs.get_batch_defaults; 2048 on smaller GPUs)
+DEFAULT_MAX_PREFILL_TOKENS = 8192
+
 LoRATarget = Literal["attention", "mlp", "experts_shared", "experts_per_expert", "router"]
 
 
@@ -56,6 +61,18 @@ class DPOWorkload(_Training):
     lora: LoRASpec | None = None
 
 
+class RolloutParallelSpec(Spec):
+    """The rollout engine's layout when it differs from training's (veRL's rollout
+    ``tensor_model_parallel_size``, TRL's ``vllm_tensor_parallel_size``). A size left out is the
+    training layout's; dp is the rollout GPUs over tp·pp, and a rollout never uses cp (decode
+    does not split a sequence: training's cp GPUs serve as more replicas) nor ZeRO."""
+
+    tp: PositiveInt | None = Field(None, description="rollout tensor parallel")
+    pp: PositiveInt | None = Field(None, description="rollout pipeline stages")
+    ep: PositiveInt | None = Field(None, description="rollout expert parallel")
+    etp: PositiveInt | None = Field(None, description="rollout expert tensor parallel")
+
+
 class _RL(Spec):
     global_batch: PositiveInt = Field(description="prompts per optimizer step")
     prompt_len: PositiveInt = 512
@@ -64,6 +81,11 @@ class _RL(Spec):
     rollout: Literal["colocated", "disaggregated"] = "colocated"
     rollout_gpus: PositiveInt | None = Field(
         None, description="GPUs that only generate (disaggregated); default: as many as training"
+    )
+    rollout_parallel: RolloutParallelSpec | None = Field(
+        None,
+        description="the rollout engine's tp/pp/ep/etp (default: training's); a different one "
+        "reshards the weights at every sync",
     )
     ppo_epochs: PositiveInt = Field(1, description="optimizer passes over each batch of rollouts")
     lora: LoRASpec | None = None
@@ -103,6 +125,11 @@ class InferenceWorkload(Spec):
     arrival_rate_per_s: PositiveFloat | None = Field(None, description="Poisson request rate")
     duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
     max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
+    max_prefill_tokens: PositiveInt = Field(
+        DEFAULT_MAX_PREFILL_TOKENS,
+        description="prompt tokens per prefill step (vLLM's max_num_batched_tokens); longer "
+        "prompts are chunked over steps",
+    )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
     seed: Int = 0
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
