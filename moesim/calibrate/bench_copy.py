@@ -1,7 +1,9 @@
-"""Copies: device memory to device memory (``d2d``: the achieved memory bandwidth, read +
-write), and on CUDA host to device and back through pinned host memory (``h2d``, ``d2h``:
-the PCIe link, one direction each). On the CPU ``d2d`` is a memcpy in host memory and there
-is no host link to measure.
+"""Copies: device memory to device memory (``d2d``, op class ``copy``: the achieved memory
+bandwidth, read + write), and on CUDA host to device and back through pinned host memory
+(``h2d``, ``d2h``, op class ``host_copy``: the PCIe link, one direction each). The classes
+differ because the fit turns them into different figures: ``copy`` into the HBM efficiency
+curve, ``host_copy`` into the host-link fraction ``links.pcie``. On the CPU ``d2d`` is a memcpy
+in host memory and there is no host link to measure.
 """
 
 from __future__ import annotations
@@ -54,7 +56,12 @@ def measure(ctx: Context, op: str, n_bytes: int) -> Row:
         inp[1].copy_(inp[0], non_blocking=True)
 
     timing = ctx.timer.time(fn, make)
-    return row(ctx.device.profile_id, op, "copy", "fp32", timing, bytes_=traffic)
+    return row(ctx.device.profile_id, op, op_class(op), "fp32", timing, bytes_=traffic)
+
+
+def op_class(op: str) -> str:
+    """``copy`` for device memory (HBM), ``host_copy`` for the host link (PCIe)."""
+    return "copy" if op == "d2d" else "host_copy"
 
 
 def cases(ctx: Context) -> list[Case]:

@@ -15,7 +15,9 @@ rebuild the scenario without torch.
 
 from __future__ import annotations
 
+import itertools
 import json
+from collections.abc import Callable
 from typing import Any
 
 from moesim.calibrate.context import Case, Context, Row
@@ -110,8 +112,7 @@ def measure(ctx: Context, model_name: str, stage: str, batch: int, seq_len: int)
         trainer = TRAINERS[stage](model, cfg, grpo)
     else:
         trainer = TRAINERS[stage](model, cfg)
-    counter = iter(range(10**9))
-    timing = ctx.timer.time(trainer.step, lambda: next(counter))
+    timing = time_steps(ctx.timer, trainer.step)
     tokens = step_tokens(stage, batch, seq_len)
     flops = 0.0 if stage == "grpo" else token_flops(spec, seq_len).model_flops * tokens
     note = {"model": model_name, "stage": stage, "tokens": tokens}
@@ -135,6 +136,14 @@ def measure(ctx: Context, model_name: str, stage: str, batch: int, seq_len: int)
         experts=spec.moe.n_routed_experts if spec.moe else None,
         top_k=spec.moe.top_k if spec.moe else None,
     )
+
+
+def time_steps(timer, step: Callable[[int], Any]):
+    """Time ``step(i)`` with a new step index on every call (warm-up and sizing calls too): a
+    step's batch comes from its index, so each timed step runs on a batch none before it used.
+    (Indices from the timer's input pool would repeat: with a pool of n, every n-th call.)"""
+    counter = itertools.count()
+    return timer.time(lambda _: step(next(counter)), lambda: None)
 
 
 def available() -> str | None:

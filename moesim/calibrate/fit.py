@@ -9,10 +9,17 @@ For each compute op class (gemm, grouped_gemm, attention) every measurement give
 
 which is exactly what the cost model inverts (time = flops / (peak · eff(x)) + launch), so a
 profile fitted on a measurement predicts it back. ``memory_bound`` and ``hbm`` points are
-bandwidths: eff = bytes / (HBM · (t − launch)), x = bytes. Points are binned by log10(x)
-(``points_per_decade`` bins a decade), each bin gives its median x and median efficiency, and
-compute curves are made non-decreasing in size by pool-adjacent-violators (a larger problem
-does not fill the device worse; a dip is averaged with its neighbours, not dropped).
+bandwidths: eff = bytes / (HBM · (t − launch)), x = bytes. ``hbm`` is fitted from device-memory
+copies (``copy``: d2d) only: host↔device copies (``host_copy``: h2d, d2h) run at the PCIe
+link's speed, ~50 GB/s against an H100's 3.35 TB/s, and would drag the HBM curve to ~0.015.
+They give ``links.pcie`` instead: the best achieved h2d bandwidth (d2h when h2d was not
+measured) over the GPU's nominal ``pcie_GBps``, the figure a host link is used at by the
+expert-offload path.
+
+Points are binned by log10(x) (``points_per_decade`` bins a decade), each bin gives its median
+x and median efficiency, and compute curves are made non-decreasing in size by
+pool-adjacent-violators (a larger problem does not fill the device worse; a dip is averaged
+with its neighbours, not dropped).
 Memory curves are left as measured: on a CPU, caches make small copies faster than DRAM.
 Efficiencies are clipped into (0, 1].
 
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -32,6 +40,7 @@ from moesim.sim.profile import OP_CLASSES, Profile, default_profile
 from moesim.specs import GPUSpec
 
 COMPUTE_CLASSES = ("gemm", "grouped_gemm", "attention")
+HOST_COPY_OPS = ("h2d", "d2h")
 MIN_EFF = 1e-4
 # a measurement is never credited with less than this fraction of its own time as work
 MIN_WORK_FRACTION = 0.02
@@ -47,6 +56,29 @@ def _num(v: Any, default: float = 0.0) -> float:
     except (TypeError, ValueError):
         return default
     return default if math.isnan(f) else f
+
+
+def with_host_copy_class(df: pd.DataFrame) -> pd.DataFrame:
+    """``df`` with h2d/d2h rows under op class ``host_copy``: measurements written before the
+    class existed labelled them ``copy`` like d2d, and fitting them into HBM is wrong."""
+    host = (df["op_class"] == "copy") & df["op"].isin(HOST_COPY_OPS)
+    if not host.any():
+        return df
+    out = df.copy()
+    out.loc[host, "op_class"] = "host_copy"
+    return out
+
+
+def display_path(path: str | Path) -> str:
+    """``path`` relative to the repository root when it lies inside the checkout moesim runs
+    from, else absolute: what a profile's ``source`` names so that a reader can find it."""
+    from moesim.sim.profile import repo_root
+
+    p = Path(path).resolve()
+    root = repo_root()
+    if root is not None and p.is_relative_to(root):
+        return p.relative_to(root).as_posix()
+    return str(p)
 
 
 def work_time_s(t: float, launch_s: float) -> float:
@@ -151,13 +183,15 @@ def fit_profile(
     environment: dict[str, Any] | None = None,
     base: Profile | None = None,
     points_per_decade: int = 2,
+    measurements: str | Path | None = None,
 ) -> dict[str, Any]:
     """The profile dict fitted from ``df`` (rows of ``dtype`` only, for the compute classes).
 
     Classes without measurements keep ``base``'s curve (the shipped default) and say so in
-    their ``source``."""
+    their ``source``; ``measurements`` is the CSV ``df`` was read from, named in ``source``."""
     base = base or default_profile()
     env = environment or {}
+    df = with_host_copy_class(df)
     where = f"{env.get('device_name', device_id)}, {env.get('date', 'undated')}"
     peak = gpu.peak_TFLOPS(dtype) * 1e12  # type: ignore[arg-type]
     hbm = gpu.hbm_TBps * 1e12
@@ -190,6 +224,9 @@ def fit_profile(
     assert set(compute) == set(OP_CLASSES)
     colls = fit_collectives(df)
     links = _links(colls, gpu, base, where)
+    pcie = fit_pcie(df, gpu, where)
+    if pcie is not None:
+        links["pcie"] = pcie
     overhead = base.collective_overhead_us.model_dump()
     if "all_reduce" in colls:
         ar = colls["all_reduce"]
@@ -198,11 +235,11 @@ def fit_profile(
             "source": f"measured: smallest all_reduce over {ar['world_size']} ranks on {where}",
         }
     bandwidths = _bandwidths(df)
+    origin = display_path(measurements) if measurements is not None else "measurements in memory"
     profile = {
         "schema_version": 1,
         "device": device_id,
-        "source": f"moesim calibrate run on {where}: fitted from calibration/{device_id}/"
-        "measurements.csv by moesim.calibrate.fit",
+        "source": f"moesim calibrate run on {where}: fitted from {origin} by moesim.calibrate.fit",
         "compute": compute,
         "hbm": curve("copy", "bytes", False, hbm_txt),
         "launch_overhead_us": {
@@ -228,16 +265,33 @@ def fit_profile(
 
 
 def _bandwidths(df: pd.DataFrame) -> dict[str, float]:
-    """Best achieved bandwidth of each copy op (GB/s)."""
-    c = df[df["op_class"] == "copy"]
+    """Best achieved bandwidth of each copy op, device and host (GB/s)."""
+    c = df[df["op_class"].isin(("copy", "host_copy"))]
     return {
         str(op): float((g["bytes"].astype(float) / g["time_s_median"].astype(float)).max() / 1e9)
         for op, g in c.groupby("op")
     }
 
 
+def fit_pcie(df: pd.DataFrame, gpu: GPUSpec, where: str) -> dict[str, Any] | None:
+    """``links.pcie`` from the host copies: the best achieved h2d bandwidth (the direction
+    expert offloading copies in; d2h when only that was measured) ÷ the GPU's nominal
+    ``pcie_GBps``, at most 1. None when no host copy was measured (a CPU has no host link)."""
+    bw = _bandwidths(df[df["op_class"] == "host_copy"])
+    op = "h2d" if "h2d" in bw else "d2h" if "d2h" in bw else None
+    if op is None:
+        return None
+    nominal = gpu.pcie_GBps
+    both = ", ".join(f"{k} {v:.4g} GB/s" for k, v in sorted(bw.items()))
+    return {
+        "value": min(1.0, bw[op] / nominal),
+        "source": f"measured: best {op} bandwidth through pinned host memory ({both}) ÷ "
+        f"nominal {nominal:.4g} GB/s per direction on {where}",
+    }
+
+
 def _links(colls: dict[str, Any], gpu: GPUSpec, base: Profile, where: str) -> dict[str, Any]:
-    links = {k: v.model_dump() for k, v in base.links}
+    links = {k: v.model_dump() for k, v in base.links if v is not None}
     for k in links:
         links[k]["source"] = (
             f"not measured here: the {base.device} profile's ({links[k]['source']})"

@@ -45,7 +45,7 @@ COLUMNS = (
     "note",
 )
 # op classes beyond the profile's compute classes: validated or summarised, not fitted as curves
-EXTRA_CLASSES = ("copy", "launch", "collective", "moe_layer", "step")
+EXTRA_CLASSES = ("copy", "host_copy", "launch", "collective", "moe_layer", "step")
 
 
 def row(

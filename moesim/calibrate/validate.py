@@ -1,14 +1,18 @@
 """``moesim calibrate validate PROFILE``: how wrong are the simulator's predictions?
 
 1. Split the measurements: for each fitted class (gemm, grouped_gemm, attention,
-   memory_bound, copy) a seeded random ``holdout`` fraction is held out; launch and collective
-   rows always go to the fit; ``moe_layer`` and ``step`` rows are never fitted, so all of them
-   are held out.
-2. Fit a profile on the rest (``fit.fit_profile``, same device spec and dtype).
+   memory_bound, copy, host_copy) a seeded random ``holdout`` fraction is held out (at least
+   one row of a class stays in the fit); launch and collective rows always go to the fit;
+   ``moe_layer`` and ``step`` rows are never fitted, so all of them are held out.
+2. Fit a profile on the rest (``fit.fit_profile``, same dtype). Everything a prediction
+   depends on comes from the fitting rows: on the CPU the device spec too (its peak is the
+   best GEMM rate measured and its "HBM" the best d2d copy, so a spec from all rows would let a
+   held-out GEMM or copy set the scale of its own prediction); a GPU's spec is its datasheet.
 3. Predict each held-out measurement with that profile:
    - op classes through the cost model (``moesim.sim.costmodel.CostModel``): forward + a
      backward of twice the FLOPs and bytes (the simulator's convention) for ``fwd_bwd`` rows;
-     copies as bytes over the fitted HBM bandwidth plus the launch overhead;
+     copies as bytes over the fitted HBM bandwidth plus the launch overhead, host copies as
+     bytes over the nominal PCIe bandwidth × the fitted ``links.pcie`` plus the launch;
    - ``moe_layer`` through ``moesim.sim.run.simulate`` of a one-GPU ``moe_layer`` scenario of
      the same layer, tokens, passes and measured routing histogram;
    - ``step`` through ``simulate`` of a one-GPU scenario of the same model, stage, batch and
@@ -29,12 +33,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.fit import COMPUTE_CLASSES, fit_profile
+from moesim.calibrate.fit import COMPUTE_CLASSES, display_path, fit_profile, with_host_copy_class
 from moesim.sim.costmodel import CostModel, OpWork
 from moesim.sim.profile import Profile, load_profile
 from moesim.specs import GPUSpec
 
-FITTED_CLASSES = (*COMPUTE_CLASSES, "memory_bound", "copy")
+FITTED_CLASSES = (*COMPUTE_CLASSES, "memory_bound", "copy", "host_copy")
 ALWAYS_FIT = ("launch", "collective")
 REQUIRED_CLASSES = ("gemm", "moe_layer", "attention", "step")
 
@@ -47,20 +51,42 @@ def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
 
 
 def load_measurements(path: str | Path) -> pd.DataFrame:
-    return pd.read_csv(path, keep_default_na=True)
+    return with_host_copy_class(pd.read_csv(path, keep_default_na=True))
 
 
-def device_spec_for(profile_path: Path, device_id: str) -> GPUSpec:
+def device_spec_for(
+    profile_path: Path,
+    device_id: str,
+    fit_rows: pd.DataFrame | None = None,
+    all_rows: pd.DataFrame | None = None,
+    environment: dict[str, Any] | None = None,
+) -> GPUSpec:
     """``<dir>/<id>.device.yaml`` beside the profile (the CPU's measured spec), else the
-    catalog GPU of that id."""
+    catalog GPU of that id. With ``fit_rows`` a measured spec is derived again from those rows
+    alone (``run.measured_cpu_spec``; the file's memory size kept), unless the measurements it
+    needs (fp32 GEMMs, d2d copies) are absent from ``all_rows`` too: then the file was measured
+    elsewhere and no held-out row can have set it."""
     import yaml
 
+    from moesim.calibrate.run import measured_cpu_spec
     from moesim.catalog import load_gpu
 
     local = profile_path.parent / f"{device_id}.device.yaml"
-    if local.is_file():
-        return GPUSpec.model_validate(yaml.safe_load(local.read_text()))
-    return load_gpu(device_id)
+    if not local.is_file():
+        return load_gpu(device_id)
+    spec = GPUSpec.model_validate(yaml.safe_load(local.read_text()))
+    if fit_rows is None:
+        return spec
+    every = all_rows if all_rows is not None else fit_rows
+    gemm_fp32 = (every["op_class"] == "gemm") & (every["dtype"] == "fp32")
+    d2d = (every["op_class"] == "copy") & (every["op"] == "d2d")
+    if not (gemm_fp32.any() and d2d.any()):
+        return spec
+    env = environment or {}
+    derived = measured_cpu_spec(
+        fit_rows, env.get("device_name", spec.name), env.get("date", "undated"), spec.hbm_GB
+    )
+    return GPUSpec.model_validate(derived)
 
 
 def split(
@@ -75,7 +101,7 @@ def split(
         idx = np.flatnonzero(classes == c)
         if len(idx) < 2:
             continue
-        n = max(1, round(holdout * len(idx)))
+        n = min(len(idx) - 1, max(1, round(holdout * len(idx))))
         test[rng.choice(idx, size=n, replace=False)] = True
     test |= ~np.isin(classes, (*FITTED_CLASSES, *ALWAYS_FIT))
     return df[~test].reset_index(drop=True), df[test].reset_index(drop=True)
@@ -102,6 +128,10 @@ def predict_op(r: dict[str, Any], cm: CostModel) -> float:
     if cls == "copy":
         b = _f(r["bytes"])
         return b / (cm.hbm_bytes_per_s * cm.profile.hbm(max(b, 1.0))) + cm.launch_s
+    if cls == "host_copy":
+        pcie = cm.profile.links.pcie
+        frac = pcie.value if pcie is not None else 1.0
+        return _f(r["bytes"]) / (cm.gpu.pcie_GBps * 1e9 * frac) + cm.launch_s
     groups = int(_f(r.get("groups"), 1.0)) or 1
     bwd = r["pass"] == "fwd_bwd"
     flops, n_bytes = _f(r["flops"]), _f(r["bytes"])
@@ -270,11 +300,12 @@ def validate_profile(
     measured = profile.get("measured") or {}
     dtype = measured.get("dtype", "bf16")
     df = scored_rows(load_measurements(meas_path), dtype)
-    gpu = device_spec_for(profile_path, device_id)
     cuda = device_id != "cpu"
     train, test = split(df, holdout, seed)
+    env = measured.get("environment")
+    gpu = device_spec_for(profile_path, device_id, train, df, env)
     part = fit_profile(
-        train, gpu, dtype=dtype, device_id=device_id, environment=measured.get("environment")
+        train, gpu, dtype=dtype, device_id=device_id, environment=env, measurements=meas_path
     )
     with tempfile.TemporaryDirectory(prefix="moesim-validate-") as tmp:
         part_path = write_profile(Path(tmp) / f"{device_id}.json", part)
@@ -287,9 +318,9 @@ def validate_profile(
         "fit_rows": len(train),
         "held_out_rows": len(test),
         "date": dt.date.today().isoformat(),
-        "measurements": str(meas_path),
-        "note": "errors of a profile fitted without the held-out rows; the profile's curves "
-        "are fitted on all rows",
+        "measurements": display_path(meas_path),
+        "note": "errors of a profile (and, for a measured device spec, of peaks) fitted "
+        "without the held-out rows; the profile's curves are fitted on all rows",
         "missing_classes": missing,
     }
     profile["validation"] = validation

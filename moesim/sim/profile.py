@@ -18,8 +18,9 @@ measurement from an assumption. Schema (all keys required unless marked optional
       "launch_overhead_us": {"value": 4.0, "source": "..."},
       "links": {                                 # achieved fraction of the nominal link bandwidth
         "nvlink": {"value": 0.9, "source": "..."},
-        "network": {"value": 0.85, "source": "..."}
-      },
+        "network": {"value": 0.85, "source": "..."},
+        "pcie": {"value": 0.78, "source": "..."} # optional: host link (GPUSpec.pcie_GBps),
+      },                                         # fitted from h2d/d2h copies by calibrate
       "collective_overhead_us": {"value": 10.0, "source": "..."},  # optional, per collective call
       "measured": {...},                         # optional: environment, bandwidths (calibrate)
       "validation": {"gemm": {"median_abs_rel_error": 0.1, "max_abs_rel_error": 0.3, "n": 12}}
@@ -28,6 +29,14 @@ measurement from an assumption. Schema (all keys required unless marked optional
 
 Curves are piecewise linear in log10(x) (sizes span many decades) and flat beyond their ends.
 The calibration engineers write these files from measured points; nothing here imports SimPy.
+
+A profile named by device id (``simulation.profile: h100-sxm``, ``--profile h100-sxm``, or the
+scenario's GPU when no profile is named) is looked up as ``<dir>/<id>.json`` in, in order:
+the directories a caller passes (``search_dirs``), the repository's ``calibration/`` when moesim
+runs from a source checkout (an editable install: the folder beside the package, so the answer
+does not depend on the working directory), then ``./calibration`` of the working directory
+(where ``moesim calibrate run`` writes by default, for installs without a checkout). The first
+match wins; a named id that matches nowhere is an error listing the places searched.
 """
 
 from __future__ import annotations
@@ -86,6 +95,9 @@ class Value(_Strict):
 class Links(_Strict):
     nvlink: Value
     network: Value
+    # optional: achieved fraction of GPUSpec.pcie_GBps over the host link (pinned h2d copies),
+    # which the expert-offload path can scale its PCIe time by; absent = not measured
+    pcie: Value | None = None
 
 
 class Profile(_Strict):
@@ -106,8 +118,11 @@ class Profile(_Strict):
         missing = [c for c in OP_CLASSES if c not in self.compute]
         if missing:
             raise ValueError(f"profile.compute lacks op classes {missing}")
-        for name in ("nvlink", "network"):
-            v = getattr(self.links, name).value
+        for name in ("nvlink", "network", "pcie"):
+            link = getattr(self.links, name)
+            if link is None:
+                continue
+            v = link.value
             if not 0 < v <= 1:
                 raise ValueError(f"profile.links.{name}.value must lie in (0, 1], got {v}")
         return self
@@ -122,13 +137,41 @@ def default_profile() -> Profile:
     return load_profile(DEFAULT_PROFILE_PATH)
 
 
+@lru_cache(maxsize=1)
+def repo_root() -> Path | None:
+    """The source checkout moesim runs from (an editable install), else None: an installed
+    wheel has no repository beside the package."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    if pyproject.is_file() and 'name = "moesim"' in pyproject.read_text():
+        return root
+    return None
+
+
+def repo_calibration_dir() -> Path | None:
+    """``calibration/`` of the source checkout, when there is one."""
+    root = repo_root()
+    return root / "calibration" if root and (root / "calibration").is_dir() else None
+
+
+def profile_search_dirs(search_dirs: tuple[Path, ...] = ()) -> tuple[Path, ...]:
+    """Where a profile id is looked up, in order (see the module docstring), duplicates once."""
+    repo = repo_calibration_dir()
+    dirs = (*search_dirs, *((repo,) if repo else ()), Path.cwd() / "calibration")
+    out: list[Path] = []
+    for d in dirs:
+        if all(d.resolve() != o.resolve() for o in out):
+            out.append(d)
+    return tuple(out)
+
+
 def resolve_profile(
     name: str | None, gpu_name: str = "", search_dirs: tuple[Path, ...] = ()
 ) -> Profile:
     """A profile from ``simulation.profile``: a JSON path, a device id looked up as
-    ``calibration/<id>.json``, or (None) the measured profile of the scenario's GPU when one
-    exists, else the shipped default."""
-    dirs = (*search_dirs, Path.cwd() / "calibration")
+    ``<dir>/<id>.json`` in ``profile_search_dirs`` order, or (None) the measured profile of the
+    scenario's GPU when one exists there, else the shipped default."""
+    dirs = profile_search_dirs(search_dirs)
     if name is not None:
         p = Path(name)
         if p.suffix == ".json":
@@ -138,8 +181,10 @@ def resolve_profile(
         for d in dirs:
             if (d / f"{name}.json").is_file():
                 return load_profile(d / f"{name}.json")
+        looked = ", ".join(str(d / f"{name}.json") for d in dirs)
         raise FileNotFoundError(
-            f"simulation.profile: no calibration/{name}.json found; give a JSON path"
+            f"simulation.profile: no calibration/{name}.json found (looked for {looked}); "
+            "give a JSON path or run moesim calibrate"
         )
     for d in dirs:
         if gpu_name and (d / f"{gpu_name}.json").is_file():

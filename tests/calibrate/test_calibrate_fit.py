@@ -107,3 +107,68 @@ def test_fit_recovers_known_curves():
     for x in (3e6, 1e8, 3e9, 1e10, 1e12):
         t = cm.time_s(OpWork("g", "gemm", flops=x, bytes=1.0))
         assert t == pytest.approx(x / (gpu.bf16_TFLOPS * 1e12 * true_eff(x)) + LAUNCH_S, rel=0.06)
+
+
+PCIE_BYTES_PER_S = 50e9  # what an H100's PCIe Gen5 x16 link reaches per direction, about
+
+
+def with_host_copies(df: pd.DataFrame, op_class: str) -> pd.DataFrame:
+    """``df`` plus h2d and d2h copies at the PCIe speed, more of them than d2d copies (as a
+    CUDA calibration has: two host directions per size), under ``op_class``."""
+    rows = []
+    for op in ("h2d", "d2h"):
+        for i in range(20):
+            b = 10 ** (4 + 5 * i / 19)
+            r = dict.fromkeys(COLUMNS)
+            r.update(device="h100-sxm", op=op, op_class=op_class, dtype="fp32", flops=0.0,
+                     bytes=b, time_s_median=b / PCIE_BYTES_PER_S + LAUNCH_S, note="",
+                     repeats=10)  # fmt: skip
+            r["pass"] = "fwd"
+            rows.append(r)
+    return pd.concat([df, pd.DataFrame(rows, columns=COLUMNS)], ignore_index=True)
+
+
+@pytest.mark.parametrize("label", ["host_copy", "copy"])  # "copy": CSVs written before the class
+def test_host_copies_fit_the_pcie_link_not_the_hbm_curve(label):
+    """H100-like copies: d2d at 90% of HBM, h2d/d2h at 50 GB/s. The HBM curve comes from d2d
+    alone (~0.9; with the PCIe rows in the medians it was ~0.015) and the host link's fitted
+    bandwidth is ~50 GB/s."""
+    gpu = load_gpu("h100-sxm")
+    df = with_host_copies(synthetic(gpu), label)
+    prof = Profile.model_validate(
+        fit_profile(df, gpu, dtype="bf16", device_id="h100-sxm", points_per_decade=4)
+    )
+    for b in (1e7, 1e8, 1e9):
+        assert prof.hbm(b) == pytest.approx(0.9, rel=0.01)
+    assert prof.compute["memory_bound"](1e7) == pytest.approx(0.7, rel=0.01)
+    assert prof.links.pcie is not None
+    fitted_GBps = prof.links.pcie.value * gpu.pcie_GBps
+    assert fitted_GBps == pytest.approx(PCIE_BYTES_PER_S / 1e9, rel=0.01)
+    assert "h2d" in prof.links.pcie.source and prof.links.pcie.source.startswith("measured")
+    bw = prof.measured["bandwidths_GBps"]
+    assert bw["h2d"] == pytest.approx(50, rel=0.01) and bw["d2d"] > 1000
+    assert prof.measured["counts"]["host_copy"] == 40
+
+
+def test_without_host_copies_there_is_no_pcie_figure():
+    gpu = load_gpu("h100-sxm")
+    prof = Profile.model_validate(fit_profile(synthetic(gpu), gpu, dtype="bf16", device_id="x"))
+    assert prof.links.pcie is None
+
+
+def test_source_names_the_measurements_file_that_was_fitted(tmp_path):
+    """The real path: absolute outside the repository, relative to its root inside it."""
+    from moesim.sim.profile import repo_root
+
+    gpu = load_gpu("h100-sxm")
+    df = synthetic(gpu)
+    elsewhere = tmp_path / "x" / "h100-sxm" / "measurements.csv"
+    prof = fit_profile(df, gpu, dtype="bf16", device_id="h100-sxm", measurements=elsewhere)
+    assert f"fitted from {elsewhere.resolve()} by" in prof["source"]
+    assert "calibration/h100-sxm" not in prof["source"]
+    root = repo_root()
+    if root is None:
+        pytest.skip("not running from a source checkout")
+    inside = root / "calibration" / "h100-sxm" / "measurements.csv"
+    prof = fit_profile(df, gpu, dtype="bf16", device_id="h100-sxm", measurements=inside)
+    assert "fitted from calibration/h100-sxm/measurements.csv by" in prof["source"]

@@ -52,3 +52,11 @@ def test_quick_cuda_calibration(tmp_path):
         assert prof.compute[cls].source.startswith("measured")
     for cls in ("gemm", "moe_layer", "attention", "step"):
         assert prof.validation[cls]["n"] >= 1
+    # host copies are their own class: the HBM curve is d2d's, PCIe is links.pcie
+    import pandas as pd
+
+    df = pd.read_csv(out.measurements)
+    assert set(df[df["op"].isin(["h2d", "d2h"])]["op_class"]) == {"host_copy"}
+    assert set(df[df["op"] == "d2d"]["op_class"]) == {"copy"}
+    assert prof.hbm(2**28) > 0.3  # a PCIe-dragged curve reads ~0.015
+    assert prof.links.pcie is not None and 0.2 < prof.links.pcie.value <= 1

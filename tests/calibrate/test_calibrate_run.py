@@ -73,6 +73,28 @@ def test_profile_is_loadable_and_sourced(quick_run):
     assert resolve_profile("cpu", search_dirs=(out,)).device == "cpu"
 
 
+def test_profile_source_names_the_folder_it_was_written_to(quick_run):
+    """--out elsewhere: the source names that CSV, not calibration/<id>/measurements.csv."""
+    out, _ = quick_run
+    prof = load_profile(out / "cpu.json")
+    csv = (out / "cpu" / "measurements.csv").resolve()
+    assert f"fitted from {csv} by" in prof.source
+    assert prof.validation["_split"]["measurements"] == str(csv)
+
+
+def test_step_timer_gives_every_call_a_new_step():
+    """A step's batch comes from its index: every timed call (warm-up and sizing included)
+    must get a new one, with the step timer the calibration uses."""
+    from moesim.calibrate.run import _timers
+
+    for cuda in (False,):
+        _, steps = _timers(cuda, quick=True)
+        seen: list[int] = []
+        t = bench_steps.time_steps(steps, seen.append)
+        assert t.repeats >= 3
+        assert len(seen) == len(set(seen)) == steps.warmup + 1 + t.repeats
+
+
 def test_validation_block_and_report(quick_run):
     out, summary = quick_run
     val = load_profile(out / "cpu.json").validation
