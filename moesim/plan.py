@@ -1,10 +1,28 @@
 """Capacity planning: search cluster sizes and parallel layouts for the cheapest or fastest
 configuration that fits in memory and meets a deadline, a budget or serving SLOs.
 
-The search prunes with the analytic layer first (a layout that cannot be built or does not fit
-is dropped without simulating it), ranks the survivors by an analytic lower bound on step time,
-and simulates the most promising ones. The answer is the best configurations and the Pareto
-front of run time against cost.
+The search prunes with the analytic layer first, without simulating: a layout that cannot be
+built or does not fit is dropped, and so is one whose analytic *lower bound* already misses a
+constraint (run time over the deadline, run cost over the budget, p99 TPOT over its SLO). The
+survivors are ranked by the bound on the objective and the best ``simulate_max`` simulated; the
+answer (the best configurations and the Pareto front of run time against cost) is built from
+simulated points only. Dropping by the bound before ranking matters: the cheapest layouts by
+the bound are the slowest, and with a tight deadline they would fill every simulation slot.
+
+The bounds are lower bounds of what the simulator returns (tests/test_plan.py checks it on a
+sample of layouts), because each leaves out only time the simulator adds:
+
+- training step: the FLOPs the GPUs execute (forward + backward + recomputation; with LoRA the
+  frozen weights' backward computes input gradients only, so forward × 2; routed-expert FLOPs
+  left out where a capacity factor may drop tokens) at the GPU's peak × the best efficiency of
+  any compute curve in the profile the simulation uses, stretched by the pipeline bubble of
+  the schedule ((m + pp − 1)/m for 1F1B and GPipe, ÷ v for interleaved; none for DualPipe).
+  No communication, memory-bound ops, optimizer or load imbalance. Run days and cost follow
+  from it as from a simulated step. RL stages (GRPO, PPO) have no bound (0): rollouts dominate.
+- serving p99 TPOT: every decode step reads the dense weights (attention, dense FFN, shared
+  experts, LM head) of a tensor-parallel shard, through every pipeline stage in turn, at no
+  more than the profile's best HBM efficiency; a request's TPOT spans output_len − 1 decode
+  steps, so its p99 is at least one step. Routed experts and the KV cache are left out.
 
 A plan file::
 
@@ -47,6 +65,7 @@ from pydantic import Field, ValidationError
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.memory import memory_per_gpu, n_microbatches, sequences_per_step
+from moesim.analytic.params import count_params
 from moesim.scenario_io import (
     ScenarioError,
     format_validation_error,
@@ -54,7 +73,16 @@ from moesim.scenario_io import (
     resolve_ids,
     scenario_from_dict,
 )
-from moesim.specs import InferenceWorkload, Result, Scenario, Spec
+from moesim.specs import (
+    BYTES_PER_ELEMENT,
+    DPOWorkload,
+    InferenceWorkload,
+    PretrainWorkload,
+    Result,
+    Scenario,
+    SFTWorkload,
+    Spec,
+)
 
 SECONDS_PER_DAY = 86_400.0
 
@@ -87,13 +115,16 @@ class Constraints(Spec):
 class Candidate:
     scenario: Scenario
     memory_GB: float
-    bound_step_s: float  # analytic lower bound (compute at peak, with the pipeline bubble)
+    bound_step_s: float  # analytic lower bound (compute at the best efficiency, with bubble)
     result: Result | None = None
     run_days: float | None = None
     run_cost_usd: float | None = None
     usd_per_hour: float | None = None  # serving: what the layout costs while it serves
     meets: bool = True
     why_not: list[str] = field(default_factory=list)
+    bound_run_days: float | None = None  # lower bounds of run_days, run_cost_usd, p99 TPOT
+    bound_run_cost_usd: float | None = None
+    bound_tpot_s: float | None = None
 
     def row(self) -> dict[str, Any]:
         s, p = self.scenario, self.scenario.parallel
@@ -148,6 +179,21 @@ class PlanResult:
     rejected: list[Candidate] = field(default_factory=list)  # cheapest misses, with why_not
     serving: bool = False
     constraints: dict[str, float] = field(default_factory=dict)
+    buildable: int = 0
+    pruned: int = 0  # fitting layouts whose lower bound already misses a constraint
+    pruned_by: dict[str, int] = field(default_factory=dict)  # constraint -> layouts it pruned
+    not_simulated: int = 0  # survivors beyond simulate_max
+
+    def summary(self) -> str:
+        """One line: how the search narrowed down, and why."""
+        why = ", ".join(f"{k}: {v}" for k, v in self.pruned_by.items() if v)
+        return (
+            f"{self.considered} layouts considered, {self.buildable} buildable, "
+            f"{self.fitting} fit in memory, {self.pruned} pruned by a lower bound"
+            + (f" ({why})" if why else "")
+            + f", {len(self.simulated)} simulated"
+            + (f" ({self.not_simulated} more left unsimulated)" if self.not_simulated else "")
+        )
 
     def to_json_dict(self) -> dict[str, Any]:
         return {
@@ -156,7 +202,12 @@ class PlanResult:
             "serving": self.serving,
             "constraints": self.constraints,
             "considered": self.considered,
+            "buildable": self.buildable,
             "fit_in_memory": self.fitting,
+            "pruned_by_bound": self.pruned,
+            "pruned_by": self.pruned_by,
+            "not_simulated": self.not_simulated,
+            "summary": self.summary(),
             "simulated": len(self.simulated),
             "best": [c.row() for c in self.best],
             "pareto": [c.row() for c in self.pareto],
@@ -304,18 +355,105 @@ def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str,
     )
 
 
-def step_time_lower_bound_s(s: Scenario) -> float:
-    """Compute at the GPU's dense peak, stretched by the 1F1B bubble: no simulation needed.
-    Serving has no step to bound (0): its layouts are ranked by GPU count alone."""
-    w, p = s.workload, s.parallel
-    peak = s.cluster.gpu.peak_TFLOPS(s.precision.compute) * 1e12
-    if isinstance(w, InferenceWorkload):
-        return 0.0
-    tokens = sequences_per_step(s) * w.seq_len
-    flops = token_flops(s.model, w.seq_len).hardware_flops(p.recompute) * tokens
+def _profile_of(s: Scenario):
+    from moesim.sim.profile import resolve_profile
+
+    return resolve_profile(s.simulation.profile, s.cluster.gpu.name)  # as the simulator does
+
+
+def best_compute_efficiency(s: Scenario) -> float:
+    """The highest efficiency any compute curve of the scenario's profile reaches: no op of the
+    simulation runs its FLOPs faster than peak × this (curves are flat beyond their ends)."""
+    prof = _profile_of(s)
+    return max(e for c in ("gemm", "grouped_gemm", "attention") for _, e in prof.compute[c].points)
+
+
+def best_hbm_efficiency(s: Scenario) -> float:
+    """The highest HBM efficiency of the profile: the bytes of a GEMM move no faster."""
+    return max(e for _, e in _profile_of(s).hbm.points)
+
+
+def training_flops_lower_bound(s: Scenario) -> float | None:
+    """FLOPs one training step executes at the least, over all GPUs (see the module docstring);
+    None for stages without a bound (RL, serving, one MoE layer)."""
+    w, p, m = s.workload, s.parallel, s.model
+    if not isinstance(w, PretrainWorkload | SFTWorkload | DPOWorkload):
+        return None
+    tf = token_flops(m, w.seq_len)
+    lora = getattr(w, "lora", None) is not None
+    passes = 2.0 if lora else 3.0  # frozen weights: no weight gradients
+    per_token = passes * tf.forward + (0.0 if lora else tf.recompute(p.recompute))
+    if m.moe is not None and m.moe.capacity_factor is not None:  # dropped copies do no work
+        routed = sum(x.routed_experts for x in tf.layers)
+        per_token -= passes * routed + (routed if p.recompute == "full" and not lora else 0.0)
+    return max(per_token, 0.0) * sequences_per_step(s) * w.seq_len
+
+
+def pipeline_stretch(s: Scenario) -> float:
+    """Step time over per-GPU work with equal stages: (m + pp − 1)/m for 1F1B and GPipe,
+    (m + (pp − 1)/v)/m interleaved, 1 for DualPipe (whose overlap the bound does not model)."""
+    p = s.parallel
+    if p.pp == 1 or p.schedule == "dualpipe":
+        return 1.0
     m = n_microbatches(s)
-    bubble = 1 + (p.pp - 1) / m
-    return flops / (s.gpus * peak) * bubble
+    v = p.virtual_stages if p.schedule == "interleaved_1f1b" else 1
+    return 1.0 + (p.pp - 1) / (m * v)
+
+
+def step_time_lower_bound_s(s: Scenario) -> float:
+    """A training step's time at the least (no simulation): its FLOPs at the GPU's peak × the
+    profile's best efficiency, stretched by the pipeline bubble. 0 where there is no bound
+    (serving layouts are ranked by GPU count alone)."""
+    flops = training_flops_lower_bound(s)
+    if not flops:
+        return 0.0
+    peak = s.cluster.gpu.peak_TFLOPS(s.precision.compute) * 1e12
+    return flops / (s.gpus * peak * best_compute_efficiency(s)) * pipeline_stretch(s)
+
+
+def tpot_lower_bound_s(s: Scenario) -> float | None:
+    """p99 time per output token at the least: one decode step's read of the dense weights of
+    a tensor-parallel shard (every stage in turn) at the best HBM efficiency. None where the
+    workload is not serving or a request has a single output token (no TPOT)."""
+    w, m, p = s.workload, s.model, s.parallel
+    if not isinstance(w, InferenceWorkload) or w.output_len < 2:
+        return None
+    dense = sum(
+        x.attention + x.dense_ffn + x.shared_experts for x in count_params(m).decoder_layers
+    )
+    dense += m.vocab_size * m.d_model  # the LM head, read for every step's logits
+    bytes_per_gpu = dense * BYTES_PER_ELEMENT[s.precision.weights_inference] / p.tp
+    return bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
+
+
+def _bound(c: Candidate) -> None:
+    """Fill a candidate's lower bounds (run days and cost from the step bound)."""
+    s = c.scenario
+    c.bound_tpot_s = tpot_lower_bound_s(s)
+    total = getattr(s.workload, "total_tokens", None)
+    if c.bound_step_s > 0 and total and not isinstance(s.workload, InferenceWorkload):
+        seconds = total * c.bound_step_s / (sequences_per_step(s) * s.workload.seq_len)
+        c.bound_run_days = seconds / SECONDS_PER_DAY
+        c.bound_run_cost_usd = seconds / 3600 * s.gpus * s.cost.usd_per_gpu_hour
+
+
+def bound_misses(c: Candidate, k: Constraints) -> dict[str, str]:
+    """The constraints a candidate's lower bounds already miss: constraint -> why."""
+    out = {}
+    if k.deadline_days and c.bound_run_days and c.bound_run_days > k.deadline_days:
+        out["deadline_days"] = (
+            f"takes ≥ {c.bound_run_days:.1f} days (lower bound) > {k.deadline_days:g}"
+        )
+    if k.budget_usd and c.bound_run_cost_usd and c.bound_run_cost_usd > k.budget_usd:
+        out["budget_usd"] = (
+            f"costs ≥ ${c.bound_run_cost_usd:,.0f} (lower bound) > ${k.budget_usd:,.0f}"
+        )
+    if k.tpot_p99_s and c.bound_tpot_s and c.bound_tpot_s > k.tpot_p99_s:
+        out["tpot_p99_s"] = (
+            f"p99 TPOT ≥ {_seconds(c.bound_tpot_s)} (weights read per decode step) "
+            f"> SLO {_seconds(k.tpot_p99_s)}"
+        )
+    return out
 
 
 def run_plan(
@@ -334,11 +472,22 @@ def run_plan(
         if mem_B > s.cluster.gpu.hbm_GB * 1e9:
             continue
         fitting.append(Candidate(s, mem_B / 1e9, step_time_lower_bound_s(s)))
-    # Most promising first: by the analytic bound on run cost (or time), then fewer GPUs.
-    fitting.sort(
+    survivors: list[Candidate] = []
+    pruned_by = dict.fromkeys(("deadline_days", "budget_usd", "tpot_p99_s"), 0)
+    for c in fitting:
+        _bound(c)
+        misses = bound_misses(c, spec.constraints)
+        for key in misses:
+            pruned_by[key] += 1
+        if misses:
+            c.meets, c.why_not = False, list(misses.values())
+        else:
+            survivors.append(c)
+    # Most promising first: by the bound on run cost (or time), then fewer GPUs.
+    survivors.sort(
         key=lambda c: (_objective(c.bound_step_s, c.scenario, spec.objective), c.scenario.gpus)
     )
-    chosen = fitting[: spec.simulate_max]
+    chosen = survivors[: spec.simulate_max]
     for c in chosen:
         c.result = simulate(c.scenario)
         _judge(c, spec.constraints)
@@ -358,6 +507,10 @@ def run_plan(
         rejected=[c for c in done if not c.meets][: spec.top],
         serving=spec.serving,
         constraints=spec.constraints.model_dump(exclude_none=True),
+        buildable=len(scenarios),
+        pruned=len(fitting) - len(survivors),
+        pruned_by=pruned_by,
+        not_simulated=len(survivors) - len(chosen),
     )
 
 

@@ -1,8 +1,9 @@
 """Capacity planning: analytic pruning, constraint checks and the Pareto front.
 
 The simulator is replaced by a stand-in whose step time is the analytic bound × 1.5, so these
-tests check the search itself; the serving-plan tests at the end and
-test_plan_through_the_simulator_finds_a_fitting_layout run it through the real simulator.
+tests check the search itself; the serving-plan tests at the end,
+test_plan_through_the_simulator_finds_a_fitting_layout and the lower-bound tests run it through
+the real simulator.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from moesim.analytic.memory import sequences_per_step
 from moesim.plan import (
+    SECONDS_PER_DAY,
     Candidate,
     candidates,
     cluster_sizes,
+    least_memory_per_gpu_B,
     pareto_front,
     plan_from_dict,
     run_plan,
     step_time_lower_bound_s,
+    tpot_lower_bound_s,
 )
 from moesim.scenario_io import ScenarioError
 from moesim.specs import Result
@@ -34,8 +39,8 @@ PLAN = {
 }
 
 
-def _fake_simulate(s):
-    step = 1.5 * step_time_lower_bound_s(s)
+def _fake_simulate(s, factor: float = 1.5):
+    step = factor * step_time_lower_bound_s(s)
     tokens = s.workload.global_batch * s.workload.seq_len
     return Result(
         name=s.name,
@@ -70,11 +75,116 @@ def test_plan_meets_deadline_and_orders_by_cost():
 
 
 def test_tight_deadline_excludes_slow_layouts():
-    tight = dict(PLAN, constraints={"deadline_days": 2.0})
+    """4 days: 64 GPUs make it (their bound is ~2 days, the stand-in 1.5× that), 32 GPUs pass
+    the bound (~3.9 days) but not the simulation, 16 GPUs are pruned by the bound alone."""
+    tight = dict(PLAN, constraints={"deadline_days": 4.0})
     result = run_plan(plan_from_dict(tight), simulate=_fake_simulate)
-    assert all(c.run_days <= 2.0 for c in result.best)
-    slow = [c for c in result.simulated if c.run_days > 2.0]
+    assert result.best
+    assert all(c.run_days <= 4.0 for c in result.best)
+    slow = [c for c in result.simulated if c.run_days > 4.0]
     assert slow and all("days" in c.why_not[0] for c in slow)
+    assert result.pruned > 0 and result.pruned_by["deadline_days"] == result.pruned
+
+
+def _bound_days(s) -> float:
+    w = s.workload
+    return w.total_tokens * step_time_lower_bound_s(s) / (w.global_batch * w.seq_len) / 86_400
+
+
+def test_few_simulations_under_a_tight_deadline_still_find_a_feasible_layout():
+    """simulate_max far below the fitting layouts and a deadline only the largest cluster
+    meets: layouts whose lower bound misses it are pruned before ranking, so the cheapest
+    (slowest) ones do not take the two simulation slots (they did: best was empty)."""
+    spec = plan_from_dict(PLAN)
+    _, scenarios = candidates(spec)
+    fits = [s for s in scenarios if least_memory_per_gpu_B(s) <= s.cluster.gpu.hbm_GB * 1e9]
+    fastest = min(_bound_days(s) for s in fits)
+    deadline = 1.75 * fastest  # the stand-in takes 1.5× the bound; half the GPUs take 2×
+    tight = dict(PLAN, constraints={"deadline_days": deadline}, simulate_max=2)
+    result = run_plan(plan_from_dict(tight), simulate=_fake_simulate)
+    assert result.fitting > 10 * tight["simulate_max"]
+    assert result.best, result.summary()
+    assert all(c.run_days <= deadline for c in result.best)
+    assert len(result.simulated) == 2
+    assert result.pruned == result.pruned_by["deadline_days"] > 0
+    assert result.pruned + len(result.simulated) + result.not_simulated == result.fitting
+    d = result.to_json_dict()
+    assert d["pruned_by_bound"] == result.pruned and "pruned by a lower bound" in d["summary"]
+    # the Pareto front is made of simulated points only
+    assert result.pareto and all(c in result.simulated and c.result for c in result.pareto)
+
+
+def test_budget_prunes_by_the_cost_bound():
+    spec = plan_from_dict(PLAN)
+    _, scenarios = candidates(spec)
+    fits = [s for s in scenarios if least_memory_per_gpu_B(s) <= s.cluster.gpu.hbm_GB * 1e9]
+    costs = sorted(_bound_days(s) * 24 * s.gpus * s.cost.usd_per_gpu_hour for s in fits)
+    budget = 1.1 * costs[0]  # full recomputation (~4/3 the FLOPs) and deep bubbles cost more
+
+    def exact(s):  # a stand-in at the bound itself: what the bound lets through can meet it
+        return _fake_simulate(s, factor=1.0)
+
+    result = run_plan(plan_from_dict(dict(PLAN, constraints={"budget_usd": budget})),
+                      simulate=exact)  # fmt: skip
+    assert 0 < result.pruned_by["budget_usd"] == result.pruned < result.fitting
+    assert result.best and all(c.run_cost_usd <= budget for c in result.best)
+
+
+# -- the bounds are lower bounds of the simulator ------------------------------------------------
+LOWER_BOUND_PLANS = [
+    ("mixtral-8x7b", {"stage": "pretrain", "seq_len": 4096, "global_batch": 256},
+     {"nodes": [2, 8], "tp": [1, 4], "pp": [1, 2, 4], "ep": [1, 8], "microbatch_size": [1, 2],
+      "recompute": ["selective", "full"]}),
+    ("llama-3-8b", {"stage": "pretrain", "seq_len": 4096, "global_batch": 64},
+     {"nodes": [1], "tp": [1, 2], "pp": [2, 4], "recompute": ["none", "full"],
+      "schedule": ["1f1b", "gpipe", "dualpipe"]}),
+    ("mixtral-8x7b", {"stage": "sft", "seq_len": 2048, "global_batch": 64,
+                      "packing_efficiency": 0.8, "lora": {"rank": 16, "targets": ["attention"]}},
+     {"nodes": [1, 2], "tp": [1, 2], "pp": [1, 2], "ep": [8], "recompute": ["selective"]}),
+    ("llama-3-8b", {"stage": "dpo", "seq_len": 2048, "global_batch": 32},
+     {"nodes": [1], "tp": [1, 2], "pp": [1, 2], "recompute": ["selective", "full"]}),
+    ("switch-base-128", {"stage": "pretrain", "seq_len": 512, "global_batch": 256},
+     {"nodes": [1], "tp": [1], "pp": [1], "ep": [8], "microbatch_size": [4],
+      "recompute": ["none"]}),  # a capacity factor: dropped copies
+]  # fmt: skip
+
+
+def _sample_layouts():
+    out = []
+    for model, workload, search in LOWER_BOUND_PLANS:
+        spec = plan_from_dict({"name": "lb", "model": model, "gpu": "h100-sxm",
+                               "workload": workload | {"total_tokens": 1e10}, "search": search,
+                               "simulate_max": 1})  # fmt: skip
+        _, scenarios = candidates(spec)
+        fits = [s for s in scenarios if least_memory_per_gpu_B(s) <= s.cluster.gpu.hbm_GB * 1e9]
+        out += fits[:: max(1, len(fits) // 6)]  # a spread over the layouts
+    interleaved = dict(out[0].model_dump(mode="json"), name="interleaved")
+    interleaved["parallel"] = {"tp": 1, "pp": 4, "ep": 4, "virtual_stages": 2,
+                               "schedule": "interleaved_1f1b"}  # fmt: skip
+    from moesim.scenario_io import scenario_from_dict
+
+    interleaved.pop("gpus", None)
+    return [*out, scenario_from_dict(interleaved)]
+
+
+def test_training_lower_bound_never_exceeds_the_simulated_step():
+    """The bound prunes only if it is one: on a spread of layouts, stages (pretrain, SFT with
+    LoRA and packing, DPO), schedules (1F1B, GPipe, DualPipe, interleaved), recomputation and
+    a dropping MoE, bound ≤ simulated step time and bound run days ≤ simulated run days."""
+    from moesim.sim.run import simulate
+
+    layouts = _sample_layouts()
+    assert len(layouts) >= 20
+    assert {s.parallel.schedule for s in layouts} >= {"1f1b", "gpipe", "dualpipe",
+                                                      "interleaved_1f1b"}  # fmt: skip
+    for s in layouts:
+        r = simulate(s)
+        bound = step_time_lower_bound_s(s)
+        assert 0 < bound <= r.step_time_s, s.name
+        sim_days = s.workload.total_tokens / r.tokens_per_s / SECONDS_PER_DAY
+        tokens_per_step = sequences_per_step(s) * s.workload.seq_len  # DPO: both completions
+        bound_days = s.workload.total_tokens * bound / tokens_per_step / SECONDS_PER_DAY
+        assert bound_days <= sim_days, s.name
 
 
 def test_pareto_front_is_non_dominated():
@@ -175,6 +285,25 @@ def test_serving_plan_searches_gpus_below_a_node():
     assert {s.gpus for s in scenarios} <= {2, 4, 8}
     assert {(s.cluster.nodes, s.cluster.gpus_per_node) for s in scenarios} >= {(1, 2), (1, 4)}
     assert all(s.parallel.zero_stage == 0 and s.parallel.recompute == "none" for s in scenarios)
+
+
+def test_tpot_lower_bound_never_exceeds_the_simulated_tpot(serving_plan):
+    """Every simulated serving layout: weights-read bound ≤ its p50 (and so p99) TPOT."""
+    assert serving_plan.simulated
+    for c in serving_plan.simulated:
+        assert c.bound_tpot_s == tpot_lower_bound_s(c.scenario)
+        assert 0 < c.bound_tpot_s <= c.result.tpot_s_p50 <= c.result.tpot_s_p99, c.why_not
+
+
+def test_a_tpot_slo_below_the_weights_read_bound_prunes_without_simulating():
+    def never(s):
+        raise AssertionError(f"{s.name} was simulated although its bound misses the SLO")
+
+    tight = dict(SERVING_PLAN, constraints={"tpot_p99_s": 1e-4})
+    result = run_plan(plan_from_dict(tight), simulate=never)
+    assert result.fitting > 0 and result.pruned == result.pruned_by["tpot_p99_s"] == result.fitting
+    assert result.simulated == [] and result.best == []
+    assert "tpot_p99_s: " in result.summary()
 
 
 def test_tighter_slo_rejects_every_layout_with_a_clear_why_not():
