@@ -16,6 +16,12 @@
   the training states during rollout (veRL's sleep mode) is not modelled.
   ``disaggregated``: the rollout GPUs hold inference weights and the KV pool, the training GPUs
   none of it.
+- The rollout layout (``rollout_layout``): ``workload.rollout_parallel``'s tp/pp/ep/etp, the
+  training layout's where left out, dp = rollout GPUs / (tp·pp), cp 1 (decode does not split a
+  sequence: training's cp GPUs become more replicas), no ZeRO (an engine needs whole shards).
+- A memory that does not fit is reported, never rounded up: ``rollout_kv_capacity`` is the
+  sequences whose KV cache fits (0 when none does); the simulator still times one per replica
+  and the result says it does not fit.
 
 Frozen copies are stored in ``precision.params`` (bf16), sharded like the policy's weights; they
 are added on the policy's worst pipeline stage.
@@ -42,10 +48,13 @@ from moesim.specs import (
     DPOWorkload,
     GRPOWorkload,
     ModelSpec,
+    ParallelSpec,
     PPOWorkload,
     Scenario,
     SFTWorkload,
 )
+from moesim.specs.base import SpecError
+from moesim.specs.workload import RolloutParallelSpec
 
 POST_TRAINING_STAGES = ("sft", "dpo", "grpo", "ppo")
 
@@ -69,8 +78,9 @@ class PostTrainingMemory:
     estimate: MemoryEstimate  # the worst stage, every copy and the KV pool included
     copies: list[ModelCopy]  # on that stage
     rollout_sequences: int = 0  # sequences each rollout replica generates per step
-    rollout_slots: int = 0  # of which the KV pool holds at once
+    rollout_slots: int = 0  # of which the KV pool holds at once (at least 1: what is timed)
     rollout_kv_per_sequence: float = 0.0  # bytes per GPU
+    rollout_kv_capacity: int = 0  # sequences whose KV cache fits (0: not even one)
 
     def copies_GB(self) -> dict[str, float]:
         return {c.role: c.total / 1e9 for c in self.copies}
@@ -146,11 +156,55 @@ def lora_policy(s: Scenario, stage: StageLayout) -> ModelCopy:
     return ModelCopy("policy", base.weights + weights, grads, optim)
 
 
+def rollout_gpu_count(s: Scenario) -> int:
+    """GPUs that generate: the training GPUs (colocated) or ``rollout_gpus`` (disaggregated,
+    default as many as training)."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    return s.gpus if w.rollout == "colocated" else (w.rollout_gpus or s.gpus)
+
+
+def rollout_layout(s: Scenario) -> ParallelSpec:
+    """The rollout engine's layout (see the module docstring). Raises a SpecError naming the
+    rollout field when it cannot be built on the rollout GPUs."""
+    w, p = s.workload, s.parallel
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    rp = w.rollout_parallel or RolloutParallelSpec()
+    tp, pp = rp.tp or p.tp, rp.pp or p.pp
+    ep, etp = rp.ep or p.ep, rp.etp or p.etp
+    gpus, gpn = rollout_gpu_count(s), s.cluster.gpus_per_node
+    where = "workload.rollout_parallel" if w.rollout_parallel else "workload.rollout_gpus"
+    if gpus % (tp * pp):
+        raise SpecError(
+            where,
+            f"the rollout's tp·pp = {tp}·{pp} must divide its {gpus} GPUs "
+            "(tp and pp default to the training layout's; set workload.rollout_parallel)",
+        )
+    if w.rollout == "disaggregated" and gpus > gpn and gpus % gpn:
+        raise SpecError(
+            "workload.rollout_gpus",
+            f"{gpus} rollout GPUs must be whole nodes of {gpn} (or fewer than a node)",
+        )
+    dp = gpus // (tp * pp)
+    if (tp * dp) % (ep * etp):
+        raise SpecError(
+            where,
+            f"the rollout's ep·etp = {ep}·{etp} must divide its tp·dp = {tp}·{dp} GPUs per "
+            "pipeline stage (ep and etp default to the training layout's)",
+        )
+    return ParallelSpec(tp=tp, pp=pp, dp=dp, cp=1, ep=ep, etp=etp, zero_stage=0, recompute="none")
+
+
 def rollout_sequences(s: Scenario) -> int:
-    """Sequences generated per step (GRPO: prompts × group) on each attention replica."""
+    """Sequences generated per step (GRPO: prompts × group) on each rollout replica."""
     w = s.workload
     n = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
-    return math.ceil(n / (s.parallel.dp_size * s.parallel.cp))
+    return math.ceil(n / rollout_layout(s).dp_size)
+
+
+def rollout_kv_per_sequence(s: Scenario) -> float:
+    """KV-cache bytes one rollout sequence (prompt + response) takes on one rollout GPU."""
+    return kv_cache_bytes_per_token(s.model, rollout_layout(s), s.precision) * s.workload.seq_len
 
 
 def post_training_memory(s: Scenario) -> PostTrainingMemory:
@@ -184,41 +238,102 @@ def post_training_memory(s: Scenario) -> PostTrainingMemory:
     )
     if not isinstance(w, GRPOWorkload | PPOWorkload):
         return PostTrainingMemory(est, copies)
-    kv_seq = kv_cache_bytes_per_token(m, p, s.precision) * w.seq_len
+    kv_seq = rollout_kv_per_sequence(s)
     n_roll = rollout_sequences(s)
     if w.rollout != "colocated":
         return PostTrainingMemory(est, copies, n_roll, 0, kv_seq)
     fit = int(max(s.cluster.gpu.hbm_GB * 1e9 - est.total, 0.0) // kv_seq)
-    slots = max(1, min(n_roll, fit))
-    return PostTrainingMemory(replace(est, kv_cache=slots * kv_seq), copies, n_roll, slots, kv_seq)
+    capacity = min(n_roll, fit)
+    slots = max(1, capacity)  # timed with one sequence when none fits; fits_in_memory says no
+    est = replace(est, kv_cache=slots * kv_seq)
+    return PostTrainingMemory(est, copies, n_roll, slots, kv_seq, capacity)
+
+
+def shard_params(s: Scenario, p: ParallelSpec) -> tuple[float, float]:
+    """(non-expert, routed-expert) parameters one GPU holds under layout ``p``: tp-, ep·etp- and
+    pp-sharded, never ZeRO-sharded (the average over pipeline stages)."""
+    counts = count_params(s.model)
+    routed = sum(x.routed_experts for x in counts.decoder_layers)
+    return (counts.total - routed) / p.tp / p.pp, routed / (p.ep * p.etp) / p.pp
 
 
 def inference_weight_bytes(s: Scenario) -> float:
-    """The rollout engine's weights on one GPU: the policy under the training layout's tp, pp
-    and ep·etp (never ZeRO-sharded: the engine needs whole shards), in
+    """The rollout engine's weights on one GPU: the policy under the rollout layout, in
     ``precision.weights_inference``."""
-    p = s.parallel
-    counts = count_params(s.model)
-    routed = sum(x.routed_experts for x in counts.decoder_layers)
-    params = ((counts.total - routed) / p.tp + routed / (p.ep * p.etp)) / p.pp
-    return params * BYTES_PER_ELEMENT[s.precision.weights_inference]
+    return (
+        sum(shard_params(s, rollout_layout(s))) * BYTES_PER_ELEMENT[s.precision.weights_inference]
+    )
 
 
-def rollout_gpu_memory(s: Scenario) -> tuple[MemoryEstimate, int]:
-    """Disaggregated rollout GPUs (the training layout's tp/pp/ep, dp = the rest): inference
-    weights and the KV pool for as many sequences as fit. Returns (memory, slots)."""
-    m, p, w = s.model, s.parallel, s.workload
+@dataclass(frozen=True)
+class RolloutMemory:
+    """A disaggregated rollout GPU: its memory (KV pool of ``slots`` sequences), the sequences
+    whose KV fits (``capacity``, 0 when none does) and whether it all fits."""
+
+    estimate: MemoryEstimate
+    slots: int
+    capacity: int
+    fits: bool
+
+
+def rollout_gpu_memory(s: Scenario) -> RolloutMemory:
+    """Disaggregated rollout GPUs: inference weights (rollout layout) and the KV pool for as
+    many of each replica's sequences as fit, at least one (what the simulator times)."""
+    w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
     weights = inference_weight_bytes(s)
-    kv_seq = kv_cache_bytes_per_token(m, p, s.precision) * w.seq_len
-    free = s.cluster.gpu.hbm_GB * 1e9 - weights - FRAMEWORK_RESERVE_BYTES
-    replicas = (w.rollout_gpus or s.gpus) // (p.tp * p.pp)
-    need = math.ceil(
-        w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1) / max(replicas, 1)
-    )
-    slots = max(1, min(need, int(max(free, 0.0) // kv_seq)))
+    kv_seq = rollout_kv_per_sequence(s)
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    free = hbm - weights - FRAMEWORK_RESERVE_BYTES
+    capacity = min(rollout_sequences(s), int(max(free, 0.0) // kv_seq))
+    slots = max(1, capacity)
     est = MemoryEstimate(weights, 0.0, 0.0, 0.0, slots * kv_seq, FRAMEWORK_RESERVE_BYTES)
-    return est, slots
+    return RolloutMemory(est, slots, capacity, capacity >= 1 and est.total <= hbm)
+
+
+@dataclass(frozen=True)
+class WeightSyncBytes:
+    """What one weight sync moves per GPU (parameters and bytes), from the training shards to
+    the rollout engine's (HybridFlow's 3D-HybridEngine, Sheng et al. 2024, §5: a GPU keeps
+    what it already holds of its new shard and gathers the rest)."""
+
+    train_params: float  # parameters a training GPU holds (tp/pp/ep shard, before ZeRO)
+    rollout_params: float  # parameters a rollout GPU holds (rollout layout)
+    moved_bytes: float  # bytes each rollout GPU receives over a link, in weights_inference
+    within_node: bool  # colocated: whether what moves stays inside a node (NVLink)
+
+
+def weight_sync_bytes(s: Scenario) -> WeightSyncBytes:
+    """Bytes each rollout GPU receives at a weight sync.
+
+    Disaggregated: its whole rollout shard, over the network. Colocated: the part of its rollout
+    shard it does not hold already. Along each split (tp for the dense part, ep·etp for the
+    routed experts, pp for the layers) a GPU holding 1/a of a tensor and needing 1/b keeps at
+    best min(1, b/a) of what it needs (rollout ranks mapped onto the training shards, as
+    HybridFlow does), so only a rollout layout coarser than training's (smaller tp, ep·etp or
+    pp) moves anything. The sources sit inside a node when the training groups they come from do.
+    """
+    w, p = s.workload, s.parallel
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    r = rollout_layout(s)
+    wb = BYTES_PER_ELEMENT[s.precision.weights_inference]
+    dense_t, expert_t = shard_params(s, p)
+    dense_r, expert_r = shard_params(s, r)
+    if w.rollout == "disaggregated":
+        return WeightSyncBytes(
+            dense_t + expert_t, dense_r + expert_r, (dense_r + expert_r) * wb, False
+        )
+    keep_tp = min(1.0, r.tp / p.tp)
+    keep_ex = min(1.0, (r.ep * r.etp) / (p.ep * p.etp))
+    keep_pp = min(1.0, r.pp / p.pp)
+    moved = dense_r * (1 - keep_tp * keep_pp) + expert_r * (1 - keep_ex * keep_pp)
+    gpn = s.cluster.gpus_per_node
+    within = s.gpus <= gpn or (
+        keep_pp == 1.0
+        and (keep_tp == 1.0 or p.tp <= gpn)
+        and (keep_ex == 1.0 or p.ep * p.etp <= gpn)
+    )
+    return WeightSyncBytes(dense_t + expert_t, dense_r + expert_r, moved * wb, within)
 
 
 def is_post_training(s: Scenario) -> bool:

@@ -12,16 +12,25 @@ Per optimizer step (N sequences = ``global_batch``, × ``group_size`` for GRPO):
 - **DPO** (Rafailov et al. 2023; TRL): ``reference`` — a forward of the frozen reference on
   chosen and rejected (skipped when ``precomputed``), then ``training`` — the policy's forward
   and backward on both (a microbatch holds the pair, so 2 × seq_len tokens).
-- **GRPO** (Shao et al. 2024; TRL/veRL): ``weight_sync`` (colocated: the new weights copied into
-  the inference engine, plus a ZeRO-3 all-gather; disaggregated: a broadcast over the network to
-  the rollout GPUs), ``rollout`` (N = prompts × group sequences of ``response_len`` through the
-  serving engine: prefill, decode steps, KV-limited waves), ``reward`` (``rule``: a CPU verifier,
+- **GRPO** (Shao et al. 2024; TRL/veRL): ``weight_sync`` (see below), ``rollout`` (N = prompts ×
+  group sequences of ``response_len`` through the serving engine on the rollout layout —
+  ``workload.rollout_parallel``, default the training one: prefill, decode steps, KV-limited
+  waves), ``reward`` (``rule``: a CPU verifier,
   0 s; ``model``: a reward-model forward), ``old_logprobs`` (a policy forward, only when
   ``ppo_epochs`` > 1: otherwise the ratio's denominator is the detached current policy),
   ``reference`` (skipped when ``kl_coef`` is 0), ``training`` (``ppo_epochs`` training passes).
 - **PPO** (Ouyang et al. 2022): as GRPO with N = prompts, plus ``values`` (the critic's forward),
   ``gae`` (advantages: element-wise over the N × response_len rewards and values) and
   ``critic_training`` (the critic's training passes); ``old_logprobs`` always runs.
+
+**Weight sync** (``analytic.post_training.weight_sync_bytes`` says what moves): colocated, a
+ZeRO-3 all-gather of the training shard, a memory-bound pass that reads it (``precision.params``)
+and writes the engine's shard (``weights_inference``: fp8/int4 quantize in this pass), then the
+part of the rollout shard a GPU does not hold over NVLink (over the NIC when its sources span
+nodes) — nothing when the rollout layout is training's or finer. Disaggregated: a quantization
+pass on the training GPUs when ``weights_inference`` is not ``params``, then every rollout GPU
+receives its whole shard in ``weights_inference`` bytes over its share of the NICs (a pipelined
+broadcast: the training GPUs send one copy between them, rollout replicas forward it).
 
 The responses are assumed to run to ``response_len`` (an upper bound: real ones stop earlier).
 Reward and critic models keep the policy's layout (ep and etp fall to 1 for a dense one) and are
@@ -46,7 +55,10 @@ from moesim.analytic.post_training import (
     needs_reference_pass,
     post_training_memory,
     reward_model_of,
+    rollout_gpu_count,
     rollout_gpu_memory,
+    rollout_layout,
+    weight_sync_bytes,
 )
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
@@ -56,6 +68,7 @@ from moesim.sim.run import COMM_CATEGORIES, build_context, rank_breakdown
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
 from moesim.specs import (
+    BYTES_PER_ELEMENT,
     DPOWorkload,
     GRPOWorkload,
     InferenceWorkload,
@@ -187,11 +200,19 @@ def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
     w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
     n = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
-    roll, slots = rollout_scenario(s)
-    replicas = roll.parallel.dp_size * roll.parallel.cp
+    roll, slots, capacity = rollout_scenario(s)
+    replicas = roll.parallel.dp_size
     per_replica = math.ceil(n / replicas)
     cost = ReplicaCost(roll, base_dir)
-    log = serve(cost, [0.0] * per_replica, w.prompt_len, w.response_len, slots)
+    assert isinstance(roll.workload, InferenceWorkload)
+    log = serve(
+        cost,
+        [0.0] * per_replica,
+        w.prompt_len,
+        w.response_len,
+        slots,
+        max_prefill_tokens=roll.workload.max_prefill_tokens,
+    )
     time_s = max(r.finish_s for r in log.requests)
     batch = log.decode_batch_sum / max(log.decode_steps, 1)
     typical = cost.decode(max(1, round(batch)), log.decode_context_sum / max(log.decode_steps, 1))
@@ -201,9 +222,12 @@ def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
     parts["exposed_comm"] = time_s * frac
     parts["tp_comm"] = time_s * typical.tp_comm_s / typical.total_s if typical.total_s else 0.0
     parts["all_to_all"] = time_s * typical.all_to_all_s / typical.total_s if typical.total_s else 0
+    rp = roll.parallel
     extra: dict[str, object] = {
+        "rollout_parallel": {"tp": rp.tp, "pp": rp.pp, "ep": rp.ep, "etp": rp.etp, "dp": rp.dp},
         "rollout_sequences_per_replica": per_replica,
         "rollout_concurrency": slots,
+        "rollout_kv_capacity_sequences": capacity,
         "rollout_waves": math.ceil(per_replica / slots),
         "rollout_decode_steps": log.decode_steps,
         "rollout_tpot_s": typical.total_s,
@@ -213,10 +237,12 @@ def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
     return Phase("rollout", time_s, parts, extra=extra)
 
 
-def rollout_scenario(s: Scenario) -> tuple[Scenario, int]:
-    """The serving scenario of the rollout engine and its concurrent sequences per replica."""
+def rollout_scenario(s: Scenario) -> tuple[Scenario, int, int]:
+    """The serving scenario of the rollout engine (the rollout layout on the rollout GPUs), its
+    concurrent sequences per replica (at least 1: what is timed) and how many fit (may be 0)."""
     w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
+    layout = rollout_layout(s)
     d = json.loads(s.model_dump_json())
     d["workload"] = {
         "stage": "inference",
@@ -224,26 +250,22 @@ def rollout_scenario(s: Scenario) -> tuple[Scenario, int]:
         "output_len": w.response_len,
         "batch_size": 1,
     }
-    if w.rollout == "colocated":
-        slots = post_training_memory(s).rollout_slots
+    d["parallel"] = json.loads(layout.model_dump_json())
+    if w.rollout == "disaggregated":
+        gpus, gpn = rollout_gpu_count(s), s.cluster.gpus_per_node
+        d["cluster"] |= {"nodes": max(1, gpus // gpn), "gpus_per_node": min(gpus, gpn)}
+        mem = rollout_gpu_memory(s)
+        slots, capacity = mem.slots, mem.capacity
     else:
-        gpus = w.rollout_gpus or s.gpus
-        gpn = s.cluster.gpus_per_node
-        p = s.parallel
-        if gpus % (p.tp * p.pp) or (gpus > gpn and gpus % gpn):
-            raise ValueError(
-                f"workload.rollout_gpus ({gpus}) must be a multiple of tp·pp = {p.tp * p.pp} and "
-                f"of the {gpn} GPUs of a node (or fewer than a node)"
-            )
-        nodes = max(1, gpus // gpn)
-        d["cluster"] |= {"nodes": nodes, "gpus_per_node": min(gpus, gpn)}
-        d["parallel"] |= {"dp": gpus // (p.tp * p.pp), "zero_stage": 0}
-        slots = 0
-    roll = Scenario.model_validate(d)
-    if w.rollout != "colocated":
-        slots = rollout_gpu_memory(s)[1]
-    assert isinstance(roll.workload, InferenceWorkload)
-    return roll, slots
+        mem = post_training_memory(s)
+        slots, capacity = mem.rollout_slots, mem.rollout_kv_capacity
+    field = "workload.rollout_parallel" if w.rollout_parallel else "workload"
+    try:
+        roll = Scenario.model_validate(d)
+    except ValueError as e:
+        why = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
+        raise ValueError(f"{field}: the rollout engine's layout cannot be built: {why}") from None
+    return roll, slots, capacity
 
 
 def weight_sync_phase(s: Scenario, ctx_s: SimContext) -> Phase:
@@ -251,26 +273,52 @@ def weight_sync_phase(s: Scenario, ctx_s: SimContext) -> Phase:
     w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
     p, prec = s.parallel, s.precision
-    counts = ctx_s.counts
-    routed = sum(x.routed_experts for x in counts.decoder_layers)
-    per_gpu = ((counts.total - routed) / p.tp + routed / (p.ep * p.etp)) / p.pp  # parameters
-    wbytes = per_gpu * prec.param_bytes
+    sync = weight_sync_bytes(s)
+    pb, wb = prec.param_bytes, BYTES_PER_ELEMENT[prec.weights_inference]
+    cm = ctx_s.cm
     parts = dict.fromkeys(PART_KEYS, 0.0)
+    cluster = s.cluster
+    inter = cluster.inter
+    nic_Bps = inter.nic_Gbps / 8 * 1e9 * cm.link_fraction("network")
+    nic_Bps *= inter.nics_per_node / cluster.gpus_per_node
+    extra: dict[str, object] = {"weight_sync_GB_per_gpu": sync.moved_bytes / 1e9}
     if w.rollout == "colocated":
-        # a device-local copy into the engine's buffers (read + write), after a ZeRO-3 gather
-        copy_s = ctx_s.cm.time_s(OpWork("weight_copy", "memory_bound", 0.0, 2 * wbytes))
+        # read the training shard, write the engine's (a copy, or a quantization pass)
+        convert_bytes = sync.train_params * pb + sync.rollout_params * wb
+        convert_s = cm.time_s(OpWork("weight_convert", "memory_bound", 0.0, convert_bytes))
         gather_s = 0.0
         if p.zero_stage >= 3:
-            gather_s = ctx_s.all_gather_s(ctx_s.grid.dp_group(0), wbytes)
-        parts["compute"], parts["exposed_comm"], parts["dp_comm"] = copy_s, gather_s, gather_s
-        return Phase("weight_sync", copy_s + gather_s, parts)
-    # disaggregated: a pipelined broadcast; every rollout GPU receives its shard over its NIC
-    inter = s.cluster.inter
-    nic_Bps = inter.nic_Gbps / 8 * 1e9 * ctx_s.cm.link_fraction("network")
-    nic_Bps *= inter.nics_per_node / s.cluster.gpus_per_node
-    t = wbytes / nic_Bps + inter.latency_us * 1e-6
-    parts["exposed_comm"] = t
-    return Phase("weight_sync", t, parts)
+            gather_s = ctx_s.all_gather_s(ctx_s.grid.dp_group(0), sync.train_params * pb)
+        reshard_s = 0.0
+        if sync.moved_bytes > 0:
+            if sync.within_node:
+                link_Bps = cluster.intra.bandwidth_GBps * 1e9 * cm.link_fraction("nvlink")
+                latency_s = cluster.intra.latency_us * 1e-6
+            else:
+                link_Bps, latency_s = nic_Bps, inter.latency_us * 1e-6
+            reshard_s = sync.moved_bytes / link_Bps + latency_s
+        parts["compute"] = convert_s
+        parts["exposed_comm"] = gather_s + reshard_s
+        parts["dp_comm"] = gather_s
+        extra["weight_sync_parts_s"] = {
+            "zero3_gather": gather_s,
+            "convert": convert_s,
+            "reshard": reshard_s,
+        }
+        return Phase("weight_sync", convert_s + gather_s + reshard_s, parts, extra=extra)
+    # disaggregated: quantize on the training GPUs (when the engine's precision differs), then a
+    # pipelined broadcast: each rollout GPU receives its shard over its share of the NICs while
+    # the training GPUs send one copy of the model between them
+    quant_s = 0.0
+    if wb != pb:
+        quant = OpWork("weight_quantize", "memory_bound", 0.0, sync.train_params * (pb + wb))
+        quant_s = cm.time_s(quant)
+    send = count_params(s.model).total * wb / s.gpus
+    transfer_s = max(sync.moved_bytes, send) / nic_Bps + inter.latency_us * 1e-6
+    parts["compute"] = quant_s
+    parts["exposed_comm"] = transfer_s
+    extra["weight_sync_parts_s"] = {"quantize": quant_s, "transfer": transfer_s}
+    return Phase("weight_sync", quant_s + transfer_s, parts, extra=extra)
 
 
 def gae_phase(s: Scenario, ctx_s: SimContext) -> Phase:
@@ -349,6 +397,19 @@ def simulate_post_training(
     if disaggregated:
         gpus += w.rollout_gpus or s.gpus
     tokens = sequences_per_step(s) * w.seq_len  # trained tokens (pairs count twice)
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    fit_parts = {"training": mem.estimate.total <= hbm}
+    notes: list[str] = []
+    if not fit_parts["training"]:
+        notes.append(
+            f"the training GPUs need {mem.estimate.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB"
+        )
+    colocated = isinstance(w, GRPOWorkload | PPOWorkload) and w.rollout == "colocated"
+    if colocated and mem.rollout_kv_capacity < 1:  # then the one timed sequence overflows HBM
+        notes.append(
+            "no rollout sequence's KV cache fits beside the training states (timed as one "
+            "per replica)"
+        )
     res = Result(
         name=s.name,
         stage=w.stage,
@@ -358,7 +419,7 @@ def simulate_post_training(
         model_flops_per_token=flops_per_token,
         step_time_s=step_s,
         memory_per_gpu_GB=mem.estimate.as_GB(),
-        fits_in_memory=mem.estimate.total <= s.cluster.gpu.hbm_GB * 1e9,
+        fits_in_memory=fit_parts["training"],
         time_breakdown_s=breakdown,
     )
     extra: dict[str, object] = {
@@ -375,17 +436,29 @@ def simulate_post_training(
         if step_s > 0:
             extra["loss_tokens_per_s"] = useful * (1 - w.prompt_fraction) / step_s
     for ph in phases:
-        extra.update(ph.extra if ph.name == "rollout" else {})
+        extra.update(ph.extra if ph.name in ("rollout", "weight_sync") else {})
     dropped = sum(float(ph.extra.get("dropped", 0.0)) for ph in phases)
     offered = sum(float(ph.extra.get("offered", 0.0)) for ph in phases)
     if offered:
         extra["tokens_dropped_fraction"] = dropped / offered
     if disaggregated:
-        roll_mem, _ = rollout_gpu_memory(s)
+        roll = rollout_gpu_memory(s)
         extra["training_gpus"] = s.gpus
         extra["rollout_gpus"] = gpus - s.gpus
-        extra["rollout_memory_per_gpu_GB"] = roll_mem.as_GB()
-        extra["rollout_fits_in_memory"] = roll_mem.total <= s.cluster.gpu.hbm_GB * 1e9
+        extra["rollout_memory_per_gpu_GB"] = roll.estimate.as_GB()
+        extra["rollout_fits_in_memory"] = fit_parts["rollout"] = roll.fits
+        if roll.capacity < 1:
+            notes.append(
+                f"the rollout GPUs hold {roll.estimate.weights / 1e9:,.1f} GB of weights and "
+                f"no sequence's KV cache fits in {hbm / 1e9:g} GB (timed as one per replica)"
+            )
+        elif not roll.fits:
+            notes.append(f"the rollout GPUs need {roll.estimate.total / 1e9:,.1f} GB")
+        res.fits_in_memory = all(fit_parts.values())
+    if len(fit_parts) > 1 or not res.fits_in_memory:
+        extra["fits_in_memory_parts"] = fit_parts
+    if notes:
+        extra["memory_note"] = "; ".join(notes)
     if step_s > 0:
         res.tokens_per_s = useful / step_s
         res.tokens_per_s_per_gpu = res.tokens_per_s / gpus
