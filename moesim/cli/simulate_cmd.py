@@ -9,7 +9,10 @@ import typer
 from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, print_json
-from moesim.scenario_io import load_scenario
+from moesim.scenario_io import file_kind, load_scenario, load_yaml
+
+#: the command that runs each kind of file ``moesim simulate`` does not (scenario_io.file_kind)
+COMMAND_OF_KIND = {"sweep": "sweep", "comparison": "compare", "plan": "plan"}
 
 
 def _fmt_s(x: float) -> str:
@@ -42,6 +45,12 @@ def simulate(
 
     if fidelity not in (None, "symmetric", "full"):
         raise UserError(f"--fidelity must be 'symmetric' or 'full', got {fidelity!r}")
+    kind = file_kind(load_yaml(file)[0])
+    if kind != "scenario":
+        raise UserError(
+            f"{file}: this is a {kind} file, not a scenario; run `moesim {COMMAND_OF_KIND[kind]} "
+            f"{file}` (or `moesim report {file}` for an HTML report)"
+        )
     s = load_scenario(file)
     if profile is not None:
         s = s.model_copy(
@@ -90,6 +99,8 @@ def simulate(
     fits = "[green]fits[/]" if d.get("fits_in_memory") else "[bold red]does not fit[/]"
     table.add_row("memory per GPU", f"{mem['total']:,.1f} GB ({fits})")
     console.print(table)
+    if "memory_note" in d:  # why it does not fit (serving, post-training)
+        console.print(f"[bold red]does not fit:[/] {d['memory_note']}", highlight=False)
     tb = Table(title="time per step (mean over simulated ranks)")
     tb.add_column("part")
     tb.add_column("seconds", justify="right")

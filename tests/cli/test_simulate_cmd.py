@@ -1,0 +1,36 @@
+"""``moesim simulate``: a scenario's result; any other kind of file names the command to run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SCENARIOS = Path(__file__).parents[2] / "scenarios"
+
+
+@pytest.mark.parametrize(
+    ("path", "kind", "command"),
+    [
+        ("serving/decode-batch-sweep.yaml", "sweep", "sweep"),
+        ("serving/mixtral-8x7b-1xh100-fp8-vs-offload.yaml", "sweep", "sweep"),
+        ("compare-mixtral-vs-dense-serving.yaml", "comparison", "compare"),
+        ("plans/mixtral-serving-slo.yaml", "plan", "plan"),
+    ],
+)
+def test_a_file_that_is_not_a_scenario_names_the_command_to_run(moesim, path, kind, command):
+    r = moesim("simulate", SCENARIOS / path)
+    assert r.returncode == 2, r.output
+    assert f"this is a {kind} file" in r.output
+    assert f"run `moesim {command} {SCENARIOS / path}`" in r.output
+    assert "Traceback" not in r.output and "unknown key" not in r.output
+
+
+def test_a_serving_scenario_reports_one_forward_per_generated_token(moesim):
+    r = moesim("simulate", SCENARIOS / "serving" / "llama-2-13b-decode-8xh100.yaml", "--json")
+    assert r.returncode == 0, r.output
+    d = json.loads(r.stdout)
+    # 2 FLOPs per active weight plus attention at ~1.1k keys: about 2.05·N, not 4·N
+    assert 1.95 * d["params_active"] < d["model_flops_per_token"] < 2.2 * d["params_active"]
+    assert d["max_prefill_tokens"] == 8192 and d["prefill_steps"] == 2  # 16 prompts of 1024
