@@ -1,22 +1,26 @@
 """Reading scenario and model files: YAML with line numbers, catalog ids resolved, errors that
 name the file, the line, the field and the fix.
 
-A scenario file may name catalog ids where specs go (``model: mixtral-8x7b``,
-``cluster.gpu: h100-sxm``, ``workload.reward_model: llama-3-8b``); they are replaced by the
-catalog's data before pydantic validates, so a Scenario always holds complete specs.
+A scenario file may name catalog ids (or model/GPU YAML files) where specs go
+(``model: mixtral-8x7b``, ``cluster.gpu: h100-sxm``, ``workload.reward_model: llama-3-8b``);
+they are replaced by the catalog's data before pydantic validates, so a Scenario always holds
+complete specs. ``ID_FIELDS`` lists those fields; ``file_schema`` describes the file as written
+(ids or inline specs), from the same list.
 """
 
 from __future__ import annotations
 
 import copy
 import re
+import types
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
-from moesim.catalog import CatalogError, raw_entry
+from moesim.catalog import CatalogError, YAMLLoader, gpu_ids, model_ids, raw_entry
 from moesim.specs import ModelSpec, Scenario
 
 
@@ -25,71 +29,148 @@ class ScenarioError(ValueError):
 
 
 # -- YAML with the line of every key ---------------------------------------------------------
-class _LineLoader(yaml.SafeLoader):
-    """A SafeLoader that records the line of each mapping key by its dotted path."""
+class _LineLoader(YAMLLoader):
+    """The catalog's loader (YAML 1.2 floats: ``1.0e12`` is a number), for line tracking."""
 
 
-def _compose_lines(node: yaml.Node, path: tuple, out: dict[tuple, int]) -> None:
+def _compose_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], source: str) -> None:
+    """Record the line of every key by its path; refuse a key given twice in one mapping
+    (PyYAML would silently keep the last one)."""
     if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            out[(*path, key)] = key_node.start_mark.line + 1
-            _compose_lines(value_node, (*path, key), out)
+            line = key_node.start_mark.line + 1
+            if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key, str):
+                if key in seen:
+                    dotted = ".".join(str(x) for x in (*path, key))
+                    raise ScenarioError(
+                        f"{source}:{line}: {dotted}: duplicate key '{key}' (first given at line "
+                        f"{seen[key]}): keep one of them"
+                    )
+                seen[key] = line
+            out[(*path, key)] = line
+            _compose_lines(value_node, (*path, key), out, source)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[(*path, i)] = item.start_mark.line + 1
-            _compose_lines(item, (*path, i), out)
+            _compose_lines(item, (*path, i), out, source)
+
+
+def read_text(path: str | Path) -> str:
+    """A file's text as UTF-8; a missing, unreadable or binary file is a ScenarioError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"{p}: no such file")
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise ScenarioError(f"{p}: cannot read it: {e.strerror}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise ScenarioError(
+            f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
+            "give a YAML file, saved as UTF-8"
+        ) from None
 
 
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
     """The file's data and a map from key path to line number."""
     p = Path(path)
-    if not p.is_file():
-        raise ScenarioError(f"{p}: no such file")
-    text = p.read_text()
+    text = read_text(p)
+    lines: dict[tuple, int] = {}
     try:
         node = yaml.compose(text, Loader=_LineLoader)
+        if node is not None:
+            _compose_lines(node, (), lines, str(p))
         data = yaml.load(text, Loader=_LineLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ScenarioError(f"{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or e
+        raise ScenarioError(f"{where}: not valid YAML: {problem}") from None
     if not isinstance(data, dict):
         raise ScenarioError(
             f"{p}: expected a mapping of keys at the top, got {type(data).__name__}"
         )
-    lines: dict[tuple, int] = {}
-    if node is not None:
-        _compose_lines(node, (), lines)
     return data, lines
 
 
 # -- catalog ids -> specs --------------------------------------------------------------------
-def _resolve(kind: str, value: Any, where: str, base: Path | None) -> Any:
-    if not isinstance(value, str):
+#: Fields that take a catalog id, a YAML path or an inline spec: key path -> catalog kind.
+ID_FIELDS: dict[tuple[str, ...], Literal["models", "gpus"]] = {
+    ("model",): "models",
+    ("cluster", "gpu"): "gpus",
+    ("workload", "reward_model"): "models",
+    ("workload", "critic_model"): "models",
+}
+_OPTIONAL_ID_FIELDS = {("workload", "reward_model"), ("workload", "critic_model")}
+_KIND_WORDS = {"models": ("model", "mixtral-8x7b"), "gpus": ("GPU", "h100-sxm")}
+
+
+def _at(source: str, lines: dict[tuple, int] | None, loc: tuple) -> str:
+    """``file:line: field:`` for an error about ``loc`` (what is known of it)."""
+    line = _nearest_line(loc, lines or {})
+    where = f"{source}:{line}" if source and line else source
+    field = ".".join(str(x) for x in loc)
+    return f"{where}: {field}" if where else field
+
+
+def _resolve(
+    kind: Literal["models", "gpus"],
+    value: Any,
+    loc: tuple,
+    base: Path | None,
+    source: str = "",
+    lines: dict[tuple, int] | None = None,
+) -> Any:
+    """The spec dict an id, a YAML path or an inline spec stands for."""
+    word, example = _KIND_WORDS[kind]
+    if isinstance(value, dict) or (value is None and loc in _OPTIONAL_ID_FIELDS):
         return value
-    candidate = Path(value)
-    if base is not None and not candidate.is_absolute() and (base / candidate).is_file():
-        value = str(base / candidate)
+    if not isinstance(value, str):
+        got = "nothing (null)" if value is None else f"{type(value).__name__} {value!r}"
+        raise ScenarioError(
+            f"{_at(source, lines, loc)}: expected a catalog {word} id (e.g. {example}), the "
+            f"path of a {word} YAML file, or an inline {word} spec (a mapping of its fields); "
+            f"got {got}"
+        )
+    if Path(value).suffix in (".yaml", ".yml"):
+        candidates = [Path(value)]
+        if base is not None and not Path(value).is_absolute():
+            candidates.insert(0, base / value)
+        for path in candidates:
+            if path.is_file():
+                try:
+                    return load_yaml(path)[0]
+                except ScenarioError as e:
+                    raise ScenarioError(f"{_at(source, lines, loc)}: {e}") from None
+        raise ScenarioError(
+            f"{_at(source, lines, loc)}: no such {word} file '{value}'"
+            + (f" (looked in {base} and the current directory)" if base is not None else "")
+        )
     try:
         return raw_entry(kind, value)
     except CatalogError as e:
-        raise ScenarioError(f"{where}: {e}") from None
+        raise ScenarioError(f"{_at(source, lines, loc)}: {e}") from None
 
 
-def resolve_ids(data: dict[str, Any], base: Path | None = None) -> dict[str, Any]:
+def resolve_ids(
+    data: dict[str, Any],
+    base: Path | None = None,
+    source: str = "",
+    lines: dict[tuple, int] | None = None,
+) -> dict[str, Any]:
     """A copy of a scenario dict with catalog ids (or YAML paths) replaced by their specs."""
     d = copy.deepcopy(data)
-    if "model" in d:
-        d["model"] = _resolve("models", d["model"], "model", base)
-    cluster = d.get("cluster")
-    if isinstance(cluster, dict) and "gpu" in cluster:
-        cluster["gpu"] = _resolve("gpus", cluster["gpu"], "cluster.gpu", base)
-    workload = d.get("workload")
-    if isinstance(workload, dict):
-        for key in ("reward_model", "critic_model"):
-            if key in workload:
-                workload[key] = _resolve("models", workload[key], f"workload.{key}", base)
+    for loc, kind in ID_FIELDS.items():
+        parent = d
+        for key in loc[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and loc[-1] in parent:
+            parent[loc[-1]] = _resolve(kind, parent[loc[-1]], loc, base, source, lines)
     return d
 
 
@@ -97,29 +178,128 @@ def resolve_ids(data: dict[str, Any], base: Path | None = None) -> dict[str, Any
 def format_validation_error(
     e: ValidationError, source: str = "", lines: dict[tuple, int] | None = None
 ) -> str:
-    """One line per problem: ``file:line: field: message``."""
+    """One line per problem: ``file:line: field: message``, with the fix where one is known."""
     out = []
     for err in e.errors():
         loc = tuple(x for x in err["loc"] if not _is_union_tag(x))
         msg = err["msg"].removeprefix("Value error, ")
         if not loc:
             loc, msg = _loc_from_message(msg)
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            msg = f"unknown key '{loc[-1]}': remove it or check its spelling"
+        elif kind == "missing":
+            msg = "required and missing: add it"
+        elif kind == "union_tag_not_found":
+            loc = (*loc, "stage")
+            msg = f"required and missing: add it, one of {_stages()}"
+        elif kind in ("model_type", "model_attributes_type", "dict_type"):
+            msg = (
+                "expected a mapping of its fields (key: value), got "
+                f"{type(err['input']).__name__} {err['input']!r}"
+            )
+        elif kind in _BOUND_ERRORS:
+            fix = _bound_fix(err["loc"])
+            msg = f"{msg}: {fix}" if fix else msg
         field = ".".join(str(x) for x in loc) or "(top level)"
         line = _nearest_line(loc, lines or {})
         where = f"{source}:{line}" if source and line else source
-        if err["type"] == "extra_forbidden":
-            msg = f"unknown key '{loc[-1]}': remove it or check its spelling"
-        elif err["type"] == "missing":
-            msg = "required and missing: add it"
         out.append(f"{where + ': ' if where else ''}{field}: {msg}")
     return "\n".join(out)
 
 
-_STAGE_TAGS = {"pretrain", "sft", "dpo", "grpo", "ppo", "inference", "moe_layer"}
+_STAGE_TAGS = ("pretrain", "sft", "dpo", "grpo", "ppo", "inference", "moe_layer")
+_BOUND_ERRORS = ("greater_than", "greater_than_equal", "less_than", "less_than_equal")
+
+
+def _stages() -> str:
+    return " | ".join(_STAGE_TAGS)
 
 
 def _is_union_tag(x: Any) -> bool:
     return isinstance(x, str) and x in _STAGE_TAGS
+
+
+def _field_at(loc: tuple) -> Any:
+    """The pydantic FieldInfo at a raw error location (union tags select the stage's class)."""
+    cls: Any = Scenario
+    info = None
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        cls = _model_of(cls, part)
+        if cls is None:
+            return None
+        if isinstance(part, str) and part in _STAGE_TAGS and part not in cls.model_fields:
+            continue
+        info = cls.model_fields.get(part)
+        if info is None:
+            return None
+        cls = info.annotation
+    return info
+
+
+def _model_of(annotation: Any, tag: Any) -> type[BaseModel] | None:
+    """The spec class an annotation holds (``X | None``; the member of a union whose stage is
+    ``tag``)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+        models = [a for a in members if isinstance(a, type) and issubclass(a, BaseModel)]
+        for m in models:
+            stage = m.model_fields.get("stage")
+            if stage is not None and stage.default == tag:
+                return m
+        return models[0] if len(models) == 1 else None
+    return None
+
+
+def _unwrapped(annotation: Any) -> tuple[list[Any], list[Any]]:
+    """The types an annotation allows (None aside) and the metadata of their ``Annotated``
+    (the bounds of ``PositiveInt | None`` sit inside the union, not on the field)."""
+    members = [annotation]
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [a for a in get_args(annotation) if a is not type(None)]
+    kinds, metadata = [], []
+    for a in members:
+        if get_origin(a) is Annotated:
+            a, *extra = get_args(a)
+            metadata += extra
+        kinds.append(a)
+    return kinds, metadata
+
+
+def _bound_fix(loc: tuple) -> str:
+    """'set it to a positive integer' and the like, from the field's declared bounds."""
+    info = _field_at(loc)
+    if info is None:
+        return ""
+    kinds, metadata = _unwrapped(info.annotation)
+    word = "integer" if all(k is int for k in kinds) else "number"
+    bounds: dict[str, Any] = {}
+    flat = []
+    for m in [*info.metadata, *metadata]:
+        # Field(gt=0) inside an Annotated keeps its bounds in a FieldInfo of its own
+        flat += m.metadata if isinstance(m, FieldInfo) else [m]
+    for m in flat:
+        for name in ("gt", "ge", "lt", "le"):
+            if getattr(m, name, None) is not None:
+                bounds[name] = getattr(m, name)
+    low = next(((k, bounds[k]) for k in ("gt", "ge") if k in bounds), None)
+    high = next(((k, bounds[k]) for k in ("lt", "le") if k in bounds), None)
+    if low and high:
+        left, right = ("(" if low[0] == "gt" else "["), (")" if high[0] == "lt" else "]")
+        return f"set it to a {word} in {left}{low[1]}, {high[1]}{right}"
+    if low == ("gt", 0):
+        return f"set it to a positive {word}"
+    if low == ("ge", 0):
+        return f"set it to 0 or a positive {word}"
+    if low:
+        return f"set it to a {word} {'above' if low[0] == 'gt' else 'of at least'} {low[1]}"
+    if high:
+        return f"set it to a {word} {'below' if high[0] == 'lt' else 'of at most'} {high[1]}"
+    return ""
 
 
 _FIELD_AT_START = re.compile(r"^([a-z_]+(?:\.[a-z_]+)*)(: )?")
@@ -149,7 +329,7 @@ def _nearest_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
 def scenario_from_dict(
     data: dict[str, Any], source: str = "", lines: dict | None = None, base: Path | None = None
 ) -> Scenario:
-    resolved = resolve_ids(data, base)
+    resolved = resolve_ids(data, base, source, lines)
     try:
         return Scenario.model_validate(resolved)
     except ValidationError as e:
@@ -186,3 +366,75 @@ def file_kind(data: dict[str, Any]) -> str:
     if "search" in data or "constraints" in data:
         return "plan"
     return "scenario"
+
+
+# -- the JSON Schema of the file as written ----------------------------------------------------
+_SPEC_DEFS = {"models": "ModelSpec", "gpus": "GPUSpec"}
+
+
+def file_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of a scenario file as users write it.
+
+    ``Scenario.model_json_schema()`` describes the resolved Scenario, where ``model`` is a
+    ModelSpec; a file names a catalog id there (or a YAML path) as often as it holds the spec
+    inline, so every field of ``ID_FIELDS`` takes either. ``stage`` picks the workload's class
+    and is required (pydantic's default for it never applies: the discriminator must be given).
+    Cross-field rules (tp divides the heads, gpus = tp·cp·pp·dp) are beyond a schema:
+    ``moesim validate`` checks them.
+    """
+    schema = Scenario.model_json_schema()
+    defs = schema["$defs"]
+    ids = {"models": model_ids(), "gpus": gpu_ids()}
+    for kind, words in _KIND_WORDS.items():
+        defs[f"{_SPEC_DEFS[kind][:-4]}Id"] = {
+            "type": "string",
+            "description": (
+                f"a catalog {words[0]} id (e.g. {words[1]}) or the path of a {words[0]} YAML "
+                "file, relative to the scenario file"
+            ),
+            "anyOf": [{"enum": ids[kind]}, {"pattern": r"\.ya?ml$"}],
+        }
+    for loc, kind in ID_FIELDS.items():
+        spec_ref = f"#/$defs/{_SPEC_DEFS[kind]}"
+        id_ref = f"#/$defs/{_SPEC_DEFS[kind][:-4]}Id"
+        found = _patch_property(schema, defs, loc, spec_ref, id_ref)
+        assert found, f"ID_FIELDS names {'.'.join(loc)}, which the Scenario schema lacks"
+    workload = schema["properties"]["workload"]
+    for ref in workload.get("discriminator", {}).get("mapping", {}).values():
+        variant = defs[ref.removeprefix("#/$defs/")]
+        variant["required"] = sorted({*variant.get("required", []), "stage"})
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **schema}
+
+
+def _patch_property(
+    node: dict[str, Any], defs: dict[str, Any], loc: tuple, spec_ref: str, id_ref: str
+) -> bool:
+    """Make the property at ``loc`` (through $refs and unions) take an id where it took a spec."""
+    if "$ref" in node:
+        return _patch_property(defs[node["$ref"].split("/")[-1]], defs, loc, spec_ref, id_ref)
+    for union in ("oneOf", "anyOf"):
+        if union in node:
+            hits = [_patch_property(m, defs, loc, spec_ref, id_ref) for m in node[union]]
+            return any(hits)
+    props = node.get("properties", {})
+    if loc[0] not in props:
+        return False
+    if len(loc) > 1:
+        return _patch_property(props[loc[0]], defs, loc[1:], spec_ref, id_ref)
+    props[loc[0]] = _with_id(props[loc[0]], spec_ref, id_ref)
+    return True
+
+
+def _with_id(prop: dict[str, Any], spec_ref: str, id_ref: str) -> dict[str, Any]:
+    """``prop`` with every reference to the spec replaced by 'an id or the spec'."""
+    either = {"anyOf": [{"$ref": id_ref}, {"$ref": spec_ref}]}
+    if prop.get("$ref") == spec_ref:
+        rest = {k: v for k, v in prop.items() if k != "$ref"}
+        return {**rest, **either}
+    for union in ("anyOf", "oneOf"):
+        if union in prop:
+            members = []
+            for m in prop[union]:
+                members += either["anyOf"] if m.get("$ref") == spec_ref else [m]
+            return {**prop, union: members}
+    return prop

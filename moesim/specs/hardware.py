@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import NonNegativeFloat, PositiveFloat, PositiveInt, Spec
+from moesim.specs.base import Float, NonNegativeFloat, PositiveFloat, PositiveInt, Spec
 
 DType = Literal["fp32", "tf32", "bf16", "fp16", "fp8", "int8", "int4"]
 
@@ -32,7 +32,7 @@ class InterNodeLink(Spec):
     nics_per_node: PositiveInt = 8
     nic_Gbps: PositiveFloat = 400.0
     latency_us: NonNegativeFloat = 5.0
-    spine_oversubscription: float = Field(
+    spine_oversubscription: Float = Field(
         1.0, ge=1.0, description="leaf-to-spine oversubscription (1 = full bisection)"
     )
     kind: str = "infiniband"

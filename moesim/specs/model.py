@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import NonNegativeInt, PositiveInt, Spec
+from moesim.specs.base import Float, NonNegativeInt, PositiveFloat, PositiveInt, Spec
 
 AttentionKind = Literal["mha", "gqa", "mla"]
 FFNKind = Literal["swiglu", "geglu", "gelu", "relu"]
@@ -53,8 +53,8 @@ class MoESpec(Spec):
         1, description="MoE in every P-th layer after first_k_dense (Switch/GLaM use 2)"
     )
     router: RouterKind = "softmax_topk"
-    capacity_factor: float | None = Field(
-        None, gt=0, description="expert capacity = cf·tokens·top_k/experts; None = dropless"
+    capacity_factor: PositiveFloat | None = Field(
+        None, description="expert capacity = cf·tokens·top_k/experts; None = dropless"
     )
     n_groups: PositiveInt = Field(
         1, description="expert groups (nodes) for group-limited routing; 1 = unlimited"
@@ -114,8 +114,8 @@ class ModelSpec(Spec):
     tie_embeddings: bool = False
     mtp_depth: NonNegativeInt = Field(0, description="multi-token-prediction modules (DS-V3: 1)")
     max_seq_len: PositiveInt = Field(4096, description="default sequence length for FLOPs")
-    published_params_total: float | None = Field(None, description="published total, for tests")
-    published_params_active: float | None = Field(None, description="published active count")
+    published_params_total: Float | None = Field(None, description="published total, for tests")
+    published_params_active: Float | None = Field(None, description="published active count")
 
     @model_validator(mode="after")
     def _check(self) -> ModelSpec:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import PositiveInt, Spec
+from moesim.specs.base import PositiveInt, Spec, ZeroStage
 
 Recompute = Literal["none", "selective", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b", "dualpipe"]
@@ -24,7 +24,7 @@ class ParallelSpec(Spec):
     cp: PositiveInt = Field(1, description="context parallel (sequence split for attention)")
     ep: PositiveInt = Field(1, description="expert parallel")
     etp: PositiveInt = Field(1, description="expert tensor parallel")
-    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="ZeRO / distributed optimizer stage")
+    zero_stage: ZeroStage = Field(1, description="ZeRO / distributed optimizer stage")
     microbatch_size: PositiveInt = 1
     virtual_stages: PositiveInt = Field(1, description="model chunks per pipeline rank")
     recompute: Recompute = "selective"

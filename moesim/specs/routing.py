@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import Spec
+from moesim.specs.base import Float, Int, Spec
 
 
 class Routing(Spec):
@@ -17,10 +17,10 @@ class Routing(Spec):
     """
 
     distribution: Literal["uniform", "zipf", "histogram"] = "uniform"
-    skew: float = Field(1.0, ge=0, description="zipf exponent s: expert i gets ∝ 1/(i+1)^s")
-    histogram: list[float] | None = None
+    skew: Float = Field(1.0, ge=0, description="zipf exponent s: expert i gets ∝ 1/(i+1)^s")
+    histogram: list[Float] | None = None
     histogram_file: str | None = None
-    seed: int = 0
+    seed: Int = 0
 
     @model_validator(mode="after")
     def _check(self) -> Routing:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from moesim.specs.base import PositiveInt, Spec
+from moesim.specs.base import Float, PositiveInt, Spec
 
 
 class SimulationSpec(Spec):
@@ -30,7 +30,7 @@ class SimulationSpec(Spec):
         "(ring attention computes on the chunk it holds while the next one arrives); False "
         "exchanges first, then computes (a lower bound on what overlap buys)",
     )
-    dp_bucket_MB: float = Field(40.0, gt=0, description="gradient bucket size (1e6 bytes)")
+    dp_bucket_MB: Float = Field(40.0, gt=0, description="gradient bucket size (1e6 bytes)")
     profile: str | None = Field(
         None, description="calibration profile: a JSON path or a GPU id; default ships with moesim"
     )
