@@ -399,7 +399,13 @@ def _read_config(config_path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise HFImportError(f"{p}: no such file (give the path of a config.json)")
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise HFImportError(
+            f"{p}: not UTF-8 text: give the path of a config.json (a JSON text file)"
+        ) from None
+    except OSError as e:
+        raise HFImportError(f"{p}: cannot read it: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise HFImportError(f"{p}:{e.lineno}: not valid JSON: {e.msg}") from None
     if not isinstance(data, dict):

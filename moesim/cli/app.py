@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 app = typer.Typer(
     name="moesim",
@@ -28,6 +30,21 @@ def print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def print_error(message: str) -> None:
+    """``error: MESSAGE`` on stderr, the message as plain text: it quotes what users wrote
+    (a key ``[red]bad``, a model ``[/]x``), which rich must not read as markup."""
+    err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
+
+
+def write_output(path: Path, text: str) -> None:
+    """Write a command's ``-o`` file; a path that cannot be written is a user error."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        fix = "create its folder first" if not path.parent.is_dir() else "choose another path"
+        raise UserError(f"{path}: cannot write it ({e.strerror}): {fix}") from None
+
+
 def main() -> None:
     """Entry point: run the app, turning known user errors into a clean message."""
     from moesim.catalog import CatalogError
@@ -36,5 +53,5 @@ def main() -> None:
     try:
         app()
     except (UserError, CatalogError, ScenarioError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
+        print_error(str(e))
         sys.exit(2)

@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.params import count_params
-from moesim.cli.app import UserError, app, console, print_json
+from moesim.cli.app import UserError, app, console, print_json, write_output
 from moesim.scenario_io import (
     ScenarioError,
     file_kind,
@@ -29,8 +30,8 @@ def _billions(x: float) -> str:
 def inspect_model(model: ModelSpec, seq_len: int | None = None) -> dict:
     """The ``inspect --json`` object: counts, FLOPs and the per-component breakdown."""
     counts = count_params(model)
-    s = seq_len or model.max_seq_len
-    flops = token_flops(model, s)
+    s = model.max_seq_len if seq_len is None else seq_len
+    flops = token_flops(model, s)  # ValueError for s <= 0
     out = {
         "name": model.name,
         "params_total": counts.total,
@@ -59,11 +60,18 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
     """Parameters (total, active, per component) and FLOPs per token of a model."""
+    if seq_len is not None and seq_len <= 0:
+        raise UserError(
+            f"--seq-len must be a positive number of tokens, got {seq_len}: give e.g. "
+            "--seq-len 4096, or leave it out for the model's max_seq_len"
+        )
     info = inspect_model(load_model_arg(model), seq_len)
     if as_json:
         print_json(info)
         return
-    table = Table(title=f"{info['name']}  ({info['layers']} layers, {info['moe_layers']} MoE)")
+    # names and sources come from users' files: escaped, so that rich prints them as written
+    name = escape(info["name"])
+    table = Table(title=f"{name}  ({info['layers']} layers, {info['moe_layers']} MoE)")
     table.add_column("component")
     table.add_column("parameters", justify="right")
     for k, v in info["params_breakdown"].items():
@@ -86,7 +94,7 @@ def inspect(
             )
         )
     if info["source"]:
-        console.print(f"[dim]source: {info['source']}[/]")
+        console.print(f"[dim]source: {escape(info['source'])}[/]")
 
 
 @app.command()
@@ -111,7 +119,7 @@ def validate(
         print_json(summaries[0] if kind == "scenario" else {"kind": kind, "items": summaries})
         return
     for summary in summaries:
-        console.print(f"[green]ok[/] {summary['line']}", highlight=False)
+        console.print(f"[green]ok[/] {escape(summary['line'])}", highlight=False)
 
 
 def _scenario_summary(s: Scenario) -> dict:
@@ -170,8 +178,8 @@ def schema(
     if out is None:
         print(text)
     else:
-        out.write_text(text + "\n")
-        console.print(f"wrote {out}")
+        write_output(out, text + "\n")
+        console.print(f"wrote {escape(str(out))}", highlight=False)
 
 
 @app.command("import-hf")
@@ -191,5 +199,5 @@ def import_hf(
     if out is None:
         print(text, end="")
     else:
-        out.write_text(text)
-        console.print(f"wrote {out}")
+        write_output(out, text)
+        console.print(f"wrote {escape(str(out))}", highlight=False)
