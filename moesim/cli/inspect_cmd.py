@@ -16,6 +16,7 @@ from moesim.cli.app import UserError, app, console, print_json, write_output
 from moesim.scenario_io import (
     ScenarioError,
     file_kind,
+    file_schema,
     load_model_arg,
     load_scenario,
     load_yaml,
@@ -173,8 +174,8 @@ def _plan_summary(file: Path) -> dict:
 def schema(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="write to a file")] = None,
 ) -> None:
-    """The JSON Schema of scenario files."""
-    text = json.dumps(Scenario.model_json_schema(), indent=2)
+    """The JSON Schema of scenario files as written: catalog ids or inline specs."""
+    text = json.dumps(file_schema(), indent=2)
     if out is None:
         print(text)
     else:
