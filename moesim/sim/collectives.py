@@ -173,6 +173,20 @@ def all_to_all_direct(
     return Collective(kind, group, (Phase(flows),) if flows else ())
 
 
+def _relay(topo: Topology, members_on: dict[int, dict[int, int]], src: int, node: int) -> int:
+    """The GPU of ``node`` that receives ``src``'s RDMA traffic: its rail peer (same local
+    index) when that GPU is in the group, else the node's first member."""
+    peers = members_on[node]
+    return peers.get(topo.local_of(src), peers[min(peers)])
+
+
+def _members_on(topo: Topology, group: tuple[int, ...]) -> dict[int, dict[int, int]]:
+    members_on: dict[int, dict[int, int]] = defaultdict(dict)  # node -> local -> gpu
+    for g in group:
+        members_on[topo.node_of(g)][topo.local_of(g)] = g
+    return members_on
+
+
 def all_to_all_hierarchical(
     topo: Topology,
     group: tuple[int, ...],
@@ -183,9 +197,7 @@ def all_to_all_hierarchical(
     """DeepEP-style dispatch. ``bytes_sd[i][j]``: bytes member i's tokens need on member j
     (deduplicated per GPU); ``rdma_bytes_sn[i][node]``: bytes member i sends over RDMA to a
     remote ``node`` (deduplicated per node)."""
-    members_on: dict[int, dict[int, int]] = defaultdict(dict)  # node -> local -> gpu
-    for g in group:
-        members_on[topo.node_of(g)][topo.local_of(g)] = g
+    members_on = _members_on(topo, group)
     flows: list[FlowSpec] = []
     for i, s in enumerate(group):
         ns = topo.node_of(s)
@@ -195,14 +207,50 @@ def all_to_all_hierarchical(
         for node, b in rdma_bytes_sn[i].items():
             if node == ns or b <= 0:
                 continue
-            peers = members_on[node]
-            relay = peers.get(topo.local_of(s), peers[min(peers)])
+            relay = _relay(topo, members_on, s, node)
             flows.append((s, relay, b))
             for j, d in enumerate(group):
                 if topo.node_of(d) == node and d != relay and bytes_sd[i][j] > 0:
                     flows.append((relay, d, bytes_sd[i][j]))
     phase = Phase(tuple(flows), extra_latency_s=topo.intra_latency_s)
     return Collective(kind, group, (phase,) if flows else ())
+
+
+def all_to_all_unit_link_loads(
+    topo: Topology,
+    group: tuple[int, ...],
+    hierarchical: bool,
+    gpu_bytes: float,
+    node_bytes: float,
+    reverse: bool = False,
+) -> tuple[list[int], list[list[float]]]:
+    """Link loads of an all-to-all per unit of destination load: row j holds the bytes on each
+    link when every member sends 1/n of one copy to member j (``gpu_bytes`` per copy on the
+    GPU legs, ``node_bytes`` on the RDMA leg), the same legs the builders above lay down
+    (``reverse``: combine, the traffic reversed). Every builder is linear in its byte matrix,
+    so destination loads L put L @ rows bytes on the links. Returns (links, rows)."""
+    n = len(group)
+    members_on = _members_on(topo, group)
+    rows: list[dict[int, float]] = [defaultdict(float) for _ in range(n)]
+
+    def leg(j: int, a: int, b: int, nbytes: float) -> None:
+        for link in topo.route(b, a)[0] if reverse else topo.route(a, b)[0]:
+            rows[j][link] += nbytes
+
+    for i, s in enumerate(group):
+        ns = topo.node_of(s)
+        for j, d in enumerate(group):
+            if i == j:
+                continue
+            if not hierarchical or topo.node_of(d) == ns:
+                leg(j, s, d, gpu_bytes / n)
+                continue
+            relay = _relay(topo, members_on, s, topo.node_of(d))
+            leg(j, s, relay, node_bytes / n)
+            if d != relay:
+                leg(j, relay, d, gpu_bytes / n)
+    links = sorted({link for r in rows for link in r})
+    return links, [[r.get(link, 0.0) for link in links] for r in rows]
 
 
 def reversed_collective(c: Collective, kind: str) -> Collective:
@@ -227,19 +275,25 @@ def flow_time_s(topo: Topology, c: Collective) -> float:
     return total
 
 
+def phase_link_load(topo: Topology, p: Phase) -> tuple[dict[int, float], float]:
+    """Bytes one repeat of ``p`` puts on each link, and its largest route latency."""
+    load: dict[int, float] = defaultdict(float)
+    alpha_s = 0.0
+    for s, d, b in p.flows:
+        if s == d or b <= 0:
+            continue
+        links, lat_s = topo.route(s, d)
+        alpha_s = max(alpha_s, lat_s)
+        for link in links:
+            load[link] += b
+    return load, alpha_s
+
+
 def alpha_beta_time_s(topo: Topology, c: Collective) -> float:
     """Σ phases · repeat · (largest route latency + largest link load / capacity)."""
     total = 0.0
     for p in c.phases:
-        load: dict[int, float] = defaultdict(float)
-        alpha_s = 0.0
-        for s, d, b in p.flows:
-            if s == d or b <= 0:
-                continue
-            links, lat_s = topo.route(s, d)
-            alpha_s = max(alpha_s, lat_s)
-            for link in links:
-                load[link] += b
+        load, alpha_s = phase_link_load(topo, p)
         if load:
             beta_s = max(v / topo.capacity_Bps[link] for link, v in load.items())
             total += p.repeat * (alpha_s + beta_s + p.extra_latency_s)

@@ -17,10 +17,12 @@ from moesim.analytic.flops import token_flops
 from moesim.analytic.layout import StageLayout, pipeline_layout
 from moesim.analytic.params import count_params
 from moesim.sim.collectives import (
+    Collective,
     CollectiveTimer,
     all_gather,
     all_to_all_direct,
     all_to_all_hierarchical,
+    all_to_all_unit_link_loads,
     reduce_scatter,
     reversed_collective,
     ring_all_reduce,
@@ -97,6 +99,7 @@ class SimContext:
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
         self._patterns: dict[tuple[int, ...], DispatchPattern] = {}
+        self._load_matrices: dict[tuple, np.ndarray] = {}
         if self.moe is not None:
             self.expert_cost = ExpertCost(s, self.cm)
             probs = expert_probabilities(s.routing, self.moe.n_routed_experts, self.base_dir)
@@ -182,49 +185,98 @@ class SimContext:
         hierarchical = mode == "hierarchical" or (mode == "auto" and nodes > 1)
         return dispatch_pattern(self.scenario, nodes, hierarchical)
 
+    def a2a_collective(
+        self, group: tuple[int, ...], copies_RR: np.ndarray, bytes_per_copy: float, kind: str
+    ) -> Collective:
+        """The dispatch (``kind`` "dispatch...") or combine of a copy matrix: ``copies_RR[i, j]``
+        (token, expert) copies member i routes to experts on member j."""
+        pat = self.pattern(group)
+        mat = (copies_RR * bytes_per_copy * pat.gpu_dedup).tolist()
+        if not pat.hierarchical:
+            c = all_to_all_direct(group, mat, kind)
+        else:
+            node_of = [self.topo.node_of(g) for g in group]
+            rdma = []
+            for i in range(len(group)):
+                per_node: dict[int, float] = {}
+                for j, nd in enumerate(node_of):
+                    per_node[nd] = per_node.get(nd, 0.0) + copies_RR[i, j] * bytes_per_copy
+                rdma.append({nd: b * pat.node_dedup for nd, b in per_node.items()})
+            c = all_to_all_hierarchical(self.topo, group, mat, rdma, kind)
+        return reversed_collective(c, kind) if kind.startswith("combine") else c
+
     def a2a_s(
         self, group: tuple[int, ...], copies_RR: np.ndarray, bytes_per_copy: float, kind: str
     ) -> float:
         """Alone time of a dispatch (``kind`` "dispatch") or combine of a copy matrix."""
-        pat = self.pattern(group)
         key = ("a2a", kind, self.shape(group), bytes_per_copy, copies_RR.tobytes())
+        return self.timer.time_s(
+            key, lambda: self.a2a_collective(group, copies_RR, bytes_per_copy, kind)
+        )
 
-        def build():
-            mat = (copies_RR * bytes_per_copy * pat.gpu_dedup).tolist()
-            if not pat.hierarchical:
-                c = all_to_all_direct(group, mat, kind)
-            else:
-                node_of = [self.topo.node_of(g) for g in group]
-                rdma = []
-                for i in range(len(group)):
-                    per_node: dict[int, float] = {}
-                    for j, nd in enumerate(node_of):
-                        per_node[nd] = per_node.get(nd, 0.0) + copies_RR[i, j] * bytes_per_copy
-                    rdma.append({nd: b * pat.node_dedup for nd, b in per_node.items()})
-                c = all_to_all_hierarchical(self.topo, group, mat, rdma, kind)
-            return reversed_collective(c, kind) if kind.startswith("combine") else c
+    def _a2a_load_matrix(
+        self, group: tuple[int, ...], bytes_per_copy: float, kind: str
+    ) -> np.ndarray:
+        """``A[j, l]``: seconds of link l's capacity taken per copy routed to member j (sources
+        alike); cached per group shape."""
+        key = ("a2a-load", kind, self.shape(group), bytes_per_copy)
+        hit = self._load_matrices.get(key)
+        if hit is None:
+            pat = self.pattern(group)
+            links, rows = all_to_all_unit_link_loads(
+                self.topo,
+                group,
+                pat.hierarchical,
+                bytes_per_copy * pat.gpu_dedup,
+                bytes_per_copy * pat.node_dedup,
+                reverse=kind.startswith("combine"),
+            )
+            inv_cap = np.array([1.0 / self.topo.capacity_Bps[link] for link in links])
+            hit = self._load_matrices[key] = np.array(rows).reshape(len(group), -1) * inv_cap
+        return hit
 
-        return self.timer.time_s(key, build)
+    def skewed_a2a_s(
+        self,
+        group: tuple[int, ...],
+        dest_copies_NR: np.ndarray,
+        balanced_copies: float,
+        bytes_per_copy: float,
+        kind: str,
+    ) -> np.ndarray:
+        """Alone times of dispatches (or combines) whose destinations receive
+        ``dest_copies_NR[n]`` copies, sources alike. The balanced pattern (``balanced_copies``
+        per member) is timed once by the network mode; each draw adds the change in its
+        bottleneck link's load over capacity (the alpha–beta bandwidth term, which equals the
+        flow time of these rank-one patterns: tests/sim check both against full fidelity)."""
+        ep = len(group)
+        bal = np.full((ep, ep), balanced_copies / ep)
+        np.fill_diagonal(bal, 0.0)
+        base_s = self.a2a_s(group, bal, bytes_per_copy, kind)
+        a = self._a2a_load_matrix(group, bytes_per_copy, kind)
+        if a.size == 0:
+            return np.full(len(dest_copies_NR), base_s)
+        beta_bal_s = float((np.full(ep, balanced_copies) @ a).max())
+        # einsum, not BLAS: a multi-threaded GEMM this small is 3x slower on a busy machine
+        beta_N_s = np.einsum("nr,rl->nl", dest_copies_NR, a).max(axis=1)
+        return np.maximum(base_s + beta_N_s - beta_bal_s, 0.0)
 
     def _symmetric_table(
         self, group: tuple[int, ...], n: int, stage: int, disp_b: float, comb_b: float
     ) -> list[MoEDraw]:
         """One draw of the stage's EP group per (MoE layer, microbatch): the most loaded rank
-        sets the expert time, and its share over the mean stretches the balanced all-to-all."""
+        sets the expert time, and the load on the busiest link sets the all-to-all's."""
         ep = len(group)
         draws = self.sampler.draw_group(n, self.tokens_moe, stage)
         self.dropped_copies += float(draws.dropped_N.sum())
         self.offered_copies += float(draws.offered_N.sum())
         load = draws.rank_load_NR if ep > 1 else draws.copies_NE.sum(axis=1, keepdims=True)
         max_load = load.max(axis=1)
-        ratio = max_load / np.maximum(load.mean(axis=1), 1e-30)
-        balanced = np.full((ep, ep), self.tokens_moe * self.moe.top_k / ep)
-        np.fill_diagonal(balanced, 0.0)
-        dispatch_s = self.a2a_s(group, balanced, disp_b, "dispatch")
-        combine_s = self.a2a_s(group, balanced, comb_b, "combine")
+        offered = self.tokens_moe * self.moe.top_k
+        dispatch_N = self.skewed_a2a_s(group, load, offered, disp_b, "dispatch")
+        combine_N = self.skewed_a2a_s(group, load, offered, comb_b, "combine")
         return [
-            MoEDraw(float(mx), dispatch_s * float(r), combine_s * float(r))
-            for mx, r in zip(max_load.tolist(), ratio.tolist(), strict=True)
+            MoEDraw(float(mx), float(d), float(c))
+            for mx, d, c in zip(max_load.tolist(), dispatch_N, combine_N, strict=True)
         ]
 
     def moe_draw(self, gpu: int, moe_index: int, mb: int, n_moe_on_stage: int) -> MoEDraw:

@@ -196,6 +196,11 @@ class FlowResult:
         return max(self.finish_s, default=0.0)
 
 
+# A flow of less than this carries nothing: rates near 1e10 B/s would make its time underflow
+# to zero, and a flow that never drains would stall the simulation.
+NEGLIGIBLE_BYTES = 1e-6
+
+
 def simulate_flows(topology: Topology, flows: list[Flow]) -> FlowResult:
     """Fluid simulation of ``flows``: rates re-shared (max-min) at every start and finish."""
     order = sorted(range(len(flows)), key=lambda i: flows[i].start_s)
@@ -211,8 +216,8 @@ def simulate_flows(topology: Topology, flows: list[Flow]) -> FlowResult:
         while nxt < len(order) and flows[order[nxt]].start_s <= t:
             i = order[nxt]
             nxt += 1
-            if remaining[i] <= 0 or not routes[i][0]:
-                finish[i] = t + (routes[i][1] if remaining[i] > 0 else 0.0)
+            if remaining[i] <= NEGLIGIBLE_BYTES or not routes[i][0]:
+                finish[i] = t + (routes[i][1] if remaining[i] > NEGLIGIBLE_BYTES else 0.0)
             else:
                 active.append(i)
         if not active:
@@ -225,7 +230,7 @@ def simulate_flows(topology: Topology, flows: list[Flow]) -> FlowResult:
         still = []
         for i, r in zip(active, rates, strict=True):
             remaining[i] -= r * dt
-            if remaining[i] <= flows[i].bytes * 1e-9:
+            if remaining[i] <= max(flows[i].bytes * 1e-9, NEGLIGIBLE_BYTES):
                 finish[i] = t + routes[i][1]
             else:
                 still.append(i)

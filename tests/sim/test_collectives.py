@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from moesim.sim.collectives import (
     all_gather,
@@ -10,6 +12,7 @@ from moesim.sim.collectives import (
     all_to_all_hierarchical,
     alpha_beta_time_s,
     flow_time_s,
+    phase_link_load,
     reduce_scatter,
     reversed_collective,
     ring_all_reduce,
@@ -75,26 +78,34 @@ def _uniform_matrix(n: int, b: float) -> list[list[float]]:
 
 
 def test_all_to_all_bytes_sent_equal_bytes_received():
+    """Per GPU, not only in total: what a GPU receives beyond what it forwards (the relay leg of
+    the hierarchical all-to-all) is exactly its demand, and what crosses the NICs is the RDMA
+    leg; a lost, doubled or misrouted leg breaks one of these."""
     t = topo(nodes=2)
     g = tuple(range(16))
-    m = [[float((i * 7 + j * 3) % 5) * 1e6 for j in range(16)] for i in range(16)]
-    for c in (
-        all_to_all_direct(g, m),
-        all_to_all_hierarchical(
-            t,
-            g,
-            m,
-            [
-                {n: sum(m[i][j] for j in range(16) if j // 8 == n) for n in (0, 1)}
-                for i in range(16)
-            ],
-        ),
-    ):
-        assert sum(c.bytes_sent().values()) == pytest.approx(sum(c.bytes_received().values()))
+    m = [[float((i * 7 + j * 3) % 5 + (i == 3)) * 1e6 for j in range(16)] for i in range(16)]
+    rdma = [{n: sum(m[i][j] for j in range(16) if j // 8 == n) for n in (0, 1)} for i in range(16)]
+    demand_in = {d: sum(m[i][d] for i in range(16) if i != d) for d in g}
+    demand_out = {s: sum(m[s][j] for j in range(16) if j != s) for s in g}
     direct = all_to_all_direct(g, m)
-    assert sum(direct.bytes_sent().values()) == pytest.approx(
-        sum(m[i][j] for i in range(16) for j in range(16) if i != j)
-    )
+    hier = all_to_all_hierarchical(t, g, m, rdma)
+    assert direct.bytes_sent() == pytest.approx(demand_out)
+    assert direct.bytes_received() == pytest.approx(demand_in)
+    for c in (direct, hier):
+        sent, recv = c.bytes_sent(), c.bytes_received()
+        for d in g:
+            assert recv.get(d, 0.0) - sent.get(d, 0.0) == pytest.approx(
+                demand_in[d] - demand_out[d]
+            )
+        back = reversed_collective(c, "combine")
+        assert back.bytes_sent() == pytest.approx(recv)
+        assert back.bytes_received() == pytest.approx(sent)
+    load, _ = phase_link_load(t, hier.phases[0])
+    nic_bytes = sum(b for link, b in load.items() if t.names[link].startswith("nic_up"))
+    remote = sum(rdma[i][n] for i in range(16) for n in (0, 1) if n != i // 8)
+    assert nic_bytes == pytest.approx(remote)
+    # the relay leg exists: GPUs forward bytes they do not need themselves
+    assert sum(hier.bytes_sent().values()) > sum(demand_out.values())
 
 
 def test_uniform_all_to_all_inside_a_node_is_nvlink_bound():
@@ -122,3 +133,30 @@ def test_combine_is_dispatch_reversed():
     d = all_to_all_direct(g, m)
     c = reversed_collective(d, "combine")
     assert c.bytes_sent() == d.bytes_received()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    weights=st.lists(st.floats(0.0, 10.0), min_size=16, max_size=16),
+    hierarchical=st.booleans(),
+)
+def test_flow_time_of_skewed_all_to_all_is_bounded_by_its_alpha_beta_terms(weights, hierarchical):
+    """On skewed patterns the two network modes differ, and this is how: the flow time is never
+    below the bandwidth term (no link beats its capacity) and, as every flow crosses the
+    bottleneck-free rest of the fabric at its fair share, stays within the latency term of it
+    for these one-phase all-to-alls whose sources are alike."""
+    t = topo(nodes=2)
+    g = tuple(range(16))
+    m = [[0.0 if i == j else 1e6 * weights[j] for j in range(16)] for i in range(16)]
+    if hierarchical:
+        rdma = [{n: sum(m[i][j] for j in range(16) if j // 8 == n) for n in (0, 1)} for i in g]
+        c = all_to_all_hierarchical(t, g, m, rdma)
+    else:
+        c = all_to_all_direct(g, m)
+    if not c.phases:
+        return
+    load, _ = phase_link_load(t, c.phases[0])
+    beta_s = max(b / t.capacity_Bps[link] for link, b in load.items())
+    flow = flow_time_s(t, c)
+    assert flow >= beta_s * (1 - 1e-9)
+    assert flow <= alpha_beta_time_s(t, c) * (1 + 1e-6)

@@ -99,3 +99,12 @@ def test_max_min_rates_never_exceed_capacity(pairs):
     # every flow is bottlenecked somewhere: one of its links is full
     for r in routes:
         assert any(load[link] >= t.capacity_Bps[link] * (1 - 1e-9) for link in r)
+
+
+def test_vanishing_flows_finish_instead_of_stalling():
+    # 5e-318 bytes at 1e10 B/s takes 5e-328 s, which underflows to 0: before the floor such a
+    # flow never drained and simulate_flows looped forever
+    t = topo()
+    r = simulate_flows(t, [Flow(0, 1, 5e-318), Flow(0, 2, 1 * GB), Flow(3, 1, 1e-7)])
+    assert r.finish_s[0] == 0.0 and r.finish_s[2] == 0.0
+    assert r.finish_s[1] == pytest.approx(simulate_flows(t, [Flow(0, 2, 1 * GB)]).makespan_s)
