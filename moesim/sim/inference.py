@@ -153,7 +153,7 @@ class ReplicaCost:
             self.probs_E = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
             self.expert_params = ffn_params(m, m.moe.expert_hidden) / p.etp  # one expert shard
         self._base: dict[tuple[int, int, int], StepCost] = {}
-        self._loads: dict[int, tuple[float, float]] = {}
+        self._loads: dict[int, tuple[float, float, np.ndarray]] = {}
 
     # -- routed-expert load -------------------------------------------------------------------
     def tokens_per_ep_group(self, tokens: float) -> float:
@@ -164,6 +164,11 @@ class ReplicaCost:
     def busiest_rank_load(self, tokens_group: int) -> tuple[float, float]:
         """(experts touched, copies) on the busiest EP rank for ``tokens_group`` tokens, averaged
         over seeded routing draws (each token picks k distinct experts ∝ p_e, Gumbel top-k)."""
+        touched, copies, _ = self._rank_loads(tokens_group)
+        return touched, copies
+
+    def _rank_loads(self, tokens_group: int) -> tuple[float, float, np.ndarray]:
+        """As ``busiest_rank_load``, plus the copies each EP rank receives per draw (N, R)."""
         hit = self._loads.get(tokens_group)
         if hit is not None:
             return hit
@@ -174,7 +179,8 @@ class ReplicaCost:
             per_rank = self.probs_E.reshape(ep, e // ep)
             q = np.minimum(1.0, k * per_rank)
             touched = float(np.max(np.sum(1.0 - (1.0 - q) ** t, axis=1)))
-            copies = float(t * k * np.max(per_rank.sum(axis=1)))
+            loads_NR = t * k * per_rank.sum(axis=1)[None, :]
+            copies = float(loads_NR.max())
         else:
             n = int(min(ROUTING_DRAWS, max(2, MAX_DRAW_CELLS // (t * e))))
             rng = np.random.default_rng([self.s.routing.seed, 0x5E2E, t])
@@ -183,9 +189,10 @@ class ReplicaCost:
             flat = (np.arange(n)[:, None, None] * e + chosen).ravel()
             counts = np.bincount(flat, minlength=n * e).reshape(n, ep, e // ep)
             touched = float(np.mean(np.max((counts > 0).sum(axis=2), axis=1)))
-            copies = float(np.mean(np.max(counts.sum(axis=2), axis=1)))
-        self._loads[tokens_group] = (touched, copies)
-        return touched, copies
+            loads_NR = counts.sum(axis=2).astype(float)
+            copies = float(np.mean(loads_NR.max(axis=1)))
+        hit = self._loads[tokens_group] = (touched, copies, loads_NR)
+        return hit
 
     # -- one step -----------------------------------------------------------------------------
     def step(
@@ -302,7 +309,7 @@ class ReplicaCost:
         assert m.moe is not None
         k = m.moe.top_k
         t = max(1, round(tokens_group))
-        touched_rank, copies_rank = self.busiest_rank_load(t)
+        touched_rank, copies_rank, loads_NR = self._rank_loads(t)
         weight_bytes = touched_rank * self.expert_params * self.wb
         widths = 2 * m.d_model + 3 * m.moe.expert_hidden / p.etp
         op = OpWork(
@@ -315,17 +322,15 @@ class ReplicaCost:
         offload_s = weight_bytes / self.pcie_Bps if self.offload else 0.0
         a2a_s = 0.0
         if p.ep > 1:
-            group = self.ep_group
-            per_src = t / p.ep  # tokens each EP rank dispatches
-            mean_rank = t * k / p.ep
-            ratio = copies_rank / mean_rank if mean_rank > 0 else 1.0
-            balanced = np.full((p.ep, p.ep), per_src * k / p.ep)
-            np.fill_diagonal(balanced, 0.0)
+            # each EP rank dispatches t / ep tokens; the draws set what each rank receives
+            group, mean_rank = self.ep_group, t * k / p.ep
             disp_b = m.d_model * self.s.precision.dispatch_bytes
             comb_b = m.d_model * self.ab
-            a2a_s = ratio * (
-                self.ctx.a2a_s(group, balanced, disp_b, "dispatch")
-                + self.ctx.a2a_s(group, balanced, comb_b, "combine")
+            a2a_s = float(
+                np.mean(
+                    self.ctx.skewed_a2a_s(group, loads_NR, mean_rank, disp_b, "dispatch")
+                    + self.ctx.skewed_a2a_s(group, loads_NR, mean_rank, comb_b, "combine")
+                )
             )
         touched = expected_experts_touched(self.probs_E, k, t)
         return cm.time_s(op), offload_s, a2a_s, touched, weight_bytes
