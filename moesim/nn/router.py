@@ -137,6 +137,9 @@ class Router(nn.Module):
         self.force_uniform = force_uniform
         # V3's sum of the top-2 is meant for sigmoid affinities; V2's max for a softmax
         self.group_score: GroupScore = "top2_sum" if self.kind == "sigmoid_topk" else "max"
+        # noisy top-k's exploration noise, in training only; stages that score the policy
+        # against itself or a reference (DPO, GRPO) turn it off (``set_exploration_noise``)
+        self.exploration_noise = True
         E = self.n_experts
         self.weight_ED: nn.Parameter | None = None
         self.noise_weight_ED: nn.Parameter | None = None
@@ -170,7 +173,7 @@ class Router(nn.Module):
             if self.kind == "expert_choice":
                 return self._expert_choice(logits_TE)
             noisy_TE = logits_TE
-            if self.kind == "noisy_topk" and self.training:
+            if self.kind == "noisy_topk" and self.training and self.exploration_noise:
                 noise_std_TE = F.softplus(F.linear(x_TD.float(), self.noise_weight_ED.float()))
                 noisy_TE = logits_TE + torch.randn_like(logits_TE) * noise_std_TE
             if self.kind == "sigmoid_topk":

@@ -120,6 +120,14 @@ class Transformer(nn.Module):
         """MoE layers in the order their stats appear in ``ModelOutput.moe_stats``."""
         return [m for m in self.modules() if isinstance(m, MoELayer)]
 
+    def set_exploration_noise(self, enabled: bool) -> None:
+        """Noisy top-k's router noise in training (on by default). Off, training runs the
+        same deterministic router as eval: what DPO and GRPO need, because they compare the
+        policy's log-probs with log-probs taken under ``no_grad`` (the sampling policy's, the
+        reference's), and fresh noise would make the ratio ≠ 1 with unchanged weights."""
+        for layer in self.moe_layers():
+            layer.router.exploration_noise = enabled
+
     def update_router_biases(self, moe_stats: list[RoutingStats]) -> None:
         """Aux-loss-free balancing: after each optimizer step, with that step's stats."""
         for layer, stats in zip(self.moe_layers(), moe_stats, strict=True):

@@ -4,6 +4,11 @@ chosen completion over the rejected one relative to a frozen reference, no rewar
 As in TRL: per-sequence log-probs summed over completion tokens, chosen and rejected in one
 batch, the reference under ``no_grad`` or precomputed once for the whole dataset
 (``precompute_reference``), which frees the reference's memory during training.
+
+The policy's router runs without exploration noise (noisy top-k): the reference is scored in
+eval mode, and a policy scored with fresh noise would differ from it (and from itself) with the
+same weights, so the loss would not start at log 2. A documented choice: preference tuning
+sharpens a trained router rather than exploring new routes.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ def frozen_copy(model: Transformer) -> Transformer:
 class DPO:
     def __init__(self, model: Transformer, cfg: TrainConfig, dpo: DPOConfig | None = None):
         self.model, self.cfg, self.dpo = model, cfg, dpo or DPOConfig()
+        model.set_exploration_noise(False)  # policy and reference: the same router function
         self.reference: Transformer | None = frozen_copy(model)
         self.optimizer = make_optimizer(model, cfg)
         self.pool = [

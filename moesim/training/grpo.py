@@ -7,6 +7,12 @@ The policy first gets ``warmup_sft_steps`` of SFT on the task (as GRPO starts fr
 in practice): from random weights a byte-level model almost never samples a right answer, and a
 group whose rewards are all equal has zero advantage. The reference is the policy after that
 warm-up. The task is single-digit addition (``AdditionTask``).
+
+After the warm-up the router runs without exploration noise (noisy top-k), in rollouts (eval
+mode), in the log-probs of the sampling policy and in the policy updates alike: the ratio
+π/π_old is then exactly 1 on the first inner step, as the clipped objective assumes (with fresh
+noise in each forward it was not). A documented choice: RL sharpens a trained router rather
+than exploring new routes.
 """
 
 from __future__ import annotations
@@ -62,6 +68,7 @@ class GRPO:
         self.optimizer = make_optimizer(model, cfg)
         self.gen = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
         self.warmup_losses = [self._sft_step() for _ in range(self.grpo.warmup_sft_steps)]
+        model.set_exploration_noise(False)  # rollouts, π_old, π_ref and π: one router function
         self.reference = frozen_copy(model)
         for group in self.optimizer.param_groups:
             group["lr"] = self.grpo.lr

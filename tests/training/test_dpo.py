@@ -33,3 +33,12 @@ def test_precomputed_reference_gives_the_same_steps():
         a, b = live.step(i), pre.step(i)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["margin"] == pytest.approx(b["margin"], rel=1e-4, abs=1e-6)
+
+
+def test_noisy_topk_policy_starts_equal_to_its_reference():
+    """Router noise off in DPO: with the reference's weights the policy scores the same
+    log-probs (with noise in the policy's forward the first loss was not log 2)."""
+    spec = small_spec(moe={"router": "noisy_topk"})
+    r = run_stage("dpo", spec, 1, CFG)
+    assert r["loss_first"] == pytest.approx(math.log(2), abs=1e-6)
+    assert r["margin_first"] == pytest.approx(0.0, abs=1e-6)
