@@ -4,6 +4,11 @@
 
 ``peak`` is the GPU's dense peak for the compute dtype (``GPUSpec.peak_TFLOPS``), ``HBM`` its
 memory bandwidth, and the efficiencies come from the calibration profile (``profile.py``).
+With fp8 compute, only the linear layers' GEMMs run at the fp8 peak: attention (op class
+``attention``) and the ops marked ``fp8=False`` (the output head, the MoE gate) keep the 16-bit
+peak, as in DeepSeek-V3's FP8 recipe (report §3.3.1: "the embedding module, the output head, MoE
+gating modules, normalization operators, and attention operators" stay in BF16/FP32) and
+Transformer Engine, whose FP8 covers its Linear layers and not the attention core.
 For a grouped GEMM (the experts of one rank) the efficiency is read at the FLOPs of one group,
 because a grouped GEMM of many small experts runs like many small GEMMs.
 
@@ -29,6 +34,7 @@ class OpWork:
     bytes: float
     groups: int = 1  # experts in a grouped GEMM
     kernels: int = 1  # launches the op stands for
+    fp8: bool = True  # a GEMM that runs in fp8 when the compute dtype is fp8
 
 
 class CostModel:
@@ -38,12 +44,14 @@ class CostModel:
         self.gpu = gpu
         self.profile = profile
         self.peak_flops_per_s = gpu.peak_TFLOPS(compute_dtype) * 1e12  # type: ignore[arg-type]
+        high = "bf16" if compute_dtype == "fp8" else compute_dtype
+        self.high_precision_peak_flops_per_s = gpu.peak_TFLOPS(high) * 1e12  # type: ignore[arg-type]
         self.hbm_bytes_per_s = gpu.hbm_TBps * 1e12
         self.launch_s = profile.launch_overhead_us.value * 1e-6
         self._cache: dict[tuple, float] = {}
 
     def time_s(self, op: OpWork) -> float:
-        key = (op.op_class, op.flops, op.bytes, op.groups, op.kernels)
+        key = (op.op_class, op.flops, op.bytes, op.groups, op.kernels, op.fp8)
         t = self._cache.get(key)
         if t is None:
             t = self._time_s(op)
@@ -60,7 +68,9 @@ class CostModel:
             return op.bytes / (self.hbm_bytes_per_s * eff) + launch_s
         per_group = max(op.flops / max(op.groups, 1), 1.0)
         eff = self.profile.compute[op.op_class](per_group)
-        compute_s = op.flops / (self.peak_flops_per_s * eff)
+        low = op.fp8 and op.op_class != "attention"
+        peak = self.peak_flops_per_s if low else self.high_precision_peak_flops_per_s
+        compute_s = op.flops / (peak * eff)
         memory_s = op.bytes / (self.hbm_bytes_per_s * hbm_eff)
         return max(compute_s, memory_s) + launch_s
 

@@ -272,7 +272,11 @@ class ReplicaCost:
             if moe:
                 t_group = self.tokens_per_ep_group(tokens)
                 router = OpWork(
-                    "router", "gemm", tokens * fl.router / p.tp, lp.router * wb + tokens * 4
+                    "router",
+                    "gemm",
+                    tokens * fl.router / p.tp,
+                    lp.router * wb + tokens * 4,
+                    fp8=False,
                 )
                 dense += cm.time_s(router)
                 ex_s, off_s, a2a_s, touched, ebytes = self._experts(t_group)
@@ -287,6 +291,7 @@ class ReplicaCost:
             "gemm",
             logits * 2.0 * m.vocab_size * m.d_model / p.tp,
             m.vocab_size * m.d_model * wb / p.tp + logits * m.vocab_size * 4 / p.tp,
+            fp8=False,
         )
         pp_s = 0.0
         if p.pp > 1:

@@ -11,7 +11,7 @@ Backward ops cost twice the forward FLOPs (grad w.r.t. inputs and w.r.t. weights
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moesim.analytic.comm import EPPlacement, expected_distinct_bins, expected_nodes_per_token
 from moesim.analytic.flops import LayerFlops
@@ -61,7 +61,9 @@ def layer_costs(
     ffn_flops = fl.dense_ffn + fl.shared_experts
     ffn_params_n = params.dense_ffn + params.shared_experts
     ffn = OpWork("ffn", "gemm", tokens * ffn_flops / tp, ffn_params_n * w_b / tp + 3 * io / tp, 3)
-    router = OpWork("router", "gemm", t_moe * fl.router, params.router * w_b + t_moe * 4, 2)
+    router = OpWork(
+        "router", "gemm", t_moe * fl.router, params.router * w_b + t_moe * 4, 2, fp8=False
+    )
     # RMSNorm ×2, two residual adds, the gated activation: ~12 reads/writes of a (T, d) tensor
     # (Korthikanti et al. 2022 count the same tensors for activation memory)
     norms = OpWork("norms", "memory_bound", 0.0, 12 * io / tp, 5)
@@ -117,8 +119,8 @@ def _selective_recompute_s(s: Scenario, cm: CostModel, fl: LayerFlops, tokens: f
 
 
 def _bwd(op: OpWork) -> OpWork:
-    return OpWork(
-        op.name + "_bwd", op.op_class, 2 * op.flops, 2 * op.bytes, op.groups, 2 * op.kernels
+    return replace(
+        op, name=op.name + "_bwd", flops=2 * op.flops, bytes=2 * op.bytes, kernels=2 * op.kernels
     )
 
 

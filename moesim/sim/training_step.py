@@ -18,6 +18,8 @@ Reusable pieces (post-training stages compose them):
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import simpy
 
 from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
@@ -222,10 +224,14 @@ def head_times_s(ctx: SimContext) -> tuple[float, float]:
         t * (ctx.flops.lm_head + ctx.flops.mtp) / p.tp,
         m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b,
         2,
+        fp8=False,
     )
     loss = OpWork("cross_entropy", "memory_bound", 0.0, 3 * logits_b, 3)
     fwd = ctx.cm.time_s(head) + ctx.cm.time_s(loss)
-    bwd = ctx.cm.time_s(OpWork("lm_head_bwd", "gemm", 2 * head.flops, 2 * head.bytes, 1, 4))
+    bwd_op = replace(
+        head, name="lm_head_bwd", flops=2 * head.flops, bytes=2 * head.bytes, kernels=4
+    )
+    bwd = ctx.cm.time_s(bwd_op)
     return fwd, bwd + ctx.cm.time_s(loss)
 
 

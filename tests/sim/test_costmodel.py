@@ -35,3 +35,21 @@ def test_grouped_gemm_of_many_small_groups_is_slower_than_one_big(cm):
 
 def test_empty_op_costs_nothing(cm):
     assert cm.time_s(OpWork("none", "gemm", 0.0, 0.0)) == 0.0
+
+
+def test_fp8_speeds_up_linear_gemms_only():
+    """DeepSeek-V3's FP8 recipe: attention, the output head and the gate stay in 16 bits."""
+    gpu = load_gpu("h100-sxm")
+    bf16 = CostModel(gpu, default_profile(), "bf16")
+    fp8 = CostModel(gpu, default_profile(), "fp8")
+    flops = 1e13
+    gemm = OpWork("ffn", "gemm", flops, 1e6)
+    eff = default_profile().compute["gemm"](flops)
+    assert fp8.time_s(gemm) == pytest.approx(flops / (1978.9e12 * eff) + fp8.launch_s)
+    assert fp8.time_s(gemm) < 0.6 * bf16.time_s(gemm)
+    for op in (
+        OpWork("attn_core", "attention", flops, 1e6),
+        OpWork("lm_head", "gemm", flops, 1e6, fp8=False),
+        OpWork("experts", "grouped_gemm", flops, 1e6, groups=8, fp8=False),
+    ):
+        assert fp8.time_s(op) == bf16.time_s(op)
