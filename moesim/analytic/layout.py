@@ -71,3 +71,22 @@ def pipeline_layout(m: ModelSpec, pp: int, virtual_stages: int = 1) -> list[Stag
             )
         )
     return stages
+
+
+def dualpipe_applies(pp: int, microbatches: int, virtual_stages: int = 1) -> bool:
+    """DualPipe's layout (deepseek-ai/DualPipe's requirements): even pp, an even number of
+    microbatches ≥ 2·pp, no interleaving. Elsewhere a ``dualpipe`` schedule runs as 1F1B."""
+    return (
+        pp >= 2
+        and pp % 2 == 0
+        and microbatches % 2 == 0
+        and microbatches >= 2 * pp
+        and virtual_stages == 1
+    )
+
+
+def dualpipe_positions(pp: int, rank: int) -> tuple[int, int]:
+    """The two pipeline positions (stages of layers) DualPipe places on ``rank``: its own and
+    the mirror one of the other direction, so every rank holds two stages' parameters."""
+    h = min(rank, pp - 1 - rank)
+    return h, pp - 1 - h

@@ -10,7 +10,8 @@ Sources for each rule:
   autograd saves for the backward pass. Tensor and sequence parallelism divide it by tp; the
   first pipeline stage holds ``min(pp, m)`` microbatches in flight under 1F1B, ``pp + (pp−1)/v``
   under interleaving (Megatron-Core warm-up counts), all m under GPipe, pp+1 under DualPipe
-  (DeepSeek-V3 report, Table 2).
+  (DeepSeek-V3 report, Table 2), whose ranks also hold two positions' parameters (Table 2:
+  2x, and their gradients and optimizer states).
 - KV cache: 2·kv_heads·head_dim per token per layer for MHA/GQA; the compressed latent plus
   the RoPE key for MLA (DeepSeek-V2 §2.1.2), which tensor parallelism does not shard.
 
@@ -22,7 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.layout import (
+    StageLayout,
+    dualpipe_applies,
+    dualpipe_positions,
+    pipeline_layout,
+)
 from moesim.analytic.params import LayerParams, ParamCounts, count_params
 from moesim.specs import (
     BYTES_PER_ELEMENT,
@@ -194,17 +200,25 @@ def activation_bytes_per_token(
     return total + router + routed + shared
 
 
+def effective_schedule(p: ParallelSpec, n_microbatches: int) -> str:
+    """The schedule the simulator runs: DualPipe where its layout applies, else 1F1B."""
+    if p.schedule == "dualpipe" and not dualpipe_applies(p.pp, n_microbatches, p.virtual_stages):
+        return "1f1b"
+    return p.schedule
+
+
 def microbatches_in_flight(p: ParallelSpec, n_microbatches: int) -> float:
     """Microbatches whose activations the first pipeline stage holds at its peak."""
     pp, m = p.pp, n_microbatches
+    schedule = effective_schedule(p, m)
     if pp == 1:
         return 1.0
-    if p.schedule == "gpipe":
+    if schedule == "gpipe":
         return float(m)
-    if p.schedule == "interleaved_1f1b":
+    if schedule == "interleaved_1f1b":
         return min(float(m), pp + (pp - 1) / p.virtual_stages)
-    if p.schedule == "dualpipe":
-        return float(min(m, pp + 1))
+    if schedule == "dualpipe":
+        return float(pp + 1)
     return float(min(pp, m))
 
 
@@ -225,29 +239,36 @@ def n_microbatches(s: Scenario) -> int:
     return max(1, seqs // (p.dp_size * p.microbatch_size))
 
 
-def stage_activation_bytes(s: Scenario, stage: StageLayout, seq_len: int) -> float:
-    """Activations one GPU of ``stage`` holds at its peak in a training step."""
+def stage_activation_bytes(
+    s: Scenario, stage: StageLayout, seq_len: int, mirror: StageLayout | None = None
+) -> float:
+    """Activations one GPU of ``stage`` holds at its peak in a training step. ``mirror``: the
+    second position a DualPipe rank holds; its pp+1 microbatches in flight are counted at the
+    mean of the two positions' activations (they mix both)."""
     m, p = s.model, s.parallel
     act = s.precision.activation_bytes
     cached = 1.0 if s.precision.compute == "fp8" else act
     pairs = 2 if isinstance(s.workload, DPOWorkload) else 1
     tokens = p.microbatch_size * pairs * seq_len / p.cp
+    positions = [stage] if mirror is None else [stage, mirror]
+    layers = [(i, st) for st in positions for i in st.layers]
     per_mb = sum(
-        activation_bytes_per_token(m, i in stage.moe_layers, p, p.recompute, act, cached)
-        for i in stage.layers
-    )
-    in_flight = microbatches_in_flight(p, n_microbatches(s))
-    if stage.rank > 0 and p.schedule == "1f1b":
+        activation_bytes_per_token(m, i in st.moe_layers, p, p.recompute, act, cached)
+        for i, st in layers
+    ) / len(positions)
+    m_count = n_microbatches(s)
+    in_flight = microbatches_in_flight(p, m_count)
+    if stage.rank > 0 and effective_schedule(p, m_count) == "1f1b":
         in_flight = min(in_flight, float(p.pp - stage.rank))
     total = per_mb * tokens * in_flight
-    if p.recompute == "full" and stage.layers:
+    if p.recompute == "full" and layers:
         # the layer being recomputed holds its full activations during its backward
         worst = max(
-            activation_bytes_per_token(m, i in stage.moe_layers, p, "none", act, cached)
-            for i in stage.layers
+            activation_bytes_per_token(m, i in st.moe_layers, p, "none", act, cached)
+            for i, st in layers
         )
         total += worst * tokens
-    if stage.has_lm_head:
+    if any(st.has_lm_head for st in positions):
         total += tokens * m.vocab_size / p.tp * FP32_BYTES  # fp32 logits of one microbatch
     return total
 
@@ -284,9 +305,14 @@ def memory_per_gpu(s: Scenario) -> MemoryEstimate:
     if isinstance(w, MoELayerWorkload):
         return _moe_layer_memory(s)
     inference = isinstance(w, InferenceWorkload)
+    dual = not inference and effective_schedule(p, n_microbatches(s)) == "dualpipe"
     best: MemoryEstimate | None = None
-    for stage in stages:
+    for stage in stages[: p.pp // 2] if dual else stages:
+        mirror = stages[dualpipe_positions(p.pp, stage.rank)[1]] if dual else None
         params = stage_params(m, p, stage)
+        if mirror is not None:  # DualPipe: two positions, two copies of parameters
+            other = stage_params(m, p, mirror)
+            params = StageParams(params.non_expert + other.non_expert, params.expert + other.expert)
         if inference:
             wbytes = BYTES_PER_ELEMENT[s.precision.weights_inference]
             weights, grads, optim = params.total * wbytes, 0.0, 0.0
@@ -298,7 +324,7 @@ def memory_per_gpu(s: Scenario) -> MemoryEstimate:
             weights, grads, optim = model_state_bytes(params, p, s.precision)
             seq = w.seq_len
             kv = 0.0
-            acts = stage_activation_bytes(s, stage, seq)
+            acts = stage_activation_bytes(s, stage, seq, mirror)
             tokens_per_mb = p.microbatch_size * seq / p.cp / p.tp
         est = MemoryEstimate(
             weights=weights,

@@ -43,6 +43,7 @@ from typing import NamedTuple
 
 import simpy
 
+from moesim.analytic.layout import dualpipe_applies as supported
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, Stream
 from moesim.sim.training_step import (
@@ -66,11 +67,6 @@ class ChunkTask(NamedTuple):
 
 
 Slot = tuple[ChunkTask, ...]  # one task, or a (forward, backward) pair run concurrently
-
-
-def supported(pp: int, m: int, virtual_stages: int = 1) -> bool:
-    """The reference implementation's requirements: even pp, even m ≥ 2·pp, no interleaving."""
-    return pp >= 2 and pp % 2 == 0 and m % 2 == 0 and m >= 2 * pp and virtual_stages == 1
 
 
 def dualpipe_slots(pp: int, m: int, rank: int) -> list[Slot]:

@@ -26,6 +26,8 @@ class Precision(Spec):
     grads: Literal["bf16", "fp32"] = "bf16"
     master_weights: bool = True
     optimizer: Literal["adam", "sgd"] = "adam"
+    # Adam's two moments; bf16 as in DeepSeek-V3 (report §3.3.3), master weights stay fp32
+    optimizer_states: Literal["fp32", "bf16"] = "fp32"
     weights_inference: Literal["bf16", "fp8", "int8", "int4"] = "bf16"
     kv_cache: Literal["bf16", "fp8"] = "bf16"
 
@@ -48,7 +50,9 @@ class Precision(Spec):
 
     @property
     def optimizer_bytes_per_param(self) -> float:
-        """Adam with fp32 master weights: 4 (master) + 4 (m) + 4 (v) = 12 (ZeRO paper, §3)."""
+        """Adam with fp32 master weights: 4 (master) + 4 (m) + 4 (v) = 12 (ZeRO paper, §3);
+        8 with bf16 moments."""
         master = 4.0 if self.master_weights and self.params != "fp32" else 0.0
-        moments = 8.0 if self.optimizer == "adam" else 0.0
+        moment_bytes = BYTES_PER_ELEMENT[self.optimizer_states]
+        moments = 2 * moment_bytes if self.optimizer == "adam" else 0.0
         return master + moments

@@ -169,3 +169,52 @@ def test_fp8_caching_and_mla_up_projection_recompute():
     fp8 = activation_bytes_per_token(v3, True, p, "selective", 2.0, 1.0)
     # per routed copy: dispatched input (7168) and SwiGLU inputs (2·2048) at 1 B instead of 2
     assert sel - fp8 == pytest.approx(8 * (7168 + 2 * 2048) + v3.attn_out_dim)
+
+
+def test_bf16_adam_moments_take_8_bytes_per_parameter():
+    """DeepSeek-V3 §3.3.3: fp32 master weights (4 B) and bf16 moments (2 + 2 B)."""
+    s = _scenario(0)
+    bf16 = s.model_copy(
+        update={"precision": s.precision.model_copy(update={"optimizer_states": "bf16"})}
+    )
+    assert memory_per_gpu(bf16).optimizer == pytest.approx(8 * N_PARAMS)
+    assert memory_per_gpu(s).optimizer == pytest.approx(12 * N_PARAMS)
+
+
+def _llama_pipeline(schedule: str, global_batch: int) -> Scenario:
+    from moesim.catalog import load_model
+
+    return Scenario(
+        name="pp4",
+        model=load_model("llama-3-8b"),
+        cluster={"gpu": load_gpu("h100-sxm"), "nodes": 1, "gpus_per_node": 4},
+        parallel={"pp": 4, "zero_stage": 0, "recompute": "selective", "schedule": schedule},
+        workload={"stage": "pretrain", "seq_len": 1024, "global_batch": global_batch},
+    )
+
+
+def test_dualpipe_ranks_hold_two_stages_and_pp_plus_one_microbatches():
+    """DeepSeek-V3 Table 2: DualPipe keeps 2x parameters and pp+1 microbatches of activations.
+    Rank r holds positions r and pp-1-r: with pp 4, rank 0 holds stages 0 and 3 (embedding and
+    head: the worst rank), rank 1 stages 1 and 2."""
+    from moesim.analytic.layout import pipeline_layout
+    from moesim.analytic.memory import model_state_bytes, stage_activation_bytes, stage_params
+
+    dual, one_f_one_b = _llama_pipeline("dualpipe", 16), _llama_pipeline("1f1b", 16)
+    p = dual.parallel
+    st = pipeline_layout(dual.model, 4)
+    pair = [stage_params(dual.model, p, st[i]) for i in (0, 3)]
+    states = [model_state_bytes(q, p, dual.precision) for q in pair]
+    w, g, o = (a + b for a, b in zip(*states, strict=True))
+    est = memory_per_gpu(dual)
+    assert (est.weights, est.gradients, est.optimizer) == pytest.approx((w, g, o))
+    assert est.weights > 1.9 * memory_per_gpu(one_f_one_b).weights / 2  # two stages, not one
+    # 1F1B: the first stage holds pp = 4 microbatches, the last one (and its logits)
+    logits = 1024 * dual.model.vocab_size * 4.0
+    first = stage_activation_bytes(one_f_one_b, st[0], 1024) / 4
+    last = stage_activation_bytes(one_f_one_b, st[3], 1024) - logits
+    assert est.activations == pytest.approx(5 * (first + last) / 2 + logits)
+    # too few microbatches for DualPipe's layout: it runs as 1F1B, one stage per rank
+    assert memory_per_gpu(_llama_pipeline("dualpipe", 4)).weights == pytest.approx(
+        memory_per_gpu(_llama_pipeline("1f1b", 4)).weights
+    )
