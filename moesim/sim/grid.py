@@ -68,6 +68,12 @@ class Grid:
             self.gpu(stage, etp_r + self.etp * (e + self.ep * edp_r)) for e in range(self.ep)
         )
 
+    def etp_group(self, g: int) -> tuple[int, ...]:
+        """The etp ranks that hold shards of the same experts (consecutive in the folded
+        order): they gather each other's dispatched tokens before the expert GEMMs."""
+        base = g - self.coords(g)[1] % self.etp
+        return tuple(base + i for i in range(self.etp))
+
     def ep_rank(self, g: int) -> int:
         return (self.coords(g)[1] // self.etp) % self.ep
 

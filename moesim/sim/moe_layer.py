@@ -12,6 +12,12 @@ shared experts' backward overlapping it), the experts' backward, then the dispat
 under symmetric fidelity the most loaded rank of the EP group sets the expert time and stretches
 the all-to-all (its links carry the most), under full fidelity every rank has its own load and
 the rendezvous makes everyone wait for the slowest.
+
+Expert tensor parallelism (etp > 1, Megatron-Core's MoE Parallel Folding): the etp ranks that
+shard the same experts each receive their own dispatch, all-gather the group's tokens before the
+expert GEMMs (each then runs all of them on its 1/etp of the weights) and reduce-scatter the
+outputs after; the backward does the reverse (all-gather of output gradients, reduce-scatter of
+input gradients). These run on the tp stream and count as ``tp_comm``.
 """
 
 from __future__ import annotations
@@ -51,7 +57,9 @@ def moe_forward(
         yield proc
     else:
         yield from dispatch
-    yield from rank.compute("experts", ctx.expert_cost.time_s(draw.expert_copies))
+    yield from _etp_collective(ctx, rank, "etp_all_gather", draw, tag)
+    yield from rank.compute("experts", ctx.expert_cost.time_s(_etp_copies(ctx, draw)))
+    yield from _etp_collective(ctx, rank, "etp_reduce_scatter", draw, tag)
     yield from rank.comm(
         "ep",
         "combine",
@@ -105,7 +113,9 @@ def moe_backward(
         yield from rank.compute_ops(list(lead))
         yield from tp_block(rank, shared, tag)
         yield from combine_bwd
-    yield from rank.compute("experts_bwd", ctx.expert_cost.time_s(draw.expert_copies, True))
+    yield from _etp_collective(ctx, rank, "etp_all_gather_bwd", draw, tag)
+    yield from rank.compute("experts_bwd", ctx.expert_cost.time_s(_etp_copies(ctx, draw), True))
+    yield from _etp_collective(ctx, rank, "etp_reduce_scatter_bwd", draw, tag)
     yield from rank.comm(
         "ep",
         "dispatch_bwd",
@@ -116,3 +126,25 @@ def moe_backward(
         len(group),
     )
     yield from rank.compute_ops([("router_bwd", lc.router_bwd_s), *trail])
+
+
+def _etp_copies(ctx: SimContext, draw) -> float:
+    """Copies one rank's expert shards process: its own and, gathered, its etp peers'."""
+    return draw.expert_copies * ctx.parallel.etp
+
+
+def _etp_collective(ctx: SimContext, rank: Rank, name: str, draw, tag: tuple):
+    """All-gather (tokens in, or output gradients) or reduce-scatter (outputs, or input
+    gradients) of the dispatched rows over the expert-TP group; nothing at etp = 1."""
+    etp = ctx.parallel.etp
+    if etp == 1:
+        return
+    group = ctx.grid.etp_group(rank.gpu)
+    buffer_B = _etp_copies(ctx, draw) * ctx.model.d_model * ctx.precision.activation_bytes
+    if "all_gather" in name:
+        alone_s = ctx.all_gather_s(group, buffer_B)
+    else:
+        alone_s = ctx.reduce_scatter_s(group, buffer_B)
+    yield from rank.comm(
+        "tp", name, "tp_comm", alone_s, ctx.link_of(group), ctx.group_key(group, name, *tag), etp
+    )

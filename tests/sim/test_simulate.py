@@ -227,3 +227,30 @@ def test_trace_has_one_track_per_rank_and_stream(tmp_path, small_moe):
     cats = {e["cat"] for e in events if e["ph"] == "X"}
     assert {"compute", "all_to_all", "pp_comm", "dp_comm"} <= cats
     assert all(e["dur"] >= 0 for e in events if e["ph"] == "X")
+
+
+def _expert_busy_s(s) -> tuple[float, float]:
+    """(expert GEMM time, expert-TP collective time) on the first simulated rank."""
+    ctx = build_context(s)
+    pipeline_pass(ctx)
+    ctx.env.run()
+    r = ctx.ranks[min(ctx.ranks)]
+    experts = sum(b - a for _, name, _, a, b in r.intervals if name.startswith("experts"))
+    etp = sum(b - a for _, name, _, a, b in r.intervals if name.startswith("etp_"))
+    return experts, etp
+
+
+def test_expert_tensor_parallel_gathers_tokens_and_keeps_the_expert_work():
+    """etp 2 × ep 4 holds each expert in halves on two ranks: each half runs the tokens of both
+    ranks (all-gathered), so a rank's expert FLOPs equal those of ep 8 × etp 1, plus an
+    all-gather and a reduce-scatter over the etp pair each way."""
+    base = {"tp": 2, "pp": 1, "dp": 8}
+    folded = build(parallel={**base, "ep": 4, "etp": 2})
+    plain = build(parallel={**base, "ep": 8, "etp": 1})
+    ex_folded, etp_folded = _expert_busy_s(folded)
+    ex_plain, etp_plain = _expert_busy_s(plain)
+    assert etp_plain == 0.0 and etp_folded > 0.0
+    assert ex_folded == pytest.approx(ex_plain, rel=0.1)
+    assert (
+        simulate(folded).time_breakdown_s["tp_comm"] > simulate(plain).time_breakdown_s["tp_comm"]
+    )
