@@ -64,7 +64,13 @@ from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.inference import ReplicaCost, serve
-from moesim.sim.run import COMM_CATEGORIES, build_context, rank_breakdown
+from moesim.sim.run import (
+    COMM_CATEGORIES,
+    build_context,
+    extrapolate,
+    fewer_microbatches,
+    measure,
+)
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
 from moesim.specs import (
@@ -181,18 +187,33 @@ def pipeline_phase(
     repeat: int = 1,
 ) -> Phase:
     """A forward-only (``train`` False) or training pass over the step's sequences, ``repeat``
-    times (PPO epochs). With ``simulation.microbatches_simulated`` the pass is extrapolated
-    linearly to all microbatches."""
-    ctx = build_context(s, fidelity, base_dir)
-    pipe = apply_lora(ctx, lora) if lora is not None else None
-    run_to_completion(ctx.env, pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe))
-    ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
-    step = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
-    per_rank = [rank_breakdown(r, step) for r in ranks]
-    scale = repeat * n_microbatches(s) / ctx.microbatches
-    parts = {k: scale * sum(b[k] for b in per_rank) / len(per_rank) for k in PART_KEYS}
+    times (PPO epochs). With ``simulation.microbatches_simulated`` the pass is extrapolated to
+    all microbatches through a second, shorter run (``moesim.sim.run.extrapolate``)."""
+
+    def run(scenario: Scenario) -> tuple[SimContext, list[Rank]]:
+        ctx = build_context(scenario, fidelity, base_dir)
+        pipe = apply_lora(ctx, lora) if lora is not None else None
+        procs = pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe)
+        run_to_completion(ctx.env, procs)
+        return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
+
+    ctx, ranks = run(s)
+    step, parts = measure(ranks)
+    total = n_microbatches(s)
+    if ctx.microbatches < total:
+        fewer = fewer_microbatches(s, ctx.microbatches)
+        if fewer is None:  # no second run possible: scale the pass, bubble included
+            scale = total / ctx.microbatches
+            step, parts = scale * step, {k: scale * v for k, v in parts.items()}
+        else:
+            ctx2, ranks2 = run(fewer)
+            short = measure(ranks2)
+            step, parts = extrapolate(
+                total, (ctx.microbatches, step, parts), (ctx2.microbatches, *short)
+            )
+    parts = {k: repeat * parts[k] for k in PART_KEYS}
     extra = {"dropped": ctx.dropped_copies, "offered": ctx.offered_copies}
-    return Phase(name, scale * step, parts, ranks, extra)
+    return Phase(name, repeat * step, parts, ranks, extra)
 
 
 def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:

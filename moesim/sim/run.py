@@ -17,7 +17,12 @@ from pathlib import Path
 
 import simpy
 
-from moesim.analytic.memory import memory_per_gpu, n_microbatches, sequences_per_step
+from moesim.analytic.memory import (
+    effective_schedule,
+    memory_per_gpu,
+    n_microbatches,
+    sequences_per_step,
+)
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
 from moesim.sim.moe_layer import moe_backward, moe_forward
@@ -85,7 +90,49 @@ def simulate(
     ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
     if trace_path is not None:
         write_trace(ranks, trace_path)
-    return _result(ctx, ranks)
+    step_s, breakdown = measure(ranks)
+    fewer = fewer_microbatches(scenario, ctx.microbatches) if stage != "moe_layer" else None
+    if fewer is not None:  # simulated a cap of the microbatches: extrapolate to all of them
+        ctx2 = build_context(fewer, fidelity, base_dir)
+        run_to_completion(ctx2.env, pipeline_pass(ctx2))
+        short = measure([ctx2.ranks[g] for g in sorted(ctx2.ranks)])
+        total = n_microbatches(scenario)
+        step_s, breakdown = extrapolate(
+            total, (ctx.microbatches, step_s, breakdown), (ctx2.microbatches, *short)
+        )
+    return _result(ctx, ranks, step_s, breakdown, extrapolated=fewer is not None)
+
+
+def fewer_microbatches(s: Scenario, simulated: int) -> Scenario | None:
+    """When ``simulation.microbatches_simulated`` cut the step short, the same scenario with a
+    smaller cap (half, and a layout the schedule still runs the same way), whose run gives
+    the cost of one more microbatch; None when nothing was cut or no such cap exists."""
+    p = s.parallel
+    if simulated >= n_microbatches(s):
+        return None
+    fewer = simulated // 2
+    if effective_schedule(p, simulated) == "dualpipe":
+        fewer = max(fewer - fewer % 2, 2 * p.pp)
+        if effective_schedule(p, fewer) != "dualpipe":
+            return None
+    if not 1 <= fewer < simulated:
+        return None
+    sim = s.simulation.model_copy(update={"microbatches_simulated": fewer})
+    return s.model_copy(update={"simulation": sim})
+
+
+def extrapolate(
+    total: int, a: tuple[int, float, dict[str, float]], b: tuple[int, float, dict[str, float]]
+) -> tuple[float, dict[str, float]]:
+    """Step time and breakdown at ``total`` microbatches from runs of ``a[0]`` and ``b[0]``:
+    past the pipeline's fill and drain a step grows by the same time per microbatch (1F1B:
+    (m + p − 1)·(F + B) + the gradient tail), so a line through the two runs."""
+    (m1, step1, parts1), (m2, step2, parts2) = a, b
+
+    def line(y1: float, y2: float) -> float:
+        return max(y1 + (y1 - y2) / (m1 - m2) * (total - m1), 0.0)
+
+    return line(step1, step2), {k: line(v, parts2[k]) for k, v in parts1.items()}
 
 
 def _start_moe_layer(ctx: SimContext) -> dict[int, simpy.Process]:
@@ -127,16 +174,26 @@ def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
     return out
 
 
-def _result(ctx: SimContext, ranks: list[Rank]) -> Result:
+def measure(ranks: list[Rank]) -> tuple[float, dict[str, float]]:
+    """Step time (the last interval's end) and the mean per-rank breakdown."""
+    step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
+    per_rank = [rank_breakdown(r, step_s) for r in ranks]
+    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
+    return step_s, {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
+
+
+def _result(
+    ctx: SimContext,
+    ranks: list[Rank],
+    step_s: float,
+    breakdown: dict[str, float],
+    extrapolated: bool = False,
+) -> Result:
     from moesim.analytic.memory import fits
 
     s = ctx.scenario
     w = s.workload
     gpus = s.gpus
-    step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
-    per_rank = [rank_breakdown(r, step_s) for r in ranks]
-    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
-    breakdown = {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
     mem = memory_per_gpu(s)
     flops_per_token = ctx.flops.model_flops
     out = Result(
@@ -171,9 +228,11 @@ def _result(ctx: SimContext, ranks: list[Rank]) -> Result:
         tokens = w.tokens_per_gpu * gpus
     else:
         tokens = sequences_per_step(s) * w.seq_len
-        if s.simulation.microbatches_simulated and ctx.microbatches < n_microbatches(s):
+        if ctx.microbatches < n_microbatches(s):
             extra["microbatches_total"] = n_microbatches(s)
-            tokens = tokens * ctx.microbatches / n_microbatches(s)
+            extra["extrapolated"] = extrapolated
+            if not extrapolated:  # the step of the microbatches simulated
+                tokens = tokens * ctx.microbatches / n_microbatches(s)
         out.step_time_s = step_s
     if step_s > 0:
         out.tokens_per_s = tokens / step_s

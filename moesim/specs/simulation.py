@@ -23,7 +23,12 @@ class SimulationSpec(Spec):
         True, description="shared experts run while the dispatch all-to-all is in flight"
     )
     overlap_dp: bool = Field(True, description="gradient reduce overlaps the backward pass")
-    overlap_tp: bool = Field(False, description="TP collectives overlap GEMMs (comm-gemm overlap)")
+    overlap_tp: bool = Field(
+        False,
+        description="TP collectives overlap their GEMMs (comm-GEMM overlap) ideally: a block "
+        "takes max(all-gather, GEMMs, reduce-scatter), the limit of a finely chunked pipeline "
+        "(Transformer Engine's userbuffers); an upper bound on what the overlap buys",
+    )
     overlap_cp: bool = Field(
         True,
         description="context parallelism: the ring's K/V exchange runs during the attention "
@@ -35,5 +40,8 @@ class SimulationSpec(Spec):
         None, description="calibration profile: a JSON path or a GPU id; default ships with moesim"
     )
     microbatches_simulated: PositiveInt | None = Field(
-        None, description="cap on microbatches simulated (the rest extrapolated); None = all"
+        None,
+        description="cap on microbatches simulated; the step is extrapolated to all of them "
+        "by a line through this run and one of half the cap (a step grows by the same time "
+        "per microbatch past the pipeline's fill); None = all",
     )

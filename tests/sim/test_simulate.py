@@ -254,3 +254,24 @@ def test_expert_tensor_parallel_gathers_tokens_and_keeps_the_expert_work():
     assert (
         simulate(folded).time_breakdown_s["tp_comm"] > simulate(plain).time_breakdown_s["tp_comm"]
     )
+
+
+@pytest.mark.parametrize("schedule", ["1f1b", "dualpipe"])
+def test_capped_microbatches_extrapolate_to_the_whole_step(schedule):
+    """32 microbatches per pipeline, 8 simulated: a line through runs of 8 and 4 (DualPipe:
+    8 and 4 = 2·pp) gives the full step (the truncated run alone was 12% slower per token)."""
+    work = {"stage": "pretrain", "seq_len": 1024, "global_batch": 256}
+    par = {"pp": 2, "schedule": schedule}
+    full = simulate(build(parallel=par, workload=work))
+    cut = simulate(build(parallel=par, workload=work, simulation={"microbatches_simulated": 8}))
+    assert full.microbatches == 32 and cut.microbatches == 8 and cut.extrapolated
+    assert cut.step_time_s == pytest.approx(full.step_time_s, rel=0.01)
+    assert cut.tokens_per_s == pytest.approx(full.tokens_per_s, rel=0.01)
+    for k in ("compute", "bubble", "all_to_all"):
+        assert cut.time_breakdown_s[k] == pytest.approx(
+            full.time_breakdown_s[k], abs=0.01 * full.step_time_s
+        )
+    sft = {**work, "stage": "sft"}
+    full_sft = simulate(build(parallel=par, workload=sft))
+    cut_sft = simulate(build(parallel=par, workload=sft, simulation={"microbatches_simulated": 8}))
+    assert cut_sft.step_time_s == pytest.approx(full_sft.step_time_s, rel=0.01)
