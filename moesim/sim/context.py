@@ -26,6 +26,7 @@ from moesim.sim.collectives import (
     reduce_scatter,
     reversed_collective,
     ring_all_reduce,
+    tree_all_reduce,
 )
 from moesim.sim.costmodel import CostModel
 from moesim.sim.engine import Rank, Rendezvous
@@ -147,8 +148,11 @@ class SimContext:
         return tuple((topo.node_of(g) - base, topo.local_of(g)) for g in group)
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
+        """Ring or double-binary-tree all-reduce (``simulation.all_reduce``)."""
+        algo = self.scenario.simulation.all_reduce
+        build = tree_all_reduce if algo == "tree" else ring_all_reduce
         return self.timer.time_s(
-            ("ar", self.shape(group), nbytes), lambda: ring_all_reduce(self.topo, group, nbytes)
+            ("ar", algo, self.shape(group), nbytes), lambda: build(self.topo, group, nbytes)
         )
 
     def reduce_scatter_s(self, group: tuple[int, ...], nbytes: float) -> float:

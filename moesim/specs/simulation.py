@@ -19,6 +19,11 @@ class SimulationSpec(Spec):
     all_to_all: Literal["auto", "direct", "hierarchical"] = Field(
         "auto", description="hierarchical = NVLink gather, RDMA, NVLink scatter (DeepEP)"
     )
+    all_reduce: Literal["ring", "tree"] = Field(
+        "ring",
+        description="all-reduce algorithm: NCCL's ring, or its double binary tree across "
+        "nodes (fewer latency hops: what NCCL picks for small messages on many nodes)",
+    )
     overlap_shared_experts: bool = Field(
         True, description="shared experts run while the dispatch all-to-all is in flight"
     )
