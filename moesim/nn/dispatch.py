@@ -36,39 +36,74 @@ class DispatchResult:
     dropped: torch.Tensor  # int64 scalar: assignments dropped by capacity
 
 
-def sort_by_expert(
+def _sort_and_rank(
     r: RouterOutput, n_experts: int, capacity: int | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Steps 1–3 (and the capacity cut): indices of the kept assignments in expert order,
-    kept rows per expert (E,), and the number dropped."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Steps 1–3: every assignment in expert order (A,), rows per expert (E,), and with a
+    capacity each sorted assignment's place in its expert's queue (A,)."""
     A = r.expert_idx_A.numel()
     if capacity is not None and r.top_k is not None and r.top_k > 1:
         # 1. sort by (expert, choice rank, token): top-1 choices first within each expert
-        rank_A = torch.arange(A, device=r.expert_idx_A.device) % r.top_k
-        key_A = (r.expert_idx_A * r.top_k + rank_A) * r.n_tokens + r.token_idx_A
+        choice_A = torch.arange(A, device=r.expert_idx_A.device) % r.top_k
+        key_A = (r.expert_idx_A * r.top_k + choice_A) * r.n_tokens + r.token_idx_A
         order_A = torch.argsort(key_A)  # keys are distinct
     else:
         order_A = torch.argsort(r.expert_idx_A, stable=True)  # 1. sort (token order)
     counts_E = tokens_per_expert(r.expert_idx_A, n_experts)  # 2. histogram (no host sync)
     if capacity is None:
-        return order_A, counts_E, counts_E.new_zeros(())
+        return order_A, counts_E, None
     starts_E = torch.cumsum(counts_E, 0) - counts_E  # 3. first row of each expert
     expert_sorted_A = r.expert_idx_A[order_A]
-    rank_A = torch.arange(order_A.numel(), device=order_A.device) - starts_E[expert_sorted_A]
-    keep_A = rank_A < capacity
+    rank_A = torch.arange(A, device=order_A.device) - starts_E[expert_sorted_A]
+    return order_A, counts_E, rank_A
+
+
+def sort_by_expert(
+    r: RouterOutput, n_experts: int, capacity: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Steps 1–3 and the capacity cut: indices of the kept assignments in expert order,
+    kept rows per expert (E,), and the number dropped. With a capacity the cut is a boolean
+    mask, whose size the host must read (one sync); ``_dispatch_padded`` avoids it."""
+    order_A, counts_E, rank_A = _sort_and_rank(r, n_experts, capacity)
+    if capacity is None:
+        return order_A, counts_E, counts_E.new_zeros(())
     kept_E = counts_E.clamp(max=capacity)
-    return order_A[keep_A], kept_E, (counts_E - kept_E).sum()
+    return order_A[rank_A < capacity], kept_E, (counts_E - kept_E).sum()
 
 
 def dispatch_grouped(
     x_TD: torch.Tensor, r: RouterOutput, experts: RoutedExperts, capacity: int | None
 ) -> DispatchResult:
+    if capacity is not None and experts.kernel(x_TD, bounded=True) == "padded":
+        return _dispatch_padded(x_TD, r, experts, capacity)
     order_N, kept_E, dropped = sort_by_expert(r, experts.n_experts, capacity)
     token_N = r.token_idx_A[order_N]
-    y_ND = experts.grouped_forward(x_TD[token_N], kept_E)  # 4. gather + grouped GEMM
+    y_ND = experts.grouped_forward(x_TD[token_N], kept_E, capacity)  # 4. gather + GEMM
     y_ND = y_ND * r.weight_A[order_N, None].to(y_ND.dtype)  # 5. weight and combine
     out_TD = torch.zeros_like(x_TD).index_add(0, token_N, y_ND)
     return DispatchResult(out_TD, kept_E, dropped)
+
+
+def _dispatch_padded(
+    x_TD: torch.Tensor, r: RouterOutput, experts: RoutedExperts, capacity: int
+) -> DispatchResult:
+    """Capacity mode without a host sync (GShard's dispatch tensor, MegaBlocks' padded form):
+    every assignment goes to slot expert·C + place in the (E·C + 1)-row batch, the dropped
+    ones to the spare last row; one batched GEMM; dropped rows are combined with weight 0.
+    Every shape is known from T, K, E and C, so nothing is read back."""
+    E, C = experts.n_experts, capacity
+    order_A, counts_E, rank_A = _sort_and_rank(r, E, capacity)
+    keep_A = rank_A < C
+    expert_A = r.expert_idx_A[order_A]
+    slot_A = torch.where(keep_A, expert_A * C + rank_A, E * C)  # E·C: the spare row
+    token_A = r.token_idx_A[order_A]
+    x_SD = x_TD.new_zeros(E * C + 1, x_TD.shape[1]).index_copy(0, slot_A, x_TD[token_A])
+    y_ECD = experts.padded_forward(x_SD[: E * C].view(E, C, -1))  # 4. one batched GEMM
+    y_AD = y_ECD.reshape(E * C, -1)[slot_A.clamp(max=E * C - 1)]
+    w_A = torch.where(keep_A, r.weight_A[order_A], 0.0).to(y_AD.dtype)  # 5. dropped: 0
+    out_TD = torch.zeros_like(x_TD).index_add(0, token_A, y_AD * w_A[:, None])
+    kept_E = counts_E.clamp(max=C)
+    return DispatchResult(out_TD, kept_E, (counts_E - kept_E).sum())
 
 
 def dispatch_loop(

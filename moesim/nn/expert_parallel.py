@@ -76,7 +76,9 @@ def ep_dispatch(
     # 4. regroup (source rank, local expert) -> (local expert, source rank); grouped GEMM
     local_M = torch.arange(L, device=x_TD.device).repeat(W).repeat_interleave(recv_WL.flatten())
     regroup_M = torch.argsort(local_M, stable=True)
-    y_MD = local_experts.grouped_forward(x_MD[regroup_M], recv_WL.sum(0))
+    # each of the W senders cut at the capacity: a local expert receives at most W·C rows
+    max_rows = None if capacity is None else W * capacity
+    y_MD = local_experts.grouped_forward(x_MD[regroup_M], recv_WL.sum(0), max_rows)
     y_MD = y_MD[torch.argsort(regroup_M)]
     # 5. send results back, weight, combine
     y_ND = all_to_all(y_MD, send_splits, recv_splits, group)

@@ -9,11 +9,24 @@ torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from moesim.nn import MoELayer, write_routing_histogram  # noqa: E402
+from moesim.nn.experts import RoutedExperts, grouped_mm_supported  # noqa: E402
 from moesim.nn.ffn import FeedForward  # noqa: E402
 from moesim.nn.upcycle import upcycle_ffn  # noqa: E402
 from moesim.specs import ModelSpec  # noqa: E402
 
 ROUTERS = ["softmax_topk", "noisy_topk", "sigmoid_topk", "expert_choice", "hash"]
+# the grouped kernels of RoutedExperts; torch._grouped_mm only where this torch runs it
+KERNELS = [
+    pytest.param(
+        "grouped_mm",
+        marks=pytest.mark.skipif(
+            not grouped_mm_supported(torch.empty(0), 32, 24),
+            reason="torch._grouped_mm does not run here",
+        ),
+    ),
+    "padded",
+    "loop",
+]
 
 
 def spec(ffn_kind="swiglu", **moe) -> ModelSpec:
@@ -30,9 +43,10 @@ def spec(ffn_kind="swiglu", **moe) -> ModelSpec:
     )
 
 
-def pair(s: ModelSpec) -> tuple[MoELayer, MoELayer]:
+def pair(s: ModelSpec, kernel: str | None = None) -> tuple[MoELayer, MoELayer]:
     torch.manual_seed(0)
     fast = MoELayer(s, dispatch="grouped")
+    fast.experts.impl = kernel
     ref = MoELayer(s, dispatch="loop")
     ref.load_state_dict(fast.state_dict())
     return fast, ref
@@ -51,12 +65,14 @@ def assert_rel_close(a, b, tol=1e-5):
     assert ((a - b).abs().max() / scale).item() <= tol
 
 
+@pytest.mark.parametrize("kernel", [None, *KERNELS])
 @pytest.mark.parametrize("router", ROUTERS)
 @pytest.mark.parametrize("capacity_factor", [None, 1.0])
-def test_grouped_dispatch_equals_loop_reference(router, capacity_factor):
+def test_grouped_dispatch_equals_loop_reference(router, capacity_factor, kernel):
+    """Every grouped kernel (None: the one picked for this device) against the loop."""
     s = spec(router=router, capacity_factor=capacity_factor, n_shared_experts=1,
              n_groups=4, topk_groups=2)  # fmt: skip
-    fast, ref = pair(s)
+    fast, ref = pair(s, kernel)
     x = torch.randn(3, 20, 32, requires_grad=True)
     ids = torch.randint(0, 64, (3, 20))
     a, ga = run(fast, x, ids)
@@ -70,9 +86,10 @@ def test_grouped_dispatch_equals_loop_reference(router, capacity_factor):
     assert torch.equal(a.stats.kept_per_expert_E, b.stats.kept_per_expert_E)
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("ffn_kind", ["geglu", "gelu", "relu"])
-def test_grouped_equals_loop_for_other_ffn_kinds(ffn_kind):
-    fast, ref = pair(spec(ffn_kind=ffn_kind))
+def test_grouped_equals_loop_for_other_ffn_kinds(ffn_kind, kernel):
+    fast, ref = pair(spec(ffn_kind=ffn_kind), kernel)
     x = torch.randn(40, 32, requires_grad=True)
     a, ga = run(fast, x, None)
     b, gb = run(ref, x, None)
@@ -93,6 +110,48 @@ def test_torch_grouped_mm_path_equals_loop_where_torch_runs_it():
     assert_rel_close(a.out, b.out)
     for u, v in zip(ga, gb, strict=True):
         assert_rel_close(u, v)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("capacity", [None, 7])
+def test_grouped_kernels_equal_the_per_expert_ffn(kernel, capacity):
+    """RoutedExperts alone, skewed counts with an empty expert, against expert_forward on each
+    slice: outputs and input/weight gradients to 1e-5 (``max_rows`` = the capacity)."""
+    torch.manual_seed(0)
+    experts = RoutedExperts(4, 32, 24)
+    experts.impl = kernel
+    counts = torch.tensor([7, 0, 2, 5]) if capacity else torch.tensor([11, 0, 2, 5])
+    x = torch.randn(int(counts.sum()), 32, requires_grad=True)
+    y = experts.grouped_forward(x, counts, capacity)
+    slices = torch.split(x, counts.tolist())
+    ref = torch.cat([experts.expert_forward(w, s) for w, s in
+                     zip(experts.expert_weights(), slices, strict=True)])  # fmt: skip
+    assert_rel_close(y, ref)
+    params = [x, *experts.parameters()]
+    g = torch.randn_like(y)
+    for u, v in zip(torch.autograd.grad(y, params, g), torch.autograd.grad(ref, params, g),
+                    strict=True):  # fmt: skip
+        assert_rel_close(u, v)
+
+
+def test_the_default_kernel_on_this_cpu_is_torch_grouped_mm_where_it_runs():
+    experts = RoutedExperts(4, 32, 24)
+    x = torch.randn(5, 32)
+    expected = "grouped_mm" if grouped_mm_supported(x, 32, 24) else "loop"
+    assert experts.kernel(x) == expected and experts.kernel(x, bounded=True) == expected
+    assert experts.kernel(x.double()) == "loop"  # _grouped_mm has no fp64 kernel
+    assert RoutedExperts(4, 30, 24).kernel(torch.randn(5, 30)) == "loop"  # rows not 16-byte
+    experts.use_grouped_mm = False  # the older switch still forces the loop
+    assert experts.kernel(x) == "loop"
+
+
+@pytest.mark.skipif(not grouped_mm_supported(torch.empty(0), 32, 24), reason="no _grouped_mm")
+def test_grouped_mm_backward_takes_a_broadcast_gradient():
+    experts = RoutedExperts(4, 32, 24)
+    experts.impl = "grouped_mm"
+    x = torch.randn(9, 32, requires_grad=True)
+    experts.grouped_forward(x, torch.tensor([2, 3, 0, 4])).sum().backward()  # strides-0 grad
+    assert x.grad is not None and experts.w_up_EDF.grad is not None
 
 
 class HostSyncOps(TorchDispatchMode):
@@ -132,6 +191,21 @@ def test_dropless_fast_path_never_waits_for_the_device(router):
         (out.out.square().sum() + sum(out.aux_losses.values())).backward()
     assert fwd.ops == [] and bwd.ops == []
     assert out.stats.dropped == 0 and out.stats.entropy > 0  # read lazily, after the step
+
+
+def test_padded_kernel_syncs_once_dropless_and_never_with_a_capacity():
+    """Padding to the capacity needs no host sync; dropless, the largest count is read once."""
+    fast, _ = pair(spec(capacity_factor=1.25), "padded")
+    x = torch.randn(50, 32, requires_grad=True)
+    with HostSyncOps() as fwd:
+        out = fast(x)
+    with HostSyncOps() as bwd:
+        (out.out.square().sum() + sum(out.aux_losses.values())).backward()
+    assert fwd.ops == [] and bwd.ops == []
+    fast, _ = pair(spec(), "padded")
+    with HostSyncOps() as fwd:
+        fast(x)
+    assert fwd.ops == ["_local_scalar_dense"]
 
 
 def test_capacity_drops_later_tokens_and_they_get_no_routed_output():

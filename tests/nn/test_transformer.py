@@ -107,10 +107,19 @@ def _sdpa_flops(q, k, v, *args, out_shape=None, **kwargs):
     return sdpa_flop_count(q, k, v)
 
 
+def _grouped_mm_flops(a_shape, b_shape, *args, out_shape=None, **kwargs):
+    """(N, D) rows split by offsets over E (D, F) weights: 2·N·D·F, each row once."""
+    return 2 * a_shape[0] * b_shape[-2] * b_shape[-1]
+
+
 # torch's counter knows the CUDA SDPA kernels but not the CPU flash kernel autograd picks;
 # count it with torch's own SDPA formula (which, like ours with causal=False, counts every
-# query-key pair: no causal discount).
-CPU_SDPA = {aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops}
+# query-key pair: no causal discount). Nor does it count torch._grouped_mm, the experts'
+# kernel on this CPU: 2·N·D·F as for one (N, D)×(D, F) GEMM.
+CPU_SDPA = {
+    aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_flops,
+    aten._grouped_mm: _grouped_mm_flops,
+}
 
 
 def test_scaled_shapes_keep_their_kind():
