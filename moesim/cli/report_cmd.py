@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
@@ -137,15 +138,15 @@ def compare(
         print_json({"name": name, "results": [r.to_json_dict() for r in results]})
     else:
         # metrics as rows and one column per scenario: fits an 80-column terminal
-        t = Table(title=name)
+        t = Table(title=escape(name))
         t.add_column("")
         for i, s in enumerate(scenarios, 1):
-            t.add_column(f"#{i} {s.model.name}", justify="right", overflow="fold")
+            t.add_column(escape(f"#{i} {s.model.name}"), justify="right", overflow="fold")
         for label, cells in compare_rows(scenarios, results).items():
             t.add_row(label, *cells)
         console.print(t)
         for i, s in enumerate(scenarios, 1):
-            console.print(f"  #{i} {s.name}", highlight=False)
+            console.print(escape(f"  #{i} {s.name}"), highlight=False)
     if html is not None:
         from moesim.report.build import comparison_report
 
@@ -259,13 +260,10 @@ def plan(
 
 
 def _print_plan(d: dict[str, Any]) -> None:
-    console.print(
-        f"{d['considered']} layouts considered, {d['fit_in_memory']} fit, "
-        f"{d['simulated']} simulated, objective: {d['objective']}"
-    )
+    console.print(escape(f"{d['summary']}; objective: {d['objective']}"), highlight=False)
     table = _serving_plan_table if d["serving"] else _training_plan_table
     if d["best"]:
-        console.print(table(d["best"], f"best configurations: {d['name']}"))
+        console.print(table(d["best"], escape(f"best configurations: {d['name']}")))
         return
     console.print("[red]no configuration meets the constraints[/]")
     if d["rejected"]:

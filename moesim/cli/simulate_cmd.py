@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, print_json
@@ -66,7 +67,7 @@ def simulate(
     if as_json:
         print_json(d)
         return
-    table = Table(title=f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name}")
+    table = Table(title=escape(f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
     rows = [
@@ -100,7 +101,7 @@ def simulate(
     table.add_row("memory per GPU", f"{mem['total']:,.1f} GB ({fits})")
     console.print(table)
     if "memory_note" in d:  # why it does not fit (serving, post-training)
-        console.print(f"[bold red]does not fit:[/] {d['memory_note']}", highlight=False)
+        console.print(f"[bold red]does not fit:[/] {escape(d['memory_note'])}", highlight=False)
     tb = Table(title="time per step (mean over simulated ranks)")
     tb.add_column("part")
     tb.add_column("seconds", justify="right")
@@ -117,4 +118,4 @@ def simulate(
     mt.add_row(*(f"{v:,.2f}" for v in mem.values()))
     console.print(mt)
     if trace is not None:
-        console.print(f"wrote trace {trace} (open in https://ui.perfetto.dev)")
+        console.print(f"wrote trace {escape(str(trace))} (open in https://ui.perfetto.dev)")

@@ -114,3 +114,13 @@ def test_inspect_seq_len_one_is_allowed(moesim) -> None:
     r = moesim("inspect", "tiny-dense", "--seq-len=1", "--json")
     assert r.returncode == 0, r.output
     assert json.loads(r.stdout)["seq_len"] == 1
+
+
+def test_simulate_and_compare_print_names_that_look_like_markup(moesim, tmp_path: Path) -> None:
+    """A scenario named '[/]x' raised rich's MarkupError in the result tables."""
+    path = tmp_path / "s.yaml"
+    path.write_text(SCENARIO.format(name='"[/]x [red]y"', model="mixtral-8x7b"))
+    for args in (("simulate", path), ("compare", path, path)):
+        r = moesim(*args)
+        assert r.returncode == 0, r.output
+        assert "[/]x [red]y" in r.stdout

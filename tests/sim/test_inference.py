@@ -360,3 +360,21 @@ def test_prefill_reads_each_key_once_per_query_tile():
     assert per_query > 3 * tiled
     prefill = c.prefill(1, L)
     assert prefill.attention_s == pytest.approx(c._base_cost(L, 1).attention_s + tiled)
+
+
+def test_expert_offload_takes_the_calibrated_pcie_fraction(tmp_path):
+    from moesim.sim.profile import Value, default_profile
+
+    prof = default_profile()
+    half = prof.model_copy(
+        update={"links": prof.links.model_copy(update={"pcie": Value(value=0.5, source="test")})}
+    )
+    path = tmp_path / "half-pcie.json"
+    path.write_text(half.model_dump_json())
+    base = serving("mixtral-8x7b", parallel={"tp": 2, "etp": 2}, batch_size=4)
+    d = _dump(base)
+    d["workload"] = {**d["workload"], "expert_offload": True}
+    nominal = ReplicaCost(scenario_from_dict(d)).decode(4, 4 * 600)
+    d["simulation"] = {**d.get("simulation", {}), "profile": str(path)}
+    measured = ReplicaCost(scenario_from_dict(d)).decode(4, 4 * 600)
+    assert measured.offload_s == pytest.approx(2 * nominal.offload_s)
