@@ -253,33 +253,50 @@ def scenario_report(s: Scenario, base_dir: Path | None = None, sensitivity: bool
             figures=[figures.memory_breakdown([r], [s.cluster.gpu.hbm_GB])],
         )
     )
-    if events:
-        rep.add(
-            Section(
-                "Timeline of one simulated step",
-                "<p class='note'>One row per simulated rank and stream; hover for op names. "
-                "Symmetric ranks are simulated once.</p>",
-                figures=[figures.timeline(events)],
-            )
-        )
-    if s.model.moe is not None and s.parallel.ep > 1:
-        matrix, labels = traffic_matrix_MB(s, base_dir)
-        rep.add(
-            Section(
-                "All-to-all traffic of one MoE layer",
-                "<p class='note'>Expected dispatch megabytes from each rank of one EP group to "
-                "each other for one microbatch, under the scenario's routing distribution "
-                "(combine sends the same back). Hot columns are overloaded experts.</p>",
-                figures=[figures.heatmap(matrix, labels, "Dispatch traffic (MB)")],
-            )
-        )
-    if sensitivity:
-        figs = sensitivity_figures(s, base_dir)
-        if figs:
-            rep.add(Section("Sensitivity", figures=figs))
+    for section in detail_sections(s, events, base_dir, sensitivity):
+        rep.add(section)
     rep.add(Section("Cost", figures=[cost_table([s], [r])]))
     rep.add(Section("Assumptions", _assumptions(s)))
     return rep
+
+
+TIMELINE_NOTE = (
+    "<p class='note'>One row per simulated rank and stream; hover for op names. "
+    "Symmetric ranks are simulated once.</p>"
+)
+TRAFFIC_NOTE = (
+    "<p class='note'>Expected dispatch megabytes from each rank of one EP group to each other "
+    "for one microbatch, under the scenario's routing distribution (combine sends the same "
+    "back). Hot columns are overloaded experts.</p>"
+)
+
+
+def detail_sections(
+    s: Scenario,
+    events: Sequence[dict],
+    base_dir: Path | None,
+    sensitivity: bool,
+    label: str = "",
+) -> list[Section]:
+    """The timeline of a step, one MoE layer's all-to-all traffic and the sensitivity curves
+    of one scenario (``label`` names it where a report holds several)."""
+    of = f": {label}" if label else ""
+    out = []
+    if events:
+        fig = figures.timeline(events)
+        fig.update_layout(title=f"Simulated timeline of one step{of}")
+        out.append(Section(f"Timeline of one simulated step{of}", TIMELINE_NOTE, figures=[fig]))
+    if s.model.moe is not None and s.parallel.ep > 1:
+        matrix, labels = traffic_matrix_MB(s, base_dir)
+        fig = figures.heatmap(matrix, labels, f"Dispatch traffic (MB){of}")
+        out.append(Section(f"All-to-all traffic of one MoE layer{of}", TRAFFIC_NOTE, figures=[fig]))
+    if sensitivity:
+        figs = sensitivity_figures(s, base_dir)
+        for fig in figs if label else ():
+            fig.update_layout(title=f"{fig.layout.title.text}{of}")
+        if figs:
+            out.append(Section(f"Sensitivity{of}", figures=figs))
+    return out
 
 
 def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]):
@@ -395,13 +412,29 @@ def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> 
             continue
         ratio = (s.gpus / r.tokens_per_s) / base_cost
         token = "output token" if serving.is_serving(r) else "token"
+        why = ""
+        if not serving.is_serving(r) and r.mfu is not None and r0.mfu is not None:
+            why = (
+                f", at {_pct(r.mfu)} MFU against {_pct(r0.mfu)} with "
+                f"{_pct(_exposed_share(r))} of its step in exposed communication and "
+                f"bubbles against {_pct(_exposed_share(r0))}"
+            )
         parts.append(
             f"{s.name} needs {ratio:.2f}× the GPU-time per {token} of {s0.name} "
             f"({r.params_active / 1e9:.1f} B active parameters against "
             f"{r0.params_active / 1e9:.1f} B; {r.params_total / 1e9:.1f} B against "
-            f"{r0.params_total / 1e9:.1f} B held in memory)"
+            f"{r0.params_total / 1e9:.1f} B held in memory{why})"
         )
     return ("Relative to the first: " + "; ".join(parts) + ".") if parts else ""
+
+
+def _exposed_share(r: Result) -> float | None:
+    """Share of the step that is not compute: exposed communication and pipeline bubble."""
+    step = r.step_time_s or 0.0
+    if not step:
+        return None
+    tb = r.time_breakdown_s
+    return (tb.get("exposed_comm", 0.0) + tb.get("bubble", 0.0)) / step
 
 
 STEP_NOTE_SERVING = (
@@ -469,6 +502,13 @@ def comparison_report(
         batches = serving.decode_batch_section(scenarios, base_dirs)
         if batches is not None:
             rep.add(batches)
+    dirs = list(base_dirs) if base_dirs is not None else [None] * len(scenarios)
+    for s, r, d in zip(scenarios, results, dirs, strict=True):
+        if serving.is_serving(r) or len(figures.phase_keys([r])) > 1:
+            continue  # serving and post-training pipelines have their own sections above
+        _, events = simulate_with_trace(s, d)
+        for section in detail_sections(s, events, d, sensitivity, label=s.name):
+            rep.add(section)
     rep.add(
         Section(
             "Assumptions",

@@ -1,6 +1,7 @@
 """Open an HTML report in headless Chromium and read back JavaScript errors and rendered plots.
 
-A probe script is added to a copy of the page: it records every error event and, after the
+A probe script is added to a copy of the page: it records every error event and unhandled
+promise rejection (plotly draws asynchronously) and, after the
 plots have had time to draw, writes {errors, plots, rendered} into a body attribute that
 ``--dump-dom`` prints. No WebDriver needed: Debian's ``chromium`` package is enough.
 """
@@ -17,6 +18,8 @@ from pathlib import Path
 PROBE_HEAD = (
     "<script>window.__errors=[];"
     "window.addEventListener('error',function(e){window.__errors.push(String(e.message))});"
+    "window.addEventListener('unhandledrejection',function(e){"
+    "window.__errors.push('unhandled rejection: '+String(e.reason))});"
     "</script>"
 )
 PROBE_TAIL = (

@@ -74,6 +74,10 @@ def test_browser_probe_catches_javascript_errors(tmp_path):
     rep.add(Section("x", "<script>this_function_does_not_exist();</script>"))
     got = check_in_browser(rep.write(tmp_path / "broken.html"))
     assert got["errors"] and "this_function_does_not_exist" in got["errors"][0]
+    rep = Report("rejected", "a page whose promise is rejected")
+    rep.add(Section("x", "<script>Promise.reject(new Error('nobody caught me'));</script>"))
+    got = check_in_browser(rep.write(tmp_path / "rejected.html"))
+    assert any("nobody caught me" in e for e in got["errors"])
 
 
 def test_traffic_matrix_conserves_bytes_and_shows_hot_experts():
