@@ -231,3 +231,16 @@ def test_serving_reports_render_in_chromium_without_errors(serving_comparison, s
         got = check_in_browser(path)
         assert got["errors"] == [], path
         assert got["plots"] >= 5 and got["rendered"] == got["plots"], (path, got)
+
+
+def test_comparison_report_details_each_training_scenario(tmp_path):
+    scenarios = [load_scenario(MIXTRAL), load_scenario(LLAMA)]
+    results = [simulate(s) for s in scenarios]
+    html = comparison_report(scenarios, results, "m vs l", sensitivity=False)
+    text = html.write(tmp_path / "c.html").read_text()
+    for s in scenarios:
+        assert f"Timeline of one simulated step: {s.name}" in text
+    assert f"All-to-all traffic of one MoE layer: {scenarios[0].name}" in text
+    assert f"All-to-all traffic of one MoE layer: {scenarios[1].name}" not in text  # dense
+    verdict = comparison_verdict(scenarios, results)
+    assert "MFU" in verdict and "exposed communication" in verdict
