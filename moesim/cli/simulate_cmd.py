@@ -112,6 +112,18 @@ def simulate(
         if k in parts:  # serving reports no cp_comm
             tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(parts[k])}[/]")
     console.print(tb)
+    standard = {"compute", "exposed_comm", "bubble", "all_to_all", "tp_comm", "cp_comm"}
+    standard |= {"dp_comm", "pp_comm", "expert_offload"}
+    phases = {k: v for k, v in parts.items() if k not in standard}
+    if phases:  # post-training: the step's phases, in step order (moesim.sim.post_training)
+        ph = Table(title="time per step by phase")
+        ph.add_column("phase")
+        ph.add_column("seconds", justify="right")
+        ph.add_column("share", justify="right")
+        step = d.get("step_time_s") or 0.0
+        for k, v in phases.items():
+            ph.add_row(k, _fmt_s(v), f"{v / step:.1%}" if step else "")
+        console.print(ph)
     mt = Table(title="memory per GPU (GB, worst stage)")
     for k in mem:
         mt.add_column(k, justify="right")

@@ -83,3 +83,14 @@ def test_profile_option_takes_a_measured_profile(tmp_path):
     assert json.loads(p.stdout)["step_time_s"] > 1.3 * base["step_time_s"]
     p = run("simulate", str(MIXTRAL), "--profile", "no-such-device")
     assert p.returncode == 2 and "calibration/no-such-device.json" in p.stderr
+
+
+def test_post_training_table_shows_the_phases():
+    grpo = ROOT / "scenarios" / "post-training" / "qwen3-30b-a3b-grpo-64xh100.yaml"
+    p = run("simulate", str(grpo))
+    assert p.returncode == 0, p.stderr
+    assert "time per step by phase" in p.stdout
+    for phase in ("rollout", "reference", "training", "weight_sync"):
+        assert phase in p.stdout
+    p = run("simulate", str(MIXTRAL))
+    assert "by phase" not in p.stdout  # pretraining has no phases
