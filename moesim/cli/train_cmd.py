@@ -18,13 +18,10 @@ BALANCING = ("aux", "bias", "none")
 
 
 def _balance(kind: str):
-    from moesim.nn import NO_BALANCING, BalanceConfig
+    """``--balance``'s presets (γ of ``bias`` measured, see ``moesim.nn.balance``)."""
+    from moesim.nn import BALANCE_PRESETS
 
-    if kind == "aux":
-        return BalanceConfig()
-    if kind == "bias":  # DeepSeek-V3: no load-balance loss, selection bias moved by ±γ
-        return BalanceConfig(aux_loss_weight=0.0, bias_update_rate=1e-3)
-    return NO_BALANCING
+    return BALANCE_PRESETS[kind]
 
 
 @app.command()

@@ -80,3 +80,14 @@ def test_user_errors_exit_2_without_a_traceback(moesim, tmp_path, args, message)
     assert res.returncode == 2, res.output
     assert message in res.output
     assert "Traceback" not in res.output
+
+
+def test_balance_flags_are_the_presets_the_training_tests_measure():
+    from moesim.cli.train_cmd import BALANCING, _balance
+    from moesim.nn import BALANCE_PRESETS
+
+    assert set(BALANCING) == set(BALANCE_PRESETS)
+    for kind in BALANCING:
+        assert _balance(kind) is BALANCE_PRESETS[kind]
+    bias = _balance("bias")
+    assert bias.aux_loss_weight == 0.0 and bias.bias_update_rate == 1e-2  # measured, see nn

@@ -29,8 +29,9 @@ def test_grpo_mean_reward_rises():
         TrainConfig(batch_size=16),
         stage_config=GRPOConfig(warmup_sft_steps=60, prompts_per_step=16, lr=5e-4),
     )
-    # measured (seeds 0, 1, 2): the mean of the first ten steps 0.20-0.23, of the last ten
-    # 0.42-0.51
+    # measured (seeds 0, 1, 2): the mean of the first ten steps 0.14-0.18, of the last ten
+    # 0.33-0.40 (0.20-0.23 and 0.42-0.51 before the √D embedding scale, which slows the
+    # first tens of SFT warm-up steps)
     rewards = [h["reward"] for h in r["history"]]
     first, last = sum(rewards[:10]) / 10, sum(rewards[-10:]) / 10
     assert last > first + 0.1, rewards
