@@ -57,7 +57,6 @@ from moesim.calibrate.timing import Timer, Timing  # noqa: E402
 from moesim.catalog import raw_entry  # noqa: E402
 from moesim.nn import MoELayer  # noqa: E402
 from moesim.nn.balance import load_cv  # noqa: E402
-from moesim.nn.experts import grouped_mm_supported  # noqa: E402
 from moesim.nn.ffn import FeedForward  # noqa: E402
 from moesim.specs import ModelSpec  # noqa: E402
 
@@ -751,14 +750,20 @@ def markdown_table(result: dict) -> str:
     return "\n".join(rows)
 
 
+KERNEL_NAMES = {
+    "grouped_mm": "torch._grouped_mm",
+    "padded": "padded batched matmul",
+    "loop": "per-expert loop over contiguous slices",
+}
+
+
 def fast_path_kernel(layer: MoELayer) -> str:
-    """What ``RoutedExperts.grouped_forward`` runs for this layer's device and dtype."""
+    """What ``RoutedExperts.grouped_forward`` runs for this layer's device, dtype and capacity
+    (a capacity bounds the rows per expert, which lets the padded kernel skip its host sync)."""
     ex = layer.experts
-    probe = ex.w_up_EDF.new_empty(0)
-    use = ex.use_grouped_mm
-    if use is None:
-        use = grouped_mm_supported(probe, ex.d_model, ex.hidden)
-    return "torch._grouped_mm" if use else "per-expert loop over contiguous slices"
+    probe = ex.w_up_EDF.new_empty(0, ex.d_model)
+    bounded = layer.moe_spec.capacity_factor is not None
+    return KERNEL_NAMES[ex.kernel(probe, bounded=bounded)]
 
 
 def fmt_s(s: float) -> str:

@@ -86,7 +86,7 @@ def _fwd_bwd_fn(module_out, params_of):
 def measure_grouped(ctx: Context, t: int, e: int, k: int, d: int, f: int, pass_: str) -> Row:
     import torch
 
-    from moesim.nn.experts import RoutedExperts, grouped_mm_supported
+    from moesim.nn.experts import RoutedExperts
 
     dev, dt = ctx.torch_device, ctx.device.dtype
     tdt, g = torch_dtype(dt), ctx.generator()
@@ -113,8 +113,7 @@ def measure_grouped(ctx: Context, t: int, e: int, k: int, d: int, f: int, pass_:
     fwd_flops = 2.0 * n * d * f * GATED_GEMMS
     b = bytes_per_element(dt)
     fwd_bytes = (GATED_GEMMS * e * d * f + 2 * n * d + 3 * n * f) * b
-    probe = torch.empty(0, device=dev, dtype=tdt)
-    path = "torch._grouped_mm" if grouped_mm_supported(probe, d, f) else "per-expert loop"
+    path = experts.kernel(torch.empty(0, d, device=dev, dtype=tdt))  # grouped_mm|padded|loop
     return row(
         ctx.device.profile_id,
         "grouped_gemm",

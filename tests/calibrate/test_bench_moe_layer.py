@@ -39,6 +39,8 @@ def test_quick_run_writes_every_key(quick):
         assert result["versions"]["transformers"] is None
     assert result["date"] and result["dtype"] == "fp32" and result["seed"] == 7
     assert set(result["shapes"]) == set(bench.SHAPES)
+    for shape in result["shapes"].values():  # fp32 on the CPU: torch 2.13 runs _grouped_mm
+        assert shape["fast_path_kernel"] == bench.KERNEL_NAMES["grouped_mm"]
     cases = {(c["shape"], c["tokens"], c["routing"]) for c in result["cases"]}
     assert cases == {(s, 64, r) for s in bench.SHAPES for r in bench.ROUTINGS}
     for c in result["cases"]:

@@ -32,7 +32,7 @@ def test_grouped_gemm_uses_grouped_mm_on_hopper():
         pytest.skip("torch._grouped_mm is used on sm90+ only")
     ctx = Context(detect("cuda"), Timer("cuda", min_repeats=3, budget_s=0.01))
     r = measure_grouped(ctx, 2048, 8, 2, 2048, 1408, "fwd_bwd")
-    assert r["note"] == "path=torch._grouped_mm"
+    assert r["note"] == "path=grouped_mm"
     assert r["dtype"] == "bf16"
 
 
