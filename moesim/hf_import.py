@@ -87,6 +87,16 @@ class _Config:
             )
         return value
 
+    def float_(self, key: str, default: float) -> float:
+        value = self.data.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise HFImportError(
+                f"'{self._where(key)}' must be a number, got {value!r}: fix it in the config"
+            )
+        return float(value)
+
     def str_(self, key: str, default: str) -> str:
         value = self.data.get(key)
         return default if value is None else str(value)
@@ -263,6 +273,7 @@ def _deepseek(c: _Config, notes: list[str]) -> dict[str, Any]:
         "n_groups": n_groups,
         "topk_groups": topk_groups if n_groups > 1 else None,
         "norm_topk_prob": c.bool_("norm_topk_prob", default=False),
+        "routed_scaling_factor": c.float_("routed_scaling_factor", default=1.0),
     }
     spec["mtp_depth"] = c.int_("num_nextn_predict_layers", default=0)
     return spec

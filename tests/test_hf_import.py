@@ -97,6 +97,7 @@ def test_deepseek_v3_maps_mla_sigmoid_router_groups_and_mtp() -> None:
     assert m.moe.router == "sigmoid_topk"
     assert (m.moe.n_groups, m.moe.topk_groups) == (8, 4)
     assert m.moe.first_k_dense == 3
+    assert m.moe.routed_scaling_factor == 2.5
     assert m.mtp_depth == 1
 
 

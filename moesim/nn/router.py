@@ -132,6 +132,7 @@ class Router(nn.Module):
         self.n_groups = moe.n_groups
         self.topk_groups = moe.topk_groups
         self.norm_topk_prob = moe.norm_topk_prob
+        self.routed_scaling_factor = moe.routed_scaling_factor
         self.capacity_factor = moe.capacity_factor
         self.bias_update_rate = bias_update_rate
         self.force_uniform = force_uniform
@@ -186,6 +187,8 @@ class Router(nn.Module):
             if self.kind == "noisy_topk" or self.norm_topk_prob:
                 # noisy top-k: softmax over the kept logits == renormalised softmax probs
                 weight_TK = weight_TK / weight_TK.sum(-1, keepdim=True)
+            # DeepSeek's routed_scaling_factor (HF DeepseekV3TopkRouter: after normalising)
+            weight_TK = weight_TK * self.routed_scaling_factor
         token_idx_A = torch.arange(T, device=x_TD.device).repeat_interleave(self.top_k)
         return RouterOutput(
             token_idx_A,

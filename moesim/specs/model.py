@@ -63,6 +63,11 @@ class MoESpec(Spec):
         None, description="M: each token reaches experts in at most M groups (DeepSeek-V3: 4)"
     )
     norm_topk_prob: bool = Field(True, description="renormalise the top-k gate weights to sum 1")
+    routed_scaling_factor: PositiveFloat = Field(
+        1.0,
+        description="the routed experts' gate weights are multiplied by this "
+        "(DeepSeek-V2: 16, DeepSeek-V3: 2.5, from their configs); no effect on cost",
+    )
     shared_expert_gate: bool = Field(
         False, description="a sigmoid gate scales the shared expert (Qwen2-MoE)"
     )

@@ -52,6 +52,18 @@ def test_sigmoid_gates_are_normalised_sigmoids():
     torch.testing.assert_close(out.weight_A.view(12, 2), g / g.sum(-1, keepdim=True))
 
 
+@pytest.mark.parametrize("kind", ["sigmoid_topk", "softmax_topk"])
+def test_routed_scaling_factor_scales_the_gate_weights_not_the_choice(kind):
+    """DeepSeek-V3's 2.5 (HF DeepseekV3TopkRouter multiplies after normalising)."""
+    x = torch.randn(12, D)
+    plain, scaled = (
+        make_router(router=kind)(x),
+        make_router(router=kind, routed_scaling_factor=2.5)(x),
+    )
+    assert torch.equal(plain.expert_idx_A, scaled.expert_idx_A)
+    torch.testing.assert_close(scaled.weight_A, 2.5 * plain.weight_A)
+
+
 def test_noisy_topk_adds_noise_only_in_training():
     r = make_router(router="noisy_topk")
     x = torch.randn(50, D)
