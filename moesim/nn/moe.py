@@ -195,7 +195,7 @@ class MoELayer(nn.Module):
             return {}
         return {
             "load_balance": balance.load_balance_loss(r.probs_TE, r.expert_idx_A, self.n_experts),
-            "z_loss": balance.router_z_loss(r.clean_logits_TE),
+            "z_loss": balance.router_z_loss(r.logits_TE),
             "importance_cv2": balance.importance_cv2_loss(
                 r.weight_A, r.expert_idx_A, self.n_experts
             ),

@@ -58,9 +58,9 @@ TOKEN_CHOICE = ("softmax_topk", "noisy_topk", "sigmoid_topk")
 class RouterOutput:
     """The routing of T tokens. ``probs_TE`` is each token's distribution over experts (the
     softmax, or the sigmoid affinities normalised to sum 1), used by the balance losses and
-    the entropy statistic; ``logits_TE`` are the logits selection and gates came from (noisy
-    top-k: with the exploration noise), ``clean_logits_TE`` the same without noise, which the
-    z-loss penalises (the noise is not the router's to shrink). None for hash routing.
+    the entropy statistic; ``logits_TE`` the router's logits x·W_g, which the z-loss penalises:
+    for noisy top-k without the exploration noise, which selection and gates do use (the noise
+    is not the router's to shrink). None for hash routing.
 
     ``top_k``: token-choice routing lists assignments token by token, K per token in choice
     order (assignment a is token a // K's (a % K + 1)-th choice); None for expert choice."""
@@ -71,7 +71,6 @@ class RouterOutput:
     logits_TE: torch.Tensor | None
     probs_TE: torch.Tensor | None
     n_tokens: int
-    clean_logits_TE: torch.Tensor | None = None
     top_k: int | None = None
 
 
@@ -194,10 +193,9 @@ class Router(nn.Module):
             token_idx_A,
             expert_idx_TK.reshape(-1),
             weight_TK.reshape(-1),
-            noisy_TE,
+            logits_TE,
             probs_TE,
             T,
-            clean_logits_TE=logits_TE,
             top_k=self.top_k,
         )
 
@@ -230,7 +228,6 @@ class Router(nn.Module):
             logits_TE,
             probs_TE,
             T,
-            clean_logits_TE=logits_TE,
         )
 
     def _hash(self, x_TD: torch.Tensor, token_ids_T: torch.Tensor | None) -> RouterOutput:

@@ -74,9 +74,15 @@ def test_noisy_topk_adds_noise_only_in_training():
     torch.manual_seed(1)
     c = r(x)
     assert not torch.equal(a.expert_idx_A, c.expert_idx_A)  # softplus(0)≈0.69 noise reorders
-    # gates are a softmax over the kept (noisy) logits
-    kept = c.logits_TE.gather(1, c.expert_idx_A.view(50, 2))
-    torch.testing.assert_close(c.weight_A.view(50, 2), torch.softmax(kept, -1))
+    # the same draw by hand (Shazeer 2017 eq. 3-5): the noisy logits' top-2 are the choice,
+    # best first, and the gates are a softmax over those two noisy logits
+    torch.manual_seed(1)
+    clean = x @ r.weight_ED.T
+    noisy = clean + torch.randn(50, 8) * torch.nn.functional.softplus(x @ r.noise_weight_ED.T)
+    top = noisy.topk(2, dim=-1)
+    assert torch.equal(c.expert_idx_A.view(50, 2), top.indices)
+    torch.testing.assert_close(c.weight_A.view(50, 2), torch.softmax(top.values, -1))
+    torch.testing.assert_close(c.logits_TE, clean)  # what the z-loss sees: no noise
 
 
 def test_group_limited_routing_stays_within_m_groups():
