@@ -128,15 +128,6 @@ class RoutedExperts(nn.Module):
         self.w_down_EFD = nn.Parameter(torch.empty(E, F, D))
         self.reset_parameters()
 
-    @property
-    def use_grouped_mm(self) -> bool | None:
-        """Older switch, kept for callers: True forces ``torch._grouped_mm``, False the loop."""
-        return None if self.impl is None else self.impl == "grouped_mm"
-
-    @use_grouped_mm.setter
-    def use_grouped_mm(self, value: bool | None) -> None:
-        self.impl = None if value is None else ("grouped_mm" if value else "loop")
-
     def reset_parameters(self, std: float = 0.02) -> None:
         for w in (self.w_gate_EDF, self.w_up_EDF, self.w_down_EFD):
             if w is not None:

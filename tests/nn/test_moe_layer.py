@@ -9,24 +9,33 @@ torch = pytest.importorskip("torch")
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from moesim.nn import MoELayer, write_routing_histogram  # noqa: E402
-from moesim.nn.experts import RoutedExperts, grouped_mm_supported  # noqa: E402
+from moesim.nn.experts import RoutedExperts  # noqa: E402
 from moesim.nn.ffn import FeedForward  # noqa: E402
 from moesim.nn.upcycle import upcycle_ffn  # noqa: E402
 from moesim.specs import ModelSpec  # noqa: E402
 
 ROUTERS = ["softmax_topk", "noisy_topk", "sigmoid_topk", "expert_choice", "hash"]
+
+
+def grouped_mm_runs(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """Whether ``torch._grouped_mm`` runs, forward and backward, on rows like ``x`` and expert
+    weights like ``w``: asked of torch itself, not of moesim's ``grouped_mm_supported``."""
+    x, w = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    offs = torch.full((w.shape[0],), x.shape[0], dtype=torch.int32)
+    offs[0] = 1  # expert 0 gets one row, the last the rest
+    try:
+        y = torch._grouped_mm(x, w, offs=offs)
+        y.backward(torch.ones_like(y))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
+# the layers below: d_model 32, expert hidden 24, fp32
+GROUPED_MM_RUNS = grouped_mm_runs(torch.randn(5, 32), torch.randn(2, 32, 24))
+NO_GROUPED_MM = pytest.mark.skipif(not GROUPED_MM_RUNS, reason="torch._grouped_mm does not run")
 # the grouped kernels of RoutedExperts; torch._grouped_mm only where this torch runs it
-KERNELS = [
-    pytest.param(
-        "grouped_mm",
-        marks=pytest.mark.skipif(
-            not grouped_mm_supported(torch.empty(0), 32, 24),
-            reason="torch._grouped_mm does not run here",
-        ),
-    ),
-    "padded",
-    "loop",
-]
+KERNELS = [pytest.param("grouped_mm", marks=NO_GROUPED_MM), "padded", "loop"]
 
 
 def spec(ffn_kind="swiglu", **moe) -> ModelSpec:
@@ -65,11 +74,12 @@ def assert_rel_close(a, b, tol=1e-5):
     assert ((a - b).abs().max() / scale).item() <= tol
 
 
-@pytest.mark.parametrize("kernel", [None, *KERNELS])
+@pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("router", ROUTERS)
 @pytest.mark.parametrize("capacity_factor", [None, 1.0])
 def test_grouped_dispatch_equals_loop_reference(router, capacity_factor, kernel):
-    """Every grouped kernel (None: the one picked for this device) against the loop."""
+    """Every grouped kernel against the loop (the default, ``impl=None``, runs one of them:
+    ``test_the_default_kernel_...`` checks which)."""
     s = spec(router=router, capacity_factor=capacity_factor, n_shared_experts=1,
              n_groups=4, topk_groups=2)  # fmt: skip
     fast, ref = pair(s, kernel)
@@ -98,20 +108,6 @@ def test_grouped_equals_loop_for_other_ffn_kinds(ffn_kind, kernel):
         assert_rel_close(u, v)
 
 
-def test_torch_grouped_mm_path_equals_loop_where_torch_runs_it():
-    fast, ref = pair(spec(capacity_factor=1.25))
-    fast.experts.use_grouped_mm = True
-    x = torch.randn(50, 32, requires_grad=True)
-    try:
-        a, ga = run(fast, x, None)
-    except (RuntimeError, NotImplementedError) as e:  # CPU kernels exist only in newer torch
-        pytest.skip(f"torch._grouped_mm does not run here: {e}")
-    b, gb = run(ref, x, None)
-    assert_rel_close(a.out, b.out)
-    for u, v in zip(ga, gb, strict=True):
-        assert_rel_close(u, v)
-
-
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("capacity", [None, 7])
 def test_grouped_kernels_equal_the_per_expert_ffn(kernel, capacity):
@@ -134,18 +130,27 @@ def test_grouped_kernels_equal_the_per_expert_ffn(kernel, capacity):
         assert_rel_close(u, v)
 
 
-def test_the_default_kernel_on_this_cpu_is_torch_grouped_mm_where_it_runs():
-    experts = RoutedExperts(4, 32, 24)
-    x = torch.randn(5, 32)
-    expected = "grouped_mm" if grouped_mm_supported(x, 32, 24) else "loop"
+@pytest.mark.parametrize(
+    "d_model, dtype",
+    [(32, torch.float32), (32, torch.bfloat16), (32, torch.float64), (30, torch.float32)],
+    ids=["fp32", "bf16", "fp64", "rows-not-16-byte"],
+)
+def test_the_default_kernel_on_the_cpu_is_torch_grouped_mm_where_it_runs(d_model, dtype):
+    """With or without a capacity: ``torch._grouped_mm`` where torch runs it on these very
+    tensors (fp32/bf16 in torch 2.13), else the loop (fp64 has no kernel; 30 fp32 are 120-byte
+    rows, not a multiple of 16)."""
+    experts = RoutedExperts(4, d_model, 24).to(dtype)
+    x = torch.randn(5, d_model, dtype=dtype)
+    expected = "grouped_mm" if grouped_mm_runs(x, experts.w_up_EDF) else "loop"
+    if dtype == torch.float64 or d_model == 30:
+        assert expected == "loop"  # the probe's verdict, a fact of torch
     assert experts.kernel(x) == expected and experts.kernel(x, bounded=True) == expected
-    assert experts.kernel(x.double()) == "loop"  # _grouped_mm has no fp64 kernel
-    assert RoutedExperts(4, 30, 24).kernel(torch.randn(5, 30)) == "loop"  # rows not 16-byte
-    experts.use_grouped_mm = False  # the older switch still forces the loop
-    assert experts.kernel(x) == "loop"
+    for impl in ("grouped_mm", "padded", "loop"):  # impl forces a kernel
+        experts.impl = impl
+        assert experts.kernel(x) == impl and experts.kernel(x, bounded=True) == impl
 
 
-@pytest.mark.skipif(not grouped_mm_supported(torch.empty(0), 32, 24), reason="no _grouped_mm")
+@NO_GROUPED_MM
 def test_grouped_mm_backward_takes_a_broadcast_gradient():
     experts = RoutedExperts(4, 32, 24)
     experts.impl = "grouped_mm"
@@ -175,18 +180,15 @@ class HostSyncOps(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+@NO_GROUPED_MM
 @pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_topk"])
 def test_dropless_fast_path_never_waits_for_the_device(router):
     """Forward (router, stats, aux losses included) and backward of the grouped-GEMM path
     issue no host-syncing op; traced on the CPU, where torch._grouped_mm runs in new torch."""
-    fast, _ = pair(spec(router=router, n_shared_experts=1, n_groups=4, topk_groups=2))
-    fast.experts.use_grouped_mm = True
+    fast, _ = pair(spec(router=router, n_shared_experts=1, n_groups=4, topk_groups=2), "grouped_mm")
     x = torch.randn(50, 32, requires_grad=True)
-    try:
-        with HostSyncOps() as fwd:
-            out = fast(x)
-    except (RuntimeError, NotImplementedError) as e:  # CPU kernels exist only in newer torch
-        pytest.skip(f"torch._grouped_mm does not run here: {e}")
+    with HostSyncOps() as fwd:
+        out = fast(x)
     with HostSyncOps() as bwd:
         (out.out.square().sum() + sum(out.aux_losses.values())).backward()
     assert fwd.ops == [] and bwd.ops == []
