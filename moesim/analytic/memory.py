@@ -207,6 +207,24 @@ def effective_schedule(p: ParallelSpec, n_microbatches: int) -> str:
     return p.schedule
 
 
+def runs_as_scheduled(p: ParallelSpec, total: int, m: int) -> bool:
+    """Whether ``m`` microbatches (a cap of the step's ``total``) run under the schedule the
+    whole step runs: DualPipe needs an even m ≥ 2·pp, interleaved 1F1B a multiple of pp."""
+    schedule = effective_schedule(p, total)
+    if schedule == "dualpipe":
+        return dualpipe_applies(p.pp, m, p.virtual_stages)
+    if schedule == "interleaved_1f1b":
+        return m % p.pp == 0
+    return m >= 1
+
+
+def capped_microbatches(p: ParallelSpec, total: int, cap: int, up: bool = True) -> int | None:
+    """The count nearest ``cap`` (the smallest above it, or with ``up`` False the largest
+    below it) that runs as the whole step's schedule; None when there is none."""
+    candidates = range(min(cap, total), total + 1) if up else range(min(cap, total), 0, -1)
+    return next((m for m in candidates if runs_as_scheduled(p, total, m)), None)
+
+
 def microbatches_in_flight(p: ParallelSpec, n_microbatches: int) -> float:
     """Microbatches whose activations the first pipeline stage holds at its peak."""
     pp, m = p.pp, n_microbatches

@@ -64,13 +64,7 @@ from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.inference import ReplicaCost, serve
-from moesim.sim.run import (
-    COMM_CATEGORIES,
-    build_context,
-    extrapolate,
-    fewer_microbatches,
-    measure,
-)
+from moesim.sim.run import COMM_CATEGORIES, build_context, simulate_pass
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
 from moesim.specs import (
@@ -187,8 +181,8 @@ def pipeline_phase(
     repeat: int = 1,
 ) -> Phase:
     """A forward-only (``train`` False) or training pass over the step's sequences, ``repeat``
-    times (PPO epochs). With ``simulation.microbatches_simulated`` the pass is extrapolated to
-    all microbatches through a second, shorter run (``moesim.sim.run.extrapolate``)."""
+    times (PPO epochs), extrapolated to all microbatches under
+    ``simulation.microbatches_simulated`` (``moesim.sim.run.simulate_pass``)."""
 
     def run(scenario: Scenario) -> tuple[SimContext, list[Rank]]:
         ctx = build_context(scenario, fidelity, base_dir)
@@ -197,20 +191,7 @@ def pipeline_phase(
         run_to_completion(ctx.env, procs)
         return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
 
-    ctx, ranks = run(s)
-    step, parts = measure(ranks)
-    total = n_microbatches(s)
-    if ctx.microbatches < total:
-        fewer = fewer_microbatches(s, ctx.microbatches)
-        if fewer is None:  # no second run possible: scale the pass, bubble included
-            scale = total / ctx.microbatches
-            step, parts = scale * step, {k: scale * v for k, v in parts.items()}
-        else:
-            ctx2, ranks2 = run(fewer)
-            short = measure(ranks2)
-            step, parts = extrapolate(
-                total, (ctx.microbatches, step, parts), (ctx2.microbatches, *short)
-            )
+    ctx, ranks, step, parts, _ = simulate_pass(s, run)
     parts = {k: repeat * parts[k] for k in PART_KEYS}
     extra = {"dropped": ctx.dropped_copies, "offered": ctx.offered_copies}
     return Phase(name, repeat * step, parts, ranks, extra)

@@ -13,12 +13,13 @@ The reported breakdown is the mean over simulated ranks.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import simpy
 
 from moesim.analytic.memory import (
-    effective_schedule,
+    capped_microbatches,
     memory_per_gpu,
     n_microbatches,
     sequences_per_step,
@@ -51,8 +52,8 @@ def build_context(
         pairs = 2 if w.stage == "dpo" else 1
         tokens = float(p.microbatch_size * pairs * w.seq_len / p.cp)
         mbs = n_microbatches(s)
-        if s.simulation.microbatches_simulated:
-            mbs = min(mbs, s.simulation.microbatches_simulated)
+        if s.simulation.microbatches_simulated:  # at least what the schedule needs
+            mbs = capped_microbatches(p, mbs, s.simulation.microbatches_simulated) or mbs
     return SimContext(
         scenario=s,
         profile=profile,
@@ -84,40 +85,54 @@ def simulate(
         from moesim.sim.post_training import simulate_post_training
 
         return simulate_post_training(scenario, fidelity, trace_path, base_dir)
-    ctx = build_context(scenario, fidelity, base_dir)
-    procs = _start_moe_layer(ctx) if stage == "moe_layer" else pipeline_pass(ctx)
-    run_to_completion(ctx.env, procs)
-    ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
+    if stage == "moe_layer":
+        ctx = build_context(scenario, fidelity, base_dir)
+        run_to_completion(ctx.env, _start_moe_layer(ctx))
+        ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
+        step_s, breakdown = measure(ranks)
+        extrapolated = False
+    else:
+
+        def run(s: Scenario) -> tuple[SimContext, list[Rank]]:
+            ctx = build_context(s, fidelity, base_dir)
+            run_to_completion(ctx.env, pipeline_pass(ctx))
+            return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
+
+        ctx, ranks, step_s, breakdown, extrapolated = simulate_pass(scenario, run)
     if trace_path is not None:
         write_trace(ranks, trace_path)
-    step_s, breakdown = measure(ranks)
-    fewer = fewer_microbatches(scenario, ctx.microbatches) if stage != "moe_layer" else None
-    if fewer is not None:  # simulated a cap of the microbatches: extrapolate to all of them
-        ctx2 = build_context(fewer, fidelity, base_dir)
-        run_to_completion(ctx2.env, pipeline_pass(ctx2))
-        short = measure([ctx2.ranks[g] for g in sorted(ctx2.ranks)])
-        total = n_microbatches(scenario)
-        step_s, breakdown = extrapolate(
-            total, (ctx.microbatches, step_s, breakdown), (ctx2.microbatches, *short)
-        )
-    return _result(ctx, ranks, step_s, breakdown, extrapolated=fewer is not None)
+    return _result(ctx, ranks, step_s, breakdown, extrapolated)
 
 
-def fewer_microbatches(s: Scenario, simulated: int) -> Scenario | None:
-    """When ``simulation.microbatches_simulated`` cut the step short, the same scenario with a
-    smaller cap (half, and a layout the schedule still runs the same way), whose run gives
-    the cost of one more microbatch; None when nothing was cut or no such cap exists."""
-    p = s.parallel
-    if simulated >= n_microbatches(s):
-        return None
-    fewer = simulated // 2
-    if effective_schedule(p, simulated) == "dualpipe":
-        fewer = max(fewer - fewer % 2, 2 * p.pp)
-        if effective_schedule(p, fewer) != "dualpipe":
-            return None
-    if not 1 <= fewer < simulated:
-        return None
-    sim = s.simulation.model_copy(update={"microbatches_simulated": fewer})
+def simulate_pass(
+    s: Scenario, run: Callable[[Scenario], tuple[SimContext, list[Rank]]]
+) -> tuple[SimContext, list[Rank], float, dict[str, float], bool]:
+    """``run(s)`` simulates a pipeline pass; with ``simulation.microbatches_simulated`` below
+    the step's microbatches, the pass is extrapolated to all of them by a line through a second
+    run (``extrapolate``). Returns (context, ranks of the first run, step time, breakdown,
+    whether it was extrapolated)."""
+    ctx, ranks = run(s)
+    step_s, parts = measure(ranks)
+    total = n_microbatches(s)
+    if ctx.microbatches >= total:
+        return ctx, ranks, step_s, parts, False
+    ctx2, ranks2 = run(second_run(s, ctx.microbatches))
+    step_s, parts = extrapolate(
+        total, (ctx.microbatches, step_s, parts), (ctx2.microbatches, *measure(ranks2))
+    )
+    return ctx, ranks, step_s, parts, True
+
+
+def second_run(s: Scenario, simulated: int) -> Scenario:
+    """The scenario capped at another count its schedule runs the same way
+    (``capped_microbatches``): about half of ``simulated``, or where no smaller count does
+    (DualPipe at 2·pp), the next one above (at worst the whole step)."""
+    p, total = s.parallel, n_microbatches(s)
+    other = capped_microbatches(p, total, simulated // 2, up=False)
+    if other is None or other >= simulated:
+        other = capped_microbatches(p, total, simulated + 1)
+    assert other is not None and other != simulated  # the whole step always runs
+    sim = s.simulation.model_copy(update={"microbatches_simulated": other})
     return s.model_copy(update={"simulation": sim})
 
 
@@ -228,11 +243,9 @@ def _result(
         tokens = w.tokens_per_gpu * gpus
     else:
         tokens = sequences_per_step(s) * w.seq_len
-        if ctx.microbatches < n_microbatches(s):
+        if ctx.microbatches < n_microbatches(s):  # the step extrapolated to all of them
             extra["microbatches_total"] = n_microbatches(s)
             extra["extrapolated"] = extrapolated
-            if not extrapolated:  # the step of the microbatches simulated
-                tokens = tokens * ctx.microbatches / n_microbatches(s)
         out.step_time_s = step_s
     if step_s > 0:
         out.tokens_per_s = tokens / step_s

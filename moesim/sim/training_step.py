@@ -23,6 +23,7 @@ from dataclasses import replace
 import simpy
 
 from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
+from moesim.analytic.memory import effective_schedule, n_microbatches
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank
@@ -402,7 +403,7 @@ def pipeline_pass(
     if backward and p.schedule == "dualpipe":
         from moesim.sim import dualpipe  # imports this module
 
-        if dualpipe.supported(p.pp, ctx.microbatches, p.virtual_stages):
+        if effective_schedule(p, n_microbatches(ctx.scenario)) == "dualpipe":
             return dualpipe.start_dualpipe(ctx, optimizer, pipeline)
     pipe = pipeline or Pipeline(ctx)
     procs = {}

@@ -293,3 +293,21 @@ def test_tree_all_reduce_beats_the_ring_on_many_nodes():
     ring, tree = simulate(on("ring")), simulate(on("tree"))
     assert tree.time_breakdown_s["dp_comm"] < 0.8 * ring.time_breakdown_s["dp_comm"]
     assert tree.step_time_s < ring.step_time_s
+
+
+@pytest.mark.parametrize(
+    ("par", "cap", "simulated"),
+    [
+        # interleaved 1F1B needs a multiple of pp: 12 of 64, the second run 4 (half, 6, is not)
+        ({"pp": 4, "ep": 4, "schedule": "interleaved_1f1b", "virtual_stages": 2}, 12, 12),
+        # DualPipe needs an even count ≥ 2·pp: a cap of 3 runs 4, the second run 6 (none below)
+        ({"pp": 2, "schedule": "dualpipe"}, 3, 4),
+    ],
+    ids=["interleaved", "dualpipe-small-cap"],
+)
+def test_a_cap_runs_the_whole_steps_schedule(par, cap, simulated):
+    work = {"stage": "pretrain", "seq_len": 1024, "global_batch": 256}
+    full = simulate(build(parallel=par, workload=work))
+    cut = simulate(build(parallel=par, workload=work, simulation={"microbatches_simulated": cap}))
+    assert cut.microbatches == simulated and cut.extrapolated
+    assert cut.step_time_s == pytest.approx(full.step_time_s, rel=0.02)
