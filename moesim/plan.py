@@ -64,7 +64,12 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from moesim.analytic.flops import token_flops
-from moesim.analytic.memory import memory_per_gpu, n_microbatches, sequences_per_step
+from moesim.analytic.memory import (
+    effective_schedule,
+    memory_per_gpu,
+    n_microbatches,
+    sequences_per_step,
+)
 from moesim.analytic.params import count_params
 from moesim.scenario_io import (
     ScenarioError,
@@ -393,10 +398,11 @@ def pipeline_stretch(s: Scenario) -> float:
     """Step time over per-GPU work with equal stages: (m + pp − 1)/m for 1F1B and GPipe,
     (m + (pp − 1)/v)/m interleaved, 1 for DualPipe (whose overlap the bound does not model)."""
     p = s.parallel
-    if p.pp == 1 or p.schedule == "dualpipe":
-        return 1.0
     m = n_microbatches(s)
-    v = p.virtual_stages if p.schedule == "interleaved_1f1b" else 1
+    schedule = effective_schedule(p, m)  # a dualpipe whose layout does not apply runs 1F1B
+    if p.pp == 1 or schedule == "dualpipe":
+        return 1.0
+    v = p.virtual_stages if schedule == "interleaved_1f1b" else 1
     return 1.0 + (p.pp - 1) / (m * v)
 
 

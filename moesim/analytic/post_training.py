@@ -288,7 +288,7 @@ def rollout_gpu_memory(s: Scenario) -> RolloutMemory:
     capacity = min(rollout_sequences(s), int(max(free, 0.0) // kv_seq))
     slots = max(1, capacity)
     est = MemoryEstimate(weights, 0.0, 0.0, 0.0, slots * kv_seq, FRAMEWORK_RESERVE_BYTES)
-    return RolloutMemory(est, slots, capacity, capacity >= 1 and est.total <= hbm)
+    return RolloutMemory(est, slots, capacity, capacity >= 1)  # capacity is what fits
 
 
 @dataclass(frozen=True)

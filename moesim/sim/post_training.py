@@ -449,13 +449,11 @@ def simulate_post_training(
         extra["rollout_gpus"] = gpus - s.gpus
         extra["rollout_memory_per_gpu_GB"] = roll.estimate.as_GB()
         extra["rollout_fits_in_memory"] = fit_parts["rollout"] = roll.fits
-        if roll.capacity < 1:
+        if not roll.fits:  # the KV pool holds what fits, so only zero sequences does not
             notes.append(
                 f"the rollout GPUs hold {roll.estimate.weights / 1e9:,.1f} GB of weights and "
                 f"no sequence's KV cache fits in {hbm / 1e9:g} GB (timed as one per replica)"
             )
-        elif not roll.fits:
-            notes.append(f"the rollout GPUs need {roll.estimate.total / 1e9:,.1f} GB")
         res.fits_in_memory = all(fit_parts.values())
     if len(fit_parts) > 1 or not res.fits_in_memory:
         extra["fits_in_memory_parts"] = fit_parts

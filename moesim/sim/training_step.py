@@ -224,7 +224,7 @@ def head_times_s(ctx: SimContext) -> tuple[float, float]:
         "gemm",
         t * (ctx.flops.lm_head + ctx.flops.mtp) / p.tp,
         m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b,
-        2,
+        kernels=2,
         fp8=False,
     )
     loss = OpWork("cross_entropy", "memory_bound", 0.0, 3 * logits_b, 3)
