@@ -88,20 +88,15 @@ def _dispatch_padded(
     x_TD: torch.Tensor, r: RouterOutput, experts: RoutedExperts, capacity: int
 ) -> DispatchResult:
     """Capacity mode without a host sync (GShard's dispatch tensor, MegaBlocks' padded form):
-    every assignment goes to slot expert·C + place in the (E·C + 1)-row batch, the dropped
-    ones to the spare last row; one batched GEMM; dropped rows are combined with weight 0.
-    Every shape is known from T, K, E and C, so nothing is read back."""
+    every assignment goes to slot expert·C + place in the padded batch, one batched GEMM
+    (``RoutedExperts.padded_rows``, which gives the dropped ones an output of 0). Every shape
+    is known from T, K, E and C, so nothing is read back."""
     E, C = experts.n_experts, capacity
     order_A, counts_E, rank_A = _sort_and_rank(r, E, capacity)
-    keep_A = rank_A < C
-    expert_A = r.expert_idx_A[order_A]
-    slot_A = torch.where(keep_A, expert_A * C + rank_A, E * C)  # E·C: the spare row
     token_A = r.token_idx_A[order_A]
-    x_SD = x_TD.new_zeros(E * C + 1, x_TD.shape[1]).index_copy(0, slot_A, x_TD[token_A])
-    y_ECD = experts.padded_forward(x_SD[: E * C].view(E, C, -1))  # 4. one batched GEMM
-    y_AD = y_ECD.reshape(E * C, -1)[slot_A.clamp(max=E * C - 1)]
-    w_A = torch.where(keep_A, r.weight_A[order_A], 0.0).to(y_AD.dtype)  # 5. dropped: 0
-    out_TD = torch.zeros_like(x_TD).index_add(0, token_A, y_AD * w_A[:, None])
+    y_AD = experts.padded_rows(x_TD[token_A], r.expert_idx_A[order_A], rank_A, C)  # 4. GEMM
+    y_AD = y_AD * r.weight_A[order_A, None].to(y_AD.dtype)  # 5. weight and combine
+    out_TD = torch.zeros_like(x_TD).index_add(0, token_A, y_AD)
     kept_E = counts_E.clamp(max=C)
     return DispatchResult(out_TD, kept_E, (counts_E - kept_E).sum())
 

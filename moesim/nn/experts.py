@@ -201,6 +201,22 @@ class RoutedExperts(nn.Module):
             torch.bmm, x_ECD, w_gate, self.w_up_EDF.to(dt), self.w_down_EFD.to(dt)
         )
 
+    def padded_rows(
+        self, x_ND: torch.Tensor, expert_N: torch.Tensor, place_N: torch.Tensor, C: int
+    ) -> torch.Tensor:
+        """Each row's expert output through the padded batch, with no host sync: row n goes to
+        slot expert·C + place of a zero-padded (E·C, D) batch, one ``padded_forward`` runs, and
+        the outputs are read back in row order. A row whose place is C or more (dropped by a
+        capacity) goes to a spare slot past the batch and its output is masked to 0: not read
+        from a real row and scaled by 0, which an inf there (bf16 overflow) makes NaN."""
+        E, D = self.n_experts, x_ND.shape[1]
+        keep_N = place_N < C
+        slot_N = torch.where(keep_N, expert_N * C + place_N, E * C)  # E·C: the spare slot
+        x_SD = x_ND.new_zeros(E * C + 1, D).index_copy(0, slot_N, x_ND)
+        y_SD = self.padded_forward(x_SD[: E * C].view(E, C, D)).view(E * C, D)
+        y_ND = y_SD[slot_N.clamp(max=E * C - 1)]  # padding rows unread
+        return torch.where(keep_N[:, None], y_ND, 0.0)
+
     def _padded(
         self, x_ND: torch.Tensor, counts_E: torch.Tensor, max_rows: int | None
     ) -> torch.Tensor:
@@ -212,6 +228,5 @@ class RoutedExperts(nn.Module):
         experts = torch.arange(E, device=x_ND.device)
         expert_N = torch.repeat_interleave(experts, counts_E, output_size=N)
         starts_E = torch.cumsum(counts_E, 0) - counts_E
-        slot_N = expert_N * C + torch.arange(N, device=x_ND.device) - starts_E[expert_N]
-        x_ECD = x_ND.new_zeros(E * C, D).index_copy(0, slot_N, x_ND).view(E, C, D)
-        return self.padded_forward(x_ECD).view(E * C, D)[slot_N]  # padding rows unread
+        place_N = torch.arange(N, device=x_ND.device) - starts_E[expert_N]
+        return self.padded_rows(x_ND, expert_N, place_N, C)

@@ -258,6 +258,40 @@ def test_capacity_serves_every_top1_choice_before_any_top2_choice():
     assert_rel_close(fast.out_TD[0], 0.5 * layer.experts.expert_forward(w, x[:1])[0])
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_dropped_assignment_adds_nothing_even_beside_an_inf(kernel):
+    """Tokens 1 and 2 both pick expert 1, which has room for one: token 2 is dropped. Token
+    1's expert output overflows to inf (relu FFN, expert 1's weights all 1e20), and it holds
+    the slot a dropped row was once read from and multiplied by weight 0: inf·0 = NaN in token
+    2's output. Dropped, token 2 must get exactly 0; token 0 (expert 0) its expert's output."""
+    from moesim.nn.dispatch import dispatch_grouped
+    from moesim.nn.router import RouterOutput
+
+    torch.manual_seed(0)
+    experts = RoutedExperts(2, 16, 16, kind="relu")
+    experts.impl = kernel
+    with torch.no_grad():
+        experts.w_up_EDF[1] = 1e20
+        experts.w_down_EFD[1] = 1e20
+    r = RouterOutput(
+        token_idx_A=torch.arange(3),
+        expert_idx_A=torch.tensor([0, 1, 1]),
+        weight_A=torch.full((3,), 0.5),
+        logits_TE=None,
+        probs_TE=None,
+        n_tokens=3,
+        top_k=1,
+    )
+    x = torch.rand(3, 16)
+    with torch.no_grad():
+        d = dispatch_grouped(x, r, experts, capacity=1)
+        ref_0 = 0.5 * experts.expert_forward(experts.expert_weights()[0], x[:1])[0]
+    assert int(d.dropped) == 1 and d.kept_per_expert_E.tolist() == [1, 1]
+    assert torch.isinf(d.out_TD[1]).all()  # the overflow is really there
+    assert torch.equal(d.out_TD[2], torch.zeros(16))
+    assert_rel_close(d.out_TD[0], ref_0)
+
+
 def test_dropless_mode_drops_nothing():
     layer, _ = pair(spec(n_routed_experts=4, top_k=1))
     layer.router.expert_bias_E[2] = 100.0
