@@ -50,21 +50,31 @@ def _scenarios_from_args(files: list[Path]) -> tuple[str, str, list[Scenario], l
     return " vs ".join(s.name for s in scenarios), "", scenarios, list(files)
 
 
-def _simulate_all(scenarios: list[Scenario], paths: list[Path]) -> list[Result]:
-    from moesim.sim.run import simulate
-
-    results = []
+def _simulate_all(
+    scenarios: list[Scenario], paths: list[Path], traces: bool = False
+) -> tuple[list[Result], list[list[dict]] | None]:
+    """Each scenario's result and, with ``traces`` (for a report's timelines), its trace
+    events, from one simulation each."""
+    results, events = [], []
     with _progress() as bar:
         task = bar.add_task("simulating", total=len(scenarios))
         for s, p in zip(scenarios, paths, strict=True):
-            results.append(_simulate_one(simulate, s, p.parent))
+            r, ev = _simulate_one(s, p.parent, traces)
+            results.append(r)
+            events.append(ev)
             bar.advance(task)
-    return results
+    return results, (events if traces else None)
 
 
-def _simulate_one(simulate: Any, s: Scenario, base_dir: Path) -> Result:
+def _simulate_one(s: Scenario, base_dir: Path, trace: bool) -> tuple[Result, list[dict]]:
     try:
-        return simulate(s, base_dir=base_dir)
+        if trace:
+            from moesim.report.build import simulate_with_trace
+
+            return simulate_with_trace(s, base_dir)
+        from moesim.sim.run import simulate
+
+        return simulate(s, base_dir=base_dir), []
     except ValueError as e:  # an unsupported stage or a bad routing file: the user's to fix
         raise UserError(f"{s.name}: {e}") from None
 
@@ -133,7 +143,7 @@ def compare(
     """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost; for serving,
     TTFT and TPOT percentiles, output tokens/s per GPU and $ per million output tokens."""
     name, desc, scenarios, paths = _scenarios_from_args(files)
-    results = _simulate_all(scenarios, paths)
+    results, traces = _simulate_all(scenarios, paths, traces=html is not None)
     if as_json:
         print_json({"name": name, "results": [r.to_json_dict() for r in results]})
     else:
@@ -151,7 +161,8 @@ def compare(
         from moesim.report.build import comparison_report
 
         dirs = [p.parent for p in paths]
-        out = comparison_report(scenarios, results, name, desc, base_dirs=dirs).write(html)
+        rep = comparison_report(scenarios, results, name, desc, base_dirs=dirs, traces=traces)
+        out = rep.write(html)
         if not as_json:
             console.print(f"wrote {out}")
 
@@ -177,13 +188,15 @@ def report(
     elif kind == "comparison":
         name, desc, scenarios = load_comparison(file)
         paths = [file.parent / f for f in data["scenarios"]]
+        results, traces = _simulate_all(scenarios, paths, traces=True)
         rep = build.comparison_report(
             scenarios,
-            _simulate_all(scenarios, paths),
+            results,
             name,
             desc,
             base_dirs=[p.parent for p in paths],
             sensitivity=not no_sensitivity,
+            traces=traces,
         )
     elif kind == "sweep":
         from moesim.sweep import load_sweep, run_sweep

@@ -450,7 +450,10 @@ def comparison_report(
     description: str = "",
     base_dirs: Sequence[Path | None] | None = None,
     sensitivity: bool = True,
+    traces: Sequence[Sequence[dict]] | None = None,
 ) -> Report:
+    """``traces``: each scenario's trace events where the caller simulated with a trace
+    (``simulate_with_trace``); otherwise the training scenarios are simulated again for them."""
     lead = (description + " " if description else "") + comparison_verdict(scenarios, results)
     rep = Report(f"moesim: {title}", lead)
     table_rows = [
@@ -503,10 +506,10 @@ def comparison_report(
         if batches is not None:
             rep.add(batches)
     dirs = list(base_dirs) if base_dirs is not None else [None] * len(scenarios)
-    for s, r, d in zip(scenarios, results, dirs, strict=True):
+    for i, (s, r, d) in enumerate(zip(scenarios, results, dirs, strict=True)):
         if serving.is_serving(r) or len(figures.phase_keys([r])) > 1:
             continue  # serving and post-training pipelines have their own sections above
-        _, events = simulate_with_trace(s, d)
+        events = traces[i] if traces is not None else simulate_with_trace(s, d)[1]
         for section in detail_sections(s, events, d, sensitivity, label=s.name):
             rep.add(section)
     rep.add(
