@@ -162,14 +162,10 @@ class ReplicaCost:
         p = self.p
         return tokens * p.ep * p.etp / p.tp
 
-    def busiest_rank_load(self, tokens_group: int) -> tuple[float, float]:
+    def rank_loads(self, tokens_group: int) -> tuple[float, float, np.ndarray]:
         """(experts touched, copies) on the busiest EP rank for ``tokens_group`` tokens, averaged
-        over seeded routing draws (each token picks k distinct experts ∝ p_e, Gumbel top-k)."""
-        touched, copies, _ = self._rank_loads(tokens_group)
-        return touched, copies
-
-    def _rank_loads(self, tokens_group: int) -> tuple[float, float, np.ndarray]:
-        """As ``busiest_rank_load``, plus the copies each EP rank receives per draw (N, R)."""
+        over seeded routing draws (each token picks k distinct experts ∝ p_e, Gumbel top-k),
+        and the copies each EP rank receives per draw (N, R)."""
         hit = self._loads.get(tokens_group)
         if hit is not None:
             return hit
@@ -315,7 +311,7 @@ class ReplicaCost:
         assert m.moe is not None
         k = m.moe.top_k
         t = max(1, round(tokens_group))
-        touched_rank, copies_rank, loads_NR = self._rank_loads(t)
+        touched_rank, copies_rank, loads_NR = self.rank_loads(t)
         weight_bytes = touched_rank * self.expert_params * self.wb
         widths = 2 * m.d_model + 3 * m.moe.expert_hidden / p.etp
         op = OpWork(
@@ -504,7 +500,7 @@ def inference_memory(s: Scenario, concurrent: int) -> MemoryEstimate:
     return mem
 
 
-def _memory_note(s: Scenario, mem: MemoryEstimate, capacity: int, slots: int) -> str | None:
+def _memory_note(s: Scenario, mem: MemoryEstimate, capacity: int) -> str | None:
     """Why a serving configuration does not fit (None when it does)."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
@@ -599,7 +595,7 @@ def simulate_inference(
         "requests": len(reqs) * replicas,
         "concurrency_limit": slots,
         "kv_capacity_sequences": capacity,
-        "memory_note": _memory_note(s, mem, capacity, slots),
+        "memory_note": _memory_note(s, mem, capacity),
         "max_prefill_tokens": w.max_prefill_tokens,
         "prefill_steps": sum(1 for st in log.steps if st[0] == "prefill"),
         "mean_decode_batch": mean_batch,

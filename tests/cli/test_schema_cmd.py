@@ -71,15 +71,37 @@ def test_reward_and_critic_models_take_ids(validator) -> None:
     assert errors(validator, ppo) == []
 
 
-def test_every_id_field_is_in_the_schema() -> None:
-    """file_schema asserts each ID_FIELDS entry was found; these are the fields resolved."""
-    assert set(ID_FIELDS) == {
-        ("model",),
-        ("cluster", "gpu"),
-        ("workload", "reward_model"),
-        ("workload", "critic_model"),
-    }
-    file_schema()
+def _spec_fields(model: type, path: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Paths of every field of ``model`` (recursively, workload union members included) whose
+    type is a ModelSpec or a GPUSpec: the fields a scenario file may give as an id."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from moesim.specs import GPUSpec, ModelSpec
+
+    def classes(tp) -> list[type]:
+        if isinstance(tp, type):
+            return [tp]
+        return [c for a in typing.get_args(tp) for c in classes(a)]
+
+    out: set[tuple[str, ...]] = set()
+    for name, field in model.model_fields.items():
+        for cls in classes(field.annotation):
+            if cls in (ModelSpec, GPUSpec):
+                out.add((*path, name))
+            elif issubclass(cls, BaseModel) and cls not in (ModelSpec, GPUSpec):
+                out |= _spec_fields(cls, (*path, name))
+    return out
+
+
+def test_every_field_that_holds_a_model_or_gpu_takes_an_id() -> None:
+    """ID_FIELDS is complete: a new field typed ModelSpec or GPUSpec anywhere in a Scenario
+    must be listed there, or files could not give it as a catalog id."""
+    from moesim.specs import Scenario
+
+    assert _spec_fields(Scenario) == set(ID_FIELDS)
+    file_schema()  # asserts each ID_FIELDS entry was found in the schema
 
 
 @pytest.mark.parametrize(
