@@ -11,6 +11,7 @@ from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, print_json
 from moesim.scenario_io import file_kind, load_scenario, load_yaml
+from moesim.specs import POST_TRAINING_PHASES
 
 #: the command that runs each kind of file ``moesim simulate`` does not (scenario_io.file_kind)
 COMMAND_OF_KIND = {"sweep": "sweep", "comparison": "compare", "plan": "plan"}
@@ -112,10 +113,8 @@ def simulate(
         if k in parts:  # serving reports no cp_comm
             tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(parts[k])}[/]")
     console.print(tb)
-    standard = {"compute", "exposed_comm", "bubble", "all_to_all", "tp_comm", "cp_comm"}
-    standard |= {"dp_comm", "pp_comm", "expert_offload"}
-    phases = {k: v for k, v in parts.items() if k not in standard}
-    if phases:  # post-training: the step's phases, in step order (moesim.sim.post_training)
+    phases = {k: parts[k] for k in POST_TRAINING_PHASES if k in parts}
+    if phases:  # post-training: the step's phases, in step order
         ph = Table(title="time per step by phase")
         ph.add_column("phase")
         ph.add_column("seconds", justify="right")

@@ -11,7 +11,7 @@ from typing import Any
 
 import plotly.graph_objects as go
 
-from moesim.specs import Result
+from moesim.specs import POST_TRAINING_PHASES, Result
 
 # One colour per kind of time, used by every figure so a reader learns them once.
 TIME_COLOURS = {
@@ -34,10 +34,7 @@ MEMORY_COLOURS = {
 }
 # Post-training phases, in the order a step runs them (moesim.sim.post_training); each result's
 # time_breakdown_s holds the ones its stage runs, and they sum to its step time.
-PHASES = (
-    "weight_sync", "rollout", "reward", "old_logprobs", "reference", "values", "gae",
-    "training", "critic_training",
-)  # fmt: skip
+PHASES = POST_TRAINING_PHASES
 PHASE_COLOURS = {
     "weight_sync": "#E45756",
     "rollout": "#F58518",

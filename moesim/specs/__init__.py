@@ -6,7 +6,7 @@ from moesim.specs.hardware import ClusterSpec, GPUSpec, InterNodeLink, IntraNode
 from moesim.specs.model import MLASpec, ModelSpec, MoESpec
 from moesim.specs.parallel import ParallelSpec
 from moesim.specs.precision import BYTES_PER_ELEMENT, Precision
-from moesim.specs.result import MemoryBreakdown, Result, TimeBreakdown
+from moesim.specs.result import POST_TRAINING_PHASES, MemoryBreakdown, Result, TimeBreakdown
 from moesim.specs.routing import Routing
 from moesim.specs.scenario import Scenario
 from moesim.specs.simulation import SimulationSpec
@@ -25,6 +25,7 @@ from moesim.specs.workload import (
 
 __all__ = [
     "BYTES_PER_ELEMENT",
+    "POST_TRAINING_PHASES",
     "TRAINING_STAGES",
     "ClusterSpec",
     "Cost",

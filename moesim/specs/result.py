@@ -9,6 +9,13 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+#: Post-training phases a step's ``time_breakdown_s`` may hold, in step order
+#: (``moesim.sim.post_training``; PPO has them all, GRPO no old_logprobs/values/gae/critic).
+POST_TRAINING_PHASES = (
+    "weight_sync", "rollout", "reward", "old_logprobs", "reference", "values", "gae",
+    "training", "critic_training",
+)  # fmt: skip
+
 
 class MemoryBreakdown(BaseModel):
     model_config = ConfigDict(extra="forbid")
