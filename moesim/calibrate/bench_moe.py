@@ -5,9 +5,11 @@ Shape legend: T tokens, E experts, K top-k, D d_model (``hidden``), F expert hid
 (``ffn_hidden``), N = T·K routed rows.
 
 - ``grouped_gemm`` (op class grouped_gemm): ``RoutedExperts.grouped_forward`` on N rows split
-  evenly over E experts: ``torch._grouped_mm`` on Hopper in bf16, the per-expert loop
-  elsewhere (whichever the layer itself would run). FLOPs = 2·N·D·F·3 (SwiGLU: gate, up,
-  down), ``groups`` = E, so the curve's x is one expert's FFN, as the simulator reads it.
+  evenly over E experts, dropless, with the kernel the layer picks
+  (``moesim.nn.experts.grouped_kernel``: ``torch._grouped_mm`` where torch runs it, Hopper in
+  bf16 and, in torch 2.13, the CPU; the per-expert loop elsewhere), named in ``note``.
+  FLOPs = 2·N·D·F·3 (SwiGLU: gate, up, down), ``groups`` = E, so the curve's x is one
+  expert's FFN, as the simulator reads it.
 - ``moe_layer`` (validated, not fitted): ``MoELayer.forward`` (router, sort, gather, grouped
   GEMM, weighted scatter-add) with ``force_uniform_routing`` (round-robin: kernel cost without
   imbalance) or with a skew: a selection-only expert bias ∝ 1/(i+1) (Zipf, s = 1), scaled by
@@ -95,6 +97,7 @@ def measure_grouped(ctx: Context, t: int, e: int, k: int, d: int, f: int, pass_:
         experts = RoutedExperts(e, d, f).to(tdt)
     counts = torch.full((e,), n // e, dtype=torch.int64, device=dev)
     counts[: n % e] += 1
+    max_rows = None  # dropless: no capacity bounds an expert's rows
     bwd = pass_ == "fwd_bwd"
 
     def make():
@@ -102,18 +105,22 @@ def measure_grouped(ctx: Context, t: int, e: int, k: int, d: int, f: int, pass_:
         return x, torch.randn(n, d, device=dev, dtype=tdt, generator=g)
 
     if bwd:
-        fn = _fwd_bwd_fn(lambda inp: experts.grouped_forward(inp[0], counts), experts.parameters)
+        fn = _fwd_bwd_fn(
+            lambda inp: experts.grouped_forward(inp[0], counts, max_rows), experts.parameters
+        )
     else:
 
         @torch.no_grad()
         def fn(inp):
-            experts.grouped_forward(inp[0], counts)
+            experts.grouped_forward(inp[0], counts, max_rows)
 
     timing = ctx.timer.time(fn, make)
     fwd_flops = 2.0 * n * d * f * GATED_GEMMS
     b = bytes_per_element(dt)
     fwd_bytes = (GATED_GEMMS * e * d * f + 2 * n * d + 3 * n * f) * b
-    path = experts.kernel(torch.empty(0, d, device=dev, dtype=tdt))  # grouped_mm|padded|loop
+    # what grouped_forward ran: rows of this device and dtype, bounded as in the calls above
+    probe = torch.empty(0, d, device=dev, dtype=tdt)
+    path = experts.kernel(probe, bounded=max_rows is not None)  # grouped_mm|padded|loop
     return row(
         ctx.device.profile_id,
         "grouped_gemm",

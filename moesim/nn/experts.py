@@ -15,12 +15,13 @@ layout) so that one grouped GEMM runs every expert on its contiguous slice of so
   (E, C, D) batch, three ``torch.bmm`` run all experts at once, and the rows are read back.
   C is the capacity when there is one (no host sync); dropless, it is the largest expert's
   row count, read back once (one host sync per call). Padding costs E·C − N wasted rows, which
-  grows with imbalance.
+  grows with imbalance. Run only when ``impl`` asks for it (not measured on a GPU yet).
 - ``"loop"``: a Python loop over the experts' contiguous slices (one host sync for the split
   sizes); the reference that ``dispatch_loop`` and ``FlopCounterMode`` use.
 
-``impl=None`` (the default) picks by device, dtype and whether a capacity bounds the rows
-(``grouped_kernel``, which gives the measurements behind the choice).
+``impl=None`` (the default) runs ``torch._grouped_mm`` where it is supported (device, dtype,
+row alignment) and the loop elsewhere (``grouped_kernel``, which gives the measurements behind
+the choice).
 """
 
 from __future__ import annotations
@@ -74,9 +75,11 @@ def grouped_kernel(x: torch.Tensor, d_model: int, hidden: int, bounded: bool) ->
     """The kernel ``impl=None`` runs. ``bounded``: a capacity bounds each expert's rows.
 
     1. ``torch._grouped_mm`` wherever it is supported (see ``grouped_mm_supported``).
-    2. Else on CUDA with a capacity: the padded ``bmm``, which then needs no host sync and
-       wastes at most the capacity factor's slack (not measured on a GPU yet).
-    3. Else the loop.
+    2. Else the loop, on the CPU and on CUDA alike (A100, or fp32 on Hopper), with or without a
+       capacity. Under a capacity the padded ``bmm`` needs no host sync on CUDA, but it has not
+       been measured on a GPU, and on the CPU it was slower than the loop (below); so it stays
+       a choice (``impl="padded"``) until a GPU measurement says it is faster. ``bounded`` is
+       for that rule: today it changes nothing.
 
     Measured on the 2-core CPU, forward+backward, median of 7 interleaved runs (two runs;
     one sample disturbed by other load left out), 2048 rows (6144 for E=64), counts balanced
@@ -95,9 +98,7 @@ def grouped_kernel(x: torch.Tensor, d_model: int, hidden: int, bounded: bool) ->
     dropless (E·max rows for N), and 4–49% slower under capacity factor 1.25: on the CPU the
     loop is the better fallback (for fp64 or unaligned rows, where ``_grouped_mm`` does not
     run)."""
-    if grouped_mm_supported(x, d_model, hidden):
-        return "grouped_mm"
-    return "padded" if bounded and x.is_cuda else "loop"
+    return "grouped_mm" if grouped_mm_supported(x, d_model, hidden) else "loop"
 
 
 class _ContiguousGrad(torch.autograd.Function):

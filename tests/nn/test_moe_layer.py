@@ -150,6 +150,20 @@ def test_the_default_kernel_on_the_cpu_is_torch_grouped_mm_where_it_runs(d_model
         assert experts.kernel(x) == impl and experts.kernel(x, bounded=True) == impl
 
 
+def test_cuda_without_grouped_mm_runs_the_loop_even_under_a_capacity(monkeypatch):
+    """Where ``_grouped_mm`` is not the kernel on CUDA (A100 bf16, fp32 anywhere), the default
+    is the loop with or without a capacity: the padded kernel, faster in no CPU measurement
+    under a capacity, is not measured on a GPU yet (``impl="padded"`` still runs it)."""
+    from types import SimpleNamespace
+
+    from moesim.nn import experts as experts_module
+
+    monkeypatch.setattr(experts_module, "grouped_mm_supported", lambda x, *dims: False)
+    cuda_rows = SimpleNamespace(is_cuda=True, device=SimpleNamespace(type="cuda"))
+    for bounded in (False, True):
+        assert experts_module.grouped_kernel(cuda_rows, 32, 24, bounded) == "loop"
+
+
 @NO_GROUPED_MM
 def test_grouped_mm_backward_takes_a_broadcast_gradient():
     experts = RoutedExperts(4, 32, 24)
