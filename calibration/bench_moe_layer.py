@@ -7,8 +7,10 @@ hidden, H = K·F + n_shared·Fs (the hidden size of the dense-equivalent FFN).
 For each shape (Mixtral-like, DeepSeek-like; from the catalog), token count and routing, it
 times forward and forward + backward of:
 
-- ``fast``: ``MoELayer(dispatch="grouped")``: router, sort, gather, ``torch._grouped_mm`` on
-  Hopper in bf16 (the per-expert fallback elsewhere), weighted scatter-add, shared expert;
+- ``fast``: ``MoELayer(dispatch="grouped")``: router, sort, gather, grouped GEMM
+  (``torch._grouped_mm`` where torch runs it: Hopper in bf16 and, in torch 2.13, the CPU; the
+  per-expert loop elsewhere; the JSON's ``fast_path_kernel`` names it), weighted scatter-add,
+  shared expert;
 - ``loop``: the same module with ``dispatch="loop"`` (the plain loop over experts, the oracle);
 - ``dense``: a dense SwiGLU FFN of hidden H on the T tokens: the same expert FLOPs in three
   plain GEMMs, the roofline the fast path cannot beat (the router's 2·T·D·E FLOPs are not in
@@ -759,10 +761,12 @@ KERNEL_NAMES = {
 
 def fast_path_kernel(layer: MoELayer) -> str:
     """What ``RoutedExperts.grouped_forward`` runs for this layer's device, dtype and capacity
-    (a capacity bounds the rows per expert, which lets the padded kernel skip its host sync)."""
+    (a capacity bounds the rows per expert, which lets the padded kernel skip its host sync).
+    The layer's own ``capacity`` says whether one applies: None dropless and for expert
+    choice, whatever the capacity factor, at any token count."""
     ex = layer.experts
     probe = ex.w_up_EDF.new_empty(0, ex.d_model)
-    bounded = layer.moe_spec.capacity_factor is not None
+    bounded = layer.capacity(1) is not None
     return KERNEL_NAMES[ex.kernel(probe, bounded=bounded)]
 
 

@@ -22,6 +22,19 @@ HAS_TRANSFORMERS = importlib.util.find_spec("transformers") is not None
 QUICK = ["--device", "cpu", "--quick", "--seed", "7", "--budget-s", "0.001"]
 
 
+def grouped_mm_runs(experts) -> bool:
+    """Whether ``torch._grouped_mm`` runs, forward and backward, on rows and weights of these
+    experts' width and dtype: asked of torch itself, not of ``moesim.nn.experts``."""
+    x = experts.w_up_EDF.new_ones(2 * experts.n_experts, experts.d_model, requires_grad=True)
+    offs = 2 * torch.arange(1, experts.n_experts + 1, dtype=torch.int32)
+    try:
+        y = torch._grouped_mm(x, experts.w_up_EDF, offs=offs)
+        y.backward(torch.ones_like(y))
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
+    return True
+
+
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "moe_layer_bench_cpu.json"
@@ -39,8 +52,14 @@ def test_quick_run_writes_every_key(quick):
         assert result["versions"]["transformers"] is None
     assert result["date"] and result["dtype"] == "fp32" and result["seed"] == 7
     assert set(result["shapes"]) == set(bench.SHAPES)
-    for shape in result["shapes"].values():  # fp32 on the CPU: torch 2.13 runs _grouped_mm
-        assert shape["fast_path_kernel"] == bench.KERNEL_NAMES["grouped_mm"]
+    for name, shape in result["shapes"].items():
+        # the kernel the shape's layer runs at the run's 64 tokens, asked of the layer itself
+        layer = bench.build_layer(bench.layer_spec(name, quick=True), "cpu", torch.float32)
+        probe = torch.empty(0, layer.experts.d_model)
+        kernel = layer.experts.kernel(probe, bounded=layer.capacity(64) is not None)
+        assert shape["fast_path_kernel"] == bench.KERNEL_NAMES[kernel]
+        if grouped_mm_runs(layer.experts):  # fp32 on the CPU in torch 2.13
+            assert kernel == "grouped_mm"
     cases = {(c["shape"], c["tokens"], c["routing"]) for c in result["cases"]}
     assert cases == {(s, 64, r) for s in bench.SHAPES for r in bench.ROUTINGS}
     for c in result["cases"]:
@@ -52,6 +71,36 @@ def test_quick_run_writes_every_key(quick):
         assert c["correctness"]["tolerance"] == 1e-5
         for k in ("out", "grad_x", "grad_router", "grad_expert_norms", "grad_expert_sums"):
             assert 0 <= c["correctness"][f"{k}_rel_err"] <= 1e-5
+
+
+@pytest.mark.parametrize(
+    "router, capacity_factor",
+    [("softmax_topk", 1.25), ("softmax_topk", None), ("expert_choice", 1.25)],
+)
+def test_the_reported_kernel_is_asked_with_the_bound_the_layer_runs_with(
+    monkeypatch, router, capacity_factor
+):
+    """``fast_path_kernel`` asks ``RoutedExperts.kernel`` with the same ``bounded`` as the
+    layer's own forward does: a capacity bounds the rows under token choice with a capacity
+    factor; expert choice takes C tokens per expert by construction and passes none."""
+    base = bench.layer_spec("mixtral-like", quick=True)
+    moe = base.moe.model_dump() | {"router": router, "capacity_factor": capacity_factor}
+    spec = type(base).model_validate(base.model_dump() | {"moe": moe})
+    layer = bench.build_layer(spec, "cpu", torch.float32)
+    real, asked = layer.experts.kernel, []
+
+    def spy(x, bounded=False):
+        asked.append(bounded)
+        return real(x, bounded)
+
+    monkeypatch.setattr(layer.experts, "kernel", spy)
+    with torch.no_grad():
+        layer(torch.randn(64, spec.d_model))
+    in_forward, asked[:] = set(asked), []
+    assert len(in_forward) == 1  # one bound throughout the forward
+    assert bench.fast_path_kernel(layer) == bench.KERNEL_NAMES[real(torch.empty(0, spec.d_model))]
+    assert set(asked) == in_forward
+    assert in_forward == {router != "expert_choice" and capacity_factor is not None}
 
 
 def test_ratios_are_the_medians_ratios(quick):
