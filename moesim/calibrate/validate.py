@@ -12,7 +12,8 @@
    - op classes through the cost model (``moesim.sim.costmodel.CostModel``): forward + a
      backward of twice the FLOPs and bytes (the simulator's convention) for ``fwd_bwd`` rows;
      copies as bytes over the fitted HBM bandwidth plus the launch overhead, host copies as
-     bytes over the nominal PCIe bandwidth × the fitted ``links.pcie`` plus the launch;
+     bytes over the nominal PCIe bandwidth × the fitted ``links.pcie`` (1 where none was
+     fitted: ``CostModel.link_fraction``) plus the launch;
    - ``moe_layer`` through ``moesim.sim.run.simulate`` of a one-GPU ``moe_layer`` scenario of
      the same layer, tokens, passes and measured routing histogram;
    - ``step`` through ``simulate`` of a one-GPU scenario of the same model, stage, batch and
@@ -129,9 +130,7 @@ def predict_op(r: dict[str, Any], cm: CostModel) -> float:
         b = _f(r["bytes"])
         return b / (cm.hbm_bytes_per_s * cm.profile.hbm(max(b, 1.0))) + cm.launch_s
     if cls == "host_copy":
-        pcie = cm.profile.links.pcie
-        frac = pcie.value if pcie is not None else 1.0
-        return _f(r["bytes"]) / (cm.gpu.pcie_GBps * 1e9 * frac) + cm.launch_s
+        return _f(r["bytes"]) / (cm.gpu.pcie_GBps * 1e9 * cm.link_fraction("pcie")) + cm.launch_s
     groups = int(_f(r.get("groups"), 1.0)) or 1
     bwd = r["pass"] == "fwd_bwd"
     flops, n_bytes = _f(r["flops"]), _f(r["bytes"])

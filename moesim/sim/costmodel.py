@@ -75,8 +75,11 @@ class CostModel:
         return max(compute_s, memory_s) + launch_s
 
     def link_fraction(self, kind: str) -> float:
-        """Achieved fraction of a link's nominal bandwidth: ``nvlink`` or ``network``."""
-        return getattr(self.profile.links, kind).value
+        """Achieved fraction of a link's nominal bandwidth: ``nvlink``, ``network`` or
+        ``pcie``. An optional link the profile does not hold (``pcie``, fitted only where host
+        copies were measured) runs at its nominal bandwidth: 1.0."""
+        link = getattr(self.profile.links, kind)
+        return 1.0 if link is None else link.value
 
     @property
     def collective_overhead_s(self) -> float:

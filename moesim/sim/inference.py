@@ -148,8 +148,7 @@ class ReplicaCost:
         self.tp_group = self.ctx.grid.tp_group(0)
         self.ep_group = self.ctx.grid.ep_group(0)
         self.offload = isinstance(s.workload, InferenceWorkload) and s.workload.expert_offload
-        pcie = self.ctx.profile.links.pcie  # the measured fraction where calibrated
-        self.pcie_Bps = s.cluster.gpu.pcie_GBps * 1e9 * (pcie.value if pcie else 1.0)
+        self.pcie_Bps = s.cluster.gpu.pcie_GBps * 1e9 * self.cm.link_fraction("pcie")
         if m.moe is not None:
             self.probs_E = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
             self.expert_params = ffn_params(m, m.moe.expert_hidden) / p.etp  # one expert shard

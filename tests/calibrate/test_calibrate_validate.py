@@ -65,12 +65,19 @@ def test_predict_op_follows_the_simulator_convention():
 
 
 def test_host_copies_are_predicted_over_the_pcie_link():
+    """At the fitted fraction of the nominal PCIe bandwidth; at the nominal one where the
+    profile has no ``links.pcie`` (no host copies measured)."""
     gpu = load_gpu("h100-sxm")
     prof = default_profile().model_dump()
-    prof["links"]["pcie"] = {"value": 0.5, "source": "test"}
     prof["launch_overhead_us"] = {"value": 0.0, "source": "test"}
-    cm = CostModel(gpu, Profile.model_validate(prof), "bf16")
     r = {"op": "h2d", "op_class": "host_copy", "pass": "fwd", "flops": 0.0, "bytes": 1e9}
+    prof["links"]["pcie"] = None
+    cm = CostModel(gpu, Profile.model_validate(prof), "bf16")
+    assert cm.link_fraction("pcie") == 1.0
+    assert predict_op(r, cm) == pytest.approx(1e9 / (gpu.pcie_GBps * 1e9))
+    prof["links"]["pcie"] = {"value": 0.5, "source": "test"}
+    cm = CostModel(gpu, Profile.model_validate(prof), "bf16")
+    assert cm.link_fraction("pcie") == 0.5
     assert predict_op(r, cm) == pytest.approx(1e9 / (0.5 * gpu.pcie_GBps * 1e9))
 
 
