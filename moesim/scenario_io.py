@@ -16,86 +16,34 @@ import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-from moesim.catalog import CatalogError, YAMLLoader, gpu_ids, model_ids, raw_entry
+from moesim import yaml_io
+from moesim.catalog import CatalogError, gpu_ids, model_ids, raw_entry
 from moesim.specs import ModelSpec, Scenario
+from moesim.yaml_io import YAMLFileError
 
 
 class ScenarioError(ValueError):
     """A scenario or model file that cannot be read or validated; the message is for people."""
 
 
-# -- YAML with the line of every key ---------------------------------------------------------
-class _LineLoader(YAMLLoader):
-    """The catalog's loader (YAML 1.2 floats: ``1.0e12`` is a number), for line tracking."""
-
-
-def _compose_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], source: str) -> None:
-    """Record the line of every key by its path; refuse a key given twice in one mapping
-    (PyYAML would silently keep the last one)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[Any, int] = {}
-        for key_node, value_node in node.value:
-            key = key_node.value
-            line = key_node.start_mark.line + 1
-            if key_node.tag != "tag:yaml.org,2002:merge" and isinstance(key, str):
-                if key in seen:
-                    dotted = ".".join(str(x) for x in (*path, key))
-                    raise ScenarioError(
-                        f"{source}:{line}: {dotted}: duplicate key '{key}' (first given at line "
-                        f"{seen[key]}): keep one of them"
-                    )
-                seen[key] = line
-            out[(*path, key)] = line
-            _compose_lines(value_node, (*path, key), out, source)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            out[(*path, i)] = item.start_mark.line + 1
-            _compose_lines(item, (*path, i), out, source)
-
-
+# -- YAML with the line of every key (moesim.yaml_io) ---------------------------------------
 def read_text(path: str | Path) -> str:
     """A file's text as UTF-8; a missing, unreadable or binary file is a ScenarioError."""
-    p = Path(path)
-    if not p.is_file():
-        raise ScenarioError(f"{p}: no such file")
     try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise ScenarioError(f"{p}: cannot read it: {e.strerror}") from None
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        raise ScenarioError(
-            f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start}): "
-            "give a YAML file, saved as UTF-8"
-        ) from None
+        return yaml_io.read_text(path)
+    except YAMLFileError as e:
+        raise ScenarioError(str(e)) from None
 
 
 def load_yaml(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
     """The file's data and a map from key path to line number."""
-    p = Path(path)
-    text = read_text(p)
-    lines: dict[tuple, int] = {}
     try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        if node is not None:
-            _compose_lines(node, (), lines, str(p))
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or e
-        raise ScenarioError(f"{where}: not valid YAML: {problem}") from None
-    if not isinstance(data, dict):
-        raise ScenarioError(
-            f"{p}: expected a mapping of keys at the top, got {type(data).__name__}"
-        )
-    return data, lines
+        return yaml_io.load_yaml_mapping(path)
+    except YAMLFileError as e:
+        raise ScenarioError(str(e)) from None
 
 
 # -- catalog ids -> specs --------------------------------------------------------------------

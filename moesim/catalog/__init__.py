@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import difflib
-import re
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -16,24 +15,9 @@ from typing import Any
 import yaml
 
 from moesim.specs import GPUSpec, ModelSpec
+from moesim.yaml_io import YAMLFileError, YAMLLoader, load_yaml_mapping
 
 _HERE = Path(__file__).parent
-
-
-class YAMLLoader(yaml.SafeLoader):
-    """A SafeLoader that reads floats as YAML 1.2 does.
-
-    PyYAML follows YAML 1.1, where ``1.0e12`` and ``46.7e9`` (no sign after the ``e``) are
-    strings; YAML 1.2 tools (and the JSON Schema of ``moesim schema``) read them as numbers,
-    and so do the catalog and the scenario loader.
-    """
-
-
-YAMLLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
 
 
 class CatalogError(LookupError):
@@ -82,24 +66,12 @@ def raw_entry(kind: str, name: str) -> dict[str, Any]:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
-    """A spec from a user's YAML file: broken YAML or a binary file is a CatalogError that names
-    the file (and the line), never a parser traceback."""
+    """A spec from a user's YAML file, read as scenario files are (``moesim.yaml_io``): broken
+    YAML, a key given twice or a binary file is a CatalogError that names the file and line."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=YAMLLoader)
-    except UnicodeDecodeError:
-        raise CatalogError(f"{path}: not UTF-8 text: give a YAML file, saved as UTF-8") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{path}:{mark.line + 1}" if mark else str(path)
-        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or e
-        raise CatalogError(f"{where}: not valid YAML: {problem}") from None
-    except OSError as e:
-        raise CatalogError(f"{path}: cannot read it: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise CatalogError(
-            f"{path}: expected a mapping of a spec's fields, got {type(data).__name__}"
-        )
-    return data
+        return load_yaml_mapping(path)[0]
+    except YAMLFileError as e:
+        raise CatalogError(str(e)) from None
 
 
 def load_model(name: str) -> ModelSpec:
