@@ -58,6 +58,7 @@ from moesim.analytic.post_training import (
     rollout_gpu_count,
     rollout_gpu_memory,
     rollout_layout,
+    rollout_sequences,
     weight_sync_bytes,
 )
 from moesim.sim.context import SimContext
@@ -201,10 +202,8 @@ def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
     """Generate the step's responses with the serving engine on the rollout GPUs."""
     w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
-    n = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
     roll, slots, capacity = rollout_scenario(s)
-    replicas = roll.parallel.dp_size
-    per_replica = math.ceil(n / replicas)
+    per_replica = rollout_sequences(s)
     cost = ReplicaCost(roll, base_dir)
     assert isinstance(roll.workload, InferenceWorkload)
     log = serve(
