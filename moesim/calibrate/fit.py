@@ -58,9 +58,16 @@ def _num(v: Any, default: float = 0.0) -> float:
     return default if math.isnan(f) else f
 
 
+def read_measurements(path: str | Path) -> pd.DataFrame:
+    """A measurements CSV, with the op classes of today: CSVs written before ``host_copy``
+    existed labelled h2d/d2h rows ``copy`` like d2d (fitting them into HBM is wrong), so they
+    are relabelled here, where every CSV is read (validation, ``calibrate run --append``,
+    which then writes the new labels back)."""
+    return with_host_copy_class(pd.read_csv(path, keep_default_na=True))
+
+
 def with_host_copy_class(df: pd.DataFrame) -> pd.DataFrame:
-    """``df`` with h2d/d2h rows under op class ``host_copy``: measurements written before the
-    class existed labelled them ``copy`` like d2d, and fitting them into HBM is wrong."""
+    """``df`` with h2d/d2h rows under op class ``host_copy`` (``read_measurements``)."""
     host = (df["op_class"] == "copy") & df["op"].isin(HOST_COPY_OPS)
     if not host.any():
         return df
@@ -191,7 +198,6 @@ def fit_profile(
     their ``source``; ``measurements`` is the CSV ``df`` was read from, named in ``source``."""
     base = base or default_profile()
     env = environment or {}
-    df = with_host_copy_class(df)
     where = f"{env.get('device_name', device_id)}, {env.get('date', 'undated')}"
     peak = gpu.peak_TFLOPS(dtype) * 1e12  # type: ignore[arg-type]
     hbm = gpu.hbm_TBps * 1e12
@@ -224,7 +230,8 @@ def fit_profile(
     assert set(compute) == set(OP_CLASSES)
     colls = fit_collectives(df)
     links = _links(colls, gpu, base, where)
-    pcie = fit_pcie(df, gpu, where)
+    bandwidths = _bandwidths(df)
+    pcie = fit_pcie(bandwidths, gpu, where)
     if pcie is not None:
         links["pcie"] = pcie
     overhead = base.collective_overhead_us.model_dump()
@@ -234,7 +241,6 @@ def fit_profile(
             "value": ar["latency_us_smallest"],
             "source": f"measured: smallest all_reduce over {ar['world_size']} ranks on {where}",
         }
-    bandwidths = _bandwidths(df)
     origin = display_path(measurements) if measurements is not None else "measurements in memory"
     profile = {
         "schema_version": 1,
@@ -273,11 +279,12 @@ def _bandwidths(df: pd.DataFrame) -> dict[str, float]:
     }
 
 
-def fit_pcie(df: pd.DataFrame, gpu: GPUSpec, where: str) -> dict[str, Any] | None:
-    """``links.pcie`` from the host copies: the best achieved h2d bandwidth (the direction
-    expert offloading copies in; d2h when only that was measured) ÷ the GPU's nominal
-    ``pcie_GBps``, at most 1. None when no host copy was measured (a CPU has no host link)."""
-    bw = _bandwidths(df[df["op_class"] == "host_copy"])
+def fit_pcie(bandwidths: dict[str, float], gpu: GPUSpec, where: str) -> dict[str, Any] | None:
+    """``links.pcie`` from the host copies' best bandwidths (``_bandwidths``, GB/s by copy op):
+    the best achieved h2d bandwidth (the direction expert offloading copies in; d2h when only
+    that was measured) ÷ the GPU's nominal ``pcie_GBps``, at most 1. None when no host copy
+    was measured (a CPU has no host link)."""
+    bw = {op: v for op, v in bandwidths.items() if op in HOST_COPY_OPS}
     op = "h2d" if "h2d" in bw else "d2h" if "d2h" in bw else None
     if op is None:
         return None

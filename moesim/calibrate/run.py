@@ -142,7 +142,7 @@ def run_calibration(
 
     from moesim.calibrate.context import Context
     from moesim.calibrate.device import detect
-    from moesim.calibrate.fit import fit_profile
+    from moesim.calibrate.fit import fit_profile, read_measurements
     from moesim.calibrate.records import COLUMNS
     from moesim.catalog import load_gpu
     from moesim.specs import GPUSpec
@@ -202,7 +202,7 @@ def run_calibration(
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     csv_path = out_dir / info.profile_id / "measurements.csv"
     if append and csv_path.is_file():
-        old = pd.read_csv(csv_path)
+        old = read_measurements(csv_path)  # legacy labels relabelled, written back new
         replaced = [c for b in selected for c in BENCH_CLASSES[b]]
         kept = old[~old["op_class"].isin(replaced)]
         df = pd.concat([kept, df], ignore_index=True)[list(COLUMNS)]

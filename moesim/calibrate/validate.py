@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from moesim.calibrate.fit import COMPUTE_CLASSES, display_path, fit_profile, with_host_copy_class
+from moesim.calibrate.fit import COMPUTE_CLASSES, display_path, fit_profile, read_measurements
 from moesim.sim.costmodel import CostModel, OpWork
 from moesim.sim.profile import Profile, load_profile
 from moesim.specs import GPUSpec
@@ -49,10 +49,6 @@ def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
     Profile.model_validate(profile)
     p.write_text(json.dumps(profile, indent=2) + "\n")
     return p
-
-
-def load_measurements(path: str | Path) -> pd.DataFrame:
-    return with_host_copy_class(pd.read_csv(path, keep_default_na=True))
 
 
 def device_spec_for(
@@ -298,7 +294,7 @@ def validate_profile(
     )
     measured = profile.get("measured") or {}
     dtype = measured.get("dtype", "bf16")
-    df = scored_rows(load_measurements(meas_path), dtype)
+    df = scored_rows(read_measurements(meas_path), dtype)
     cuda = device_id != "cpu"
     train, test = split(df, holdout, seed)
     env = measured.get("environment")

@@ -5,7 +5,7 @@ import math
 import pandas as pd
 import pytest
 
-from moesim.calibrate.fit import bin_curve, fit_profile, pav
+from moesim.calibrate.fit import bin_curve, fit_profile, pav, read_measurements
 from moesim.calibrate.records import COLUMNS
 from moesim.catalog import load_gpu
 from moesim.sim.costmodel import CostModel, OpWork
@@ -129,12 +129,15 @@ def with_host_copies(df: pd.DataFrame, op_class: str) -> pd.DataFrame:
 
 
 @pytest.mark.parametrize("label", ["host_copy", "copy"])  # "copy": CSVs written before the class
-def test_host_copies_fit_the_pcie_link_not_the_hbm_curve(label):
-    """H100-like copies: d2d at 90% of HBM, h2d/d2h at 50 GB/s. The HBM curve comes from d2d
-    alone (~0.9; with the PCIe rows in the medians it was ~0.015) and the host link's fitted
-    bandwidth is ~50 GB/s."""
+def test_host_copies_fit_the_pcie_link_not_the_hbm_curve(label, tmp_path):
+    """H100-like copies: d2d at 90% of HBM, h2d/d2h at 50 GB/s, read from a CSV (where an old
+    CSV's ``copy`` labels become ``host_copy``). The HBM curve comes from d2d alone (~0.9; with
+    the PCIe rows in the medians it was ~0.015) and the host link's fitted bandwidth is ~50
+    GB/s."""
     gpu = load_gpu("h100-sxm")
-    df = with_host_copies(synthetic(gpu), label)
+    with_host_copies(synthetic(gpu), label).to_csv(tmp_path / "m.csv", index=False)
+    df = read_measurements(tmp_path / "m.csv")
+    assert set(df[df["op"].isin(["h2d", "d2h"])]["op_class"]) == {"host_copy"}
     prof = Profile.model_validate(
         fit_profile(df, gpu, dtype="bf16", device_id="h100-sxm", points_per_decade=4)
     )

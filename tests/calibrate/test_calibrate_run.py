@@ -164,3 +164,25 @@ def test_append_replaces_only_the_benchmarks_run(tmp_path):
     gemm_after = after[after["op_class"] == "gemm"].reset_index(drop=True)
     pd.testing.assert_frame_equal(gemm_before, gemm_after)  # kept as they were
     assert (after["op_class"] == "copy").sum() == (before["op_class"] == "copy").sum()
+
+
+def test_append_writes_the_host_copy_class_over_an_old_csvs_copy_labels(tmp_path):
+    """A CSV written before ``host_copy`` existed labelled h2d/d2h copies ``copy``: appending
+    to it (the copy benchmark not rerun) writes them back as ``host_copy``, d2d stays ``copy``."""
+    from moesim.calibrate.run import run_calibration
+
+    first = run_calibration(
+        "cpu", quick=True, out_dir=tmp_path, only=("gemm", "copy"), validate=False, threads=1
+    )
+    old = pd.read_csv(first.measurements)
+    d2d = old[old["op"] == "d2d"]
+    legacy = pd.concat([d2d.assign(op=op, op_class="copy") for op in ("h2d", "d2h")])
+    pd.concat([old, legacy], ignore_index=True).to_csv(first.measurements, index=False)
+    second = run_calibration(
+        "cpu", quick=True, out_dir=tmp_path, only=("attention",), validate=False, threads=1,
+        append=True,
+    )  # fmt: skip
+    after = pd.read_csv(second.measurements)
+    by_op = after.groupby("op")["op_class"].agg(set).to_dict()
+    assert by_op["h2d"] == by_op["d2h"] == {"host_copy"} and by_op["d2d"] == {"copy"}
+    assert (after["op"] == "h2d").sum() == len(d2d)
