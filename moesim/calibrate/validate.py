@@ -54,15 +54,14 @@ def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
 def device_spec_for(
     profile_path: Path,
     device_id: str,
-    fit_rows: pd.DataFrame | None = None,
-    all_rows: pd.DataFrame | None = None,
+    fit_rows: pd.DataFrame,
     environment: dict[str, Any] | None = None,
 ) -> GPUSpec:
-    """``<dir>/<id>.device.yaml`` beside the profile (the CPU's measured spec), else the
-    catalog GPU of that id. With ``fit_rows`` a measured spec is derived again from those rows
-    alone (``run.measured_cpu_spec``; the file's memory size kept), unless the measurements it
-    needs (fp32 GEMMs, d2d copies) are absent from ``all_rows`` too: then the file was measured
-    elsewhere and no held-out row can have set it."""
+    """The spec the held-out rows are predicted on: the catalog GPU of that id (a datasheet),
+    or, where ``<dir>/<id>.device.yaml`` lies beside the profile (the CPU's spec, measured),
+    that spec derived again from ``fit_rows`` alone (``run.measured_cpu_spec``; the file's
+    name and memory size kept), so that no held-out GEMM or copy sets its own scale. Fitting
+    rows without the fp32 GEMMs and d2d copies it is derived from are an error."""
     import yaml
 
     from moesim.calibrate.run import measured_cpu_spec
@@ -72,17 +71,16 @@ def device_spec_for(
     if not local.is_file():
         return load_gpu(device_id)
     spec = GPUSpec.model_validate(yaml.safe_load(local.read_text()))
-    if fit_rows is None:
-        return spec
-    every = all_rows if all_rows is not None else fit_rows
-    gemm_fp32 = (every["op_class"] == "gemm") & (every["dtype"] == "fp32")
-    d2d = (every["op_class"] == "copy") & (every["op"] == "d2d")
-    if not (gemm_fp32.any() and d2d.any()):
-        return spec
     env = environment or {}
-    derived = measured_cpu_spec(
-        fit_rows, env.get("device_name", spec.name), env.get("date", "undated"), spec.hbm_GB
-    )
+    try:
+        derived = measured_cpu_spec(
+            fit_rows, env.get("device_name", spec.name), env.get("date", "undated"), spec.hbm_GB
+        )
+    except RuntimeError as e:
+        raise RuntimeError(
+            f"{display_path(local)} is a measured device spec, which validation derives again "
+            f"from the fitting rows alone; they cannot give it: {e}"
+        ) from e
     return GPUSpec.model_validate(derived)
 
 
@@ -298,7 +296,7 @@ def validate_profile(
     cuda = device_id != "cpu"
     train, test = split(df, holdout, seed)
     env = measured.get("environment")
-    gpu = device_spec_for(profile_path, device_id, train, df, env)
+    gpu = device_spec_for(profile_path, device_id, train, env)
     part = fit_profile(
         train, gpu, dtype=dtype, device_id=device_id, environment=env, measurements=meas_path
     )

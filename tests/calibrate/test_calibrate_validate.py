@@ -170,3 +170,27 @@ def test_validation_takes_the_cpu_peaks_from_the_fitting_rows_only(tmp_path, mon
     assert seen[0].fp32_TFLOPS < 0.5 * gpu.fp32_TFLOPS  # the all-rows peak: 10× one GEMM
     assert seen[0].hbm_GB == 8.0
     assert val["gemm"]["n"] == len(test[test["op_class"] == "gemm"])
+
+
+def test_a_measured_cpu_spec_without_its_measurements_is_an_error(tmp_path):
+    """Measurements without d2d copies beside a measured CPU spec: validation cannot derive
+    the spec from the fitting rows, and says so (it once fell back to the file, whose peaks
+    came from every row, held-out ones included)."""
+    import yaml
+
+    from moesim.calibrate import validate
+    from moesim.calibrate.fit import fit_profile
+    from moesim.calibrate.run import measured_cpu_spec
+    from moesim.specs import GPUSpec
+
+    df = _cpu_measurements()
+    spec = measured_cpu_spec(df, "test cpu", "2026-01-01", 8.0)
+    (tmp_path / "cpu.device.yaml").write_text(yaml.safe_dump(spec))
+    no_copies = df[df["op_class"] != "copy"]
+    (tmp_path / "cpu").mkdir()
+    no_copies.to_csv(tmp_path / "cpu" / "measurements.csv", index=False)
+    gpu = GPUSpec.model_validate(spec)
+    prof = fit_profile(no_copies, gpu, dtype="fp32", device_id="cpu", environment={"date": "x"})
+    path = validate.write_profile(tmp_path / "cpu.json", prof)
+    with pytest.raises(RuntimeError, match=r"cpu\.device\.yaml is a measured device spec.*d2d"):
+        validate.validate_profile(path, seed=0, report=tmp_path / "r.html")
