@@ -260,9 +260,11 @@ class SimContext:
         if a.size == 0:
             return np.full(len(dest_copies_NR), base_s)
         beta_bal_s = float((np.full(ep, balanced_copies) @ a).max())
-        # einsum, not BLAS: OpenBLAS threads made this (480, 64) @ (64, 256) product 7.6 ms
-        # against einsum's 2.9 ms on this 2-core machine while it was busy (measured 2026-12-01)
-        beta_N_s = np.einsum("nr,rl->nl", dest_copies_NR, a).max(axis=1)
+        # single-threaded einsum on floats: the draws are integer counts, and on a (960, 64)
+        # × (64, 256) product einsum took 10.8 ms on ints, 3.1 ms on floats; BLAS's matmul 0.45
+        # ms of wall time but more CPU time in its threads (this 2-core machine, 2026-12-01)
+        loads = np.asarray(dest_copies_NR, dtype=float)
+        beta_N_s = np.einsum("nr,rl->nl", loads, a).max(axis=1)
         return np.maximum(base_s + beta_N_s - beta_bal_s, 0.0)
 
     def _symmetric_table(
