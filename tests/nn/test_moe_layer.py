@@ -195,33 +195,34 @@ class HostSyncOps(TorchDispatchMode):
 
 
 @NO_GROUPED_MM
+def _step_host_syncs(layer) -> tuple[object, list, list]:
+    """(output, host-syncing ops of the forward, of the backward) of one step on 50 tokens."""
+    x = torch.randn(50, 32, requires_grad=True)
+    with HostSyncOps() as fwd:
+        out = layer(x)
+    with HostSyncOps() as bwd:
+        (out.out.square().sum() + sum(out.aux_losses.values())).backward()
+    return out, fwd.ops, bwd.ops
+
+
 @pytest.mark.parametrize("router", ["softmax_topk", "sigmoid_topk"])
 def test_dropless_fast_path_never_waits_for_the_device(router):
     """Forward (router, stats, aux losses included) and backward of the grouped-GEMM path
     issue no host-syncing op; traced on the CPU, where torch._grouped_mm runs in new torch."""
     fast, _ = pair(spec(router=router, n_shared_experts=1, n_groups=4, topk_groups=2), "grouped_mm")
-    x = torch.randn(50, 32, requires_grad=True)
-    with HostSyncOps() as fwd:
-        out = fast(x)
-    with HostSyncOps() as bwd:
-        (out.out.square().sum() + sum(out.aux_losses.values())).backward()
-    assert fwd.ops == [] and bwd.ops == []
+    out, fwd_ops, bwd_ops = _step_host_syncs(fast)
+    assert fwd_ops == [] and bwd_ops == []
     assert out.stats.dropped == 0 and out.stats.entropy > 0  # read lazily, after the step
 
 
 def test_padded_kernel_syncs_once_dropless_and_never_with_a_capacity():
     """Padding to the capacity needs no host sync; dropless, the largest count is read once."""
     fast, _ = pair(spec(capacity_factor=1.25), "padded")
-    x = torch.randn(50, 32, requires_grad=True)
-    with HostSyncOps() as fwd:
-        out = fast(x)
-    with HostSyncOps() as bwd:
-        (out.out.square().sum() + sum(out.aux_losses.values())).backward()
-    assert fwd.ops == [] and bwd.ops == []
+    _, fwd_ops, bwd_ops = _step_host_syncs(fast)
+    assert fwd_ops == [] and bwd_ops == []
     fast, _ = pair(spec(), "padded")
-    with HostSyncOps() as fwd:
-        fast(x)
-    assert fwd.ops == ["_local_scalar_dense"]
+    _, fwd_ops, _ = _step_host_syncs(fast)
+    assert fwd_ops == ["_local_scalar_dense"]
 
 
 def test_capacity_drops_later_tokens_and_they_get_no_routed_output():

@@ -151,8 +151,18 @@ def test_analytic_forward_flops_match_flop_counter(name):
         assert measured == pytest.approx(analytic, rel=1e-9)
 
 
+@pytest.mark.parametrize(
+    "spans",
+    [
+        ((0, 8), (8, 9), (9, 10), (10, 11), (11, 12)),  # a prefill, then one-token decodes
+        # chunks prefilled after cached keys must not see their own later keys: the causal
+        # mask is offset by the cached length (without it the 2nd and 3rd chunks differ)
+        ((0, 5), (5, 8), (8, 12)),
+    ],
+    ids=["decode", "chunked-prefill"],
+)
 @pytest.mark.parametrize("name", ["tiny-moe", "small-deepseek-v3", "small-qwen3-moe"])
-def test_kv_cached_decoding_equals_full_forward(name):
+def test_kv_cached_forward_equals_full_forward(name, spans):
     spec = SPECS[name]
     torch.manual_seed(0)
     model = Transformer(spec).eval()
@@ -160,25 +170,8 @@ def test_kv_cached_decoding_equals_full_forward(name):
     with torch.no_grad():
         full = model(ids).logits
         caches = model.new_kv_caches(2, 12)
-        pre = model(ids[:, :8], caches=caches).logits
-        steps = [model(ids[:, t : t + 1], caches=caches).logits for t in range(8, 12)]
-    torch.testing.assert_close(pre, full[:, :8], rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(torch.cat(steps, 1), full[:, 8:], rtol=1e-4, atol=1e-5)
-
-
-@pytest.mark.parametrize("name", ["tiny-moe", "small-deepseek-v3", "small-qwen3-moe"])
-def test_prefill_in_chunks_into_the_cache_equals_full_forward(name):
-    """A chunk prefilled after cached keys must not see the chunk's later keys: the causal
-    mask is offset by the cached length (without it the second and third chunks differ)."""
-    spec = SPECS[name]
-    torch.manual_seed(0)
-    model = Transformer(spec).eval()
-    ids = torch.randint(0, spec.vocab_size, (2, 12))
-    with torch.no_grad():
-        full = model(ids).logits
-        caches = model.new_kv_caches(2, 12)
-        chunks = [model(ids[:, a:b], caches=caches).logits for a, b in ((0, 5), (5, 8), (8, 12))]
-    torch.testing.assert_close(torch.cat(chunks, 1), full, rtol=1e-4, atol=1e-5)
+        parts = [model(ids[:, a:b], caches=caches).logits for a, b in spans]
+    torch.testing.assert_close(torch.cat(parts, 1), full, rtol=1e-4, atol=1e-5)
 
 
 def test_offset_causal_mask_sees_the_cache_and_earlier_new_keys():
