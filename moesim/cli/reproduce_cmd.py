@@ -119,7 +119,14 @@ def _print_tables(rows: list) -> None:
     for col, justify in (("case", "left"), ("class", "left"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right"),
                          ("within", "center")):  # fmt: skip
-        t.add_column(col, justify=justify, no_wrap=col != "metric")  # type: ignore[arg-type]
+        numeric = justify != "left"  # figures are never cut; long ids fold instead
+        t.add_column(
+            col,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=numeric,
+            min_width=9 if numeric else None,
+            overflow="ellipsis" if numeric else "fold",
+        )
     notes = []
     for r in rows:
         if r.predicted is None:
