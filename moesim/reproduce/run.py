@@ -102,7 +102,13 @@ def load_cases(root: str | Path) -> list[Case]:
             f"{root}: no published cases found (YAML files with an 'expect' block); "
             "see scenarios/published/README.md"
         )
-    return [load_case(p, strict=False) for p in files]
+    cases = [load_case(p, strict=False) for p in files]
+    first: dict[str, Path] = {}
+    for c in cases:  # the id keys the baseline and the report: two files cannot share one
+        if c.id in first:
+            raise ScenarioError(f"{c.path}: case id '{c.id}' is also {first[c.id]}: rename one")
+        first[c.id] = c.path
+    return cases
 
 
 def run_case(case: Case) -> CaseResult:

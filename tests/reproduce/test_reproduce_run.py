@@ -125,3 +125,10 @@ def test_unsupported_stage_is_a_row(write_case, tmp_path, monkeypatch) -> None:
 def test_no_cases_is_an_error(tmp_path) -> None:
     with pytest.raises(ScenarioError, match="no published cases found"):
         load_cases(tmp_path)
+
+
+def test_two_files_with_one_id_are_an_error(write_case, tmp_path) -> None:
+    write_case("moe/same")
+    write_case("dense/same")
+    with pytest.raises(ScenarioError, match="case id 'same' is also"):
+        load_cases(tmp_path)
