@@ -41,3 +41,36 @@ def markdown_table(rows: list[CaseResult], date: str, commit: str | None = None)
             f"{_pct(st['median_abs_error'])} | {_pct(st['max_abs_error'])} |"
         )
     return "\n".join(lines) + "\n"
+
+
+BEGIN, END = "<!-- reproduce:begin -->", "<!-- reproduce:end -->"
+
+
+def replace_block(text: str, table: str) -> str:
+    """``text`` with what lies between the reproduce markers replaced by ``table``."""
+    if not table.strip():
+        raise ValueError("no table to insert (did `moesim reproduce --markdown` fail?)")
+    start, end = text.find(BEGIN), text.find(END)
+    if start < 0 or end < start:
+        raise ValueError(f"the markers {BEGIN} ... {END} are missing or out of order")
+    return text[: start + len(BEGIN)] + "\n" + table.strip("\n") + "\n" + text[end:]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``moesim reproduce --markdown | python -m moesim.reproduce.markdown README.md``."""
+    import sys
+    from pathlib import Path
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        sys.exit("usage: moesim reproduce --markdown | python -m moesim.reproduce.markdown FILE")
+    path = Path(args[0])
+    try:
+        path.write_text(replace_block(path.read_text(), sys.stdin.read()))
+    except (OSError, ValueError) as e:
+        sys.exit(f"error: {path}: {e}")
+    print(f"updated the published-runs table in {path}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

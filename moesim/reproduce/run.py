@@ -99,7 +99,7 @@ def load_cases(root: str | Path) -> list[Case]:
     files = find_case_files(root)
     if not files:
         raise ScenarioError(
-            f"{root}: no published cases found (YAML files with an 'expect' block); "
+            f"{root}: no published cases found (case YAML files under it); "
             "see scenarios/published/README.md"
         )
     cases = [load_case(p, strict=False) for p in files]
