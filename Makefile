@@ -7,7 +7,7 @@ BIN     = $(VENV)/bin
 # torch==2.13.0 is the CPU wheel this machine carries; a bare `torch` would pull CUDA wheels.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup browser demo reports test perf lint format clean
+.PHONY: setup browser demo reports reproduce readme-table test perf lint format clean
 
 setup: $(VENV)/.installed
 
@@ -37,6 +37,16 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+
+# Every published run (scenarios/published/) simulated against its figure: an HTML report.
+reproduce: setup
+	$(BIN)/moesim reproduce --html reports/published-runs.html
+
+# Rewrite the README's table between <!-- reproduce:begin --> and <!-- reproduce:end -->.
+readme-table: setup
+	$(BIN)/moesim reproduce --markdown > .reproduce-table.md || { rm -f .reproduce-table.md; exit 2; }
+	$(BIN)/python -m moesim.reproduce.markdown README.md < .reproduce-table.md
+	rm -f .reproduce-table.md
 
 # The report test opens an HTML report in headless Chromium (Debian's package).
 browser:

@@ -24,6 +24,9 @@ from moesim.catalog import CatalogError, gpu_ids, model_ids, raw_entry
 from moesim.specs import ModelSpec, Scenario
 from moesim.yaml_io import YAMLFileError
 
+#: the top-level key of a published case (a scenario plus what a source measured)
+EXPECT_KEY = "expect"
+
 
 class ScenarioError(ValueError):
     """A scenario or model file that cannot be read or validated; the message is for people."""
@@ -285,8 +288,12 @@ def scenario_from_dict(
 
 
 def load_scenario(path: str | Path) -> Scenario:
-    """A Scenario from a YAML file, with file:line in every error."""
+    """A Scenario from a YAML file, with file:line in every error.
+
+    A published case's ``expect`` block is set aside: it describes the source's measurement,
+    not the run (``moesim.reproduce.cases`` validates it)."""
     data, lines = load_yaml(path)
+    data = {k: v for k, v in data.items() if k != EXPECT_KEY}
     return scenario_from_dict(data, str(path), lines, base=Path(path).parent)
 
 

@@ -7,6 +7,7 @@ from moesim.cli import (
     calibrate_cmd,  # noqa: F401  (registers calibrate run|validate)
     inspect_cmd,  # noqa: F401  (registers inspect, validate, schema, import-hf)
     report_cmd,  # noqa: F401  (registers compare, report, sweep, plan)
+    reproduce_cmd,  # noqa: F401  (registers reproduce)
     simulate_cmd,  # noqa: F401  (registers simulate)
     train_cmd,  # noqa: F401  (registers train)
 )

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, print_json
-from moesim.scenario_io import file_kind, load_scenario, load_yaml
-from moesim.specs import POST_TRAINING_PHASES
+from moesim.scenario_io import EXPECT_KEY, file_kind, load_scenario, load_yaml
+from moesim.specs import POST_TRAINING_PHASES, Scenario
+
+if TYPE_CHECKING:
+    from moesim.reproduce.cases import Expect
 
 #: the command that runs each kind of file ``moesim simulate`` does not (scenario_io.file_kind)
 COMMAND_OF_KIND = {"sweep": "sweep", "comparison": "compare", "plan": "plan"}
@@ -47,12 +50,21 @@ def simulate(
 
     if fidelity not in (None, "symmetric", "full"):
         raise UserError(f"--fidelity must be 'symmetric' or 'full', got {fidelity!r}")
-    kind = file_kind(load_yaml(file)[0])
+    data = load_yaml(file)[0]
+    kind = file_kind(data)
     if kind != "scenario":
         raise UserError(
             f"{file}: this is a {kind} file, not a scenario; run `moesim {COMMAND_OF_KIND[kind]} "
             f"{file}` (or `moesim report {file}` for an HTML report)"
         )
+    expect = None
+    if EXPECT_KEY in data:  # a published case: check its expect block, compare at the end
+        from moesim.reproduce.cases import load_case
+
+        case = load_case(file)
+        if case.scenario is None:
+            raise UserError(f"{file}: unsupported: {case.expect.unsupported}")
+        expect = case.expect
     s = load_scenario(file)
     if profile is not None:
         s = s.model_copy(
@@ -68,6 +80,33 @@ def simulate(
     if as_json:
         print_json(d)
         return
+    try:
+        _print_tables(s, d, trace)
+    finally:
+        if expect is not None:
+            _print_comparison(d, expect)
+
+
+def _print_comparison(d: dict, expect: Expect) -> None:
+    """The published case's line: published, predicted, signed error, within tolerance."""
+    from moesim.reproduce.run import MetricError, extract_metric, is_within, relative_error
+
+    try:
+        predicted = extract_metric(d, expect.metric)
+    except MetricError as e:
+        console.print(f"[bold red]published case:[/] {escape(str(e))}", highlight=False)
+        return
+    err = relative_error(predicted, expect.value)
+    ok = "[green]within[/]" if is_within(err, expect.tolerance) else "[red]outside[/]"
+    console.print(
+        f"published {escape(expect.metric)}: {expect.value:.4g}, predicted {predicted:.4g}, "
+        f"error {err:+.1%} ({ok} ±{expect.tolerance:.0%}; {escape(expect.source)})",
+        highlight=False,
+    )
+
+
+def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
+    """The result as tables: headline metrics, time, phases, memory."""
     table = Table(title=escape(f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name}"))
     table.add_column("metric")
     table.add_column("value", justify="right")
