@@ -30,6 +30,7 @@ from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.profile import resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
+from moesim.sim.utilization import utilization
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
 SIMULATED_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo", "moe_layer", "inference")
@@ -251,9 +252,10 @@ def _result(
         out.tokens_per_s = tokens / step_s
         out.tokens_per_s_per_gpu = out.tokens_per_s / gpus
         if not isinstance(w, MoELayerWorkload):
-            achieved = flops_per_token * out.tokens_per_s / gpus
-            out.model_tflops_per_gpu = achieved / 1e12
-            out.mfu = achieved / (s.cluster.gpu.bf16_TFLOPS * 1e12)
+            recompute = ctx.flops.recompute(s.parallel.recompute)
+            used = utilization(s, flops_per_token, recompute, out.tokens_per_s_per_gpu)
+            for k, v in used.items():
+                setattr(out, k, v)
         total_tokens = getattr(w, "total_tokens", None)
         if total_tokens:
             out.gpu_hours = total_tokens / out.tokens_per_s * gpus / 3600.0
