@@ -42,9 +42,6 @@ from moesim.specs import (
     Scenario,
 )
 
-#: CUDA context, allocator fragmentation and NCCL workspaces: a fixed reserve. An assumption,
-#: not a measurement (PyTorch's CUDA context alone takes a few hundred MB); change it here.
-FRAMEWORK_RESERVE_BYTES = 1.0e9
 FP32_BYTES = 4.0
 
 
@@ -305,9 +302,15 @@ def kv_cache_bytes_per_token(m: ModelSpec, p: ParallelSpec, prec: Precision) -> 
 
 
 # -- the whole estimate -------------------------------------------------------------------------
+def reserve_bytes(s: Scenario) -> float:
+    """HBM the framework's tensors cannot use (``cluster.gpu_memory_reserve_GB``): CUDA
+    context, library workspaces, allocator and NCCL buffers."""
+    return s.cluster.gpu_memory_reserve_GB * 1e9
+
+
 def _other_bytes(s: Scenario, tokens_per_mb: float) -> float:
     m = s.model
-    other = FRAMEWORK_RESERVE_BYTES
+    other = reserve_bytes(s)
     if m.moe is not None and s.parallel.ep > 1:
         # dispatch and combine receive buffers for one microbatch
         other += 2 * tokens_per_mb * m.moe.top_k * m.d_model * s.precision.dispatch_bytes

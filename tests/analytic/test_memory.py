@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from moesim.analytic.memory import (
-    FRAMEWORK_RESERVE_BYTES,
     activation_bytes_per_token,
     memory_per_gpu,
     microbatches_in_flight,
@@ -77,7 +76,12 @@ def test_activations_worked_example():
 
 def test_other_holds_reserve_and_gradient_buckets():
     est = memory_per_gpu(_scenario(1))
-    assert est.other == pytest.approx(FRAMEWORK_RESERVE_BYTES + 2 * 40e6)
+    assert est.other == pytest.approx(1.0e9 + 2 * 40e6)  # the default 1 GB reserve
+    s = _scenario(1)
+    more = s.model_copy(
+        update={"cluster": s.cluster.model_copy(update={"gpu_memory_reserve_GB": 3.5})}
+    )
+    assert memory_per_gpu(more).other == pytest.approx(3.5e9 + 2 * 40e6)
     assert est.total == pytest.approx(
         est.weights + est.gradients + est.optimizer + est.activations + est.other
     )
