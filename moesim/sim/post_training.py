@@ -463,7 +463,7 @@ def simulate_post_training(
         res.tokens_per_s = useful / step_s
         res.tokens_per_s_per_gpu = res.tokens_per_s / gpus
         trained = useful * getattr(w, "ppo_epochs", 1) / step_s / gpus  # tokens/s/GPU trained
-        recompute = fl.recompute(s.parallel.recompute)
+        recompute = fl.recompute(s.parallel.recompute, s.parallel.recompute_modules)
         for k, v in utilization(s, flops_per_token, recompute, trained).items():
             setattr(res, k, v)
         if w.total_tokens:

@@ -252,7 +252,7 @@ def _result(
         out.tokens_per_s = tokens / step_s
         out.tokens_per_s_per_gpu = out.tokens_per_s / gpus
         if not isinstance(w, MoELayerWorkload):
-            recompute = ctx.flops.recompute(s.parallel.recompute)
+            recompute = ctx.flops.recompute(s.parallel.recompute, s.parallel.recompute_modules)
             used = utilization(s, flops_per_token, recompute, out.tokens_per_s_per_gpu)
             for k, v in used.items():
                 setattr(out, k, v)
