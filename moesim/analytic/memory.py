@@ -401,3 +401,28 @@ def _moe_layer_memory(s: Scenario) -> MemoryEstimate:
 
 def fits(s: Scenario) -> bool:
     return memory_per_gpu(s).total <= s.cluster.gpu.hbm_GB * 1e9
+
+
+#: what shrinks each part of a training step's memory, for the note of a layout that does not fit
+_SHRINKS = {
+    "activations": "parallel.recompute_modules (e.g. [moe]) or recompute: full, "
+    "precision.activation_storage: fp8, a smaller microbatch_size, or more tp/cp/pp",
+    "optimizer": "a higher zero_stage, precision.optimizer_states: bf16, or more dp/ep",
+    "gradients": "zero_stage 2 or 3, precision.grads: bf16, or more pp/tp/ep",
+    "weights": "zero_stage 3, or more pp/tp/ep",
+}
+
+
+def memory_note(s: Scenario, est: MemoryEstimate) -> str | None:
+    """Why a training layout does not fit: by how much, its largest part and what shrinks it;
+    None when it fits."""
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    if est.total <= hbm:
+        return None
+    parts = {k: getattr(est, k) for k in _SHRINKS}
+    worst = max(parts, key=parts.__getitem__)
+    return (
+        f"needs {est.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB per GPU (stage {est.stage}); "
+        f"the largest part is {worst} at {parts[worst] / 1e9:,.1f} GB "
+        f"({parts[worst] / est.total:.0%}): {_SHRINKS[worst]}"
+    )

@@ -205,7 +205,7 @@ def _result(
     breakdown: dict[str, float],
     extrapolated: bool = False,
 ) -> Result:
-    from moesim.analytic.memory import fits
+    from moesim.analytic.memory import fits, memory_note
 
     s = ctx.scenario
     w = s.workload
@@ -224,6 +224,7 @@ def _result(
         time_breakdown_s=breakdown,
     )
     extra: dict[str, object] = {
+        "memory_note": memory_note(s, mem),
         "fidelity": ctx.fidelity,
         "network": s.simulation.network,
         "simulated_ranks": len(ranks),
