@@ -75,7 +75,9 @@ def layer_costs(
     # (Korthikanti et al. 2022 count the same tensors for activation memory)
     norms = OpWork("norms", "memory_bound", 0.0, 12 * io / tp, 5)
     is_moe = fl.routed_experts > 0
-    ffn_s = cm.time_s(ffn)
+    # no shared experts (Mixtral) or no dense FFN: no op, not a launch moving zero FLOPs
+    has_ffn = ffn_flops > 0
+    ffn_s = cm.time_s(ffn) if has_ffn else 0.0
     modules = p.recomputed_modules
     return LayerCosts(
         is_moe=is_moe,
@@ -83,7 +85,7 @@ def layer_costs(
         attention_bwd_s=attention_bwd_s,
         attention_core_s=cm.time_s(core),
         ffn_s=ffn_s,
-        ffn_bwd_s=cm.time_s(_bwd(ffn)),
+        ffn_bwd_s=cm.time_s(_bwd(ffn)) if has_ffn else 0.0,
         router_s=cm.time_s(router) if fl.router else 0.0,
         router_bwd_s=cm.time_s(_bwd(router)) if fl.router else 0.0,
         norms_s=cm.time_s(norms),
