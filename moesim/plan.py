@@ -387,10 +387,13 @@ def training_flops_lower_bound(s: Scenario) -> float | None:
     tf = token_flops(m, w.seq_len)
     lora = getattr(w, "lora", None) is not None
     passes = 2.0 if lora else 3.0  # frozen weights: no weight gradients
-    per_token = passes * tf.forward + (0.0 if lora else tf.recompute(p.recompute))
+    per_token = passes * tf.forward + (
+        0.0 if lora else tf.recompute(p.recompute, p.recompute_modules)
+    )
     if m.moe is not None and m.moe.capacity_factor is not None:  # dropped copies do no work
         routed = sum(x.routed_experts for x in tf.layers)
-        per_token -= passes * routed + (routed if p.recompute == "full" and not lora else 0.0)
+        recomputed = p.recompute == "full" or "moe" in p.recomputed_modules
+        per_token -= passes * routed + (routed if recomputed and not lora else 0.0)
     return max(per_token, 0.0) * sequences_per_step(s) * w.seq_len
 
 

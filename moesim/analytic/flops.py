@@ -21,10 +21,11 @@ the part of the recompute that dense models have.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from moesim.analytic.params import attention_params, ffn_params, router_params
-from moesim.specs import ModelSpec
+from moesim.specs import SELECTIVE_MODULES, ModelSpec
 
 Recompute = str  # "none" | "selective" | "full"
 
@@ -46,8 +47,23 @@ class LayerFlops:
 
     @property
     def selective_recompute(self) -> float:
-        """Forward FLOPs that ``recompute: selective`` repeats in the backward pass."""
-        return self.mla_up_proj + self.activation
+        """Forward FLOPs that ``recompute: selective`` repeats with its default modules."""
+        return self.recompute_flops(SELECTIVE_MODULES)
+
+    def recompute_flops(self, modules: frozenset[str]) -> float:
+        """Forward FLOPs this layer repeats in the backward pass when ``modules`` (Megatron's
+        ``recompute_modules``) are recomputed: ``mla_up_proj`` and ``core_attn`` their GEMMs,
+        ``moe_act`` the activation functions, ``shared_experts`` the shared experts' GEMMs,
+        ``mlp`` (a dense layer) / ``moe`` (an MoE layer) the whole FFN block; ``layernorm``
+        costs no FLOPs (norms are not counted, see the module docstring)."""
+        f = self.mla_up_proj if "mla_up_proj" in modules else 0.0
+        f += self.attention_core if "core_attn" in modules else 0.0
+        whole_ffn = "moe" in modules if self.routed_experts > 0 else "mlp" in modules
+        if whole_ffn:
+            ffn = self.dense_ffn + self.router + self.shared_experts + self.routed_experts
+            return f + ffn + self.activation
+        f += self.shared_experts if "shared_experts" in modules else 0.0
+        return f + (self.activation if "moe_act" in modules else 0.0)
 
     @property
     def total(self) -> float:
@@ -79,26 +95,27 @@ class TokenFlops:
         """Forward + backward: the numerator of MFU (recomputation not counted)."""
         return 3.0 * self.forward
 
-    def recompute(self, mode: Recompute) -> float:
+    def recompute(self, mode: Recompute, modules: Iterable[str] | None = None) -> float:
         """Extra forward FLOPs that recomputation adds to the backward pass, per token.
 
-        selective: what ``memory.activation_bytes_per_token`` drops under it, recomputed: norm
-        outputs (0 FLOPs), activation-function outputs and MLA's up-projected Q/K/V. The
-        attention core is not among them: memory keeps Q, K, V, the output and the
-        log-sum-exp, all that flash attention's backward reads. full: the whole forward of
-        every layer again.
+        selective: what ``memory.activation_bytes_per_token`` drops under it, recomputed:
+        ``modules`` (``ParallelSpec.recompute_modules``), by default norm outputs (0 FLOPs),
+        activation-function outputs and MLA's up-projected Q/K/V. The attention core is not
+        among them by default: memory keeps Q, K, V, the output and the log-sum-exp, all that
+        flash attention's backward reads. full: the whole forward of every layer again.
         """
         if mode == "none":
             return 0.0
         if mode == "selective":
-            return sum(x.selective_recompute for x in self.layers)
+            chosen = frozenset(modules) if modules else SELECTIVE_MODULES
+            return sum(x.recompute_flops(chosen) for x in self.layers)
         if mode == "full":
             return sum(x.total for x in self.layers)
         raise ValueError(f"recompute must be none|selective|full, got {mode!r}")
 
-    def hardware_flops(self, mode: Recompute) -> float:
+    def hardware_flops(self, mode: Recompute, modules: Iterable[str] | None = None) -> float:
         """FLOPs the GPUs actually execute per token in training (HFU numerator)."""
-        return self.model_flops + self.recompute(mode)
+        return self.model_flops + self.recompute(mode, modules)
 
 
 def attention_core_flops(m: ModelSpec, context: float) -> float:

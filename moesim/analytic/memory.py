@@ -42,9 +42,6 @@ from moesim.specs import (
     Scenario,
 )
 
-#: CUDA context, allocator fragmentation and NCCL workspaces: a fixed reserve. An assumption,
-#: not a measurement (PyTorch's CUDA context alone takes a few hundred MB); change it here.
-FRAMEWORK_RESERVE_BYTES = 1.0e9
 FP32_BYTES = 4.0
 
 
@@ -155,23 +152,28 @@ def activation_bytes_per_token(
     the permuted input, the expert's hidden activations and its output (needed for the gate
     weights' gradient), plus fp32 router logits and probabilities.
 
-    selective: Megatron-Core's ``recompute_modules`` {layernorm, moe_act/mlp act, mla_up_proj}
-    (the set DeepSeek-V3 §3.2.3 describes): norm outputs, activation-function outputs and
-    MLA's up-projected Q/K/V are recomputed in the backward pass, so they are not kept.
+    selective: what ``p.recomputed_modules`` names is recomputed in the backward pass instead
+    of kept (Megatron-Core's ``recompute_modules``; by default {layernorm, moe_act,
+    mla_up_proj}, the set DeepSeek-V3 §3.2.3 describes): ``layernorm`` drops the norm
+    outputs, ``moe_act`` the activation functions' outputs, ``mla_up_proj`` MLA's up-projected
+    Q/K/V, ``core_attn`` the attention core's log-sum-exp (Q, K, V are its checkpoint inputs
+    and its output the projection's input, so both stay), ``mlp`` a dense layer's whole FFN,
+    ``moe`` an MoE layer's router, routed and shared experts, ``shared_experts`` the shared
+    experts. What a module's recomputation reads is kept by its neighbours' rules.
 
     full: only the layer input.
 
-    ``cached_gemm_input_bytes``: with FP8 training, the inputs of the attention output
-    projection and of the experts (dispatched tokens, SwiGLU inputs) are cached in FP8
-    (DeepSeek-V3 §3.3.2, "low-precision storage"); default: ``act_bytes``.
+    ``cached_gemm_input_bytes``: the inputs of the attention output projection and of the
+    experts (dispatched tokens, SwiGLU inputs) kept in ``precision.activation_storage``
+    (fp8 as DeepSeek-V3 §3.3.2, "low-precision storage"); default: ``act_bytes``.
     """
     d = m.d_model
     a, c = act_bytes, cached_gemm_input_bytes or act_bytes
     sp = p.tp if p.sequence_parallel else 1
     if recompute == "full":
         return a * d / sp
-    selective = recompute == "selective"
-    norms = 1 if selective else 2  # norm input (and output unless recomputed), per norm
+    drop = p.recomputed_modules if recompute == "selective" else frozenset()
+    norms = 1 if "layernorm" in drop else 2  # norm input (and output unless recomputed)
     # attention block
     seq_sharded = norms * d * a
     if m.mla is not None:
@@ -179,24 +181,30 @@ def activation_bytes_per_token(
         seq_sharded += ((ml.q_lora_rank or 0) + ml.kv_lora_rank + ml.qk_rope_head_dim) * a
         up = m.q_dim + m.n_heads * (ml.qk_nope_head_dim + ml.qk_rope_head_dim)
         up += m.n_heads * ml.v_head_dim
-        head_sharded = (0 if selective else up) * a + m.attn_out_dim * c
+        head_sharded = (0 if "mla_up_proj" in drop else up) * a + m.attn_out_dim * c
     else:
         head_sharded = (m.q_dim + 2 * m.kv_dim) * a + m.attn_out_dim * c
-    lse = FP32_BYTES * m.n_heads / p.tp
+    lse = 0.0 if "core_attn" in drop else FP32_BYTES * m.n_heads / p.tp
     total = seq_sharded / sp + head_sharded / p.tp + lse
     # FFN block: its norm
     total += norms * d * a / sp
     gated = m.ffn_gated
     kept_inputs = 2 if gated else 1  # gate and up outputs (or the pre-activation)
-    kept_act = 0 if selective else 1  # the activated product / post-activation
+    kept_act = 0 if "moe_act" in drop else 1  # the activated product / post-activation
     if not moe or m.moe is None:
+        if "mlp" in drop:
+            return total
         return total + (kept_inputs + kept_act) * m.ffn_hidden * a / p.tp
+    if "moe" in drop:
+        return total
     e = m.moe
     router = 2 * FP32_BYTES * e.n_routed_experts / sp
     hidden = e.expert_hidden / p.etp
     per_copy = d * c + kept_inputs * hidden * c + kept_act * hidden * a + d * a
     routed = e.top_k * per_copy / sp
     shared = (kept_inputs + kept_act) * e.n_shared_experts * e.shared_hidden * a / p.tp
+    if "shared_experts" in drop:
+        shared = 0.0
     return total + router + routed + shared
 
 
@@ -265,7 +273,7 @@ def stage_activation_bytes(
     mean of the two positions' activations (they mix both)."""
     m, p = s.model, s.parallel
     act = s.precision.activation_bytes
-    cached = 1.0 if s.precision.compute == "fp8" else act
+    cached = s.precision.cached_gemm_input_bytes
     pairs = 2 if isinstance(s.workload, DPOWorkload) else 1
     tokens = p.microbatch_size * pairs * seq_len / p.cp
     positions = [stage] if mirror is None else [stage, mirror]
@@ -305,9 +313,15 @@ def kv_cache_bytes_per_token(m: ModelSpec, p: ParallelSpec, prec: Precision) -> 
 
 
 # -- the whole estimate -------------------------------------------------------------------------
+def reserve_bytes(s: Scenario) -> float:
+    """HBM the framework's tensors cannot use (``cluster.gpu_memory_reserve_GB``): CUDA
+    context, library workspaces, allocator and NCCL buffers."""
+    return s.cluster.gpu_memory_reserve_GB * 1e9
+
+
 def _other_bytes(s: Scenario, tokens_per_mb: float) -> float:
     m = s.model
-    other = FRAMEWORK_RESERVE_BYTES
+    other = reserve_bytes(s)
     if m.moe is not None and s.parallel.ep > 1:
         # dispatch and combine receive buffers for one microbatch
         other += 2 * tokens_per_mb * m.moe.top_k * m.d_model * s.precision.dispatch_bytes
@@ -387,3 +401,28 @@ def _moe_layer_memory(s: Scenario) -> MemoryEstimate:
 
 def fits(s: Scenario) -> bool:
     return memory_per_gpu(s).total <= s.cluster.gpu.hbm_GB * 1e9
+
+
+#: what shrinks each part of a training step's memory, for the note of a layout that does not fit
+_SHRINKS = {
+    "activations": "parallel.recompute_modules (e.g. [moe]) or recompute: full, "
+    "precision.activation_storage: fp8, a smaller microbatch_size, or more tp/cp/pp",
+    "optimizer": "a higher zero_stage, precision.optimizer_states: bf16, or more dp/ep",
+    "gradients": "zero_stage 2 or 3, precision.grads: bf16, or more pp/tp/ep",
+    "weights": "zero_stage 3, or more pp/tp/ep",
+}
+
+
+def memory_note(s: Scenario, est: MemoryEstimate) -> str | None:
+    """Why a training layout does not fit: by how much, its largest part and what shrinks it;
+    None when it fits."""
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    if est.total <= hbm:
+        return None
+    parts = {k: getattr(est, k) for k in _SHRINKS}
+    worst = max(parts, key=parts.__getitem__)
+    return (
+        f"needs {est.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB per GPU (stage {est.stage}); "
+        f"the largest part is {worst} at {parts[worst] / 1e9:,.1f} GB "
+        f"({parts[worst] / est.total:.0%}): {_SHRINKS[worst]}"
+    )

@@ -35,11 +35,11 @@ from dataclasses import dataclass, replace
 from moesim.analytic.layout import StageLayout, pipeline_layout
 from moesim.analytic.lora import lora_counts
 from moesim.analytic.memory import (
-    FRAMEWORK_RESERVE_BYTES,
     MemoryEstimate,
     kv_cache_bytes_per_token,
     memory_per_gpu,
     model_state_bytes,
+    reserve_bytes,
     stage_params,
 )
 from moesim.analytic.params import count_params
@@ -284,10 +284,11 @@ def rollout_gpu_memory(s: Scenario) -> RolloutMemory:
     weights = inference_weight_bytes(s)
     kv_seq = rollout_kv_per_sequence(s)
     hbm = s.cluster.gpu.hbm_GB * 1e9
-    free = hbm - weights - FRAMEWORK_RESERVE_BYTES
+    reserve = reserve_bytes(s)
+    free = hbm - weights - reserve
     capacity = min(rollout_sequences(s), int(max(free, 0.0) // kv_seq))
     slots = max(1, capacity)
-    est = MemoryEstimate(weights, 0.0, 0.0, 0.0, slots * kv_seq, FRAMEWORK_RESERVE_BYTES)
+    est = MemoryEstimate(weights, 0.0, 0.0, 0.0, slots * kv_seq, reserve)
     return RolloutMemory(est, slots, capacity, capacity >= 1)  # capacity is what fits
 
 

@@ -34,10 +34,12 @@ def inspect_model(model: ModelSpec, seq_len: int | None = None) -> dict:
     counts = count_params(model)
     s = model.max_seq_len if seq_len is None else seq_len
     flops = token_flops(model, s)  # ValueError for s <= 0
+    # headline counts follow the published convention: the main model (DeepSeek-V3's 671 B /
+    # 37 B); a multi-token-prediction module is listed apart (arXiv:2412.19437 §2.2, HF card)
     out = {
         "name": model.name,
-        "params_total": counts.total,
-        "params_active": counts.active,
+        "params_total": counts.total_main,
+        "params_active": counts.active_main,
         "params_total_main": counts.total_main,
         "params_active_main": counts.active_main,
         "model_flops_per_token": flops.model_flops,
@@ -48,6 +50,10 @@ def inspect_model(model: ModelSpec, seq_len: int | None = None) -> dict:
         "moe_layers": model.n_moe_layers + model.n_moe_encoder_layers,
         "source": model.source,
     }
+    if counts.mtp:
+        out["params_mtp"] = counts.mtp
+        out["params_mtp_active"] = counts.mtp_active
+        out["params_total_with_mtp"] = counts.total
     if model.published_params_total:
         out["published_params_total"] = model.published_params_total
     if model.published_params_active:
@@ -77,10 +83,14 @@ def inspect(
     table.add_column("component")
     table.add_column("parameters", justify="right")
     for k, v in info["params_breakdown"].items():
-        if v:
+        if v and k != "mtp":
             table.add_row(k, _billions(v))
     table.add_row("[bold]total[/]", f"[bold]{_billions(info['params_total'])}[/]")
     table.add_row("[bold]active per token[/]", f"[bold]{_billions(info['params_active'])}[/]")
+    if "params_mtp" in info:  # apart from the headline, as the model's authors count it
+        table.add_section()
+        table.add_row("mtp module (apart)", _billions(info["params_mtp"]))
+        table.add_row("total with mtp", _billions(info["params_total_with_mtp"]))
     console.print(table)
     console.print(
         f"model FLOPs per token (fwd+bwd, seq {info['seq_len']}): "

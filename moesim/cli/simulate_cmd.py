@@ -115,7 +115,14 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
         ("tokens/s", f"{d['tokens_per_s']:,.0f}" if "tokens_per_s" in d else None),
         ("tokens/s per GPU", f"{d['tokens_per_s_per_gpu']:,.0f}" if "tokens_per_s" in d else None),
         ("model TFLOPS/GPU", f"{d['model_tflops_per_gpu']:,.1f}" if "mfu" in d else None),
-        ("MFU", f"{d['mfu']:.1%}" if "mfu" in d else None),
+        ("MFU (model FLOPs / bf16 peak)", f"{d['mfu']:.1%}" if "mfu" in d else None),
+        (
+            f"MFU (model FLOPs / {s.precision.compute} peak)",
+            f"{d['mfu_compute_dtype']:.1%}"
+            if "mfu_compute_dtype" in d and s.precision.compute != "bf16"
+            else None,
+        ),
+        ("HFU (with recompute / bf16 peak)", f"{d['hfu']:.1%}" if "hfu" in d else None),
         ("dispatch", _fmt_s(d["dispatch_s"]) if "dispatch_s" in d else None),
         ("combine", _fmt_s(d["combine_s"]) if "combine_s" in d else None),
         ("expert compute", _fmt_s(d["expert_compute_s"]) if "expert_compute_s" in d else None),

@@ -35,9 +35,16 @@ class LayerCosts:
     norms_s: float  # element-wise: norms, residuals, activation functions (memory-bound)
     non_expert_params: float  # on this rank (tp-sharded): gradient bytes for DP
     expert_params: float  # on this rank (ep·etp-sharded)
-    # what ``recompute: selective`` repeats before the backward: the norms, the activation
-    # functions and MLA's up-projections (what analytic.memory does not keep under it)
-    selective_recompute_s: float = 0.0
+    # what ``recompute: selective`` repeats before the backward, op by op: the
+    # ``parallel.recompute_modules`` that analytic.memory does not keep (``recompute_ops``);
+    # ``recompute_moe_block``: the whole MoE block (router, all-to-alls, experts) runs again
+    recompute_ops: tuple[tuple[str, float], ...] = ()
+    recompute_moe_block: bool = False
+
+    @property
+    def selective_recompute_s(self) -> float:
+        """Compute time of the selective recomputation's ops (the MoE block rerun apart)."""
+        return sum(t for _, t in self.recompute_ops)
 
 
 def _w(x: float) -> float:
@@ -67,55 +74,86 @@ def layer_costs(
     # RMSNorm ×2, two residual adds, the gated activation: ~12 reads/writes of a (T, d) tensor
     # (Korthikanti et al. 2022 count the same tensors for activation memory)
     norms = OpWork("norms", "memory_bound", 0.0, 12 * io / tp, 5)
+    is_moe = fl.routed_experts > 0
+    # no shared experts (Mixtral) or no dense FFN: no op, not a launch moving zero FLOPs
+    has_ffn = ffn_flops > 0
+    ffn_s = cm.time_s(ffn) if has_ffn else 0.0
+    modules = p.recomputed_modules
     return LayerCosts(
-        is_moe=fl.routed_experts > 0,
+        is_moe=is_moe,
         attention_s=attention_s,
         attention_bwd_s=attention_bwd_s,
         attention_core_s=cm.time_s(core),
-        ffn_s=cm.time_s(ffn),
-        ffn_bwd_s=cm.time_s(_bwd(ffn)),
+        ffn_s=ffn_s,
+        ffn_bwd_s=cm.time_s(_bwd(ffn)) if has_ffn else 0.0,
         router_s=cm.time_s(router) if fl.router else 0.0,
         router_bwd_s=cm.time_s(_bwd(router)) if fl.router else 0.0,
         norms_s=cm.time_s(norms),
         non_expert_params=params.non_expert / tp,
         expert_params=params.routed_experts / (p.ep * p.etp),
-        selective_recompute_s=_selective_recompute_s(s, cm, fl, tokens),
+        recompute_ops=_recompute_ops(s, cm, fl, tokens, cm.time_s(core), ffn_s, modules),
+        recompute_moe_block=is_moe and "moe" in modules,
     )
 
 
-def _selective_recompute_s(s: Scenario, cm: CostModel, fl: LayerFlops, tokens: float) -> float:
-    """Selective recomputation of one layer on one rank, before its backward
-    (``analytic.flops.TokenFlops.recompute``): MLA's up-projection GEMMs from the cached latents,
-    and one memory-bound pass that rereads the two norms' inputs and the activation functions'
-    inputs (gate and up for a gated FFN) and writes their outputs again. Routed experts count
-    their mean load (tokens · top_k over the EP group): imbalance is left to the experts' GEMMs.
-    """
+def _recompute_ops(
+    s: Scenario,
+    cm: CostModel,
+    fl: LayerFlops,
+    tokens: float,
+    core_s: float,
+    ffn_s: float,
+    modules: frozenset[str],
+) -> tuple[tuple[str, float], ...]:
+    """The selective recomputation of one layer on one rank, before its backward, one op per
+    module of ``parallel.recompute_modules`` (``analytic.flops.LayerFlops.recompute_flops``):
+    ``mla_up_proj`` MLA's up-projection GEMMs from the cached latents; ``layernorm`` one
+    memory-bound pass rereading the two norms' inputs and writing their outputs; ``moe_act``
+    one rereading the activation functions' inputs (gate and up for a gated FFN) and writing
+    their outputs; ``core_attn`` the attention core's forward; ``mlp`` a dense layer's FFN
+    forward, ``shared_experts`` an MoE layer's shared experts' forward (``moe``, the whole MoE
+    block, is rerun by the step itself: its all-to-alls too). Routed experts count their mean
+    load (tokens · top_k over the EP group): imbalance is left to the experts' GEMMs."""
     m, p, prec = s.model, s.parallel, s.precision
-    act_b, tp = prec.activation_bytes, p.tp
+    act_bytes, tp = prec.activation_bytes, p.tp
     sp = tp if p.sequence_parallel else 1
-    t = 0.0
-    if fl.mla_up_proj:
+    is_moe = fl.routed_experts > 0
+    ops: list[tuple[str, float]] = []
+    if fl.mla_up_proj and "mla_up_proj" in modules:
         a = m.mla
         assert a is not None
         up_weights = fl.mla_up_proj / 2.0
         latent = (a.q_lora_rank or m.d_model) + a.kv_lora_rank
         out = m.q_dim + m.n_heads * (a.qk_nope_head_dim + a.v_head_dim)
-        io = tokens * (latent + out) * act_b / tp
-        t += cm.time_s(
-            OpWork(
-                "recompute_mla_up",
-                "gemm",
-                tokens * fl.mla_up_proj / tp,
-                up_weights * prec.param_bytes / tp + io,
-                3,
-            )
+        io = tokens * (latent + out) * act_bytes / tp
+        up = OpWork(
+            "recompute_mla_up",
+            "gemm",
+            tokens * fl.mla_up_proj / tp,
+            up_weights * prec.param_bytes / tp + io,
+            3,
         )
-    inputs = 2 if m.ffn_gated else 1
-    elements = fl.activation / (2.0 if m.ffn_gated else 1.0)  # hidden outputs per token
-    norm_b = 2 * 2 * tokens * m.d_model * act_b / sp  # two norms: read input, write output
-    act_bytes = (inputs + 1) * tokens * elements * act_b / tp
-    t += cm.time_s(OpWork("recompute_elementwise", "memory_bound", 0.0, norm_b + act_bytes, 2))
-    return t
+        ops.append(("recompute_mla_up_proj", cm.time_s(up)))
+    if "layernorm" in modules:
+        norm_b = 2 * 2 * tokens * m.d_model * act_bytes / sp  # two norms: read in, write out
+        ops.append(("recompute_layernorm", cm.time_s(_elementwise("norms", norm_b, 2))))
+    whole_ffn = "moe" in modules if is_moe else "mlp" in modules
+    if "moe_act" in modules and not whole_ffn:
+        inputs = 2 if m.ffn_gated else 1
+        elements = fl.activation / (2.0 if m.ffn_gated else 1.0)  # hidden outputs per token
+        act_b = (inputs + 1) * tokens * elements * act_bytes / tp
+        ops.append(("recompute_act", cm.time_s(_elementwise("act", act_b, 1))))
+    if "core_attn" in modules:
+        ops.append(("recompute_core_attn", core_s))
+    if not is_moe and "mlp" in modules:
+        ops.append(("recompute_mlp", ffn_s))
+    if is_moe and "shared_experts" in modules and "moe" not in modules and ffn_s > 0:
+        ops.append(("recompute_shared_experts", ffn_s))
+    return tuple(ops)
+
+
+def _elementwise(name: str, bytes_: float, kernels: int) -> OpWork:
+    return OpWork("recompute_" + name, "memory_bound", 0.0, bytes_, kernels)
 
 
 def _bwd(op: OpWork) -> OpWork:

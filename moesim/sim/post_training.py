@@ -68,6 +68,7 @@ from moesim.sim.inference import ReplicaCost, serve
 from moesim.sim.run import COMM_CATEGORIES, build_context, simulate_pass
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
+from moesim.sim.utilization import utilization
 from moesim.specs import (
     BYTES_PER_ELEMENT,
     DPOWorkload,
@@ -415,8 +416,8 @@ def simulate_post_training(
         name=s.name,
         stage=w.stage,
         gpus=gpus,
-        params_total=float(pc.total),
-        params_active=float(pc.active),
+        params_total=float(pc.total_main),
+        params_active=float(pc.active_main),
         model_flops_per_token=flops_per_token,
         step_time_s=step_s,
         memory_per_gpu_GB=mem.estimate.as_GB(),
@@ -461,10 +462,10 @@ def simulate_post_training(
     if step_s > 0:
         res.tokens_per_s = useful / step_s
         res.tokens_per_s_per_gpu = res.tokens_per_s / gpus
-        train_flops = flops_per_token * useful * getattr(w, "ppo_epochs", 1)
-        achieved = train_flops / step_s / gpus
-        res.model_tflops_per_gpu = achieved / 1e12
-        res.mfu = achieved / (s.cluster.gpu.bf16_TFLOPS * 1e12)
+        trained = useful * getattr(w, "ppo_epochs", 1) / step_s / gpus  # tokens/s/GPU trained
+        recompute = fl.recompute(s.parallel.recompute, s.parallel.recompute_modules)
+        for k, v in utilization(s, flops_per_token, recompute, trained).items():
+            setattr(res, k, v)
         if w.total_tokens:
             res.gpu_hours = w.total_tokens / res.tokens_per_s * gpus / 3600.0
             res.cost_usd = res.gpu_hours * s.cost.usd_per_gpu_hour

@@ -30,6 +30,7 @@ from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.profile import resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
+from moesim.sim.utilization import utilization
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
 SIMULATED_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo", "moe_layer", "inference")
@@ -204,7 +205,7 @@ def _result(
     breakdown: dict[str, float],
     extrapolated: bool = False,
 ) -> Result:
-    from moesim.analytic.memory import fits
+    from moesim.analytic.memory import fits, memory_note
 
     s = ctx.scenario
     w = s.workload
@@ -215,14 +216,15 @@ def _result(
         name=s.name,
         stage=w.stage,
         gpus=gpus,
-        params_total=float(ctx.counts.total),
-        params_active=float(ctx.counts.active),
+        params_total=float(ctx.counts.total_main),
+        params_active=float(ctx.counts.active_main),
         model_flops_per_token=flops_per_token,
         memory_per_gpu_GB=mem.as_GB(),
         fits_in_memory=fits(s),
         time_breakdown_s=breakdown,
     )
     extra: dict[str, object] = {
+        "memory_note": memory_note(s, mem),
         "fidelity": ctx.fidelity,
         "network": s.simulation.network,
         "simulated_ranks": len(ranks),
@@ -251,9 +253,10 @@ def _result(
         out.tokens_per_s = tokens / step_s
         out.tokens_per_s_per_gpu = out.tokens_per_s / gpus
         if not isinstance(w, MoELayerWorkload):
-            achieved = flops_per_token * out.tokens_per_s / gpus
-            out.model_tflops_per_gpu = achieved / 1e12
-            out.mfu = achieved / (s.cluster.gpu.bf16_TFLOPS * 1e12)
+            recompute = ctx.flops.recompute(s.parallel.recompute, s.parallel.recompute_modules)
+            used = utilization(s, flops_per_token, recompute, out.tokens_per_s_per_gpu)
+            for k, v in used.items():
+                setattr(out, k, v)
         total_tokens = getattr(w, "total_tokens", None)
         if total_tokens:
             out.gpu_hours = total_tokens / out.tokens_per_s * gpus / 3600.0

@@ -186,7 +186,7 @@ class LayerRunner:
             yield from self.zero3.before(rank, layer, mb, "b")
         if mode == "full":
             yield from self.forward(rank, layer, mb, recompute=True)
-        lead = [("recompute_selective", lc.selective_recompute_s)] if mode == "selective" else []
+        lead = list(lc.recompute_ops) if mode == "selective" else []
         attention = [("attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s)]
         ring_attention = None
         if self.cp_ring is not None:
@@ -200,6 +200,10 @@ class LayerRunner:
         if lc.is_moe:
             draw = self._draw(rank, layer, mb)
             trail = attention if single else []
+            if lc.recompute_moe_block and mode == "selective":  # recompute_modules: [moe]
+                rtag = (layer, mb, "r")
+                yield from moe_forward(self.ctx, rank, lc, rtag, draw, self.tp_block, lead)
+                lead = []
             yield from moe_backward(self.ctx, rank, lc, tag, draw, self.tp_block, lead, trail)
             if not single:
                 yield from self.tp_block(rank, attention, tag)

@@ -4,7 +4,7 @@ from moesim.specs.base import Spec, SpecError
 from moesim.specs.cost import Cost
 from moesim.specs.hardware import ClusterSpec, GPUSpec, InterNodeLink, IntraNodeLink
 from moesim.specs.model import MLASpec, ModelSpec, MoESpec
-from moesim.specs.parallel import ParallelSpec
+from moesim.specs.parallel import SELECTIVE_MODULES, ParallelSpec
 from moesim.specs.precision import BYTES_PER_ELEMENT, Precision
 from moesim.specs.result import POST_TRAINING_PHASES, MemoryBreakdown, Result, TimeBreakdown
 from moesim.specs.routing import Routing
@@ -26,6 +26,7 @@ from moesim.specs.workload import (
 __all__ = [
     "BYTES_PER_ELEMENT",
     "POST_TRAINING_PHASES",
+    "SELECTIVE_MODULES",
     "TRAINING_STAGES",
     "ClusterSpec",
     "Cost",

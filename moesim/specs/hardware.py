@@ -84,6 +84,13 @@ class ClusterSpec(Spec):
     gpus_per_node: PositiveInt | None = None
     intra_node: IntraNodeLink | None = None
     inter_node: InterNodeLink | None = None
+    gpu_memory_reserve_GB: NonNegativeFloat = Field(
+        1.0,
+        description="HBM per GPU that tensors cannot use: the CUDA context, cuBLAS/cuDNN "
+        "workspaces and launch buffers (300 MB to 1 GB per process, NAIRR's GPU-estimation "
+        "guide, nairr.readthedocs.io resource_guides/gpu_estimation), plus what the allocator "
+        "and NCCL keep; booked as 'other' memory, so the usable HBM is hbm_GB minus this",
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> ClusterSpec:

@@ -14,6 +14,14 @@ from pydantic import Field, model_validator
 from moesim.specs.base import PositiveInt, Spec, ZeroStage
 
 Recompute = Literal["none", "selective", "full"]
+#: Megatron-Core's ``--recompute-modules`` (TransformerConfig.recompute_modules): what a
+#: ``selective`` recomputation repeats in the backward pass instead of keeping.
+RecomputeModule = Literal[
+    "core_attn", "moe_act", "layernorm", "mla_up_proj", "mlp", "moe", "shared_experts"
+]
+#: moesim's ``selective`` when no modules are named: the set DeepSeek-V3 describes (report
+#: §3.2.3: RMSNorm, MLA up-projections, SwiGLU outputs). Megatron's own default is core_attn.
+SELECTIVE_MODULES: frozenset[str] = frozenset({"layernorm", "moe_act", "mla_up_proj"})
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b", "dualpipe"]
 
 
@@ -28,6 +36,14 @@ class ParallelSpec(Spec):
     microbatch_size: PositiveInt = 1
     virtual_stages: PositiveInt = Field(1, description="model chunks per pipeline rank")
     recompute: Recompute = "selective"
+    recompute_modules: list[RecomputeModule] | None = Field(
+        None,
+        description="with recompute: selective, the modules repeated in the backward pass "
+        "instead of kept (Megatron-Core's --recompute-modules): core_attn (attention core), "
+        "moe_act (the activation function of every FFN: experts, shared, dense), layernorm, "
+        "mla_up_proj, mlp (a dense layer's whole FFN), moe (the whole MoE block, its "
+        "all-to-alls included), shared_experts; default layernorm, moe_act, mla_up_proj",
+    )
     schedule: Schedule = "1f1b"
     sequence_parallel: bool = Field(True, description="shard norms/dropout over tp (Megatron SP)")
 
@@ -37,11 +53,32 @@ class ParallelSpec(Spec):
             raise ValueError(
                 "schedule 'interleaved_1f1b' needs virtual_stages ≥ 2: set parallel.virtual_stages"
             )
+        if self.recompute_modules is not None:
+            if self.recompute != "selective":
+                raise ValueError(
+                    f"recompute_modules needs recompute: selective (got recompute: "
+                    f"{self.recompute}): set parallel.recompute: selective or drop "
+                    "parallel.recompute_modules"
+                )
+            if not self.recompute_modules:
+                raise ValueError(
+                    "recompute_modules is empty: name at least one module, or set "
+                    "parallel.recompute: none"
+                )
+            if len(set(self.recompute_modules)) != len(self.recompute_modules):
+                raise ValueError("recompute_modules names a module twice: list each once")
         if self.virtual_stages > 1 and self.schedule != "interleaved_1f1b":
             raise ValueError(
                 f"virtual_stages = {self.virtual_stages} needs schedule: interleaved_1f1b"
             )
         return self
+
+    @property
+    def recomputed_modules(self) -> frozenset[str]:
+        """What a selective recomputation repeats (empty for none; full repeats all)."""
+        if self.recompute != "selective":
+            return frozenset()
+        return frozenset(self.recompute_modules or SELECTIVE_MODULES)
 
     @property
     def dp_size(self) -> int:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from pydantic import Field
+
 from moesim.specs.base import Spec
 
 BYTES_PER_ELEMENT = {
@@ -30,6 +32,12 @@ class Precision(Spec):
     optimizer_states: Literal["fp32", "bf16"] = "fp32"
     weights_inference: Literal["bf16", "fp8", "int8", "int4"] = "bf16"
     kv_cache: Literal["bf16", "fp8"] = "bf16"
+    activation_storage: Literal["bf16", "fp8"] | None = Field(
+        None,
+        description="dtype in which the linear layers' cached inputs are kept for the backward "
+        "(the attention output projection's and the experts' inputs, SwiGLU inputs): fp8 as "
+        "DeepSeek-V3 §3.3.2; default fp8 with compute: fp8, else 16-bit",
+    )
 
     @property
     def param_bytes(self) -> float:
@@ -43,6 +51,12 @@ class Precision(Spec):
     def activation_bytes(self) -> float:
         """Stored activations stay in 16-bit even with fp8 GEMMs (Transformer Engine)."""
         return 4.0 if self.compute == "fp32" else 2.0
+
+    @property
+    def cached_gemm_input_bytes(self) -> float:
+        """Bytes per element of what linear layers keep for their backward."""
+        storage = self.activation_storage or ("fp8" if self.compute == "fp8" else None)
+        return BYTES_PER_ELEMENT[storage] if storage else self.activation_bytes
 
     @property
     def dispatch_bytes(self) -> float:

@@ -71,7 +71,9 @@ class Result(BaseModel):
     tokens_per_s: float | None = None
     tokens_per_s_per_gpu: float | None = None
     model_tflops_per_gpu: float | None = None
-    mfu: float | None = None
+    mfu: float | None = None  # model FLOPs / the GPU's dense bf16 peak (PaLM convention)
+    mfu_compute_dtype: float | None = None  # model FLOPs / the compute dtype's peak
+    hfu: float | None = None  # model + recomputed FLOPs / the bf16 peak
     memory_per_gpu_GB: dict[str, float] = Field(default_factory=dict)
     fits_in_memory: bool | None = None
     time_breakdown_s: dict[str, float] = Field(default_factory=dict)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from moesim.analytic.memory import (
-    FRAMEWORK_RESERVE_BYTES,
     activation_bytes_per_token,
     memory_per_gpu,
     microbatches_in_flight,
@@ -77,7 +76,12 @@ def test_activations_worked_example():
 
 def test_other_holds_reserve_and_gradient_buckets():
     est = memory_per_gpu(_scenario(1))
-    assert est.other == pytest.approx(FRAMEWORK_RESERVE_BYTES + 2 * 40e6)
+    assert est.other == pytest.approx(1.0e9 + 2 * 40e6)  # the default 1 GB reserve
+    s = _scenario(1)
+    more = s.model_copy(
+        update={"cluster": s.cluster.model_copy(update={"gpu_memory_reserve_GB": 3.5})}
+    )
+    assert memory_per_gpu(more).other == pytest.approx(3.5e9 + 2 * 40e6)
     assert est.total == pytest.approx(
         est.weights + est.gradients + est.optimizer + est.activations + est.other
     )
@@ -218,3 +222,22 @@ def test_dualpipe_ranks_hold_two_stages_and_pp_plus_one_microbatches():
     assert memory_per_gpu(_llama_pipeline("dualpipe", 4)).weights == pytest.approx(
         memory_per_gpu(_llama_pipeline("1f1b", 4)).weights
     )
+
+
+def test_a_layout_that_does_not_fit_says_its_largest_part_and_the_knobs():
+    from moesim.analytic.memory import memory_note
+
+    s = _scenario(0, "none", dp=1)
+    est = memory_per_gpu(s)
+    assert memory_note(s, est) is None  # the hand model fits an H100
+    tiny = s.model_copy(
+        update={
+            "cluster": s.cluster.model_copy(
+                update={"gpu": s.cluster.gpu.model_copy(update={"hbm_GB": 1e-3})}
+            )
+        }
+    )
+    note = memory_note(tiny, memory_per_gpu(tiny))
+    parts = {k: getattr(est, k) for k in ("weights", "gradients", "optimizer", "activations")}
+    worst = max(parts, key=parts.__getitem__)
+    assert note is not None and f"largest part is {worst}" in note

@@ -25,8 +25,8 @@ def test_import_hf_yaml_round_trips_through_inspect(moesim, tmp_path: Path, stem
     from moesim.hf_import import model_spec_from_hf
 
     expected = count_params(model_spec_from_hf(json.loads((HF / f"{stem}.json").read_text())))
-    assert info["params_total"] == expected.total
-    assert info["params_active"] == expected.active
+    assert info["params_total"] == expected.total_main
+    assert info["params_active"] == expected.active_main
 
 
 def test_import_hf_to_stdout_matches_catalog(moesim, tmp_path: Path) -> None:
@@ -37,7 +37,7 @@ def test_import_hf_to_stdout_matches_catalog(moesim, tmp_path: Path) -> None:
     path.write_text(r.stdout)
     info = json.loads(moesim("inspect", path, "--json").stdout)
     assert info["name"] == "mixtral-import"
-    assert info["params_total"] == count_params(load_model("mixtral-8x7b")).total
+    assert info["params_total"] == count_params(load_model("mixtral-8x7b")).total_main
 
 
 def test_import_hf_unsupported_model_type_exits_2(moesim) -> None:

@@ -93,3 +93,20 @@ def test_inspect_counts_moe_layers(moesim, model_id: str) -> None:
     info = json.loads(moesim("inspect", model_id, "--json").stdout)
     m = load_model(model_id)
     assert info["moe_layers"] == m.n_moe_layers + m.n_moe_encoder_layers
+
+
+def test_inspect_headline_is_the_main_model_with_mtp_apart(moesim) -> None:
+    """DeepSeek-V3 publishes 671 B total / 37 B active for the main model (arXiv:2412.19437)
+    and counts its MTP module apart: the headline must match that within 3%, and the module
+    and the sum with it are listed beside it."""
+    info = json.loads(moesim("inspect", "deepseek-v3", "--json").stdout)
+    counts = count_params(load_model("deepseek-v3"))
+    assert abs(info["params_total"] / 671e9 - 1) < 0.03
+    assert abs(info["params_active"] / 37e9 - 1) < 0.03
+    assert info["params_mtp"] == counts.mtp > 0
+    assert info["params_total_with_mtp"] == info["params_total"] + info["params_mtp"]
+    assert sum(info["params_breakdown"].values()) == info["params_total_with_mtp"]
+    table = moesim("inspect", "deepseek-v3").stdout
+    assert "mtp module (apart)" in table
+    no_mtp = json.loads(moesim("inspect", "mixtral-8x7b", "--json").stdout)
+    assert "params_mtp" not in no_mtp

@@ -311,3 +311,14 @@ def test_a_cap_runs_the_whole_steps_schedule(par, cap, simulated):
     cut = simulate(build(parallel=par, workload=work, simulation={"microbatches_simulated": cap}))
     assert cut.microbatches == simulated and cut.extrapolated
     assert cut.step_time_s == pytest.approx(full.step_time_s, rel=0.02)
+
+
+def test_a_model_without_shared_experts_runs_no_shared_expert_op(small_moe):
+    """Mixtral has no shared experts and no dense FFN: no such op is launched (an op of zero
+    FLOPs used to cost its activation bytes and a launch)."""
+    ctx = build_context(small_moe)
+    pipeline_pass(ctx)
+    ctx.env.run()
+    names = {iv[1] for r in ctx.ranks.values() for iv in r.intervals}
+    assert not any(n.startswith(("shared_experts", "ffn")) for n in names)
+    assert "experts" in names
