@@ -19,9 +19,13 @@ Where moesim differs from NCCL (it has no topology search):
   ``intra_GBps`` (NVLink per direction × the profile's achieved fraction) on one node; across
   nodes the smaller of that and ``inter_GBps`` (the NICs on the GPUs' rails, per the group's GPUs
   on a node, over the spine oversubscription). The per-channel caps (``perChMax*Bws``), which
-  bind only when channels × cap < the links, are not modelled; nor is the ``NCCL_TOPO_PATTERN_TREE``
-  0.85 factor, the ring plateau effect on ≥ 2 nodes when nBytes/(nChannels·nRanks) < 64, or
-  CollNet (needs SHARP switches: off by default).
+  bind only when channels × cap < the links, are not modelled, nor is the
+  ``NCCL_TOPO_PATTERN_TREE`` 0.85 factor or CollNet (needs SHARP switches: off by default); the
+  ring's plateau factor across nodes (latency × 1.4 when nBytes/(nChannels·nRanks) ≥ 64) is
+  applied as if nChannels were 1.
+- NVLS on one node: NCCL's search gives the NVLS graph bwInter = bwIntra, so its bus bandwidth
+  is min(2 · nvlsEfficiency · NVLink, NVLink) = the NVLink's; read literally here.
+- NCCL's latency constants stand for the hardware's; ``cluster.*.latency_us`` does not enter.
 - The CPU is taken to be x86 Intel (``llMaxBws`` row 0 across nodes, net overhead 1 µs).
 - NCCL's tree correction factors (``treeCorrectionFactor``) make its predicted tree time drop
   where the factor rises from one power-of-two bucket to the next; moesim takes the time of a
