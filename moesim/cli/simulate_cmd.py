@@ -24,6 +24,23 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1e3:,.2f} ms" if x < 1 else f"{x:,.3f} s"
 
 
+def _print_collective(s, d: dict) -> None:
+    """The ``collective`` stage: one nccl-tests row (size, time, algbw, busbw) and NCCL's pick."""
+    title = f"{s.name}: {d['collective']} over {d['gpus']}× {s.cluster.gpu.name}"
+    table = Table(title=escape(title))
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    t_us = d["collective_time_s"] * 1e6
+    table.add_row("size (bytes per rank)", f"{d['size_bytes']:,.0f}")
+    table.add_row("time", f"{t_us:,.2f} µs" if t_us < 1e4 else _fmt_s(d["collective_time_s"]))
+    table.add_row("algorithm bandwidth", f"{d['algorithm_bandwidth_GBps']:,.2f} GB/s")
+    table.add_row("bus bandwidth", f"{d['bus_bandwidth_GBps']:,.2f} GB/s")
+    table.add_row("algorithm / protocol", f"{d['algorithm']} / {d['protocol']}")
+    if "nccl_latency_us" in d:
+        table.add_row("NCCL model latency", f"{d['nccl_latency_us']:,.2f} µs")
+    console.print(table)
+
+
 @app.command()
 def simulate(
     file: Annotated[Path, typer.Argument(help="a scenario YAML")],
@@ -107,6 +124,9 @@ def _print_comparison(d: dict, expect: Expect) -> None:
 
 def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     """The result as tables: headline metrics, time, phases, memory."""
+    if d["stage"] == "collective":
+        _print_collective(s, d)
+        return
     table = Table(title=escape(f"{s.name}: {s.model.name} on {s.gpus}× {s.cluster.gpu.name}"))
     table.add_column("metric")
     table.add_column("value", justify="right")

@@ -20,7 +20,15 @@ concurrently and is repeated ``repeat`` times (the n−1 identical steps of a ri
   DeepEP, so they run concurrently here. Combine is the same traffic reversed (NVLink gather and
   reduce on the expert node, then RDMA back).
 
-Two timings:
+All-reduce, all-gather and reduce-scatter as NCCL runs them (``nccl_time_s``): NCCL picks the
+(algorithm, protocol) of least predicted time from its own tuning model (``nccl_tuning``: LL /
+LL128 / Simple, ring / tree / NVLS / NVLS-tree / PAT) and that model's time is the collective's,
+with the graph bandwidths read off this topology's links (per-GPU NVLink; the NICs of the
+group's rails across nodes). The ring and tree builders below stay for tests and for the
+link-level view of the traffic; the simulator times these three collectives with NCCL's model in
+both network modes.
+
+Two timings (all-to-all, point-to-point, and the builders):
 
 - ``flow``: max-min fair fluid simulation (``network.simulate_flows``) of each phase.
 - ``alpha_beta``: per phase, α = the largest route latency, β-term = the largest link load over
@@ -36,6 +44,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Literal
 
+from moesim.sim.nccl_tuning import ALGORITHMS, Arch, Choice, CollectiveKind, NcclSystem, choose
 from moesim.sim.network import Flow, Topology, simulate_flows
 
 NetworkMode = Literal["flow", "analytic"]
@@ -309,15 +318,74 @@ def ring_all_reduce_textbook_s(
     return 2 * (n - 1) * (alpha_s + bytes_per_rank / (n * bw_Bps))
 
 
+def nccl_system(topo: Topology, group: tuple[int, ...], arch: Arch, nvls: bool) -> NcclSystem:
+    """NCCL's view of ``group`` on ``topo``: its ranks and nodes, and per-GPU graph bandwidths:
+    the NVLink port; across nodes, the NICs of the rails the group's GPUs on a node use (ppn ×
+    the node's NIC bandwidth per GPU), shared by the spine's oversubscription."""
+    nodes = len({topo.node_of(g) for g in group})
+    n = len(group)
+    ppn = n / nodes
+    node_nic_Bps = topo.nics_per_node * topo.nic_Bps
+    inter_Bps = ppn * node_nic_Bps / topo.gpus_per_node / max(topo.spine_oversubscription, 1.0)
+    return NcclSystem(n, nodes, arch, topo.nvlink_Bps / 1e9, inter_Bps / 1e9, nvls)
+
+
+def nccl_time_s(
+    topo: Topology,
+    group: tuple[int, ...],
+    kind: CollectiveKind,
+    nbytes: float,
+    arch: Arch,
+    nvls: bool,
+    algorithms: tuple[str, ...] = ALGORITHMS,
+) -> tuple[float, Choice | None]:
+    """Time of an all-reduce / all-gather / reduce-scatter of ``nbytes`` (nccl-tests "size")
+    over ``group`` as NCCL picks and models it; (0, None) when there is nothing to do."""
+    if len(group) <= 1 or nbytes <= 0:
+        return 0.0, None
+    c = choose(kind, nbytes, nccl_system(topo, group, arch, nvls), algorithms)
+    return c.time_us * 1e-6, c
+
+
 class CollectiveTimer:
     """Times collectives in one mode, memoised by the collective's identity (kind, group, bytes):
-    a training step repeats the same few collectives thousands of times."""
+    a training step repeats the same few collectives thousands of times. ``arch`` and ``nvls``
+    describe the GPUs to NCCL's model (``nccl_s``)."""
 
-    def __init__(self, topo: Topology, mode: NetworkMode = "flow", overhead_s: float = 0.0):
+    def __init__(
+        self,
+        topo: Topology,
+        mode: NetworkMode = "flow",
+        overhead_s: float = 0.0,
+        arch: Arch = "hopper",
+        nvls: bool = False,
+    ):
         self.topo = topo
         self.mode = mode
         self.overhead_s = overhead_s
+        self.arch: Arch = arch
+        self.nvls = nvls
         self._cache: dict[tuple, float] = {}
+        self.choices: dict[tuple, Choice] = {}
+
+    def nccl_s(
+        self,
+        key: tuple,
+        kind: CollectiveKind,
+        group: tuple[int, ...],
+        nbytes: float,
+        algorithms: tuple[str, ...] = ALGORITHMS,
+    ) -> float:
+        """An all-reduce / all-gather / reduce-scatter timed by NCCL's model (``nccl_time_s``)
+        plus the profile's collective overhead; the pick is kept in ``choices[key]``."""
+        t = self._cache.get(key)
+        if t is None:
+            t, c = nccl_time_s(self.topo, group, kind, nbytes, self.arch, self.nvls, algorithms)
+            if c is not None:
+                self.choices[key] = c
+                t += self.overhead_s
+            self._cache[key] = t
+        return t
 
     def time_s(self, key: tuple, build) -> float:
         """``build()`` makes the Collective on a cache miss; a collective without flows (degree

@@ -25,8 +25,6 @@ from moesim.sim.collectives import (
     all_to_all_unit_link_loads,
     reduce_scatter,
     reversed_collective,
-    ring_all_reduce,
-    tree_all_reduce,
 )
 from moesim.sim.costmodel import CostModel
 from moesim.sim.engine import Rank, Rendezvous
@@ -38,6 +36,7 @@ from moesim.sim.layer_costs import (
     dispatch_pattern,
     layer_costs,
 )
+from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
@@ -75,7 +74,14 @@ class SimContext:
         self.topo = Topology.from_cluster(
             s.cluster, self.cm.link_fraction("nvlink"), self.cm.link_fraction("network")
         )
-        self.timer = CollectiveTimer(self.topo, s.simulation.network, self.cm.collective_overhead_s)
+        gpu = s.cluster.gpu
+        self.timer = CollectiveTimer(
+            self.topo,
+            s.simulation.network,
+            self.cm.collective_overhead_s,
+            arch=arch_of(gpu.name),
+            nvls=has_nvls(gpu.name, s.cluster.intra.kind),
+        )
         self.grid = Grid.of(s.parallel)
         self.rendezvous = Rendezvous(self.env) if self.fidelity == "full" else None
         self.stages: list[StageLayout] = pipeline_layout(
@@ -148,21 +154,34 @@ class SimContext:
         return tuple((topo.node_of(g) - base, topo.local_of(g)) for g in group)
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
-        """Ring or double-binary-tree all-reduce (``simulation.all_reduce``)."""
+        """All-reduce of ``nbytes`` per rank as NCCL runs it: ``simulation.all_reduce`` auto
+        (NCCL's pick of algorithm and protocol), or ring / tree forced as ``NCCL_ALGO`` does
+        (the protocol still NCCL's pick)."""
         algo = self.scenario.simulation.all_reduce
-        build = tree_all_reduce if algo == "tree" else ring_all_reduce
-        return self.timer.time_s(
-            ("ar", algo, self.shape(group), nbytes), lambda: build(self.topo, group, nbytes)
-        )
+        algos = ALGORITHMS if algo == "auto" else (algo,)
+        key = ("ar", algo, self.shape(group), nbytes)
+        return self.timer.nccl_s(key, "all_reduce", group, nbytes, algos)
 
     def reduce_scatter_s(self, group: tuple[int, ...], nbytes: float) -> float:
-        return self.timer.time_s(
-            ("rs", self.shape(group), nbytes), lambda: reduce_scatter(self.topo, group, nbytes)
-        )
+        """Reduce-scatter of an ``nbytes`` input per rank (NCCL's pick)."""
+        key = ("rs", self.shape(group), nbytes)
+        return self.timer.nccl_s(key, "reduce_scatter", group, nbytes)
 
     def all_gather_s(self, group: tuple[int, ...], nbytes: float) -> float:
+        """All-gather of an ``nbytes`` output per rank (NCCL's pick)."""
+        key = ("ag", self.shape(group), nbytes)
+        return self.timer.nccl_s(key, "all_gather", group, nbytes)
+
+    def ring_exchange_s(
+        self, group: tuple[int, ...], nbytes: float, kind: str = "all_gather"
+    ) -> float:
+        """A ring of point-to-point sends with the traffic of an all-gather (or reduce-scatter)
+        of ``nbytes`` per rank: ring attention's K/V exchange (context parallelism), which is
+        send/recv between ring neighbours, not an NCCL collective; timed by the network mode,
+        each of the n−1 steps paying its route's latency."""
+        build = reduce_scatter if kind == "reduce_scatter" else all_gather
         return self.timer.time_s(
-            ("ag", self.shape(group), nbytes), lambda: all_gather(self.topo, group, nbytes)
+            ("ring", kind, self.shape(group), nbytes), lambda: build(self.topo, group, nbytes)
         )
 
     def p2p_s(self, src: int, dst: int, nbytes: float) -> float:

@@ -33,7 +33,16 @@ from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.sim.utilization import utilization
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
-SIMULATED_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo", "moe_layer", "inference")
+SIMULATED_STAGES = (
+    "pretrain",
+    "sft",
+    "dpo",
+    "grpo",
+    "ppo",
+    "moe_layer",
+    "inference",
+    "collective",
+)
 COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm")
 
 
@@ -78,6 +87,10 @@ def simulate(
             f"workload.stage '{stage}' is not simulated yet (simulated: "
             f"{', '.join(SIMULATED_STAGES)})"
         )
+    if stage == "collective":  # one collective alone (moesim.sim.collective_stage)
+        from moesim.sim.collective_stage import simulate_collective
+
+        return simulate_collective(scenario)
     if stage == "inference":  # serving: its own server process (moesim.sim.inference)
         from moesim.sim.inference import simulate_inference
 

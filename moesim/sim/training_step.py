@@ -101,8 +101,8 @@ def cp_ring_factory(ctx: SimContext):
             ring = rings[rank.gpu] = (
                 group,
                 ctx.link_of(group),
-                ctx.all_gather_s(group, buffer_b),
-                ctx.reduce_scatter_s(group, buffer_b),
+                ctx.ring_exchange_s(group, buffer_b, "all_gather"),
+                ctx.ring_exchange_s(group, buffer_b, "reduce_scatter"),
             )
         group, link, gather_s, scatter_s = ring
         for name in names:

@@ -12,6 +12,7 @@ from moesim.specs.scenario import Scenario
 from moesim.specs.simulation import SimulationSpec
 from moesim.specs.workload import (
     TRAINING_STAGES,
+    CollectiveWorkload,
     DPOWorkload,
     GRPOWorkload,
     InferenceWorkload,
@@ -29,6 +30,7 @@ __all__ = [
     "SELECTIVE_MODULES",
     "TRAINING_STAGES",
     "ClusterSpec",
+    "CollectiveWorkload",
     "Cost",
     "DPOWorkload",
     "GPUSpec",

@@ -17,6 +17,7 @@ from moesim.specs.precision import Precision
 from moesim.specs.routing import Routing
 from moesim.specs.simulation import SimulationSpec
 from moesim.specs.workload import (
+    CollectiveWorkload,
     DPOWorkload,
     GRPOWorkload,
     InferenceWorkload,
@@ -117,7 +118,7 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
 
 def _check_batch(s: Scenario) -> None:
     w, p = s.workload, s.parallel
-    if isinstance(w, InferenceWorkload | MoELayerWorkload):
+    if isinstance(w, InferenceWorkload | MoELayerWorkload | CollectiveWorkload):
         return
     sequences = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
     unit = "pairs" if isinstance(w, DPOWorkload) else "sequences"

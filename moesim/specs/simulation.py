@@ -19,10 +19,13 @@ class SimulationSpec(Spec):
     all_to_all: Literal["auto", "direct", "hierarchical"] = Field(
         "auto", description="hierarchical = NVLink gather, RDMA, NVLink scatter (DeepEP)"
     )
-    all_reduce: Literal["ring", "tree"] = Field(
-        "ring",
-        description="all-reduce algorithm: NCCL's ring, or its double binary tree across "
-        "nodes (fewer latency hops: what NCCL picks for small messages on many nodes)",
+    all_reduce: Literal["auto", "ring", "tree"] = Field(
+        "auto",
+        description="all-reduce algorithm: auto = NCCL's own pick by its tuning model (ring, "
+        "tree, NVLS, NVLS-tree, each with the LL / LL128 / Simple protocol of least predicted "
+        "time); ring or tree force the algorithm as NCCL_ALGO does (protocol still NCCL's "
+        "pick). auto is never slower than a forced choice: it takes the least time over a "
+        "superset of candidates",
     )
     overlap_shared_experts: bool = Field(
         True, description="shared experts run while the dispatch all-to-all is in flight"

@@ -156,6 +156,31 @@ class MoELayerWorkload(Spec):
     total_tokens: PositiveFloat | None = None
 
 
+class CollectiveWorkload(Spec):
+    """One collective over all GPUs of the cluster, as nccl-tests runs it (one operation, timed
+    alone): ``size_bytes`` is nccl-tests' "size", the whole buffer per rank (all-reduce: the
+    buffer; all-gather: the output; reduce-scatter: the input; all-to-all: the send buffer)."""
+
+    stage: Literal["collective"] = "collective"
+    collective: Literal["all_reduce", "all_gather", "reduce_scatter", "all_to_all"] = Field(
+        description="the operation (nccl-tests all_reduce_perf, all_gather_perf, "
+        "reduce_scatter_perf, alltoall_perf)"
+    )
+    size_bytes: Float = Field(
+        description="bytes per rank as nccl-tests prints 'size' (all_gather: output, "
+        "reduce_scatter: input); at least 1"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> CollectiveWorkload:
+        if not (self.size_bytes >= 1 and self.size_bytes < float("inf")):
+            raise ValueError(
+                f"workload.size_bytes must be a finite number of bytes ≥ 1 (nccl-tests 'size'), "
+                f"got {self.size_bytes}"
+            )
+        return self
+
+
 Workload = Annotated[
     PretrainWorkload
     | SFTWorkload
@@ -163,7 +188,8 @@ Workload = Annotated[
     | GRPOWorkload
     | PPOWorkload
     | InferenceWorkload
-    | MoELayerWorkload,
+    | MoELayerWorkload
+    | CollectiveWorkload,
     Field(discriminator="stage"),
 ]
 TRAINING_STAGES = ("pretrain", "sft", "dpo", "grpo", "ppo")

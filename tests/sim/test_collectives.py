@@ -12,6 +12,8 @@ from moesim.sim.collectives import (
     all_to_all_hierarchical,
     alpha_beta_time_s,
     flow_time_s,
+    nccl_system,
+    nccl_time_s,
     phase_link_load,
     reduce_scatter,
     reversed_collective,
@@ -161,3 +163,25 @@ def test_flow_time_of_skewed_all_to_all_is_bounded_by_its_alpha_beta_terms(weigh
     flow = flow_time_s(t, c)
     assert flow >= beta_s * (1 - 1e-9)
     assert flow <= alpha_beta_time_s(t, c) * (1 + 1e-6)
+
+
+def test_nccl_system_reads_the_groups_links():
+    """NCCL's graph bandwidth per GPU: the NVLink port; across nodes the rails the group's GPUs
+    on a node use (ppn × the node's NICs per GPU), over the spine's oversubscription."""
+    t = topo()
+    whole = nccl_system(t, tuple(range(16)), "hopper", True)
+    assert (whole.n_ranks, whole.n_nodes) == (16, 2)
+    assert whole.intra_GBps == pytest.approx(400) and whole.inter_GBps == pytest.approx(400)
+    rail = nccl_system(t, (0, 8), "hopper", True)  # one GPU per node: its own NIC
+    assert rail.inter_GBps == pytest.approx(50)
+    oversub = Topology(2, 8, 400 * GB, 50 * GB, 8, 3e-6, 5e-6, spine_oversubscription=2.0)
+    assert nccl_system(oversub, tuple(range(16)), "hopper", True).inter_GBps == pytest.approx(200)
+
+
+def test_nccl_time_is_zero_for_nothing_to_do_and_grows_with_the_group():
+    t = topo()
+    assert nccl_time_s(t, (0,), "all_reduce", 1e6, "hopper", True) == (0.0, None)
+    assert nccl_time_s(t, (0, 1), "all_reduce", 0.0, "hopper", True) == (0.0, None)
+    small, _ = nccl_time_s(t, tuple(range(8)), "all_reduce", 1e6, "hopper", True)
+    large, _ = nccl_time_s(t, tuple(range(16)), "all_reduce", 1e6, "hopper", True)
+    assert 0 < small < large

@@ -94,3 +94,19 @@ def test_post_training_table_shows_the_phases():
         assert phase in p.stdout
     p = run("simulate", str(MIXTRAL))
     assert "by phase" not in p.stdout  # pretraining has no phases
+
+
+def test_collective_stage_table_and_json(tmp_path):
+    f = tmp_path / "ar.yaml"
+    f.write_text(
+        "name: ar\nmodel: tiny-dense\ncluster: {gpu: h100-sxm, nodes: 1}\n"
+        "workload: {stage: collective, collective: all_reduce, size_bytes: 318000}\n"
+    )
+    p = run("simulate", str(f))
+    assert p.returncode == 0, p.stderr
+    assert "bus bandwidth" in p.stdout and "ring / LL" in p.stdout
+    d = json.loads(run("simulate", str(f), "--json").stdout)
+    assert d["collective_time_s"] == d["step_time_s"] > 0
+    f.write_text(f.read_text().replace("318000", "0"))
+    p = run("simulate", str(f))
+    assert p.returncode == 2 and "size_bytes" in p.stderr
