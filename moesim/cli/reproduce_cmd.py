@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
@@ -115,6 +116,9 @@ def _pct(x: float | None, signed: bool = False) -> str:
 def _print_tables(rows: list) -> None:
     from moesim.reproduce.run import summary
 
+    # piped into a file or a CI log, rich would assume 80 columns and fold every case id
+    out = console if console.is_terminal else Console(width=200)
+
     t = Table(title="published cases: moesim against the source")
     for col, justify in (("case", "left"), ("class", "left"), ("metric", "left"),
                          ("published", "right"), ("predicted", "right"), ("error", "right"),
@@ -139,9 +143,9 @@ def _print_tables(rows: list) -> None:
             escape(r.id), r.case_class, escape(r.metric), f"{r.published:.4g}", pred,
             _pct(r.error, signed=True), within,
         )  # fmt: skip
-    console.print(t)
+    out.print(t)
     for i, note in enumerate(notes, 1):
-        console.print(f"[dim]({i})[/] {note}", highlight=False)
+        out.print(f"[dim]({i})[/] {note}", highlight=False)
     s = summary(rows)
     st = Table(title="|error| per class")
     for col in ("class", "cases", "simulated", "within", "median |error|", "max |error|"):
@@ -152,4 +156,4 @@ def _print_tables(rows: list) -> None:
             str(v["n"]), str(v["n_simulated"]), str(v["n_within"]),
             _pct(v["median_abs_error"]), _pct(v["max_abs_error"]),
         )  # fmt: skip
-    console.print(st)
+    out.print(st)
