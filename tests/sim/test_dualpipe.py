@@ -129,8 +129,7 @@ def test_dualpipe_hides_all_to_all_that_1f1b_exposes():
 def test_overlapped_compute_pays_for_the_communication_sms():
     dual = _exposed_all_to_all("dualpipe", 400)
     plain = _exposed_all_to_all("1f1b", 400)
-    slow = dualpipe.OVERLAP_SLOWDOWN
-    assert slow == pytest.approx(132 / 112)
+    slow = 132 / 112  # DeepEP's 20 SMs of an H100's 132 (the EP group spans nodes: deepep)
     for (_, _, comp_d), (_, _, comp_p) in zip(dual, plain, strict=True):
         assert comp_p < comp_d < comp_p * slow
 
