@@ -30,7 +30,7 @@ from moesim.sim.collectives import (
     tree_all_reduce,
 )
 from moesim.sim.costmodel import CostModel
-from moesim.sim.dispatch import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
+from moesim.sim.dispatch_traffic import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
 from moesim.sim.engine import Rank, Rendezvous
 from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import ExpertCost, LayerCosts, layer_costs

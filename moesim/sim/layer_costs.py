@@ -1,5 +1,5 @@
 """What one layer costs on one rank for one microbatch: op times from the analytic FLOPs and
-parameter counts through the cost model (an MoE layer's all-to-all pattern: sim/dispatch.py).
+parameter counts through the cost model (an MoE layer's all-to-all: sim/dispatch_traffic.py).
 
 Legend: ``T`` tokens of one microbatch on one attention rank (mbs · seq / cp), ``T_moe`` the
 tokens one rank routes (T / tp: with sequence parallelism each TP rank owns T/tp tokens),

@@ -12,8 +12,8 @@ shared experts' backward overlapping it), the experts' backward, then the dispat
 under symmetric fidelity the most loaded rank of the EP group sets the expert time and stretches
 the all-to-all (its links carry the most), under full fidelity every rank has its own load and
 the rendezvous makes everyone wait for the slowest. Which dispatcher moves the tokens (and so
-the all-to-all's bytes) is ``parallel.moe_dispatcher`` (``moesim.sim.dispatch``); while a
-dispatch or combine runs, compute that starts on the rank is slowed by the SMs the
+the all-to-all's bytes) is ``parallel.moe_dispatcher`` (``moesim.sim.dispatch_traffic``);
+while a dispatch or combine runs, compute that starts on the rank is slowed by the SMs the
 dispatcher's kernels hold (``moesim.sim.engine``).
 
 Expert tensor parallelism (etp > 1, Megatron-Core's MoE Parallel Folding): the etp ranks that
