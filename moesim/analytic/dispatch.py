@@ -17,6 +17,8 @@ Dispatchers (``parallel.moe_dispatcher``):
 - ``deepep_low_latency``: DeepEP's decode kernels: each (token, expert) copy is written straight
   to the expert's GPU (RDMA, or NVLink inside a node: ``allow_nvlink_for_low_latency_mode``
   defaults to True), nothing forwarded; their hook-based receive "does not occupy any SM".
+  They are timed like ``alltoall``'s traffic (route latencies included); no per-message cost of
+  their RDMA writes is added, for want of a source other than DeepEP's held-out tables.
 
 Group-limited routing (DeepSeek-V2/V3, ``moe.n_groups``, ``moe.topk_groups`` = M): a token
 first picks M of the G expert groups, then its top-k experts inside them. With experts placed

@@ -15,6 +15,11 @@ alone, as in Megatron.
 Without a pipeline (pp = 1) the 1F1B order runs each microbatch's forward right before its
 own backward, which cannot overlap it; Megatron's non-pipelined overlap pairs the forward of
 microbatch i+1 with the backward of microbatch i, which ``overlap_order`` lays out.
+
+Not modelled: the memory of the pairing (at pp = 1 two microbatches' activations are alive at
+once; ``analytic.memory`` counts the schedule without it), and Megatron's finer split of each
+layer into sub-modules scheduled against the other chunk's (here each op of either chunk takes
+the compute stream when it is ready, in issue order).
 """
 
 from __future__ import annotations
