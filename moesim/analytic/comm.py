@@ -71,22 +71,12 @@ def ep_placement(p: ParallelSpec, cluster: ClusterSpec) -> EPPlacement:
 
 
 def expected_nodes_per_token(m: ModelSpec, place: EPPlacement) -> float:
-    """Distinct nodes of the EP group one token's top-k experts live on."""
+    """Distinct nodes of the EP group one token's top-k experts live on, under the model's
+    group-limited routing (``moesim.analytic.dispatch.expected_bins_per_token``)."""
+    from moesim.analytic.dispatch import expected_bins_per_token  # it imports this module
+
     assert m.moe is not None
-    e = m.moe
-    n, k, experts = place.nodes, e.top_k, e.n_routed_experts
-    if n == 1:
-        return 1.0
-    if e.topk_groups is None or e.n_groups == 1:
-        return expected_distinct_bins(experts, n, experts / n, k)
-    # group-limited: k experts inside the M chosen groups
-    per_group = experts / e.n_groups
-    m_groups = e.topk_groups
-    if e.n_groups >= n:  # whole groups per node: groups hit, then the nodes holding them
-        groups_hit = expected_distinct_bins(m_groups * per_group, m_groups, per_group, k)
-        return expected_distinct_bins(e.n_groups, n, e.n_groups / n, groups_hit)
-    nodes_per_group = n // e.n_groups  # a group spans several nodes
-    return expected_distinct_bins(m_groups * per_group, m_groups * nodes_per_group, experts / n, k)
+    return expected_bins_per_token(m.moe, place.nodes)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import simpy
 
+from moesim.analytic.dispatch import comm_sm_slowdown, resolve_dispatcher
 from moesim.analytic.flops import token_flops
 from moesim.analytic.layout import StageLayout, pipeline_layout
 from moesim.analytic.params import count_params
@@ -27,15 +28,10 @@ from moesim.sim.collectives import (
     reversed_collective,
 )
 from moesim.sim.costmodel import CostModel
+from moesim.sim.dispatch_traffic import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
 from moesim.sim.engine import Rank, Rendezvous
 from moesim.sim.grid import Grid
-from moesim.sim.layer_costs import (
-    DispatchPattern,
-    ExpertCost,
-    LayerCosts,
-    dispatch_pattern,
-    layer_costs,
-)
+from moesim.sim.layer_costs import ExpertCost, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology
 from moesim.sim.profile import Profile
@@ -48,7 +44,10 @@ class MoEDraw:
     """Load of one MoE layer for one microbatch as one rank sees it."""
 
     expert_copies: float  # copies this rank's experts process (symmetric: the group's max)
-    dispatch_s: float  # alone-on-the-link time of the dispatch (and of combine-backward)
+    # alone-on-the-link times. The dispatch's (``precision.dispatch``) is also the combine's
+    # backward (gradients to the experts: same direction and, per DeepSeek-V3 §3.3, the same
+    # fp8), the combine's (``precision.combine``) also the dispatch's backward
+    dispatch_s: float
     combine_s: float
     dropped: float = 0.0
     offered: float = 0.0
@@ -102,6 +101,9 @@ class SimContext:
             prm = all_layer_params[i]
             self.layers[i] = layer_costs(s, self.cm, fl, prm, self.tokens)
         self.moe = s.model.moe
+        self.dispatcher = resolve_dispatcher(s)
+        # compute that starts while an EP dispatch/combine holds its SMs is this much slower
+        self.comm_sm_slowdown = comm_sm_slowdown(s)
         self._draws: dict[tuple, object] = {}
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
@@ -120,6 +122,7 @@ class SimContext:
         if r is None:
             stage, q = self.grid.coords(gpu)
             r = Rank(self.env, gpu, f"gpu{gpu} (stage {stage}, rank {q})", self.rendezvous)
+            r.comm_sm_slowdown = self.comm_sm_slowdown
             self.ranks[gpu] = r
         return r
 
@@ -204,9 +207,21 @@ class SimContext:
 
     def _pattern(self, group: tuple[int, ...]) -> DispatchPattern:
         nodes = len({self.topo.node_of(g) for g in group})
-        mode = self.scenario.simulation.all_to_all
-        hierarchical = mode == "hierarchical" or (mode == "auto" and nodes > 1)
-        return dispatch_pattern(self.scenario, nodes, hierarchical)
+        return dispatch_pattern(self.scenario, nodes, self.dispatcher)
+
+    def allgather_s(
+        self, group: tuple[int, ...], tokens_per_member: float, payload_bytes: float, kind: str
+    ) -> float:
+        """The all-gather dispatcher: a dispatch (``kind`` "dispatch...") is an all-gather of
+        every member's tokens (hidden state of ``payload_bytes`` per element, routing map,
+        probabilities), a combine the reduce-scatter of the outputs; independent of where the
+        tokens go."""
+        dispatch = kind.startswith("dispatch")
+        row_b = allgather_bytes_per_token(self.scenario, payload_bytes, dispatch)
+        buffer_b = len(group) * tokens_per_member * row_b
+        if dispatch:
+            return self.all_gather_s(group, buffer_b)
+        return self.reduce_scatter_s(group, buffer_b)
 
     def a2a_collective(
         self, group: tuple[int, ...], copies_RR: np.ndarray, bytes_per_copy: float, kind: str
@@ -272,6 +287,11 @@ class SimContext:
         bottleneck link's load over capacity (the alpha–beta bandwidth term, which equals the
         flow time of these rank-one patterns: tests/sim check both against full fidelity)."""
         ep = len(group)
+        pat = self.pattern(group)
+        if pat.allgather:
+            width_b = bytes_per_copy / self.model.d_model
+            t = self.allgather_s(group, balanced_copies / self.moe.top_k, width_b, kind)
+            return np.full(len(dest_copies_NR), t)
         bal = np.full((ep, ep), balanced_copies / ep)
         np.fill_diagonal(bal, 0.0)
         base_s = self.a2a_s(group, bal, bytes_per_copy, kind)
@@ -314,7 +334,7 @@ class SimContext:
         n = n_moe_on_stage * self.microbatches
         idx = moe_index * self.microbatches + mb
         disp_b = self.model.d_model * self.precision.dispatch_bytes
-        comb_b = self.model.d_model * self.precision.activation_bytes
+        comb_b = self.model.d_model * self.precision.combine_bytes
         if self.fidelity != "full":
             table = self._draws.get(("sym", stage))
             if table is None:
@@ -333,6 +353,13 @@ class SimContext:
         counts = per_src[idx]  # (R_src, E)
         copies = counts.reshape(ep, ep, -1).sum(axis=2).astype(float)  # (R_src, R_dst)
         me = self.grid.ep_rank(gpu)
+        if self.pattern(group).allgather:
+            t = self.tokens_moe
+            return MoEDraw(
+                expert_copies=float(copies[:, me].sum()),
+                dispatch_s=self.allgather_s(group, t, disp_b / self.model.d_model, "dispatch"),
+                combine_s=self.allgather_s(group, t, comb_b / self.model.d_model, "combine"),
+            )
         off_diag = copies.copy()
         np.fill_diagonal(off_diag, 0.0)
         return MoEDraw(

@@ -27,10 +27,11 @@ the NICs instead hide less (each finishes late): 12.5 s against 12.0 s per step 
 scenarios/deepseek-v3-pretrain-2048xh800.yaml when tried.
 
 SM sharing: DeepSeek-V3 gives 20 of the H800's 132 SMs to communication (report §3.2.2: 20 SMs
-saturate IB and NVLink). A kernel of an overlapped pair that starts while any communication of
-the pair is in flight runs on the remaining 112 SMs: its time is stretched by 132/112 ≈ 1.18
-(throughput taken as proportional to SMs, which holds for compute-bound GEMMs and overstates
-the loss of memory-bound kernels). Free communication (zero-time collectives) costs no SMs.
+saturate IB and NVLink), as DeepEP's normal kernels do by default. A kernel of an overlapped
+pair that starts while any communication of the pair is in flight runs on the SMs left: its
+time is stretched by SMs / (SMs − comm SMs) (``moesim.analytic.dispatch.comm_sm_slowdown``:
+132/112 ≈ 1.18 with DeepEP on an H800; 1 for NCCL's dispatchers, whose SMs are not
+modelled). Free communication (zero-time collectives) costs no SMs.
 
 Gradients: each rank reduces the gradients of both its positions over data parallelism and
 updates both copies; the sum of the two copies' gradients across the pipeline (one extra
@@ -54,10 +55,6 @@ from moesim.sim.training_step import (
     param_all_gather,
     stage_params_on_rank,
 )
-
-SM_TOTAL = 132  # SMs of an H800 (and H100 SXM)
-SM_COMM = 20  # SMs DeepSeek-V3 dedicates to communication (report §3.2.2)
-OVERLAP_SLOWDOWN = SM_TOTAL / (SM_TOTAL - SM_COMM)  # compute time factor while comm runs
 
 
 class ChunkTask(NamedTuple):
@@ -114,7 +111,7 @@ def bubble_s(pp: int, f_s: float, b_s: float, fb_s: float, w_s: float = 0.0) -> 
 class ChunkView:
     """The rank as one chunk of an overlapped pair sees it: its own compute stream and links,
     communication streams renamed by ``alias`` (the backward chunk's ``pp`` is ``pp_bwd``), and
-    compute stretched by ``OVERLAP_SLOWDOWN`` while a collective of the pair is in flight
+    compute stretched by the rank's ``comm_sm_slowdown`` while a collective of the pair is in flight
     (``busy``, shared by the pair's two views, counts them)."""
 
     def __init__(self, rank: Rank, alias: dict[str, str], busy: list[int]):
@@ -139,7 +136,7 @@ class ChunkView:
         wait = stream.acquire()
         if wait is not None:
             yield wait
-        f = OVERLAP_SLOWDOWN if self.busy[0] else 1.0
+        f = self.rank.comm_sm_slowdown if self.busy[0] else 1.0
         t = self.env.now
         yield self.env.timeout(total_s * f)
         stream.release()

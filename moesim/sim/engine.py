@@ -18,6 +18,11 @@ that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity
   issued it, so a straggler's delay reaches its whole group. Under symmetric fidelity one rank
   stands for its group and the straggler is drawn statistically (the most loaded rank's time).
 
+- **SMs of communication kernels**: an EP dispatch or combine (the ``ep`` stream) runs on SMs
+  (DeepEP's kernels: ``parallel.moe_comm_sms``); a kernel that starts on the compute stream
+  while one is in flight runs ``comm_sm_slowdown`` times longer (SMs / (SMs − comm SMs)),
+  decided at its start, as DualPipe's chunk pairs do (``moesim.sim.dualpipe``).
+
 Every op appends ``(stream, name, category, start_s, end_s)`` to its rank's ``intervals``; the
 step's time breakdown and the Chrome trace are both read from them.
 """
@@ -164,8 +169,10 @@ class Rank:
     label: str
     rendezvous: Rendezvous | None = None
     intervals: list[Interval] = field(default_factory=list)
+    comm_sm_slowdown: float = 1.0  # compute time factor while an EP all-to-all holds SMs
 
     def __post_init__(self) -> None:
+        self.ep_in_flight = 0  # EP dispatches/combines transferring now
         self.compute_stream = Stream(self.env)
         self.streams = {s: Stream(self.env) for s in COMM_STREAMS}
         self.links = {c: SharedLink(self.env) for c in LINK_CLASSES}
@@ -178,6 +185,8 @@ class Rank:
         if wait is not None:
             yield wait
         start = self.env.now
+        if self.ep_in_flight:
+            duration_s *= self.comm_sm_slowdown
         yield self.env.timeout(duration_s)
         self.compute_stream.release()
         self.intervals.append(("compute", name, category, start, self.env.now))
@@ -191,13 +200,14 @@ class Rank:
         wait = self.compute_stream.acquire()
         if wait is not None:
             yield wait
+        f = self.comm_sm_slowdown if self.ep_in_flight else 1.0
         t = self.env.now
-        yield self.env.timeout(total_s)
+        yield self.env.timeout(total_s * f)
         self.compute_stream.release()
         for name, d in ops:
             if d > 0:
-                self.intervals.append(("compute", name, category, t, t + d))
-                t += d
+                self.intervals.append(("compute", name, category, t, t + d * f))
+                t += d * f
 
     def comm(
         self,
@@ -225,7 +235,10 @@ class Rank:
         if wait is not None:
             yield wait
         start = self.env.now
+        holds_sms = stream == "ep"
+        self.ep_in_flight += holds_sms
         yield from self.links[link].transfer(alone_s)
+        self.ep_in_flight -= holds_sms
         st.release()
         self.intervals.append((stream, name, category, start, self.env.now))
 

@@ -326,7 +326,7 @@ class ReplicaCost:
             # each EP rank dispatches t / ep tokens; the draws set what each rank receives
             group, mean_rank = self.ep_group, t * k / p.ep
             disp_b = m.d_model * self.s.precision.dispatch_bytes
-            comb_b = m.d_model * self.ab
+            comb_b = m.d_model * self.s.precision.combine_bytes
             a2a_s = float(
                 np.mean(
                     self.ctx.skewed_a2a_s(group, loads_NR, mean_rank, disp_b, "dispatch")

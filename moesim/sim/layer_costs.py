@@ -1,5 +1,5 @@
 """What one layer costs on one rank for one microbatch: op times from the analytic FLOPs and
-parameter counts through the cost model, and the all-to-all traffic pattern of an MoE layer.
+parameter counts through the cost model (an MoE layer's all-to-all: sim/dispatch_traffic.py).
 
 Legend: ``T`` tokens of one microbatch on one attention rank (mbs · seq / cp), ``T_moe`` the
 tokens one rank routes (T / tp: with sequence parallelism each TP rank owns T/tp tokens),
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from moesim.analytic.comm import EPPlacement, expected_distinct_bins, expected_nodes_per_token
 from moesim.analytic.flops import LayerFlops
 from moesim.analytic.params import LayerParams, ffn_params
 from moesim.sim.costmodel import CostModel, OpWork
@@ -194,30 +193,3 @@ class ExpertCost:
             t = self.cm.time_s(_bwd(op) if backward else op)
             self._cache[key] = t
         return t
-
-
-@dataclass(frozen=True)
-class DispatchPattern:
-    """How one rank's routed copies spread over the EP group, as byte multipliers.
-
-    ``gpu_dedup``: bytes per copy that reach a GPU once deduplicated per GPU (DeepEP sends a
-    token once per destination GPU); ``node_dedup``: the same per destination node (RDMA leg).
-    Direct (Megatron's all-to-all dispatcher) sends every (token, expert) copy: both 1.
-    """
-
-    hierarchical: bool
-    gpu_dedup: float
-    node_dedup: float
-
-
-def dispatch_pattern(s: Scenario, group_nodes: int, hierarchical: bool) -> DispatchPattern:
-    m, p = s.model, s.parallel
-    assert m.moe is not None
-    if not hierarchical:
-        return DispatchPattern(False, 1.0, 1.0)
-    e = m.moe
-    k = e.top_k
-    gpus_hit = expected_distinct_bins(e.n_routed_experts, p.ep, e.n_routed_experts / p.ep, k)
-    place = EPPlacement(p.ep, group_nodes, max(1, p.ep // group_nodes))
-    nodes_hit = expected_nodes_per_token(m, place)
-    return DispatchPattern(True, gpus_hit / k, nodes_hit / k)

@@ -11,7 +11,10 @@ shared experts' backward overlapping it), the experts' backward, then the dispat
 (a combine), then the router's backward. The all-to-alls are timed by ``SimContext.moe_draw``:
 under symmetric fidelity the most loaded rank of the EP group sets the expert time and stretches
 the all-to-all (its links carry the most), under full fidelity every rank has its own load and
-the rendezvous makes everyone wait for the slowest.
+the rendezvous makes everyone wait for the slowest. Which dispatcher moves the tokens (and so
+the all-to-all's bytes) is ``parallel.moe_dispatcher`` (``moesim.sim.dispatch_traffic``);
+while a dispatch or combine runs, compute that starts on the rank is slowed by the SMs the
+dispatcher's kernels hold (``moesim.sim.engine``).
 
 Expert tensor parallelism (etp > 1, Megatron-Core's MoE Parallel Folding): the etp ranks that
 shard the same experts each receive their own dispatch, all-gather the group's tokens before the
@@ -89,13 +92,14 @@ def moe_backward(
     group = ctx.ep_group(rank.gpu)
     link = ctx.link_of(group)
     overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_bwd_s > 0
-    # gradients travel in activation precision both ways
-    grad_s = draw.combine_s
+    # the combine's backward sends output gradients to the experts: a dispatch, in the
+    # dispatch's precision (DeepSeek-V3 §3.3: the activation gradient before the MoE
+    # down-projections goes in fp8); the dispatch's backward is a combine, in the combine's
     combine_bwd = rank.comm(
         "ep",
         "combine_bwd",
         "all_to_all",
-        grad_s,
+        draw.dispatch_s,
         link,
         ctx.group_key(group, "combine_bwd", *tag),
         len(group),
@@ -120,7 +124,7 @@ def moe_backward(
         "ep",
         "dispatch_bwd",
         "all_to_all",
-        grad_s,
+        draw.combine_s,
         link,
         ctx.group_key(group, "dispatch_bwd", *tag),
         len(group),

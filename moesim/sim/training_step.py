@@ -27,6 +27,7 @@ from moesim.analytic.memory import effective_schedule, n_microbatches
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank
+from moesim.sim.ep_overlap import overlap_order, overlaps
 from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.schedules import Task, schedule
 from moesim.sim.zero3 import Zero3Gather
@@ -437,6 +438,9 @@ def _rank_program(
             dense, expert = stage_params_on_rank(ctx, stage, c)
             ready[c] = rank.start(param_all_gather(ctx, rank, dense, expert, ("pre", c)))
     buckets = GradBuckets(ctx, rank) if train and sim.overlap_dp else None
+    ep_overlap = p.overlap_moe_expert_parallel_comm and p.schedule != "dualpipe" and backward
+    if ep_overlap:  # Megatron-Core's EP overlap (moesim.sim.ep_overlap)
+        tasks = overlap_order(tasks)
     i = 0
     while i < len(tasks):
         task = tasks[i]
@@ -445,8 +449,8 @@ def _rank_program(
             and task.kind == "F"
             and i + 1 < len(tasks)
             and tasks[i + 1].kind == "B"
-        )
-        if pair:  # DualPipe's overlap where its layout does not apply (moesim.sim.dualpipe)
+        ) or (ep_overlap and i + 1 < len(tasks) and overlaps(task, tasks[i + 1]))
+        if pair:  # DualPipe's overlap where its layout does not apply, or Megatron's EP overlap
             from moesim.sim.dualpipe import pair_views
 
             fview, bview = pair_views(rank)

@@ -61,6 +61,11 @@ class GPUSpec(Spec):
     inter_node: InterNodeLink = InterNodeLink()
     gpus_per_node: PositiveInt = 8
     tdp_W: PositiveFloat | None = None
+    sms: PositiveInt | None = Field(
+        None,
+        description="streaming multiprocessors (AMD: compute units); sets the compute share "
+        "communication kernels take (parallel.moe_comm_sms); None = that share is not modelled",
+    )
 
     def peak_TFLOPS(self, dtype: DType) -> float:
         """Dense peak for a compute dtype; dtypes a GPU lacks fall back to the next wider one."""

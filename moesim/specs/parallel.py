@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import PositiveInt, Spec, ZeroStage
+from moesim.specs.base import NonNegativeInt, PositiveInt, Spec, ZeroStage
 
 Recompute = Literal["none", "selective", "full"]
 #: Megatron-Core's ``--recompute-modules`` (TransformerConfig.recompute_modules): what a
@@ -23,6 +23,10 @@ RecomputeModule = Literal[
 #: §3.2.3: RMSNorm, MLA up-projections, SwiGLU outputs). Megatron's own default is core_attn.
 SELECTIVE_MODULES: frozenset[str] = frozenset({"layernorm", "moe_act", "mla_up_proj"})
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b", "dualpipe"]
+MoEDispatcher = Literal["auto", "alltoall", "allgather", "deepep", "deepep_low_latency"]
+# dispatchers Megatron-Core's EP overlap runs with: its ``alltoall`` and ``flex`` (DeepEP)
+# token dispatchers (megatron/core/transformer/transformer_config.py)
+EP_OVERLAP_DISPATCHERS = ("auto", "alltoall", "deepep")
 
 
 class ParallelSpec(Spec):
@@ -46,6 +50,32 @@ class ParallelSpec(Spec):
     )
     schedule: Schedule = "1f1b"
     sequence_parallel: bool = Field(True, description="shard norms/dropout over tp (Megatron SP)")
+    moe_dispatcher: MoEDispatcher = Field(
+        "auto",
+        description="how MoE tokens reach their experts: alltoall (Megatron's all-to-all "
+        "dispatcher, one copy per (token, expert)); allgather (Megatron's: every EP rank "
+        "gathers the group's tokens and keeps its experts' rows, combine = reduce-scatter); "
+        "deepep (DeepEP normal kernels: one copy per destination GPU over NVLink and one per "
+        "destination node over RDMA, forwarded over NVLink); deepep_low_latency (DeepEP's "
+        "decode kernels: per-expert copies sent directly, no forwarding, no SMs); auto = "
+        "simulation.all_to_all when it is set (direct: alltoall, hierarchical: deepep), else "
+        "deepep when it sends fewer bytes than alltoall (a token's top-k experts share GPUs, "
+        "or the EP group spans nodes) and alltoall otherwise (moesim.analytic.dispatch)",
+    )
+    moe_comm_sms: NonNegativeInt | None = Field(
+        None,
+        description="SMs the dispatch/combine kernels occupy while they run; compute that "
+        "overlaps them runs at (SMs - moe_comm_sms)/SMs of its speed. None = as the kernels "
+        "ship: deepep 20 (DeepEP's Buffer.num_sms), deepep_low_latency 0 (hook-based receive), "
+        "alltoall/allgather 0 (NCCL's SMs are not modelled for any collective)",
+    )
+    overlap_moe_expert_parallel_comm: bool = Field(
+        False,
+        description="Megatron-Core's EP overlap: in the steady state a forward chunk and a "
+        "backward chunk of different microbatches run together, so each one's all-to-alls "
+        "run under the other's compute (needs ep > 1, interleaved_1f1b when pp > 1, the "
+        "alltoall or deepep dispatcher, no full recompute); DualPipe overlaps regardless",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ParallelSpec:
@@ -71,7 +101,31 @@ class ParallelSpec(Spec):
             raise ValueError(
                 f"virtual_stages = {self.virtual_stages} needs schedule: interleaved_1f1b"
             )
+        if self.overlap_moe_expert_parallel_comm:
+            self._check_ep_overlap()
         return self
+
+    def _check_ep_overlap(self) -> None:
+        """Megatron-Core's requirements for ``overlap_moe_expert_parallel_comm``
+        (megatron/core/transformer/transformer_config.py, its __post_init__)."""
+        field = "parallel.overlap_moe_expert_parallel_comm"
+        if self.ep == 1:
+            raise ValueError(f"{field} needs expert parallelism: set parallel.ep > 1")
+        if self.pp > 1 and self.schedule not in ("interleaved_1f1b", "dualpipe"):
+            raise ValueError(
+                f"{field} with pp > 1 needs virtual pipeline stages (Megatron-Core): set "
+                "parallel.schedule: interleaved_1f1b and virtual_stages ≥ 2"
+            )
+        if self.moe_dispatcher not in EP_OVERLAP_DISPATCHERS:
+            raise ValueError(
+                f"{field} runs with the alltoall or deepep dispatcher, not "
+                f"parallel.moe_dispatcher {self.moe_dispatcher!r}: change one of them"
+            )
+        if self.recompute == "full":
+            raise ValueError(
+                f"{field} cannot run with parallel.recompute: full (Megatron-Core refuses "
+                "it): use selective or none"
+            )
 
     @property
     def recomputed_modules(self) -> frozenset[str]:

@@ -20,10 +20,27 @@ BYTES_PER_ELEMENT = {
 
 
 class Precision(Spec):
-    """``compute`` sets the GEMM peak; ``dispatch`` the all-to-all payload (DeepEP sends fp8)."""
+    """``compute`` sets the GEMM peak; ``dispatch`` and ``combine`` the MoE all-to-all payloads.
+
+    DeepSeek-V3 (report §3.3, "Low-Precision Communication"): the activation before the MoE
+    up-projections is quantized to FP8 and then dispatched, and so is the activation gradient
+    before the MoE down-projections (the backward of the combine, which travels like a
+    dispatch); the forward and backward combine stay in BF16. So ``dispatch`` sets the forward
+    dispatch and the backward of the combine, ``combine`` the forward combine and the backward
+    of the dispatch.
+    """
 
     compute: Literal["bf16", "fp16", "fp8", "fp32"] = "bf16"
-    dispatch: Literal["bf16", "fp8"] = "bf16"
+    dispatch: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="MoE dispatch payload: the forward dispatch and the combine's backward "
+        "(gradients sent to the experts), as DeepSeek-V3 §3.3",
+    )
+    combine: Literal["bf16", "fp8"] = Field(
+        "bf16",
+        description="MoE combine payload: the forward combine and the dispatch's backward "
+        "(DeepSeek-V3 keeps both in bf16, §3.3)",
+    )
     params: Literal["bf16", "fp16", "fp32"] = "bf16"
     grads: Literal["bf16", "fp32"] = "bf16"
     master_weights: bool = True
@@ -61,6 +78,12 @@ class Precision(Spec):
     @property
     def dispatch_bytes(self) -> float:
         return BYTES_PER_ELEMENT[self.dispatch]
+
+    @property
+    def combine_bytes(self) -> float:
+        """Bytes per element of the combine: fp8, or the activations' own width (bf16; an fp32
+        model combines in fp32, as before this field existed)."""
+        return 1.0 if self.combine == "fp8" else self.activation_bytes
 
     @property
     def optimizer_bytes_per_param(self) -> float:

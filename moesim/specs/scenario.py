@@ -44,6 +44,7 @@ class Scenario(Spec):
         _check_parallel_vs_model(self.parallel, self.model)
         _check_batch(self)
         _check_precision(self)
+        _check_dispatcher(self)
         return self
 
     @property
@@ -135,4 +136,29 @@ def _check_precision(s: Scenario) -> None:
     if s.precision.compute == "fp8" and s.cluster.gpu.fp8_TFLOPS is None:
         raise ValueError(
             f"precision.compute is fp8 but {s.cluster.gpu.name} has no fp8 tensor cores: use bf16"
+        )
+
+
+# simulation.all_to_all values each explicit dispatcher agrees with ("auto" agrees with all)
+_DISPATCHER_ALL_TO_ALL = {
+    "alltoall": ("auto", "direct"),
+    "deepep": ("auto", "hierarchical"),
+    "deepep_low_latency": ("auto", "direct"),
+    "allgather": ("auto",),
+}
+
+
+def _check_dispatcher(s: Scenario) -> None:
+    p, mode = s.parallel, s.simulation.all_to_all
+    if p.moe_dispatcher != "auto" and mode not in _DISPATCHER_ALL_TO_ALL[p.moe_dispatcher]:
+        raise ValueError(
+            f"parallel.moe_dispatcher {p.moe_dispatcher!r} contradicts simulation.all_to_all "
+            f"{mode!r} (direct = per-(token, expert) copies, hierarchical = DeepEP's RDMA then "
+            "NVLink forwarding): set simulation.all_to_all: auto, or drop moe_dispatcher"
+        )
+    sms = s.cluster.gpu.sms
+    if p.moe_comm_sms is not None and sms is not None and p.moe_comm_sms >= sms:
+        raise ValueError(
+            f"parallel.moe_comm_sms ({p.moe_comm_sms}) leaves no SM of the {sms} of "
+            f"{s.cluster.gpu.name} for compute: use fewer (DeepEP ships with 20)"
         )

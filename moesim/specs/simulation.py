@@ -17,7 +17,11 @@ class SimulationSpec(Spec):
         "flow", description="max-min fair flows on links, or closed-form alpha-beta"
     )
     all_to_all: Literal["auto", "direct", "hierarchical"] = Field(
-        "auto", description="hierarchical = NVLink gather, RDMA, NVLink scatter (DeepEP)"
+        "auto",
+        description="the expert all-to-all's algorithm: direct = every (token, expert) copy "
+        "straight to its GPU; hierarchical = DeepEP (one copy per GPU, one per node over RDMA "
+        "then NVLink forwarding); auto = as parallel.moe_dispatcher picks. Kept for old "
+        "scenarios: parallel.moe_dispatcher says the same and more; the two must agree",
     )
     all_reduce: Literal["auto", "ring", "tree"] = Field(
         "auto",
