@@ -120,7 +120,12 @@ def _selective_recompute_s(s: Scenario, cm: CostModel, fl: LayerFlops, tokens: f
 
 def _bwd(op: OpWork) -> OpWork:
     return replace(
-        op, name=op.name + "_bwd", flops=2 * op.flops, bytes=2 * op.bytes, kernels=2 * op.kernels
+        op,
+        name=op.name + "_bwd",
+        flops=2 * op.flops,
+        bytes=2 * op.bytes,
+        kernels=2 * op.kernels,
+        backward=True,
     )
 
 
