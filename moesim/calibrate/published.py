@@ -138,7 +138,8 @@ def _point(r: dict[str, str], where: str) -> Point:
                          r["source"])  # fmt: skip
         op = OpWork("attn_core", "attention", model_fwd, io_bytes)
         return Point(r["gpu"], "attention", dtype, op, paper_fwd / (tflops * 1e12), r["source"])
-    raise ValueError(f"{where}: unknown op_class/flop_convention {r['op_class']}/{r['flop_convention']}")
+    kind = f"{r['op_class']}/{r['flop_convention']}"
+    raise ValueError(f"{where}: unknown op_class/flop_convention {kind}")
 
 
 def _peak_flops_per_s(gpu: GPUSpec, dtype: str) -> float:
@@ -216,8 +217,7 @@ def build_profile(
         "device": device,
         "kind": "published",
         "source": f"published kernel tables: fitted from {display_path(csv_path)} by "
-        "moesim.calibrate.published"
-        + (f"; {FAMILY_REASON}" if len(family) > 1 else ""),
+        "moesim.calibrate.published" + (f"; {FAMILY_REASON}" if len(family) > 1 else ""),
         "compute": compute,
         "compute_fp8": compute_fp8 or None,
         "hbm": {
