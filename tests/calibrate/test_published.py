@@ -76,6 +76,8 @@ def test_the_stored_in_sample_errors_are_the_cost_models_errors_on_the_points(gp
                     t, key = 2.5 * fwd / tf, "attention_bwd_bf16"
                 else:
                     op, t, key = OpWork("a", "attention", fwd, io), fwd / tf, "attention_bf16"
+                if d < 128:  # fitted on head dim >= 128 only; the others are scored apart
+                    key += f"_headdim{d}_held_out"
             else:
                 m, n, k, g = (int(r[c]) for c in ("m", "n", "k", "groups"))
                 eb = 1 if r["dtype"] == "fp8" else 2
@@ -93,6 +95,9 @@ def test_the_stored_in_sample_errors_are_the_cost_models_errors_on_the_points(gp
     if gpu == "h100-sxm":  # the GPU the most points are of: the fit is not a loose one
         assert stored["gemm_bf16"]["median_abs_rel_error"] < 0.15
         assert stored["attention_bf16"]["median_abs_rel_error"] < 0.15
+        # FLOPs alone is a poor key across head dims: the held-out head dim 64 runs slower
+        held = stored["attention_bf16_headdim64_held_out"]["median_abs_rel_error"]
+        assert held > 2 * stored["attention_bf16"]["median_abs_rel_error"]
 
 
 @pytest.mark.parametrize("gpu", ["h100-sxm", "h800-sxm", "h200-sxm", "b200"])
