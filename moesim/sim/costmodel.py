@@ -16,8 +16,8 @@ Which curve (a profile of schema version 2 may hold more than one per class):
 
 - a GEMM at the fp8 peak reads ``profile.compute_fp8[class]`` when the profile has it: fp8
   kernels do not reach the fraction of their doubled peak that bf16 kernels reach of theirs
-  (DeepGEMM's H800 FP8 GEMMs top out near 0.69 of the fp8 peak where cuBLAS bf16 GEMMs reach
-  ~0.79 of the bf16 peak; ``calibration/published/``). Without it, the 16-bit curve is read
+  (DeepGEMM's H800 FP8 GEMMs top out near 0.69 of the fp8 peak where XLA's H100 GEMM table
+  reaches ~0.79 of the bf16 peak; ``calibration/published/``). Without it, the 16-bit curve is read
   against the fp8 peak (schema version 1).
 - a backward attention op (``OpWork.backward``, set by ``layer_costs._bwd``) reads
   ``profile.compute["attention_bwd"]`` when present: FlashAttention's backward runs at a lower
