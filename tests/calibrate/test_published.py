@@ -5,11 +5,12 @@ all of the bf16 time, and each of the five GPUs has a loadable published profile
 from __future__ import annotations
 
 import csv
+import json
 import statistics
 
 import pytest
 
-from moesim.calibrate.published import GPUS, read_points
+from moesim.calibrate.published import GPUS, read_points, write_all
 from moesim.catalog import load_gpu
 from moesim.sim.costmodel import CostModel, OpWork
 from moesim.sim.profile import (
@@ -42,6 +43,15 @@ def test_every_published_point_names_its_source_and_a_missing_one_is_an_error(tm
         w.writerow({**rows[0], "source": " "})
     with pytest.raises(ValueError, match="line 2: every point needs a source"):
         read_points(bad)
+
+
+def test_the_committed_profiles_are_what_the_point_table_gives(tmp_path):
+    """Regenerated from kernels.csv they come out as committed: no profile is edited by hand
+    or left behind a change of its points."""
+    for path in write_all(PUB / "kernels.csv", tmp_path):
+        assert json.loads(path.read_text()) == json.loads((PUB / path.name).read_text()), (
+            f"{path.name} is stale: run python -m moesim.calibrate.published"
+        )
 
 
 @pytest.mark.parametrize("gpu", GPUS)
