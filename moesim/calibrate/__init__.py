@@ -13,6 +13,8 @@ Modules, one job each:
 - ``validate``: fit on part of the measurements, predict the rest through the cost model and
   ``moesim.sim.run.simulate``, and write the errors into the profile;
 - ``report``: the HTML page of predicted against measured;
+- ``published``: published kernel tables (``calibration/published/kernels.csv``) → one
+  ``kind: published`` profile per GPU, with its in-sample error;
 - ``run``: the orchestration behind ``moesim calibrate run``.
 
 Only the benchmark modules import torch, and only when they run: importing this package (and

@@ -54,8 +54,8 @@ def simulate(
     profile: Annotated[
         str | None,
         typer.Option(
-            help="calibration profile: a JSON path or a device id (calibration/<id>.json); "
-            "overrides simulation.profile"
+            help="calibration profile: a JSON path or a device id (calibration/<id>.json, "
+            "else calibration/published/<id>.json); overrides simulation.profile"
         ),
     ] = None,
 ) -> None:
@@ -166,6 +166,9 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     mem = d["memory_per_gpu_GB"]
     fits = "[green]fits[/]" if d.get("fits_in_memory") else "[bold red]does not fit[/]"
     table.add_row("memory per GPU", f"{mem['total']:,.1f} GB ({fits})")
+    prof = d.get("profile")
+    if isinstance(prof, dict):  # which calibration profile timed the ops
+        table.add_row("profile", escape(f"{prof['device']} ({prof['kind']})"))
     console.print(table)
     if "memory_note" in d:  # why it does not fit (serving, post-training)
         console.print(f"[bold red]does not fit:[/] {escape(d['memory_note'])}", highlight=False)

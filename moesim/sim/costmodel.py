@@ -12,6 +12,17 @@ Transformer Engine, whose FP8 covers its Linear layers and not the attention cor
 For a grouped GEMM (the experts of one rank) the efficiency is read at the FLOPs of one group,
 because a grouped GEMM of many small experts runs like many small GEMMs.
 
+Which curve (a profile of schema version 2 may hold more than one per class):
+
+- a GEMM at the fp8 peak reads ``profile.compute_fp8[class]`` when the profile has it: fp8
+  kernels do not reach the fraction of their doubled peak that bf16 kernels reach of theirs
+  (DeepGEMM's H800 FP8 GEMMs top out near 0.69 of the fp8 peak where XLA's H100 GEMM table
+  reaches ~0.79 of the bf16 peak; ``calibration/published/``). Without it, the 16-bit curve is read
+  against the fp8 peak (schema version 1).
+- a backward attention op (``OpWork.backward``, set by ``layer_costs._bwd``) reads
+  ``profile.compute["attention_bwd"]`` when present: FlashAttention's backward runs at a lower
+  fraction of peak than its forward (FlashAttention-3 paper, H100 figures). Else the forward's.
+
 This module knows nothing about SimPy or the schedule: calibration code and analytic tools can
 use it alone.
 """
@@ -20,7 +31,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from moesim.sim.profile import OpClass, Profile
+from moesim.sim.profile import Curve, OpClass, Profile
 from moesim.specs import GPUSpec
 
 
@@ -35,6 +46,7 @@ class OpWork:
     groups: int = 1  # experts in a grouped GEMM
     kernels: int = 1  # launches the op stands for
     fp8: bool = True  # a GEMM that runs in fp8 when the compute dtype is fp8
+    backward: bool = False  # a backward op: attention reads the profile's attention_bwd curve
 
 
 class CostModel:
@@ -48,10 +60,20 @@ class CostModel:
         self.high_precision_peak_flops_per_s = gpu.peak_TFLOPS(high) * 1e12  # type: ignore[arg-type]
         self.hbm_bytes_per_s = gpu.hbm_TBps * 1e12
         self.launch_s = profile.launch_overhead_us.value * 1e-6
+        self.runs_fp8 = compute_dtype == "fp8"
         self._cache: dict[tuple, float] = {}
 
+    def curve(self, op: OpWork, at_fp8_peak: bool) -> Curve:
+        """The efficiency curve ``op`` is read on (the module docstring says which)."""
+        p = self.profile
+        if at_fp8_peak and p.compute_fp8 is not None and op.op_class in p.compute_fp8:
+            return p.compute_fp8[op.op_class]  # type: ignore[index]
+        if op.backward and op.op_class == "attention" and "attention_bwd" in p.compute:
+            return p.compute["attention_bwd"]
+        return p.compute[op.op_class]
+
     def time_s(self, op: OpWork) -> float:
-        key = (op.op_class, op.flops, op.bytes, op.groups, op.kernels, op.fp8)
+        key = (op.op_class, op.flops, op.bytes, op.groups, op.kernels, op.fp8, op.backward)
         t = self._cache.get(key)
         if t is None:
             t = self._time_s(op)
@@ -67,9 +89,9 @@ class CostModel:
             eff = self.profile.compute["memory_bound"](max(op.bytes, 1.0))
             return op.bytes / (self.hbm_bytes_per_s * eff) + launch_s
         per_group = max(op.flops / max(op.groups, 1), 1.0)
-        eff = self.profile.compute[op.op_class](per_group)
         low = op.fp8 and op.op_class != "attention"
         peak = self.peak_flops_per_s if low else self.high_precision_peak_flops_per_s
+        eff = self.curve(op, at_fp8_peak=low and self.runs_fp8)(per_group)
         compute_s = op.flops / (peak * eff)
         memory_s = op.bytes / (self.hbm_bytes_per_s * hbm_eff)
         return max(compute_s, memory_s) + launch_s

@@ -68,7 +68,7 @@ from moesim.analytic.params import count_params, ffn_params
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank
-from moesim.sim.profile import resolve_profile
+from moesim.sim.profile import profile_label, resolve_profile
 from moesim.sim.routing_load import expert_probabilities
 from moesim.sim.trace import write_trace
 from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, ModelSpec, Result, Scenario
@@ -605,7 +605,7 @@ def simulate_inference(
             "experts": typical.experts_s,
             "lm_head": typical.lm_head_s,
         },
-        "profile": cost.ctx.profile.device,
+        "profile": profile_label(cost.ctx.profile),
     }
     if out_per_s > 0:
         extra["cost_per_million_tokens_usd"] = usd_per_s / out_per_s * 1e6

@@ -157,7 +157,12 @@ def _elementwise(name: str, bytes_: float, kernels: int) -> OpWork:
 
 def _bwd(op: OpWork) -> OpWork:
     return replace(
-        op, name=op.name + "_bwd", flops=2 * op.flops, bytes=2 * op.bytes, kernels=2 * op.kernels
+        op,
+        name=op.name + "_bwd",
+        flops=2 * op.flops,
+        bytes=2 * op.bytes,
+        kernels=2 * op.kernels,
+        backward=True,
     )
 
 

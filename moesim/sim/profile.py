@@ -27,6 +27,17 @@ measurement from an assumption. Schema (all keys required unless marked optional
                                                  # optional: held-out prediction errors
     }
 
+Schema version 2 adds, all optional (a version 1 file loads unchanged and means what it meant):
+
+    "kind": "published",                         # measured | published | default (absent: measured,
+                                                 # or default for the device "default")
+    "compute": {..., "attention_bwd": {...}},    # the attention backward's own curve, x = FLOPs of
+                                                 # the backward op (2x the forward, the simulator's
+                                                 # convention); absent: the forward curve
+    "compute_fp8": {"gemm": {...}, "grouped_gemm": {...}}
+                                                 # GEMMs run at the fp8 peak; absent: the 16-bit
+                                                 # curves read against the fp8 peak (version 1)
+
 Curves are piecewise linear in log10(x) (sizes span many decades) and flat beyond their ends.
 The calibration engineers write these files from measured points; nothing here imports SimPy.
 
@@ -36,7 +47,11 @@ the directories a caller passes (``search_dirs``), the repository's ``calibratio
 runs from a source checkout (an editable install: the folder beside the package, so the answer
 does not depend on the working directory), then ``./calibration`` of the working directory
 (where ``moesim calibrate run`` writes by default, for installs without a checkout). The first
-match wins; a named id that matches nowhere is an error listing the places searched.
+match wins. When no directory holds ``<id>.json``, the published kernel profile
+``<dir>/published/<id>.json`` is looked up the same way (fitted from published kernel tables by
+``moesim.calibrate.published``), and only then, for a scenario's GPU, the shipped default: a
+measured profile wins over a published one, which wins over the default. A named id that matches
+nowhere is an error listing the places searched.
 """
 
 from __future__ import annotations
@@ -52,6 +67,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 OpClass = Literal["gemm", "grouped_gemm", "attention", "memory_bound"]
 OP_CLASSES: tuple[str, ...] = ("gemm", "grouped_gemm", "attention", "memory_bound")
+# compute curves: the op classes plus the optional attention backward (schema version 2)
+CurveName = Literal["gemm", "grouped_gemm", "attention", "memory_bound", "attention_bwd"]
+Fp8Class = Literal["gemm", "grouped_gemm"]
+ProfileKind = Literal["measured", "published", "default"]
+PUBLISHED_SUBDIR = "published"
 DEFAULT_PROFILE_PATH = Path(__file__).parent / "profiles" / "default.json"
 
 
@@ -101,10 +121,13 @@ class Links(_Strict):
 
 
 class Profile(_Strict):
-    schema_version: Literal[1] = 1
+    schema_version: Literal[1, 2] = 1
     device: str
     source: str
-    compute: dict[OpClass, Curve]
+    kind: ProfileKind | None = None  # absent (version 1): see ``profile_kind``
+    compute: dict[CurveName, Curve]
+    # optional (version 2): GEMM curves read against the fp8 peak, for GEMMs that run in fp8
+    compute_fp8: dict[Fp8Class, Curve] | None = None
     hbm: Curve
     launch_overhead_us: Value
     links: Links
@@ -126,6 +149,19 @@ class Profile(_Strict):
             if not 0 < v <= 1:
                 raise ValueError(f"profile.links.{name}.value must lie in (0, 1], got {v}")
         return self
+
+
+def profile_kind(p: Profile) -> str:
+    """measured | published | default: the file's ``kind``, else (version 1 files, which have
+    none) ``default`` for the shipped default and ``measured`` for anything else."""
+    if p.kind is not None:
+        return p.kind
+    return "default" if p.device == "default" else "measured"
+
+
+def profile_label(p: Profile) -> dict[str, str]:
+    """What a Result says of the profile it used: ``{"device": ..., "kind": ...}``."""
+    return {"device": p.device, "kind": profile_kind(p)}
 
 
 def load_profile(path: str | Path) -> Profile:
@@ -178,15 +214,25 @@ def resolve_profile(
             if not p.is_file():
                 raise FileNotFoundError(f"simulation.profile: no such file {p}")
             return load_profile(p)
-        for d in dirs:
-            if (d / f"{name}.json").is_file():
-                return load_profile(d / f"{name}.json")
-        looked = ", ".join(str(d / f"{name}.json") for d in dirs)
+        found = _find_by_id(name, dirs)
+        if found is not None:
+            return load_profile(found)
+        looked = ", ".join(str(c) for c in _candidates(name, dirs))
         raise FileNotFoundError(
             f"simulation.profile: no calibration/{name}.json found (looked for {looked}); "
             "give a JSON path or run moesim calibrate"
         )
-    for d in dirs:
-        if gpu_name and (d / f"{gpu_name}.json").is_file():
-            return load_profile(d / f"{gpu_name}.json")
-    return default_profile()
+    found = _find_by_id(gpu_name, dirs) if gpu_name else None
+    return load_profile(found) if found is not None else default_profile()
+
+
+def _candidates(device_id: str, dirs: tuple[Path, ...]) -> list[Path]:
+    """Where ``device_id`` is looked for, in order: every measured ``<dir>/<id>.json`` first,
+    then every published ``<dir>/published/<id>.json``."""
+    return [d / f"{device_id}.json" for d in dirs] + [
+        d / PUBLISHED_SUBDIR / f"{device_id}.json" for d in dirs
+    ]
+
+
+def _find_by_id(device_id: str, dirs: tuple[Path, ...]) -> Path | None:
+    return next((c for c in _candidates(device_id, dirs) if c.is_file()), None)

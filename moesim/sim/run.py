@@ -27,7 +27,7 @@ from moesim.analytic.memory import (
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
 from moesim.sim.moe_layer import moe_backward, moe_forward
-from moesim.sim.profile import resolve_profile
+from moesim.sim.profile import profile_label, resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.sim.utilization import utilization
@@ -242,7 +242,7 @@ def _result(
         "network": s.simulation.network,
         "simulated_ranks": len(ranks),
         "microbatches": ctx.microbatches,
-        "profile": ctx.profile.device,
+        "profile": profile_label(ctx.profile),
     }
     if ctx.offered_copies:
         extra["tokens_dropped_fraction"] = ctx.dropped_copies / ctx.offered_copies

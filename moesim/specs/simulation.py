@@ -49,7 +49,11 @@ class SimulationSpec(Spec):
     )
     dp_bucket_MB: Float = Field(40.0, gt=0, description="gradient bucket size (1e6 bytes)")
     profile: str | None = Field(
-        None, description="calibration profile: a JSON path or a GPU id; default ships with moesim"
+        None,
+        description="calibration profile: a JSON path or a GPU id (calibration/<id>.json, "
+        "measured, before calibration/published/<id>.json, fitted from published kernel "
+        "tables); unset: the scenario GPU's measured profile, else its published one, else the "
+        "default that ships with moesim",
     )
     microbatches_simulated: PositiveInt | None = Field(
         None,

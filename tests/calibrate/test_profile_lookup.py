@@ -1,6 +1,8 @@
 """Where a profile id is found: the repository's calibration/ whatever the working directory,
-then ./calibration; a missing id names every place searched. The schema stays backward
-compatible: the committed profiles load, and ``links.pcie`` is optional."""
+then ./calibration; a measured ``<dir>/<id>.json`` wins over a published
+``<dir>/published/<id>.json``, which wins over the default; a missing id names every place
+searched. The schema stays backward compatible: the committed profiles load, and
+``links.pcie`` is optional."""
 
 from __future__ import annotations
 
@@ -10,10 +12,14 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from moesim.catalog import load_gpu
+from moesim.sim.costmodel import CostModel, OpWork
 from moesim.sim.profile import (
     DEFAULT_PROFILE_PATH,
     Profile,
     load_profile,
+    profile_kind,
+    profile_label,
     profile_search_dirs,
     repo_calibration_dir,
     resolve_profile,
@@ -53,6 +59,55 @@ def test_the_repository_comes_before_the_working_directory(tmp_path, monkeypatch
     explicit.mkdir()
     (explicit / "cpu.json").write_text(json.dumps(_profile_named("explicit")))
     assert resolve_profile("cpu", search_dirs=(explicit,)).device == "explicit"
+
+
+def _published_named(device: str) -> dict:
+    raw = _profile_named(device)
+    return {**raw, "schema_version": 2, "kind": "published"}
+
+
+def test_measured_wins_over_published_which_wins_over_the_default(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for d in (first / "published", second / "published"):
+        d.mkdir(parents=True)
+    gpu = "test-gpu-x"
+    # nothing anywhere: the default for a scenario's GPU, an error for a named id
+    assert profile_kind(resolve_profile(None, gpu, (first, second))) == "default"
+    with pytest.raises(FileNotFoundError, match=f"published/{gpu}.json"):
+        resolve_profile(gpu, search_dirs=(first, second))
+    # a published profile, even in the first directory's published/ folder ...
+    (first / "published" / f"{gpu}.json").write_text(json.dumps(_published_named(gpu)))
+    for name in (None, gpu):
+        p = resolve_profile(name, gpu, (first, second))
+        assert profile_label(p) == {"device": gpu, "kind": "published"}
+    # ... loses to a measured one, even in a later directory
+    (second / f"{gpu}.json").write_text(json.dumps(_profile_named(gpu)))
+    for name in (None, gpu):
+        p = resolve_profile(name, gpu, (first, second))
+        assert profile_label(p) == {"device": gpu, "kind": "measured"}  # v1: no kind
+
+
+def test_a_version_1_profile_loads_and_means_what_it_meant():
+    """No kind, no fp8 curves, no backward curve: fp8 GEMMs read the 16-bit curve against the
+    fp8 peak, and the attention backward the forward's curve."""
+    v1 = load_profile(DEFAULT_PROFILE_PATH)
+    assert (v1.schema_version, v1.kind, v1.compute_fp8) == (1, None, None)
+    assert profile_kind(v1) == "default"
+    if REPO_CALIBRATION is not None and (REPO_CALIBRATION / "cpu.json").is_file():
+        assert profile_kind(load_profile(REPO_CALIBRATION / "cpu.json")) == "measured"
+    gpu = load_gpu("h100-sxm")
+    flops = 1e13
+    fp8 = CostModel(gpu, v1, "fp8")
+    t = fp8.time_s(OpWork("ffn", "gemm", flops, 1e6))
+    assert t == pytest.approx(flops / (1978.9e12 * v1.compute["gemm"](flops)) + fp8.launch_s)
+    bf16 = CostModel(gpu, v1, "bf16")
+    fwd = OpWork("a", "attention", flops, 1e6)
+    assert bf16.time_s(OpWork("a", "attention", flops, 1e6, backward=True)) == bf16.time_s(fwd)
+    raw = _profile_named("x")
+    raw["schema_version"] = 3
+    with pytest.raises(ValidationError, match="schema_version"):
+        Profile.model_validate(raw)
 
 
 def test_a_missing_id_lists_where_it_looked(tmp_path, monkeypatch):

@@ -53,3 +53,33 @@ def test_fp8_speeds_up_linear_gemms_only():
         OpWork("experts", "grouped_gemm", flops, 1e6, groups=8, fp8=False),
     ):
         assert fp8.time_s(op) == bf16.time_s(op)
+
+
+def test_a_backward_attention_reads_the_profiles_backward_curve_and_fp8_gemms_the_fp8_curve():
+    """Schema version 2: ``layer_costs._bwd`` marks the backward op, which reads
+    ``compute.attention_bwd``; a GEMM at the fp8 peak reads ``compute_fp8``; the 16-bit ops
+    and the forward are untouched."""
+    from moesim.sim.layer_costs import _bwd
+    from moesim.sim.profile import Profile
+
+    raw = default_profile().model_dump()
+    half = {"x": "flops", "points": [[1e6, 0.3]], "source": "test"}
+    raw.update(schema_version=2, compute_fp8={"gemm": half})
+    raw["compute"]["attention_bwd"] = half
+    v2 = Profile.model_validate(raw)
+    gpu = load_gpu("h100-sxm")
+    flops = 1e12
+    core = OpWork("attn_core", "attention", flops, 0.0)
+    bwd = _bwd(core)
+    assert bwd.backward and not core.backward
+    for dtype in ("bf16", "fp8"):
+        old, new = CostModel(gpu, default_profile(), dtype), CostModel(gpu, v2, dtype)
+        assert new.time_s(core) == old.time_s(core)
+        assert new.time_s(bwd) - new.launch_s * 2 == pytest.approx(2 * flops / (989.4e12 * 0.3))
+    gemm = OpWork("ffn", "gemm", flops, 0.0)
+    fp8 = CostModel(gpu, v2, "fp8")
+    assert fp8.time_s(gemm) - fp8.launch_s == pytest.approx(flops / (1978.9e12 * 0.3))
+    head = OpWork("lm_head", "gemm", flops, 0.0, fp8=False)  # 16-bit: the bf16 curve
+    assert fp8.time_s(head) == CostModel(gpu, default_profile(), "fp8").time_s(head)
+    bf16 = CostModel(gpu, v2, "bf16")  # no fp8 peak, no fp8 curve
+    assert bf16.time_s(gemm) == CostModel(gpu, default_profile(), "bf16").time_s(gemm)
