@@ -34,6 +34,7 @@ from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import (
     DispatchPattern,
     ExpertCost,
+    ExpertElementwise,
     LayerCosts,
     dispatch_pattern,
     layer_costs,
@@ -103,6 +104,7 @@ class SimContext:
         self._load_matrices: dict[tuple, np.ndarray] = {}
         if self.moe is not None:
             self.expert_cost = ExpertCost(s, self.cm)
+            self.expert_elementwise = ExpertElementwise(s, self.cm)
             probs = expert_probabilities(s.routing, self.moe.n_routed_experts, self.base_dir)
             self.sampler = RoutingSampler(
                 probs, self.moe.top_k, s.parallel.ep, self.moe.capacity_factor, s.routing.seed

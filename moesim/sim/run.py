@@ -6,7 +6,8 @@ Step time is split per simulated rank into parts that sum to it:
 communicating while the compute stream idles) + ``bubble`` (nothing running: waiting for a
 pipeline neighbour, or finished before the slowest rank). ``all_to_all``, ``tp_comm``,
 ``cp_comm``, ``dp_comm`` and ``pp_comm`` are the time each kind of communication ran, hidden
-or not.
+or not; ``optimizer`` is the part of ``compute`` the optimizer step took (gradients to fp32,
+their norm, Adam, weights written back: ``moesim.sim.optimizer_step``).
 The reported breakdown is the mean over simulated ranks.
 """
 
@@ -186,6 +187,7 @@ def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
         per_cat[cat] += b - a
     for cat in COMM_CATEGORIES:
         out[cat] = per_cat[cat]
+    out["optimizer"] = per_cat["optimizer"]
     return out
 
 
@@ -193,7 +195,7 @@ def measure(ranks: list[Rank]) -> tuple[float, dict[str, float]]:
     """Step time (the last interval's end) and the mean per-rank breakdown."""
     step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
     per_rank = [rank_breakdown(r, step_s) for r in ranks]
-    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
+    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm", "optimizer")
     return step_s, {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
 
 
