@@ -53,3 +53,15 @@ def test_fp8_speeds_up_linear_gemms_only():
         OpWork("experts", "grouped_gemm", flops, 1e6, groups=8, fp8=False),
     ):
         assert fp8.time_s(op) == bf16.time_s(op)
+
+
+def test_sustained_clock_slows_compute_not_memory():
+    gpu = load_gpu("h100-sxm")
+    slow = gpu.model_copy(update={"sustained_clock_fraction": 0.8})
+    full, held = CostModel(gpu, default_profile()), CostModel(slow, default_profile())
+    gemm = OpWork("gemm", "gemm", 1e13, 1e6)
+    assert held.time_s(gemm) - held.launch_s == pytest.approx(
+        (full.time_s(gemm) - full.launch_s) / 0.8
+    )
+    copy = OpWork("copy", "memory_bound", 0.0, 1e9)
+    assert held.time_s(copy) == full.time_s(copy)
