@@ -43,7 +43,9 @@ class LayerCosts:
     ffn_bwd_s: float
     router_s: float
     router_bwd_s: float
-    norms_s: float  # element-wise forward outside the MoE block: the sum of the four below
+    # element-wise forward outside the MoE block: attention_elementwise + ffn_elementwise +
+    # ffn_act (the per-op lists below)
+    norms_s: float
     non_expert_params: float  # on this rank (tp-sharded): gradient bytes for DP
     expert_params: float  # on this rank (ep·etp-sharded)
     # what ``recompute: selective`` repeats before the backward: the norms, the activation

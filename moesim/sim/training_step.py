@@ -11,9 +11,11 @@ Reusable pieces (post-training stages compose them):
 - ``GradBuckets``: gradients of the last microbatch's backward are reduced in buckets on the
   ``dp`` stream while the backward goes on (Megatron's overlapped grad reduce), non-expert
   gradients over the dp·cp group, expert gradients over the expert-data-parallel group.
-- ``optimizer_step``: the Adam update (memory-bound) and, under ZeRO ≥ 1, the parameter
-  all-gather (overlapped with the next step's forward when ``overlap_dp``: it is then issued at
-  the start of the step and the first forward of each chunk waits for its shard).
+- ``optimizer_step_ops``: the optimizer's memory-bound passes over the rank's shard (gradients
+  to fp32, their norm, Adam, weights written back: ``moesim.sim.optimizer_step``) and, under
+  ZeRO ≥ 1, the parameter all-gather (overlapped with the next step's forward when
+  ``overlap_dp``: it is then issued at the start of the step and the first forward of each
+  chunk waits for its shard).
 """
 
 from __future__ import annotations
