@@ -199,7 +199,9 @@ def fit_profile(
     base = base or default_profile()
     env = environment or {}
     where = f"{env.get('device_name', device_id)}, {env.get('date', 'undated')}"
-    peak = gpu.peak_TFLOPS(dtype) * 1e12  # type: ignore[arg-type]
+    # the peak the cost model divides by (GPUSpec.sustained_clock_fraction applied), so a
+    # fitted profile predicts its own measurements back
+    peak = gpu.sustained_peak_TFLOPS(dtype) * 1e12  # type: ignore[arg-type]
     hbm = gpu.hbm_TBps * 1e12
     launch = fit_launch_s(df)
     launch_s = launch if launch is not None else base.launch_overhead_us.value * 1e-6

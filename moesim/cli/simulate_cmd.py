@@ -181,6 +181,8 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     for k in ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm"):
         if k in parts:  # serving reports no cp_comm
             tb.add_row(f"[dim]{k} (incl. hidden)[/]", f"[dim]{_fmt_s(parts[k])}[/]")
+    if parts.get("optimizer"):  # training: the optimizer step's part of compute
+        tb.add_row("[dim]optimizer (in compute)[/]", f"[dim]{_fmt_s(parts['optimizer'])}[/]")
     console.print(tb)
     phases = {k: parts[k] for k in POST_TRAINING_PHASES if k in parts}
     if phases:  # post-training: the step's phases, in step order

@@ -31,7 +31,7 @@ from moesim.sim.costmodel import CostModel
 from moesim.sim.dispatch_traffic import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
 from moesim.sim.engine import Rank, Rendezvous
 from moesim.sim.grid import Grid
-from moesim.sim.layer_costs import ExpertCost, LayerCosts, layer_costs
+from moesim.sim.layer_costs import ExpertCost, ExpertElementwise, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology
 from moesim.sim.profile import Profile
@@ -111,6 +111,7 @@ class SimContext:
         self._load_matrices: dict[tuple, np.ndarray] = {}
         if self.moe is not None:
             self.expert_cost = ExpertCost(s, self.cm)
+            self.expert_elementwise = ExpertElementwise(s, self.cm)
             probs = expert_probabilities(s.routing, self.moe.n_routed_experts, self.base_dir)
             self.sampler = RoutingSampler(
                 probs, self.moe.top_k, s.parallel.ep, self.moe.capacity_factor, s.routing.seed

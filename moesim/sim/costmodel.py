@@ -2,7 +2,8 @@
 
     time_s = max(FLOPs / (peak · eff_class(size)), bytes / (HBM · eff_hbm(bytes))) + launch
 
-``peak`` is the GPU's dense peak for the compute dtype (``GPUSpec.peak_TFLOPS``), ``HBM`` its
+``peak`` is the GPU's dense peak for the compute dtype at its sustained clock
+(``GPUSpec.sustained_peak_TFLOPS``: the datasheet peak × ``sustained_clock_fraction``), ``HBM`` its
 memory bandwidth, and the efficiencies come from the calibration profile (``profile.py``).
 With fp8 compute, only the linear layers' GEMMs run at the fp8 peak: attention (op class
 ``attention``) and the ops marked ``fp8=False`` (the output head, the MoE gate) keep the 16-bit
@@ -55,9 +56,10 @@ class CostModel:
     def __init__(self, gpu: GPUSpec, profile: Profile, compute_dtype: str = "bf16"):
         self.gpu = gpu
         self.profile = profile
-        self.peak_flops_per_s = gpu.peak_TFLOPS(compute_dtype) * 1e12  # type: ignore[arg-type]
+        # peaks at the clock held under load (GPUSpec.sustained_clock_fraction; 1.0 by default)
+        self.peak_flops_per_s = gpu.sustained_peak_TFLOPS(compute_dtype) * 1e12  # type: ignore[arg-type]
         high = "bf16" if compute_dtype == "fp8" else compute_dtype
-        self.high_precision_peak_flops_per_s = gpu.peak_TFLOPS(high) * 1e12  # type: ignore[arg-type]
+        self.high_precision_peak_flops_per_s = gpu.sustained_peak_TFLOPS(high) * 1e12  # type: ignore[arg-type]
         self.hbm_bytes_per_s = gpu.hbm_TBps * 1e12
         self.launch_s = profile.launch_overhead_us.value * 1e-6
         self.runs_fp8 = compute_dtype == "fp8"

@@ -7,6 +7,14 @@ tokens one rank routes (T / tp: with sequence parallelism each TP rank owns T/tp
 
 Backward ops cost twice the forward FLOPs (grad w.r.t. inputs and w.r.t. weights; Kaplan et al.
 2020) and twice the bytes (weights read again, weight gradients written).
+
+Kernel launches (each pays ``launch_overhead_us``) are counted from Megatron-Core's TE layer
+spec: the attention's linear GEMMs (fused QKV and the output projection; MLA's down, up and
+output projections), one flash-attention forward kernel and three backward (FlashAttention-2's
+``flash_bwd_dot_do_o``, ``flash_bwd_dq_dk_dv`` and ``flash_bwd_convert_dq``), fc1 (gate and up
+fused) and fc2, each GEMM's backward a data-gradient and a weight-gradient GEMM. TE's
+GroupedLinear runs one GEMM per local expert. The element-wise kernels of a layer (norms,
+residual adds, RoPE, activations, router top-k, token permutation) are ``moesim.sim.elementwise``.
 """
 
 from __future__ import annotations
@@ -16,7 +24,10 @@ from dataclasses import dataclass, replace
 from moesim.analytic.flops import LayerFlops
 from moesim.analytic.params import LayerParams, ffn_params
 from moesim.sim.costmodel import CostModel, OpWork
+from moesim.sim.elementwise import Ops, activation, layer_elementwise, sort_chunks
 from moesim.specs import Scenario
+
+NamedTimes = tuple[tuple[str, float], ...]  # (op name, seconds) as the trace shows them
 
 
 @dataclass(frozen=True)
@@ -31,7 +42,9 @@ class LayerCosts:
     ffn_bwd_s: float
     router_s: float
     router_bwd_s: float
-    norms_s: float  # element-wise: norms, residuals, activation functions (memory-bound)
+    # element-wise forward outside the MoE block: attention_elementwise + ffn_elementwise +
+    # ffn_act (the per-op lists below)
+    norms_s: float
     non_expert_params: float  # on this rank (tp-sharded): gradient bytes for DP
     expert_params: float  # on this rank (ep·etp-sharded)
     # what ``recompute: selective`` repeats before the backward, op by op: the
@@ -39,6 +52,28 @@ class LayerCosts:
     # ``recompute_moe_block``: the whole MoE block (router, all-to-alls, experts) runs again
     recompute_ops: tuple[tuple[str, float], ...] = ()
     recompute_moe_block: bool = False
+    # element-wise kernels (moesim.sim.elementwise) by where they run, named for the trace:
+    # the attention block's (input norm, qk-norm, RoPE, residual add) and the FFN block's
+    # (pre-FFN norm, residual add), the dense FFN's or shared experts' activation, the router's
+    # top-k, the token permutation before the dispatch and the unpermutation after the combine
+    attention_elementwise: NamedTimes = ()
+    attention_elementwise_bwd: NamedTimes = ()
+    ffn_elementwise: NamedTimes = ()
+    ffn_elementwise_bwd: NamedTimes = ()
+    ffn_act: NamedTimes = ()
+    ffn_act_bwd: NamedTimes = ()
+    router_elementwise: NamedTimes = ()
+    router_elementwise_bwd: NamedTimes = ()
+    permute: NamedTimes = ()
+    permute_bwd: NamedTimes = ()
+    unpermute: NamedTimes = ()
+    unpermute_bwd: NamedTimes = ()
+
+    @property
+    def norms_bwd_s(self) -> float:
+        """Element-wise backward outside the MoE block (was 2 · norms_s)."""
+        parts = (self.attention_elementwise_bwd, self.ffn_elementwise_bwd, self.ffn_act_bwd)
+        return sum(t for ops in parts for _, t in ops)
 
     @property
     def selective_recompute_s(self) -> float:
@@ -48,6 +83,12 @@ class LayerCosts:
 
 def _w(x: float) -> float:
     return max(x, 0.0)
+
+
+def timed(cm: CostModel, ops: Ops) -> NamedTimes:
+    """Each op's name and time, zero-time ops left out."""
+    out = tuple((op.name, cm.time_s(op)) for op in ops)
+    return tuple(x for x in out if x[1] > 0)
 
 
 def layer_costs(
@@ -60,24 +101,33 @@ def layer_costs(
     t_moe = tokens / tp
     io = tokens * m.d_model * act_b  # one activation tensor of the microbatch (full width)
     attn_w = params.attention * w_b / tp
-    proj = OpWork("attn_proj", "gemm", tokens * fl.attention_proj / tp, attn_w + 4 * io / tp, 4)
+    proj_gemms = (5 if m.mla.q_lora_rank else 4) if m.mla is not None else 2
+    proj = OpWork(
+        "attn_proj", "gemm", tokens * fl.attention_proj / tp, attn_w + 4 * io / tp, proj_gemms
+    )
     core = OpWork("attn_core", "attention", tokens * fl.attention_core / tp, 4 * io / tp)
     attention_s = cm.time_s(proj) + cm.time_s(core)
-    attention_bwd_s = cm.time_s(_bwd(proj)) + cm.time_s(_bwd(core))
+    core_bwd = replace(_bwd(core), kernels=3)  # FlashAttention-2: dot(dO, O), dQ/dK/dV, dQ cast
+    attention_bwd_s = cm.time_s(_bwd(proj)) + cm.time_s(core_bwd)
     ffn_flops = fl.dense_ffn + fl.shared_experts
     ffn_params_n = params.dense_ffn + params.shared_experts
-    ffn = OpWork("ffn", "gemm", tokens * ffn_flops / tp, ffn_params_n * w_b / tp + 3 * io / tp, 3)
+    # fc1 and fc2 (Megatron's SharedExpertMLP is one MLP of all shared experts' width)
+    ffn = OpWork("ffn", "gemm", tokens * ffn_flops / tp, ffn_params_n * w_b / tp + 3 * io / tp, 2)
     router = OpWork(
-        "router", "gemm", t_moe * fl.router, params.router * w_b + t_moe * 4, 2, fp8=False
+        "router", "gemm", t_moe * fl.router, params.router * w_b + t_moe * 4, 1, fp8=False
     )
-    # RMSNorm ×2, two residual adds, the gated activation: ~12 reads/writes of a (T, d) tensor
-    # (Korthikanti et al. 2022 count the same tensors for activation memory)
-    norms = OpWork("norms", "memory_bound", 0.0, 12 * io / tp, 5)
     is_moe = fl.routed_experts > 0
     # no shared experts (Mixtral) or no dense FFN: no op, not a launch moving zero FLOPs
     has_ffn = ffn_flops > 0
     ffn_s = cm.time_s(ffn) if has_ffn else 0.0
     modules = p.recomputed_modules
+    el = layer_elementwise(s, tokens, is_moe)
+    act_names = ("ffn_act", "shared_expert_act")
+    attention_el = timed(cm, el.attention)
+    ffn_el = timed(cm, tuple(op for op in el.ffn if op.name not in act_names))
+    ffn_act = timed(cm, tuple(op for op in el.ffn if op.name in act_names))
+    norms_s = sum(t for part in (attention_el, ffn_el, ffn_act) for _, t in part)
+    bwd_names = tuple(n + "_bwd" for n in act_names)
     return LayerCosts(
         is_moe=is_moe,
         attention_s=attention_s,
@@ -87,11 +137,23 @@ def layer_costs(
         ffn_bwd_s=cm.time_s(_bwd(ffn)) if has_ffn else 0.0,
         router_s=cm.time_s(router) if fl.router else 0.0,
         router_bwd_s=cm.time_s(_bwd(router)) if fl.router else 0.0,
-        norms_s=cm.time_s(norms),
+        norms_s=norms_s,
         non_expert_params=params.non_expert / tp,
         expert_params=params.routed_experts / (p.ep * p.etp),
         recompute_ops=_recompute_ops(s, cm, fl, tokens, cm.time_s(core), ffn_s, modules),
         recompute_moe_block=is_moe and "moe" in modules,
+        attention_elementwise=attention_el,
+        attention_elementwise_bwd=timed(cm, el.attention_bwd),
+        ffn_elementwise=ffn_el,
+        ffn_elementwise_bwd=timed(cm, tuple(op for op in el.ffn_bwd if op.name not in bwd_names)),
+        ffn_act=ffn_act,
+        ffn_act_bwd=timed(cm, tuple(op for op in el.ffn_bwd if op.name in bwd_names)),
+        router_elementwise=timed(cm, el.router),
+        router_elementwise_bwd=timed(cm, el.router_bwd),
+        permute=timed(cm, el.permute),
+        permute_bwd=timed(cm, el.permute_bwd),
+        unpermute=timed(cm, el.unpermute),
+        unpermute_bwd=timed(cm, el.unpermute_bwd),
     )
 
 
@@ -193,8 +255,35 @@ class ExpertCost:
                 n * self.flops_per_copy,
                 self.weight_bytes + n * self.bytes_per_copy,
                 groups=self.local_experts,
-                kernels=3,
+                kernels=2 * self.local_experts,  # TE GroupedLinear: fc1 and fc2 per expert
             )
             t = self.cm.time_s(_bwd(op) if backward else op)
             self._cache[key] = t
         return t
+
+
+class ExpertElementwise:
+    """Element-wise kernels around one rank's local experts, per copies received: the routed
+    experts' activation (Megatron's weighted SwiGLU, ``moesim.sim.elementwise.activation``) and,
+    with several local experts behind an all-to-all (ep > 1), Megatron's sort of the received
+    rows by local expert and its inverse (``sort_chunks``)."""
+
+    def __init__(self, s: Scenario, cm: CostModel):
+        m, p, prec = s.model, s.parallel, s.precision
+        assert m.moe is not None
+        self.cm, self.model, self.act_b = cm, m, prec.activation_bytes
+        self.hidden = m.moe.expert_hidden / p.etp
+        self.sorts = p.ep > 1 and m.moe.n_routed_experts // p.ep > 1
+        self._cache: dict[tuple[int, bool], NamedTimes] = {}
+
+    def ops(self, copies: float, backward: bool = False) -> NamedTimes:
+        key = (round(copies), backward)
+        hit = self._cache.get(key)
+        if hit is None:
+            n = float(key[0])
+            m, a = self.model, self.act_b
+            ops = [activation("expert_act", n, self.hidden, m.ffn_gated, a, backward)]
+            if self.sorts:
+                ops.append(sort_chunks(n, m.d_model, a, backward))
+            hit = self._cache[key] = timed(self.cm, tuple(ops))
+        return hit

@@ -2,9 +2,14 @@
 
 Forward (Megatron-Core / DeepEP order)::
 
-    router ─► dispatch all-to-all (ep stream) ──────────► experts ─► combine all-to-all
+    router, top-k, permute ─► dispatch all-to-all (ep stream) ─► experts ─► combine ─► unpermute
                  └─ shared experts on the compute stream, while the dispatch is in flight
                     (``simulation.overlap_shared_experts``; otherwise after the combine)
+
+The element-wise kernels around it (``moesim.sim.elementwise``): the router's score and top-k
+with the router GEMM, the permutation of the rank's tokens into expert order before the
+dispatch and their unpermutation (the weighted sum of the k copies) after the combine, the
+routed experts' activation and the sort of received rows by local expert with the experts.
 
 Backward mirrors it: the combine's backward is a dispatch of gradients to the experts (with the
 shared experts' backward overlapping it), the experts' backward, then the dispatch's backward
@@ -43,7 +48,9 @@ def moe_forward(
     experts in their TP collectives; ``lead`` are compute ops to run in the router's hold."""
     group = ctx.ep_group(rank.gpu)
     link = ctx.link_of(group)
-    yield from rank.compute_ops([*lead, ("router", lc.router_s)])
+    yield from rank.compute_ops(
+        [*lead, ("router", lc.router_s), *lc.router_elementwise, *lc.permute]
+    )
     overlap = ctx.scenario.simulation.overlap_shared_experts and lc.ffn_s > 0
     dispatch = rank.comm(
         "ep",
@@ -54,14 +61,17 @@ def moe_forward(
         ctx.group_key(group, "dispatch", *tag),
         len(group),
     )
+    shared = [("shared_experts", lc.ffn_s), *lc.ffn_act]
     if overlap:
         proc = rank.start(dispatch)
-        yield from tp_block(rank, [("shared_experts", lc.ffn_s)], tag)
+        yield from tp_block(rank, shared, tag)
         yield proc
     else:
         yield from dispatch
     yield from _etp_collective(ctx, rank, "etp_all_gather", draw, tag)
-    yield from rank.compute("experts", ctx.expert_cost.time_s(_etp_copies(ctx, draw)))
+    copies = _etp_copies(ctx, draw)
+    experts = [("experts", ctx.expert_cost.time_s(copies)), *ctx.expert_elementwise.ops(copies)]
+    yield from rank.compute_ops(experts)
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter", draw, tag)
     yield from rank.comm(
         "ep",
@@ -72,8 +82,9 @@ def moe_forward(
         ctx.group_key(group, "combine", *tag),
         len(group),
     )
+    yield from rank.compute_ops(list(lc.unpermute))
     if not overlap:
-        yield from tp_block(rank, [("shared_experts", lc.ffn_s)], tag)
+        yield from tp_block(rank, shared, tag)
 
 
 def moe_backward(
@@ -104,7 +115,9 @@ def moe_backward(
         ctx.group_key(group, "combine_bwd", *tag),
         len(group),
     )
-    shared = [("shared_experts_bwd", lc.ffn_bwd_s)]
+    shared = [("shared_experts_bwd", lc.ffn_bwd_s), *lc.ffn_act_bwd]
+    # the output gradient copied to the k expert copies before it travels back
+    yield from rank.compute_ops(list(lc.unpermute_bwd))
     if overlap:
         proc = rank.start(combine_bwd)
         if ctx.parallel.tp == 1:
@@ -118,7 +131,12 @@ def moe_backward(
         yield from tp_block(rank, shared, tag)
         yield from combine_bwd
     yield from _etp_collective(ctx, rank, "etp_all_gather_bwd", draw, tag)
-    yield from rank.compute("experts_bwd", ctx.expert_cost.time_s(_etp_copies(ctx, draw), True))
+    copies = _etp_copies(ctx, draw)
+    experts = [
+        *ctx.expert_elementwise.ops(copies, True),
+        ("experts_bwd", ctx.expert_cost.time_s(copies, True)),
+    ]
+    yield from rank.compute_ops(experts)
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter_bwd", draw, tag)
     yield from rank.comm(
         "ep",
@@ -129,7 +147,8 @@ def moe_backward(
         ctx.group_key(group, "dispatch_bwd", *tag),
         len(group),
     )
-    yield from rank.compute_ops([("router_bwd", lc.router_bwd_s), *trail])
+    router = [*lc.permute_bwd, *lc.router_elementwise_bwd, ("router_bwd", lc.router_bwd_s)]
+    yield from rank.compute_ops([*router, *trail])
 
 
 def _etp_copies(ctx: SimContext, draw) -> float:

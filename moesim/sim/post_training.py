@@ -82,7 +82,7 @@ from moesim.specs import (
     SFTWorkload,
 )
 
-PART_KEYS = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm")
+PART_KEYS = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm", "optimizer")
 
 
 @dataclass

@@ -11,9 +11,11 @@ Reusable pieces (post-training stages compose them):
 - ``GradBuckets``: gradients of the last microbatch's backward are reduced in buckets on the
   ``dp`` stream while the backward goes on (Megatron's overlapped grad reduce), non-expert
   gradients over the dp·cp group, expert gradients over the expert-data-parallel group.
-- ``optimizer_step``: the Adam update (memory-bound) and, under ZeRO ≥ 1, the parameter
-  all-gather (overlapped with the next step's forward when ``overlap_dp``: it is then issued at
-  the start of the step and the first forward of each chunk waits for its shard).
+- ``optimizer_step_ops``: the optimizer's memory-bound passes over the rank's shard (gradients
+  to fp32, their norm, Adam, weights written back: ``moesim.sim.optimizer_step``) and, under
+  ZeRO ≥ 1, the parameter all-gather (overlapped with the next step's forward when
+  ``overlap_dp``: it is then issued at the start of the step and the first forward of each
+  chunk waits for its shard).
 """
 
 from __future__ import annotations
@@ -26,9 +28,11 @@ from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
 from moesim.analytic.memory import effective_schedule, n_microbatches
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
+from moesim.sim.elementwise import cross_entropy
 from moesim.sim.engine import Rank
 from moesim.sim.ep_overlap import overlap_order, overlaps
 from moesim.sim.moe_layer import moe_backward, moe_forward
+from moesim.sim.optimizer_step import layer_param_tensors, optimizer_ops
 from moesim.sim.schedules import Task, schedule
 from moesim.sim.zero3 import Zero3Gather
 
@@ -161,7 +165,11 @@ class LayerRunner:
         tag = (layer, mb, "r" if recompute else "f")
         if self.zero3 is not None and not recompute:
             yield from self.zero3.before(rank, layer, mb, "f")
-        attention = [("attention", lc.attention_s + lc.norms_s)]
+        attention = [
+            *lc.attention_elementwise,
+            ("attention", lc.attention_s),
+            *lc.ffn_elementwise,
+        ]
         single = self.ctx.parallel.tp == 1
         if self.cp_ring is not None:
             yield from self.cp_ring(rank, self._attention(rank, attention, tag), tag, CP_FORWARD)
@@ -173,10 +181,10 @@ class LayerRunner:
             lead = attention if single else []
             yield from moe_forward(self.ctx, rank, lc, tag, draw, self.tp_block, lead)
         elif single:
-            yield from rank.compute_ops([*attention, ("ffn", lc.ffn_s)])
+            yield from rank.compute_ops([*attention, ("ffn", lc.ffn_s), *lc.ffn_act])
         else:
             yield from self.tp_block(rank, attention, tag)
-            yield from self.tp_block(rank, [("ffn", lc.ffn_s)], tag)
+            yield from self.tp_block(rank, [("ffn", lc.ffn_s), *lc.ffn_act], tag)
 
     def backward(self, rank: Rank, layer: int, mb: int):
         lc = self.ctx.layers[layer]
@@ -188,7 +196,11 @@ class LayerRunner:
         if mode == "full":
             yield from self.forward(rank, layer, mb, recompute=True)
         lead = list(lc.recompute_ops) if mode == "selective" else []
-        attention = [("attention_bwd", lc.attention_bwd_s + 2 * lc.norms_s)]
+        attention = [
+            *lc.ffn_elementwise_bwd,
+            ("attention_bwd", lc.attention_bwd_s),
+            *lc.attention_elementwise_bwd,
+        ]
         ring_attention = None
         if self.cp_ring is not None:
             # after the FFN's backward, as autograd reaches the attention only there; the
@@ -209,10 +221,11 @@ class LayerRunner:
             if not single:
                 yield from self.tp_block(rank, attention, tag)
         elif single:
-            yield from rank.compute_ops([*lead, ("ffn_bwd", lc.ffn_bwd_s), *attention])
+            ffn = [("ffn_bwd", lc.ffn_bwd_s), *lc.ffn_act_bwd]
+            yield from rank.compute_ops([*lead, *ffn, *attention])
         else:
             yield from rank.compute_ops(lead)
-            yield from self.tp_block(rank, [("ffn_bwd", lc.ffn_bwd_s)], tag)
+            yield from self.tp_block(rank, [("ffn_bwd", lc.ffn_bwd_s), *lc.ffn_act_bwd], tag)
             yield from self.tp_block(rank, attention, tag)
         if ring_attention is not None:
             yield from ring_attention
@@ -220,7 +233,9 @@ class LayerRunner:
 
 # -- head and embedding -------------------------------------------------------------------------
 def head_times_s(ctx: SimContext) -> tuple[float, float]:
-    """LM head (+ MTP modules) and the cross-entropy on the last stage: (forward, backward)."""
+    """LM head (+ MTP modules) and the cross-entropy on the last stage: (forward, backward).
+    The cross-entropy runs over the logits of the head and of each MTP module
+    (``moesim.sim.elementwise.cross_entropy``)."""
     m, p, prec = ctx.model, ctx.parallel, ctx.precision
     t = ctx.tokens
     logits_b = t * m.vocab_size / p.tp * 4  # fp32 logits
@@ -232,13 +247,13 @@ def head_times_s(ctx: SimContext) -> tuple[float, float]:
         kernels=2,
         fp8=False,
     )
-    loss = OpWork("cross_entropy", "memory_bound", 0.0, 3 * logits_b, 3)
-    fwd = ctx.cm.time_s(head) + ctx.cm.time_s(loss)
+    logits = t * m.vocab_size / p.tp * (1 + m.mtp_depth)
+    fwd = ctx.cm.time_s(head) + ctx.cm.time_s(cross_entropy(logits))
     bwd_op = replace(
         head, name="lm_head_bwd", flops=2 * head.flops, bytes=2 * head.bytes, kernels=4
     )
     bwd = ctx.cm.time_s(bwd_op)
-    return fwd, bwd + ctx.cm.time_s(loss)
+    return fwd, bwd + ctx.cm.time_s(cross_entropy(logits, backward=True))
 
 
 # -- gradients and optimizer --------------------------------------------------------------------
@@ -321,16 +336,23 @@ def param_all_gather(ctx: SimContext, rank: Rank, dense: float, expert: float, t
         )
 
 
-def optimizer_time_s(ctx: SimContext, stage: int) -> float:
-    """Adam over this rank's shard: read and write master weights and both moments, read the
-    gradient, write the bf16 weight (ZeRO paper §3 state sizes)."""
-    p, prec = ctx.parallel, ctx.precision
+def optimizer_step_ops(ctx: SimContext, stage: int) -> list[tuple[str, float]]:
+    """The optimizer's passes over this rank's shard (``moesim.sim.optimizer_step``): gradients
+    to fp32, their norm, Adam, the 16-bit weights written back; (name, seconds) each."""
     dense, expert = stage_params_on_rank(ctx, stage)
-    if p.zero_stage >= 1:
-        dense /= p.dp_size * p.cp
-        expert /= p.edp
-    per_param = 2 * prec.optimizer_bytes_per_param + prec.grad_bytes + prec.param_bytes
-    return ctx.cm.time_s(OpWork("optimizer", "memory_bound", 0.0, (dense + expert) * per_param, 4))
+    m, p = ctx.model, ctx.parallel
+    local = m.moe.n_routed_experts // p.ep if m.moe is not None else 0
+    st = ctx.stages[stage]
+    tensors = sum(layer_param_tensors(m, ctx.layers[i].is_moe, local) for c in st.chunks for i in c)
+    tensors += 2 if st.has_embedding else 0  # word embedding (+ its norm-free head on this stage)
+    tensors += 2 if st.has_lm_head else 0  # final norm, output layer
+    ops = optimizer_ops(ctx.precision, p, dense, expert, tensors)
+    return [(op.name, ctx.cm.time_s(op)) for op in ops]
+
+
+def optimizer_time_s(ctx: SimContext, stage: int) -> float:
+    """Seconds of the optimizer step of a rank of ``stage`` (``optimizer_step_ops``)."""
+    return sum(t for _, t in optimizer_step_ops(ctx, stage))
 
 
 # -- the pipeline -------------------------------------------------------------------------------
@@ -470,7 +492,7 @@ def _rank_program(
         buckets.flush()
     if buckets.procs:
         yield simpy.AllOf(ctx.env, buckets.procs)
-    yield from rank.compute("optimizer", optimizer_time_s(ctx, stage), "optimizer")
+    yield from rank.compute_ops(optimizer_step_ops(ctx, stage), "optimizer")
     if zero and not sim.overlap_dp:
         dense, expert = stage_params_on_rank(ctx, stage)
         yield from param_all_gather(ctx, rank, dense, expert, ("post",))

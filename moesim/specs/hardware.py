@@ -66,6 +66,21 @@ class GPUSpec(Spec):
         description="streaming multiprocessors (AMD: compute units); sets the compute share "
         "communication kernels take (parallel.moe_comm_sms); None = that share is not modelled",
     )
+    sustained_clock_fraction: Float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description=(
+            "SM clock held under sustained GEMM load over the clock the datasheet peaks are "
+            "computed at (power-limited GPUs run below it); the cost model scales every compute "
+            "peak by it, and a calibration fitted on this GPU divides by the same scaled peak. "
+            "1.0 (the default) unless a published measurement gives it: cite it in source"
+        ),
+    )
+
+    def sustained_peak_TFLOPS(self, dtype: DType) -> float:
+        """``peak_TFLOPS`` at the clock held under sustained load (``sustained_clock_fraction``)."""
+        return self.peak_TFLOPS(dtype) * self.sustained_clock_fraction
 
     def peak_TFLOPS(self, dtype: DType) -> float:
         """Dense peak for a compute dtype; dtypes a GPU lacks fall back to the next wider one."""

@@ -83,3 +83,15 @@ def test_a_backward_attention_reads_the_profiles_backward_curve_and_fp8_gemms_th
     assert fp8.time_s(head) == CostModel(gpu, default_profile(), "fp8").time_s(head)
     bf16 = CostModel(gpu, v2, "bf16")  # no fp8 peak, no fp8 curve
     assert bf16.time_s(gemm) == CostModel(gpu, default_profile(), "bf16").time_s(gemm)
+
+
+def test_sustained_clock_slows_compute_not_memory():
+    gpu = load_gpu("h100-sxm")
+    slow = gpu.model_copy(update={"sustained_clock_fraction": 0.8})
+    full, held = CostModel(gpu, default_profile()), CostModel(slow, default_profile())
+    gemm = OpWork("gemm", "gemm", 1e13, 1e6)
+    assert held.time_s(gemm) - held.launch_s == pytest.approx(
+        (full.time_s(gemm) - full.launch_s) / 0.8
+    )
+    copy = OpWork("copy", "memory_bound", 0.0, 1e9)
+    assert held.time_s(copy) == full.time_s(copy)

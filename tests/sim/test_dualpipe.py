@@ -72,7 +72,7 @@ def _idle_and_parts(schedule: str, pp: int, m: int) -> tuple[list[float], float,
     lc, layers = ctx.layers[0], len(ctx.stages[0].chunks[0])
     f = layers * (lc.attention_s + lc.norms_s + lc.ffn_s)
     recompute = lc.selective_recompute_s if ctx.parallel.recompute == "selective" else 0.0
-    b = layers * (recompute + lc.attention_bwd_s + 2 * lc.norms_s + lc.ffn_bwd_s)
+    b = layers * (recompute + lc.attention_bwd_s + lc.norms_bwd_s + lc.ffn_bwd_s)
     return idle, f, b
 
 
