@@ -14,7 +14,7 @@ import numpy as np
 import simpy
 
 from moesim.analytic.flops import token_flops
-from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.layout import StageLayout, stage_layouts
 from moesim.analytic.params import count_params
 from moesim.sim.collectives import (
     Collective,
@@ -78,9 +78,7 @@ class SimContext:
         self.timer = CollectiveTimer(self.topo, s.simulation.network, self.cm.collective_overhead_s)
         self.grid = Grid.of(s.parallel)
         self.rendezvous = Rendezvous(self.env) if self.fidelity == "full" else None
-        self.stages: list[StageLayout] = pipeline_layout(
-            s.model, s.parallel.pp, s.parallel.virtual_stages
-        )
+        self.stages: list[StageLayout] = stage_layouts(s.model, s.parallel)
         self.counts = count_params(s.model)
         seq = getattr(s.workload, "seq_len", s.model.max_seq_len)
         self.flops = token_flops(s.model, seq)

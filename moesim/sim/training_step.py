@@ -213,16 +213,16 @@ class LayerRunner:
             yield from ring_attention
 
 
-# -- head and embedding -------------------------------------------------------------------------
+# -- head, MTP and embedding ------------------------------------------------------------------
 def head_times_s(ctx: SimContext) -> tuple[float, float]:
-    """LM head (+ MTP modules) and the cross-entropy on the last stage: (forward, backward)."""
+    """LM head and the cross-entropy (the layout's ``L``): (forward, backward)."""
     m, p, prec = ctx.model, ctx.parallel, ctx.precision
     t = ctx.tokens
     logits_b = t * m.vocab_size / p.tp * 4  # fp32 logits
     head = OpWork(
         "lm_head",
         "gemm",
-        t * (ctx.flops.lm_head + ctx.flops.mtp) / p.tp,
+        t * ctx.flops.lm_head / p.tp,
         m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b,
         kernels=2,
         fp8=False,
@@ -232,8 +232,78 @@ def head_times_s(ctx: SimContext) -> tuple[float, float]:
     bwd_op = replace(
         head, name="lm_head_bwd", flops=2 * head.flops, bytes=2 * head.bytes, kernels=4
     )
-    bwd = ctx.cm.time_s(bwd_op)
-    return fwd, bwd + ctx.cm.time_s(loss)
+    return fwd, ctx.cm.time_s(bwd_op) + ctx.cm.time_s(loss)
+
+
+def mtp_times_s(ctx: SimContext, n_layers: int) -> tuple[float, float]:
+    """``n_layers`` MTP modules (the layout's ``m``; DeepSeek-V3 §2.2: projection, one block,
+    the shared head) with their cross-entropy: (forward, backward). The block runs as one GEMM
+    of its FLOPs (no all-to-all of its own), as before the layout options."""
+    if n_layers <= 0 or not ctx.model.mtp_depth:
+        return 0.0, 0.0
+    m, p, prec = ctx.model, ctx.parallel, ctx.precision
+    t = ctx.tokens
+    logits_b = t * m.vocab_size / p.tp * 4
+    per_layer_flops = ctx.flops.mtp / m.mtp_depth
+    op = OpWork(
+        "mtp",
+        "gemm",
+        n_layers * t * per_layer_flops / p.tp,
+        n_layers * (m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b),
+        kernels=2 * n_layers,
+        fp8=False,
+    )
+    loss = OpWork("mtp_cross_entropy", "memory_bound", 0.0, 3 * logits_b * n_layers, 3)
+    bwd_op = replace(op, name="mtp_bwd", flops=2 * op.flops, bytes=2 * op.bytes, kernels=4)
+    loss_s = ctx.cm.time_s(loss)
+    return ctx.cm.time_s(op) + loss_s, ctx.cm.time_s(bwd_op) + loss_s
+
+
+def embedding_times_s(ctx: SimContext) -> tuple[float, float]:
+    """The embedding lookup (the layout's ``E``): a gather of one row per token, and in the
+    backward the scatter-add of the rows' gradients into the table's gradient (read and write).
+    Memory-bound: (forward, backward)."""
+    rows_b = ctx.tokens * ctx.model.d_model * ctx.precision.activation_bytes / ctx.parallel.tp
+    fwd = ctx.cm.time_s(OpWork("embedding", "memory_bound", 0.0, 2 * rows_b, 1))
+    bwd = ctx.cm.time_s(OpWork("embedding_bwd", "memory_bound", 0.0, 4 * rows_b, 1))
+    return fwd, bwd
+
+
+class StageExtras:
+    """Forward and backward times of the embedding, MTP layers and head of each pipeline
+    rank's chunks (where the layout puts them)."""
+
+    def __init__(self, ctx: SimContext):
+        self.ctx = ctx
+        self.head_s = head_times_s(ctx)
+        self.embedding_s = embedding_times_s(ctx)
+        self.mtp_s = {st.rank: mtp_times_s(ctx, st.mtp_layers) for st in ctx.stages}
+
+    def forward(self, rank: Rank, stage: int, chunk: int, first: bool):
+        """Around a chunk's layers: ``first`` True before them, False after."""
+        st = self.ctx.stages[stage]
+        if first:
+            if chunk == 0 and st.has_embedding:
+                yield from rank.compute("embedding", self.embedding_s[0])
+            return
+        last = chunk == len(st.chunks) - 1
+        if last and st.has_mtp:
+            yield from rank.compute("mtp", self.mtp_s[stage][0])
+        if last and st.has_lm_head:
+            yield from rank.compute("lm_head", self.head_s[0])
+
+    def backward(self, rank: Rank, stage: int, chunk: int, first: bool):
+        """Around a chunk's layers' backward: ``first`` True before them, False after."""
+        st = self.ctx.stages[stage]
+        last = chunk == len(st.chunks) - 1
+        if first:
+            if last and st.has_lm_head:
+                yield from rank.compute("lm_head_bwd", self.head_s[1])
+            if last and st.has_mtp:
+                yield from rank.compute("mtp_bwd", self.mtp_s[stage][1])
+            return
+        if chunk == 0 and st.has_embedding:
+            yield from rank.compute("embedding_bwd", self.embedding_s[1])
 
 
 # -- gradients and optimizer --------------------------------------------------------------------
@@ -290,8 +360,13 @@ def stage_params_on_rank(
     c = ctx.counts
     if st.has_embedding and (chunk is None or chunk == 0):
         dense += c.embedding / ctx.parallel.tp
-    if st.has_lm_head and (chunk is None or chunk == len(st.chunks) - 1):
-        dense += (c.lm_head + c.final_norm + c.mtp) / ctx.parallel.tp
+    last = chunk is None or chunk == len(st.chunks) - 1
+    if st.has_lm_head and last:
+        dense += (c.lm_head + c.final_norm) / ctx.parallel.tp
+    if st.has_mtp and last:
+        dense += c.mtp * st.mtp_layers / ctx.model.mtp_depth / ctx.parallel.tp
+        if not st.has_lm_head:  # its own copy of the head (analytic.memory.stage_params)
+            dense += c.lm_head / ctx.parallel.tp
     return dense, expert
 
 
@@ -340,7 +415,7 @@ class Pipeline:
         self.send_bytes = pp_send_bytes(
             ctx.model, p, ctx.scenario.workload.seq_len, ctx.precision.activation_bytes
         )
-        self.head_s = head_times_s(ctx)
+        self.extras = StageExtras(ctx)
         self.virtual = p.pp * p.virtual_stages
 
     def _box(self, key: tuple) -> simpy.Event:
@@ -367,24 +442,24 @@ class Pipeline:
                 yield ready.pop(task.chunk)
             if vs > 0:
                 yield self._box(("F", q, mb, vs))
+            yield from self.extras.forward(rank, stage, task.chunk, first=True)
             for layer in layers:
                 yield from runner.forward(rank, layer, mb)
-            if vs == self.virtual - 1:
-                yield from rank.compute("lm_head", self.head_s[0])
-            else:
+            yield from self.extras.forward(rank, stage, task.chunk, first=False)
+            if vs < self.virtual - 1:
                 dst = ctx.grid.pp_peer(rank.gpu, +1)
                 rank.start(self._send(rank, dst, "send_activation", ("F", q, mb, vs + 1)))
             return
         if vs < self.virtual - 1:
             yield self._box(("B", q, mb, vs))
-        else:
-            yield from rank.compute("lm_head_bwd", self.head_s[1])
+        yield from self.extras.backward(rank, stage, task.chunk, first=True)
         last_mb = mb == ctx.microbatches - 1
         for layer in reversed(layers):
             yield from runner.backward(rank, layer, mb)
             if last_mb and buckets is not None:
                 lc = ctx.layers[layer]
                 buckets.add(lc.non_expert_params, lc.expert_params)
+        yield from self.extras.backward(rank, stage, task.chunk, first=False)
         if last_mb and buckets is not None:
             dense, _ = stage_params_on_rank(ctx, stage, task.chunk)
             dense -= sum(ctx.layers[i].non_expert_params for i in layers)

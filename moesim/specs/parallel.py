@@ -12,9 +12,11 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from moesim.specs.base import PositiveInt, Spec, ZeroStage
+from moesim.specs.pipeline_layout import parse_layout
 
 Recompute = Literal["none", "selective", "full"]
 Schedule = Literal["gpipe", "1f1b", "interleaved_1f1b", "dualpipe"]
+PipelineBalance = Literal["even", "auto"]
 
 
 class ParallelSpec(Spec):
@@ -30,6 +32,38 @@ class ParallelSpec(Spec):
     recompute: Recompute = "selective"
     schedule: Schedule = "1f1b"
     sequence_parallel: bool = Field(True, description="shard norms/dropout over tp (Megatron SP)")
+    first_stage_layers: PositiveInt | None = Field(
+        None,
+        description="decoder layers on the first pipeline rank (Megatron-Core "
+        "--decoder-first-pipeline-num-layers); the other ranks share the rest evenly",
+    )
+    last_stage_layers: PositiveInt | None = Field(
+        None,
+        description="decoder layers on the last pipeline rank (Megatron-Core "
+        "--decoder-last-pipeline-num-layers); the other ranks share the rest evenly",
+    )
+    account_for_embedding: bool = Field(
+        False,
+        description="the embedding counts as one layer in the pipeline split (Megatron-Core "
+        "--account-for-embedding-in-pipeline-split): the first chunk holds one decoder layer less",
+    )
+    account_for_loss: bool = Field(
+        False,
+        description="the LM head and loss count as one layer in the pipeline split (Megatron-Core "
+        "--account-for-loss-in-pipeline-split): the last chunk holds one decoder layer less",
+    )
+    pipeline_layout: str | None = Field(
+        None,
+        description="Megatron-Core --pipeline-model-parallel-layout: E embedding, t decoder layer, "
+        "m MTP layer, L loss (LM head), '|' between virtual stages (stage i on rank i % pp), "
+        "repeats as 't*3' and '(tt|)*7', e.g. 'Et*3|(tt|)*29m|L'",
+    )
+    pipeline_balance: PipelineBalance = Field(
+        "even",
+        description="even: layers split evenly (or as the fields above say); auto: the layout "
+        "whose slowest pipeline stage is fastest among those that fit in memory (the result "
+        "names it in pipeline_layout)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ParallelSpec:
@@ -41,7 +75,54 @@ class ParallelSpec(Spec):
             raise ValueError(
                 f"virtual_stages = {self.virtual_stages} needs schedule: interleaved_1f1b"
             )
+        self._check_layout_fields()
         return self
+
+    def _check_layout_fields(self) -> None:
+        """Megatron-Core's exclusions (TransformerConfig.__post_init__): a layout string takes
+        no other layout option; first/last stage layers take no account_for_*."""
+        uneven = self.first_stage_layers is not None or self.last_stage_layers is not None
+        account = self.account_for_embedding or self.account_for_loss
+        if self.pipeline_layout is not None:
+            others = [
+                name
+                for name, on in (
+                    ("first_stage_layers", self.first_stage_layers is not None),
+                    ("last_stage_layers", self.last_stage_layers is not None),
+                    ("account_for_embedding", self.account_for_embedding),
+                    ("account_for_loss", self.account_for_loss),
+                    ("pipeline_balance: auto", self.pipeline_balance == "auto"),
+                )
+                if on
+            ]
+            if others:
+                raise ValueError(
+                    f"parallel.pipeline_layout places every layer itself: remove "
+                    f"{', '.join(others)}"
+                )
+            parse_layout(self.pipeline_layout)  # syntax; counts are checked against the model
+        if uneven and account:
+            raise ValueError(
+                "parallel.first_stage_layers/last_stage_layers cannot be combined with "
+                "account_for_embedding/account_for_loss (Megatron-Core forbids it): keep one"
+            )
+        if (uneven or account) and self.pipeline_balance == "auto":
+            raise ValueError(
+                "parallel.pipeline_balance: auto chooses the split itself: remove "
+                "first_stage_layers, last_stage_layers and account_for_* or set it to even"
+            )
+        if (uneven or account) and self.pp == 1:
+            raise ValueError(
+                "parallel.first_stage_layers/last_stage_layers/account_for_* need pp ≥ 2: "
+                "remove them or raise pp"
+            )
+        for name in ("first_stage_layers", "last_stage_layers"):
+            n = getattr(self, name)
+            if n is not None and n % self.virtual_stages:
+                raise ValueError(
+                    f"parallel.{name} ({n}) must be a multiple of virtual_stages "
+                    f"({self.virtual_stages}): each chunk of that rank holds the same count"
+                )
 
     @property
     def dp_size(self) -> int:
