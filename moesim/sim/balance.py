@@ -14,10 +14,13 @@ each later chunk; ``min_max_split``), once filling from the front and once from 
 rank's load is the sum of its chunks (under DualPipe: its two positions h and pp−1−h). A third
 family of candidates sets the first and last chunks' decoder layers (every pair of counts up to
 twice the mean) and spreads the rest evenly (under DualPipe over the pairs of positions that
-share a rank). Of all these and the default layout, the one whose heaviest rank is lightest
-(then the next heaviest, …) among those that fit in memory (``analytic.memory.memory_per_stage``)
-wins; when none fits, the fastest. The objective is an estimate: the simulation then runs
-the chosen layout.
+share a rank). Of all these and the default layout, the one with the shortest estimated step
+(``step_estimate_s``: the busiest rank's work plus a pipeline fill and drain of its longest
+chunk), then the lightest heaviest rank, the next heaviest, …, among those that fit in memory
+(``analytic.memory.memory_per_stage``) is kept, with the runner-up and the default layout; the
+simulator runs each and keeps the fastest that fits (``moesim.sim.run.simulate``), so ``auto`` is
+never slower than the default layout, and never chooses a layout that does not fit over one that
+does.
 """
 
 from __future__ import annotations
@@ -124,27 +127,49 @@ def _symbols(units: list[Unit], sizes: list[int]) -> list[list[str]]:
     return out
 
 
-def rank_loads_s(
-    stages: list[list[str]], unit_s: Callable[[str, int], float], pp: int, dual: bool
-) -> list[float]:
-    """Seconds per microbatch each rank computes: the sum of its chunks (DualPipe: of its two
-    positions, each run for half the microbatches, so the mean of the two counts twice)."""
-    chunk_s, t_index = [], 0
+def chunk_loads_s(stages: list[list[str]], unit_s: Callable[[str, int], float]) -> list[float]:
+    """Seconds per microbatch of each virtual stage (forward + backward)."""
+    out, t_index = [], 0
     for st in stages:
         s = 0.0
         for sym in st:
             s += unit_s(sym, t_index)
             t_index += sym == "t"
-        chunk_s.append(s)
+        out.append(s)
+    return out
+
+
+def rank_loads_s(
+    stages: list[list[str]], unit_s: Callable[[str, int], float], pp: int, dual: bool
+) -> list[float]:
+    """Seconds per microbatch each rank computes: the sum of its chunks (DualPipe: of its two
+    positions, each run for half the microbatches, so the mean of the two counts twice)."""
+    chunk_s = chunk_loads_s(stages, unit_s)
     loads = [sum(chunk_s[c] for c in range(r, len(stages), pp)) for r in range(pp)]
     if dual:
         loads = [loads[r] + loads[pp - 1 - r] for r in range(pp)]
     return loads
 
 
-def balance_pipeline(s: Scenario, ctx: SimContext) -> tuple[Scenario, str]:
-    """``s`` with ``parallel.pipeline_layout`` set to the chosen layout (and balance even),
-    and that layout string."""
+def step_estimate_s(
+    stages: list[list[str]],
+    unit_s: Callable[[str, int], float],
+    pp: int,
+    dual: bool,
+    microbatches: int,
+) -> float:
+    """The busiest rank's work over the step plus a fill and drain of pp − 1 of the longest
+    chunk (1F1B: (m + p − 1) stage times with equal stages, Narayanan et al. 2021 §2.2.1;
+    DualPipe runs each position for half the microbatches)."""
+    per_mb = max(rank_loads_s(stages, unit_s, pp, dual))
+    work = per_mb * (microbatches / 2 if dual else microbatches)
+    return work + (pp - 1) * max(chunk_loads_s(stages, unit_s))
+
+
+def balance_candidates(s: Scenario, ctx: SimContext, keep: int = 2) -> list[Scenario]:
+    """``s`` with ``parallel.pipeline_layout`` set (and balance even) to each of the ``keep``
+    best layouts by the estimate among those that fit (all when none fits), and to the default
+    layout: the simulator runs them all and keeps the fastest (``moesim.sim.run``)."""
     p, m = s.parallel, s.model
     units, costs = unit_costs_s(ctx)
     by_sym = {"E": costs[0], "L": costs[-1]}
@@ -171,19 +196,29 @@ def balance_pipeline(s: Scenario, ctx: SimContext) -> tuple[Scenario, str]:
     for a in range(0, 2 * n // parts + 2):
         for b in range(0, 2 * n // parts + 2):
             candidates.append(_edge_layout(m, n, parts, p.pp, dual, a, b))
-    scored = sorted(  # the heaviest rank first, then the next heaviest, …
-        (sorted(rank_loads_s(st, unit_s, p.pp, dual), reverse=True), i, st)
+    mbs = n_microbatches(s)
+    scored = sorted(  # the estimated step, then the heaviest rank, the next heaviest, …
+        (
+            (
+                step_estimate_s(st, unit_s, p.pp, dual, mbs),
+                sorted(rank_loads_s(st, unit_s, p.pp, dual), reverse=True),
+            ),
+            i,
+            st,
+        )
         for i, st in enumerate(candidates)
         if st is not None and _valid(st, p.pp, m, p.virtual_stages)
     )
     hbm = s.cluster.gpu.hbm_GB * 1e9
-    best = scored[0][2]  # the fastest, when nothing fits
-    for _, _, stages in [*scored[:MEMORY_CHECKS], ([], 0, even)]:
+    fitting: list[list[list[str]]] = []
+    for _, _, stages in scored[:MEMORY_CHECKS]:
         if max(e.total for e in memory_per_stage(_with_layout(s, write_layout(stages)))) <= hbm:
-            best = stages
-            break
-    layout = write_layout(best)
-    return _with_layout(s, layout), layout
+            fitting.append(stages)
+            if len(fitting) == keep:
+                break
+    chosen = fitting or [st for _, _, st in scored[:keep]]  # nothing fits: the fastest
+    layouts = list(dict.fromkeys(write_layout(st) for st in [*chosen, even]))
+    return [_with_layout(s, layout) for layout in layouts]
 
 
 MEMORY_CHECKS = 40  # candidates, fastest first, whose memory is estimated before the even one

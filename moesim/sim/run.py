@@ -86,9 +86,7 @@ def simulate(
 
         return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
     if scenario.parallel.pipeline_balance == "auto" and stage != "moe_layer":
-        out = simulate(resolve_balance(scenario, base_dir), fidelity, trace_path, base_dir)
-        out.pipeline_balance = "auto"
-        return out
+        return simulate_balanced(scenario, fidelity, trace_path, base_dir)
     if stage in ("sft", "dpo", "grpo", "ppo"):  # phases composed in moesim.sim.post_training
         from moesim.sim.post_training import simulate_post_training
 
@@ -112,16 +110,32 @@ def simulate(
     return _result(ctx, ranks, step_s, breakdown, extrapolated)
 
 
-def resolve_balance(s: Scenario, base_dir: Path | None = None) -> Scenario:
-    """``pipeline_balance: auto`` turned into the layout it chooses (``moesim.sim.balance``);
-    at pp = 1 there is nothing to place."""
-    from moesim.sim.balance import balance_pipeline
+def simulate_balanced(
+    s: Scenario,
+    fidelity: str | None = None,
+    trace_path: str | Path | None = None,
+    base_dir: Path | None = None,
+) -> Result:
+    """``pipeline_balance: auto``: simulate the candidate layouts ``moesim.sim.balance`` picks
+    (its best estimates and the default one) and keep the fastest that fits in memory (the
+    fastest when none fits). The result names the layout (``pipeline_layout``)."""
+    from moesim.sim.balance import balance_candidates
 
-    even = s.parallel.model_copy(update={"pipeline_balance": "even"})
+    even = s.model_copy(
+        update={"parallel": s.parallel.model_copy(update={"pipeline_balance": "even"})}
+    )
     if s.parallel.pp == 1:
-        return s.model_copy(update={"parallel": even})
-    ctx = build_context(s.model_copy(update={"parallel": even}), base_dir=base_dir)
-    return balance_pipeline(s, ctx)[0]
+        candidates = [even]
+    else:
+        candidates = balance_candidates(s, build_context(even, base_dir=base_dir))
+    runs = [(simulate(c, fidelity, None, base_dir), c) for c in candidates]
+    best, chosen = min(runs, key=lambda rc: (rc[0].fits_in_memory is False, rc[0].step_time_s))
+    if trace_path is not None:
+        best = simulate(chosen, fidelity, trace_path, base_dir)
+    best.pipeline_balance = "auto"
+    if chosen.parallel.pipeline_layout is not None:
+        best.pipeline_layout = chosen.parallel.pipeline_layout
+    return best
 
 
 def simulate_pass(

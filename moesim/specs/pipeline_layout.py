@@ -113,8 +113,6 @@ def check_layout(
                 f"{k % pp}); Megatron-Core places them only in a rank's last chunk "
                 f"(stages {(vpp - 1) * pp}…{vpp * pp - 1})"
             )
-        if k % pp == 0 and vpp > 1:
-            raise ValueError(f"{FIELD}: the MTP layers cannot sit on the first pipeline rank")
 
 
 def write_layout(stages: list[list[str]]) -> str:

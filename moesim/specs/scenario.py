@@ -84,15 +84,16 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
         raise ValueError(f"parallel.tp ({p.tp}) must divide model.ffn_hidden ({m.ffn_hidden})")
     layers = m.n_layers + m.n_encoder_layers
     if _check_pipeline_split(p, m):
-        pass  # a layout string may leave stages empty
+        pass  # checked there: chunks may hold no decoder layer
     elif p.pp > layers:
         raise ValueError(
             f"parallel.pp ({p.pp}) exceeds the model's {layers} layers: use pp ≤ {layers}"
         )
-    if p.pp * p.virtual_stages > layers:
+    elif p.pp * p.virtual_stages > layers:
         raise ValueError(
             f"parallel.pp·virtual_stages ({p.pp}·{p.virtual_stages}) exceeds the {layers} "
-            "layers: lower virtual_stages"
+            "layers: lower virtual_stages (or count the embedding and loss as layers: "
+            "account_for_embedding, account_for_loss)"
         )
     if m.moe is None:
         if p.ep > 1 or p.etp > 1:
@@ -120,7 +121,8 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
 
 def _check_pipeline_split(p: ParallelSpec, m: ModelSpec) -> bool:
     """Layer counts of ``pipeline_layout`` / first/last stage layers / account_for_* against
-    the model (errors name the field); True when a layout string places the layers."""
+    the model (errors name the field); True when one of them places the layers (they check
+    the chunk counts themselves: the embedding and loss may take chunks of their own)."""
     if p.pipeline_layout is not None:
         if m.n_encoder_layers:
             raise ValueError(
@@ -141,6 +143,7 @@ def _check_pipeline_split(p: ParallelSpec, m: ModelSpec) -> bool:
             p.account_for_embedding,
             p.account_for_loss,
         )
+        return True
     return False
 
 
