@@ -8,8 +8,8 @@ chunks r, r+pp, r+2·pp, …), each a run of symbols: ``E`` embedding, ``t`` a t
 ``first_stage_layers``/``last_stage_layers``/``account_for_*``, or by default from an even split
 (the remainder to the earliest chunks; the embedding on the first stage, the MTP layers and the
 head on the last). An encoder-decoder is laid out as encoder layers followed by decoder layers.
-``pipeline_balance: auto`` is resolved by the simulator (``moesim.sim.balance``) into a layout
-string; here it reads as the even split.
+``pipeline_balance: auto`` is resolved by the simulator (``moesim.sim.pipeline_balance``) into
+a layout string; here it reads as the even split.
 """
 
 from __future__ import annotations

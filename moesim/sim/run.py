@@ -116,10 +116,11 @@ def simulate_balanced(
     trace_path: str | Path | None = None,
     base_dir: Path | None = None,
 ) -> Result:
-    """``pipeline_balance: auto``: simulate the candidate layouts ``moesim.sim.balance`` picks
-    (its best estimates and the default one) and keep the fastest that fits in memory (the
-    fastest when none fits). The result names the layout (``pipeline_layout``)."""
-    from moesim.sim.balance import balance_candidates
+    """``pipeline_balance: auto``: simulate the candidate layouts that
+    ``moesim.sim.pipeline_balance`` picks (its best estimates and the default one) and keep the
+    fastest that fits in memory (the fastest when none fits). The result names the layout
+    (``pipeline_layout``)."""
+    from moesim.sim.pipeline_balance import balance_candidates
 
     even = s.model_copy(
         update={"parallel": s.parallel.model_copy(update={"pipeline_balance": "even"})}

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sim_scenarios import build
 
-from moesim.sim.balance import min_max_split, rank_loads_s
+from moesim.sim.pipeline_balance import min_max_split, rank_loads_s
 from moesim.sim.run import simulate
 from moesim.specs.pipeline_layout import parse_layout
 
