@@ -32,7 +32,7 @@ import numpy as np
 from moesim.analytic.layout import layout_symbols
 from moesim.analytic.memory import effective_schedule, memory_per_stage, n_microbatches
 from moesim.sim.context import SimContext
-from moesim.sim.training_step import StageExtras, mtp_times_s
+from moesim.sim.stage_extras import StageExtras, mtp_times_s
 from moesim.specs import ModelSpec, Scenario
 from moesim.specs.pipeline_layout import check_layout, write_layout
 
