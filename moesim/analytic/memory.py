@@ -21,13 +21,13 @@ logits); a configuration that does not fit is a result, not an error.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from moesim.analytic.layout import (
     StageLayout,
     dualpipe_applies,
     dualpipe_positions,
-    pipeline_layout,
+    stage_layouts,
 )
 from moesim.analytic.params import LayerParams, ParamCounts, count_params
 from moesim.specs import (
@@ -102,14 +102,21 @@ def stage_params(m: ModelSpec, p: ParallelSpec, stage: StageLayout) -> StagePara
     expert = sum(x.routed_experts for x in layers)
     if stage.has_embedding:
         non_expert += counts.embedding
+    # a tied head needs its own copy when it sits on another stage than the embedding
+    tied_copy = counts.embedding if m.tie_embeddings else 0
     if stage.has_lm_head:
-        # a tied head needs its own copy when it sits on another stage than the embedding
-        tied_copy = counts.embedding if (m.tie_embeddings and not stage.has_embedding) else 0
-        non_expert += counts.lm_head + tied_copy + counts.final_norm
+        non_expert += counts.lm_head + counts.final_norm
+        non_expert += tied_copy if not stage.has_embedding else 0
+    if stage.has_mtp:
+        # MTP layers on a rank without the head need the output head's weights for their
+        # logits: counted as a copy (an assumption; the embedding copy Megatron-Core's
+        # GPTModel also builds for MTP is not counted, with or without a layout)
+        if not stage.has_lm_head:
+            non_expert += counts.lm_head + (tied_copy if not stage.has_embedding else 0)
         mtp_expert = 0
-        if m.mtp_depth and m.moe is not None:
-            mtp_expert = m.mtp_depth * counts.decoder_layers[-1].routed_experts
-        non_expert += counts.mtp - mtp_expert
+        if m.moe is not None:
+            mtp_expert = stage.mtp_layers * counts.decoder_layers[-1].routed_experts
+        non_expert += counts.mtp * stage.mtp_layers / max(m.mtp_depth, 1) - mtp_expert
         expert += mtp_expert
     return StageParams(non_expert=non_expert / p.tp, expert=expert / (p.ep * p.etp))
 
@@ -294,7 +301,7 @@ def stage_activation_bytes(
             for i, st in layers
         )
         total += worst * tokens
-    if any(st.has_lm_head for st in positions):
+    if any(st.has_lm_head or st.has_mtp for st in positions):
         total += tokens * m.vocab_size / p.tp * FP32_BYTES  # fp32 logits of one microbatch
     return total
 
@@ -332,14 +339,23 @@ def _other_bytes(s: Scenario, tokens_per_mb: float) -> float:
 
 def memory_per_gpu(s: Scenario) -> MemoryEstimate:
     """Per-GPU memory of the worst pipeline stage of a scenario."""
-    m, p, w = s.model, s.parallel, s.workload
-    stages = pipeline_layout(m, p.pp, p.virtual_stages)
-    if isinstance(w, MoELayerWorkload):
+    if isinstance(s.workload, MoELayerWorkload):
         return _moe_layer_memory(s)
+    return max(memory_per_stage(s), key=lambda e: e.total)
+
+
+def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
+    """Per-GPU memory of every pipeline rank (``stage`` = the rank), in rank order. Under
+    DualPipe rank r and its mirror pp−1−r hold the same two positions and the same memory."""
+    m, p, w = s.model, s.parallel, s.workload
+    stages = stage_layouts(m, p)
     inference = isinstance(w, InferenceWorkload)
     dual = not inference and effective_schedule(p, n_microbatches(s)) == "dualpipe"
-    best: MemoryEstimate | None = None
-    for stage in stages[: p.pp // 2] if dual else stages:
+    out: list[MemoryEstimate] = []
+    for stage in stages:
+        if dual and stage.rank >= p.pp // 2:  # the mirror of a rank already estimated
+            out.append(replace(out[p.pp - 1 - stage.rank], stage=stage.rank))
+            continue
         mirror = stages[dualpipe_positions(p.pp, stage.rank)[1]] if dual else None
         params = stage_params(m, p, stage)
         if mirror is not None:  # DualPipe: two positions, two copies of parameters
@@ -367,10 +383,8 @@ def memory_per_gpu(s: Scenario) -> MemoryEstimate:
             other=_other_bytes(s, tokens_per_mb),
             stage=stage.rank,
         )
-        if best is None or est.total > best.total:
-            best = est
-    assert best is not None
-    return best
+        out.append(est)
+    return out
 
 
 def _moe_layer_memory(s: Scenario) -> MemoryEstimate:

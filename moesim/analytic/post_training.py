@@ -32,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
-from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.layout import StageLayout, pipeline_layout, stage_layouts
 from moesim.analytic.lora import lora_counts
 from moesim.analytic.memory import (
     MemoryEstimate,
@@ -123,6 +123,10 @@ def needs_reference_pass(s: Scenario) -> bool:
 
 
 def _stage_of(model: ModelSpec, s: Scenario, rank: int) -> StageLayout:
+    """The policy's layout; another model (reward, critic) is split evenly, as the layout
+    options name the policy's layers."""
+    if model is s.model:
+        return stage_layouts(model, s.parallel)[rank]
     return pipeline_layout(model, s.parallel.pp, s.parallel.virtual_stages)[rank]
 
 
@@ -213,7 +217,7 @@ def post_training_memory(s: Scenario) -> PostTrainingMemory:
     policy's states by frozen weights and the adapters' states."""
     m, p, w = s.model, s.parallel, s.workload
     base = memory_per_gpu(s)
-    stage = pipeline_layout(m, p.pp, p.virtual_stages)[base.stage]
+    stage = stage_layouts(m, p)[base.stage]
     lora = getattr(w, "lora", None)
     if lora is not None:
         policy = lora_policy(s, stage)

@@ -175,8 +175,10 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     tb = Table(title="time per step (mean over simulated ranks)")
     tb.add_column("part")
     tb.add_column("seconds", justify="right")
-    for k in ("compute", "exposed_comm", "bubble"):
-        tb.add_row(k, _fmt_s(d["time_breakdown_s"][k]))
+    for k in ("compute", "exposed_comm", "bubble", "imbalance"):
+        if k in d["time_breakdown_s"]:  # serving has no imbalance
+            label = {"bubble": "bubble (schedule)", "imbalance": "imbalance (stage wait)"}
+            tb.add_row(label.get(k, k), _fmt_s(d["time_breakdown_s"][k]))
     parts = d["time_breakdown_s"]
     for k in ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm"):
         if k in parts:  # serving reports no cp_comm
@@ -194,6 +196,8 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
         for k, v in phases.items():
             ph.add_row(k, _fmt_s(v), f"{v / step:.1%}" if step else "")
         console.print(ph)
+    if d.get("stages"):
+        console.print(_stage_table(d))
     mt = Table(title="memory per GPU (GB, worst stage)")
     for k in mem:
         mt.add_column(k, justify="right")
@@ -201,3 +205,38 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     console.print(mt)
     if trace is not None:
         console.print(f"wrote trace {escape(str(trace))} (open in https://ui.perfetto.dev)")
+
+
+def _stage_table(d: dict) -> Table:
+    """Per pipeline rank: its layers, compute, exposed communication, idle, memory."""
+    title = "pipeline stages"
+    if d.get("pipeline_layout"):
+        auto = " (chosen by pipeline_balance: auto)" if d.get("pipeline_balance") else ""
+        title += escape(f": layout {d['pipeline_layout']}{auto}")
+    t = Table(title=title)
+    for col in ("stage", "layers", "compute", "exposed comm", "idle", "memory GB"):
+        t.add_column(col, justify="left" if col == "layers" else "right")
+    for st in d["stages"]:
+        t.add_row(
+            str(st["stage"]),
+            escape(_runs(st["layers"])),
+            _fmt_s(st["compute_s"]),
+            _fmt_s(st["exposed_comm_s"]),
+            _fmt_s(st["idle_s"]),
+            f"{st['memory_GB']:,.1f}",
+        )
+    return t
+
+
+def _runs(layers: str) -> str:
+    """``"E t t t | t t"`` as ``"E t×3 | t×2"``."""
+    chunks = []
+    for chunk in layers.split(" | "):
+        out: list[tuple[str, int]] = []
+        for sym in chunk.split():
+            if out and out[-1][0] == sym:
+                out[-1] = (sym, out[-1][1] + 1)
+            else:
+                out.append((sym, 1))
+        chunks.append(" ".join(f"{a}×{n}" if n > 1 else a for a, n in out))
+    return " | ".join(chunks)

@@ -57,6 +57,7 @@ def verdict(s: Scenario, r: Result) -> str:
             ("compute", "compute"),
             ("exposed_comm", "exposed communication"),
             ("bubble", "pipeline bubble or waiting"),
+            ("imbalance", "waiting for a slower pipeline stage"),
         )
     )
     text = (
@@ -429,12 +430,14 @@ def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> 
 
 
 def _exposed_share(r: Result) -> float | None:
-    """Share of the step that is not compute: exposed communication and pipeline bubble."""
+    """Share of the step that is not compute: exposed communication, pipeline bubble and
+    stage imbalance."""
     step = r.step_time_s or 0.0
     if not step:
         return None
     tb = r.time_breakdown_s
-    return (tb.get("exposed_comm", 0.0) + tb.get("bubble", 0.0)) / step
+    idle = tb.get("bubble", 0.0) + tb.get("imbalance", 0.0)
+    return (tb.get("exposed_comm", 0.0) + idle) / step
 
 
 STEP_NOTE_SERVING = (

@@ -21,6 +21,7 @@ TIME_COLOURS = {
     "dp_comm": "#72B7B2",
     "pp_comm": "#54A24B",
     "bubble": "#BAB0AC",
+    "imbalance": "#D8B5A5",
     "exposed_comm": "#EECA3B",
     "expert_offload": "#9D755D",
 }
@@ -50,12 +51,12 @@ LAYOUT = dict(template="plotly_white", margin=dict(l=60, r=20, t=50, b=50), heig
 
 
 def step_breakdown(results: Sequence[Result]) -> go.Figure:
-    """Where each step's time goes: compute, exposed communication and the pipeline bubble
-    stack to the step time; the communication kinds (mostly hidden under compute) are shown
-    beside them as their own bars."""
+    """Where each step's time goes: compute, exposed communication, the pipeline bubble and
+    the wait for a slower pipeline stage (imbalance) stack to the step time; the communication
+    kinds (mostly hidden under compute) are shown beside them as their own bars."""
     names = [r.name for r in results]
     fig = go.Figure()
-    stacked = ["compute", "exposed_comm", "bubble"]
+    stacked = ["compute", "exposed_comm", "bubble", "imbalance"]
     if any(r.time_breakdown_s.get("expert_offload") for r in results):
         stacked.append("expert_offload")  # serving: experts fetched from host memory over PCIe
     for key in stacked:

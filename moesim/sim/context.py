@@ -15,7 +15,7 @@ import simpy
 
 from moesim.analytic.dispatch import comm_sm_slowdown, resolve_dispatcher
 from moesim.analytic.flops import token_flops
-from moesim.analytic.layout import StageLayout, pipeline_layout
+from moesim.analytic.layout import StageLayout, stage_layouts
 from moesim.analytic.params import count_params
 from moesim.sim.collectives import (
     Collective,
@@ -83,9 +83,7 @@ class SimContext:
         )
         self.grid = Grid.of(s.parallel)
         self.rendezvous = Rendezvous(self.env) if self.fidelity == "full" else None
-        self.stages: list[StageLayout] = pipeline_layout(
-            s.model, s.parallel.pp, s.parallel.virtual_stages
-        )
+        self.stages: list[StageLayout] = stage_layouts(s.model, s.parallel)
         self.counts = count_params(s.model)
         seq = getattr(s.workload, "seq_len", s.model.max_seq_len)
         self.flops = token_flops(s.model, seq)

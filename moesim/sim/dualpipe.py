@@ -206,25 +206,25 @@ class DualPipe:
                 yield ready.pop(task.phase)
             if pos > 0:
                 yield pipe._box(("F", d, q, mb, pos))
+            yield from pipe.extras.forward(view, pos, 0, first=True)
             for layer in layers:
                 yield from runner.forward(view, layer, mb)
-            if pos == self.pp - 1:
-                yield from view.compute("lm_head", pipe.head_s[0])
-            else:
+            yield from pipe.extras.forward(view, pos, 0, first=False)
+            if pos < self.pp - 1:
                 dst = ctx.grid.gpu(self.rank_of(d, pos + 1), q)
                 key = ("F", d, q, mb, pos + 1)
                 view.start(pipe._send(view, dst, "send_activation", key))
             return
         if pos < self.pp - 1:
             yield pipe._box(("B", d, q, mb, pos))
-        else:
-            yield from view.compute("lm_head_bwd", pipe.head_s[1])
+        yield from pipe.extras.backward(view, pos, 0, first=True)
         last = task.index == self.hm - 1
         for layer in reversed(layers):
             yield from runner.backward(view, layer, mb)
             if last and buckets is not None:
                 lc = ctx.layers[layer]
                 buckets.add(lc.non_expert_params, lc.expert_params)
+        yield from pipe.extras.backward(view, pos, 0, first=False)
         if last and buckets is not None:
             dense, _ = stage_params_on_rank(ctx, pos, 0)
             dense -= sum(ctx.layers[i].non_expert_params for i in layers)

@@ -82,7 +82,7 @@ from moesim.specs import (
     SFTWorkload,
 )
 
-PART_KEYS = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm", "optimizer")
+PART_KEYS = ("compute", *COMM_CATEGORIES, "bubble", "imbalance", "exposed_comm", "optimizer")
 
 
 @dataclass
@@ -155,7 +155,9 @@ def apply_lora(ctx: SimContext, lora: LoRASpec) -> Pipeline:
     # embeddings and the LM head are frozen: no gradients, optimizer states or all-gathers
     ctx.counts = replace(ctx.counts, embedding=0, lm_head=0, final_norm=0, mtp=0)
     pipe = Pipeline(ctx)
-    pipe.head_s = (pipe.head_s[0], pipe.head_s[0])
+    ex = pipe.extras
+    ex.head_s = (ex.head_s[0], ex.head_s[0])
+    ex.mtp_s = {r: (f, f) for r, (f, _) in ex.mtp_s.items()}
     return pipe
 
 
@@ -166,6 +168,10 @@ def variant(s: Scenario, model: ModelSpec, **workload) -> Scenario:
     d["model"] = json.loads(model.model_dump_json())
     if model.moe is None or model.moe.n_routed_experts % s.parallel.ep:
         d["parallel"] |= {"ep": 1, "etp": 1}
+    if model != s.model:  # the layout options place the policy's layers: split evenly
+        for key in ("pipeline_layout", "first_stage_layers", "last_stage_layers"):
+            d["parallel"][key] = None
+        d["parallel"] |= {"account_for_embedding": False, "account_for_loss": False}
     d["workload"] |= workload
     try:
         return Scenario.model_validate(d)

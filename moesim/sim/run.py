@@ -3,8 +3,11 @@ result off the ranks' intervals.
 
 Step time is split per simulated rank into parts that sum to it:
 ``compute`` (the compute stream busy, optimizer included) + ``exposed_comm`` (some stream
-communicating while the compute stream idles) + ``bubble`` (nothing running: waiting for a
-pipeline neighbour, or finished before the slowest rank). ``all_to_all``, ``tp_comm``,
+communicating while the compute stream idles) + the idle rest (nothing running: waiting for a
+pipeline neighbour, or finished before the slowest rank), itself split in two: ``imbalance``,
+the work (compute + exposed communication) the busiest rank does beyond this rank's, which this
+rank spends waiting for it, and ``bubble``, the idle time even the busiest rank has (the
+schedule's fill and drain). ``all_to_all``, ``tp_comm``,
 ``cp_comm``, ``dp_comm`` and ``pp_comm`` are the time each kind of communication ran, hidden
 or not; ``optimizer`` is the part of ``compute`` the optimizer step took (gradients to fp32,
 their norm, Adam, weights written back: ``moesim.sim.optimizer_step``).
@@ -22,6 +25,7 @@ import simpy
 from moesim.analytic.memory import (
     capped_microbatches,
     memory_per_gpu,
+    memory_per_stage,
     n_microbatches,
     sequences_per_step,
 )
@@ -96,6 +100,8 @@ def simulate(
         from moesim.sim.inference import simulate_inference
 
         return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
+    if scenario.parallel.pipeline_balance == "auto" and stage != "moe_layer":
+        return simulate_balanced(scenario, fidelity, trace_path, base_dir)
     if stage in ("sft", "dpo", "grpo", "ppo"):  # phases composed in moesim.sim.post_training
         from moesim.sim.post_training import simulate_post_training
 
@@ -119,6 +125,35 @@ def simulate(
     return _result(ctx, ranks, step_s, breakdown, extrapolated)
 
 
+def simulate_balanced(
+    s: Scenario,
+    fidelity: str | None = None,
+    trace_path: str | Path | None = None,
+    base_dir: Path | None = None,
+) -> Result:
+    """``pipeline_balance: auto``: simulate the candidate layouts that
+    ``moesim.sim.pipeline_balance`` picks (its best estimates and the default one) and keep the
+    fastest that fits in memory (the fastest when none fits). The result names the layout
+    (``pipeline_layout``)."""
+    from moesim.sim.pipeline_balance import balance_candidates
+
+    even = s.model_copy(
+        update={"parallel": s.parallel.model_copy(update={"pipeline_balance": "even"})}
+    )
+    if s.parallel.pp == 1:
+        candidates = [even]
+    else:
+        candidates = balance_candidates(s, build_context(even, base_dir=base_dir))
+    runs = [(simulate(c, fidelity, None, base_dir), c) for c in candidates]
+    best, chosen = min(runs, key=lambda rc: (rc[0].fits_in_memory is False, rc[0].step_time_s))
+    if trace_path is not None:
+        best = simulate(chosen, fidelity, trace_path, base_dir)
+    best.pipeline_balance = "auto"
+    if chosen.parallel.pipeline_layout is not None:
+        best.pipeline_layout = chosen.parallel.pipeline_layout
+    return best
+
+
 def simulate_pass(
     s: Scenario, run: Callable[[Scenario], tuple[SimContext, list[Rank]]]
 ) -> tuple[SimContext, list[Rank], float, dict[str, float], bool]:
@@ -127,13 +162,15 @@ def simulate_pass(
     run (``extrapolate``). Returns (context, ranks of the first run, step time, breakdown,
     whether it was extrapolated)."""
     ctx, ranks = run(s)
-    step_s, parts = measure(ranks)
+    step_s, parts = measure(ranks, _stage_of(ctx))
     total = n_microbatches(s)
     if ctx.microbatches >= total:
         return ctx, ranks, step_s, parts, False
     ctx2, ranks2 = run(second_run(s, ctx.microbatches))
     step_s, parts = extrapolate(
-        total, (ctx.microbatches, step_s, parts), (ctx2.microbatches, *measure(ranks2))
+        total,
+        (ctx.microbatches, step_s, parts),
+        (ctx2.microbatches, *measure(ranks2, _stage_of(ctx2))),
     )
     return ctx, ranks, step_s, parts, True
 
@@ -219,12 +256,71 @@ def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
     return out
 
 
-def measure(ranks: list[Rank]) -> tuple[float, dict[str, float]]:
-    """Step time (the last interval's end) and the mean per-rank breakdown."""
+def split_idle(per_rank: list[dict[str, float]]) -> None:
+    """Split each rank's idle time (``bubble``) into the wait for the busiest rank's extra
+    work (``imbalance``) and the rest (``bubble``: the schedule's), in place."""
+    work = [b["compute"] + b["exposed_comm"] for b in per_rank]
+    top = max(work, default=0.0)
+    for b, w in zip(per_rank, work, strict=True):
+        b["imbalance"] = min(b["bubble"], top - w)
+        b["bubble"] -= b["imbalance"]
+
+
+STAGE_KEY = "stage."  # per-stage parts travel in the breakdown as "stage.<rank>.<part>"
+
+
+def _stage_of(ctx: SimContext) -> Callable[[Rank], int] | None:
+    if ctx.parallel.pp == 1:
+        return None
+    return lambda r: ctx.grid.coords(r.gpu)[0]
+
+
+def measure(
+    ranks: list[Rank], stage_of: Callable[[Rank], int] | None = None
+) -> tuple[float, dict[str, float]]:
+    """Step time (the last interval's end) and the mean per-rank breakdown; with
+    ``stage_of``, also each pipeline stage's mean compute, exposed communication and idle
+    time (keys ``stage.<r>.compute|exposed_comm|idle``)."""
     step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
     per_rank = [rank_breakdown(r, step_s) for r in ranks]
-    keys = ("compute", *COMM_CATEGORIES, "bubble", "exposed_comm", "optimizer")
-    return step_s, {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
+    split_idle(per_rank)
+    keys = ("compute", *COMM_CATEGORIES, "bubble", "imbalance", "exposed_comm", "optimizer")
+    out = {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
+    if stage_of is not None:
+        groups: dict[int, list[dict[str, float]]] = defaultdict(list)
+        for r, b in zip(ranks, per_rank, strict=True):
+            groups[stage_of(r)].append(b)
+        for st, bs in groups.items():
+            n = len(bs)
+            out[f"{STAGE_KEY}{st}.compute"] = sum(b["compute"] for b in bs) / n
+            out[f"{STAGE_KEY}{st}.exposed_comm"] = sum(b["exposed_comm"] for b in bs) / n
+            out[f"{STAGE_KEY}{st}.idle"] = sum(b["bubble"] + b["imbalance"] for b in bs) / n
+    return step_s, out
+
+
+def stage_table(
+    ctx: SimContext, breakdown: dict[str, float], memory_GB: list[float]
+) -> list[dict[str, object]]:
+    """The result's ``stages``: per pipeline rank its layout, compute, exposed communication,
+    idle seconds (they sum to the step time) and memory; removes the stage keys from
+    ``breakdown``."""
+    parts = {k: breakdown.pop(k) for k in [k for k in breakdown if k.startswith(STAGE_KEY)]}
+    rows = []
+    for st in ctx.stages:
+        pre = f"{STAGE_KEY}{st.rank}."
+        if pre + "compute" not in parts:
+            continue
+        rows.append(
+            {
+                "stage": st.rank,
+                "layers": st.layout,
+                "compute_s": parts[pre + "compute"],
+                "exposed_comm_s": parts[pre + "exposed_comm"],
+                "idle_s": parts[pre + "idle"],
+                "memory_GB": memory_GB[st.rank],
+            }
+        )
+    return rows
 
 
 def _result(
@@ -241,6 +337,10 @@ def _result(
     gpus = s.gpus
     mem = memory_per_gpu(s)
     flops_per_token = ctx.flops.model_flops
+    breakdown = dict(breakdown)
+    stages = None
+    if s.parallel.pp > 1 and not isinstance(w, MoELayerWorkload):
+        stages = stage_table(ctx, breakdown, [e.total / 1e9 for e in memory_per_stage(s)])
     out = Result(
         name=s.name,
         stage=w.stage,
@@ -255,6 +355,8 @@ def _result(
     extra: dict[str, object] = {
         "memory_note": memory_note(s, mem),
         "fidelity": ctx.fidelity,
+        "stages": stages,
+        "pipeline_layout": _layout_string(ctx) if stages else None,
         "network": s.simulation.network,
         "simulated_ranks": len(ranks),
         "microbatches": ctx.microbatches,
@@ -291,5 +393,14 @@ def _result(
             out.gpu_hours = total_tokens / out.tokens_per_s * gpus / 3600.0
             out.cost_usd = out.gpu_hours * s.cost.usd_per_gpu_hour
     for k, v in extra.items():
-        setattr(out, k, v)
+        if v is not None:
+            setattr(out, k, v)
     return out
+
+
+def _layout_string(ctx: SimContext) -> str:
+    """The Megatron-Core layout string of the layout that ran."""
+    from moesim.analytic.layout import layout_symbols
+    from moesim.specs.pipeline_layout import write_layout
+
+    return write_layout(layout_symbols(ctx.model, ctx.parallel))

@@ -20,20 +20,17 @@ Reusable pieces (post-training stages compose them):
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import simpy
 
 from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
 from moesim.analytic.memory import effective_schedule, n_microbatches
 from moesim.sim.context import SimContext
-from moesim.sim.costmodel import OpWork
-from moesim.sim.elementwise import cross_entropy
 from moesim.sim.engine import Rank
 from moesim.sim.ep_overlap import overlap_order, overlaps
 from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.optimizer_step import layer_param_tensors, optimizer_ops
 from moesim.sim.schedules import Task, schedule
+from moesim.sim.stage_extras import StageExtras
 from moesim.sim.zero3 import Zero3Gather
 
 
@@ -231,31 +228,6 @@ class LayerRunner:
             yield from ring_attention
 
 
-# -- head and embedding -------------------------------------------------------------------------
-def head_times_s(ctx: SimContext) -> tuple[float, float]:
-    """LM head (+ MTP modules) and the cross-entropy on the last stage: (forward, backward).
-    The cross-entropy runs over the logits of the head and of each MTP module
-    (``moesim.sim.elementwise.cross_entropy``)."""
-    m, p, prec = ctx.model, ctx.parallel, ctx.precision
-    t = ctx.tokens
-    logits_b = t * m.vocab_size / p.tp * 4  # fp32 logits
-    head = OpWork(
-        "lm_head",
-        "gemm",
-        t * (ctx.flops.lm_head + ctx.flops.mtp) / p.tp,
-        m.vocab_size * m.d_model / p.tp * prec.param_bytes + logits_b,
-        kernels=2,
-        fp8=False,
-    )
-    logits = t * m.vocab_size / p.tp * (1 + m.mtp_depth)
-    fwd = ctx.cm.time_s(head) + ctx.cm.time_s(cross_entropy(logits))
-    bwd_op = replace(
-        head, name="lm_head_bwd", flops=2 * head.flops, bytes=2 * head.bytes, kernels=4
-    )
-    bwd = ctx.cm.time_s(bwd_op)
-    return fwd, bwd + ctx.cm.time_s(cross_entropy(logits, backward=True))
-
-
 # -- gradients and optimizer --------------------------------------------------------------------
 class GradBuckets:
     """Gradient buckets of one rank: filled layer by layer in the last backward, each reduced on
@@ -310,8 +282,13 @@ def stage_params_on_rank(
     c = ctx.counts
     if st.has_embedding and (chunk is None or chunk == 0):
         dense += c.embedding / ctx.parallel.tp
-    if st.has_lm_head and (chunk is None or chunk == len(st.chunks) - 1):
-        dense += (c.lm_head + c.final_norm + c.mtp) / ctx.parallel.tp
+    last = chunk is None or chunk == len(st.chunks) - 1
+    if st.has_lm_head and last:
+        dense += (c.lm_head + c.final_norm) / ctx.parallel.tp
+    if st.has_mtp and last:
+        dense += c.mtp * st.mtp_layers / ctx.model.mtp_depth / ctx.parallel.tp
+        if not st.has_lm_head:  # its own copy of the head (analytic.memory.stage_params)
+            dense += c.lm_head / ctx.parallel.tp
     return dense, expert
 
 
@@ -367,7 +344,7 @@ class Pipeline:
         self.send_bytes = pp_send_bytes(
             ctx.model, p, ctx.scenario.workload.seq_len, ctx.precision.activation_bytes
         )
-        self.head_s = head_times_s(ctx)
+        self.extras = StageExtras(ctx)
         self.virtual = p.pp * p.virtual_stages
 
     def _box(self, key: tuple) -> simpy.Event:
@@ -394,24 +371,24 @@ class Pipeline:
                 yield ready.pop(task.chunk)
             if vs > 0:
                 yield self._box(("F", q, mb, vs))
+            yield from self.extras.forward(rank, stage, task.chunk, first=True)
             for layer in layers:
                 yield from runner.forward(rank, layer, mb)
-            if vs == self.virtual - 1:
-                yield from rank.compute("lm_head", self.head_s[0])
-            else:
+            yield from self.extras.forward(rank, stage, task.chunk, first=False)
+            if vs < self.virtual - 1:
                 dst = ctx.grid.pp_peer(rank.gpu, +1)
                 rank.start(self._send(rank, dst, "send_activation", ("F", q, mb, vs + 1)))
             return
         if vs < self.virtual - 1:
             yield self._box(("B", q, mb, vs))
-        else:
-            yield from rank.compute("lm_head_bwd", self.head_s[1])
+        yield from self.extras.backward(rank, stage, task.chunk, first=True)
         last_mb = mb == ctx.microbatches - 1
         for layer in reversed(layers):
             yield from runner.backward(rank, layer, mb)
             if last_mb and buckets is not None:
                 lc = ctx.layers[layer]
                 buckets.add(lc.non_expert_params, lc.expert_params)
+        yield from self.extras.backward(rank, stage, task.chunk, first=False)
         if last_mb and buckets is not None:
             dense, _ = stage_params_on_rank(ctx, stage, task.chunk)
             dense -= sum(ctx.layers[i].non_expert_params for i in layers)

@@ -12,6 +12,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from moesim.specs.base import NonNegativeInt, PositiveInt, Spec, ZeroStage
+from moesim.specs.pipeline_layout import parse_layout
 
 Recompute = Literal["none", "selective", "full"]
 #: Megatron-Core's ``--recompute-modules`` (TransformerConfig.recompute_modules): what a
@@ -27,6 +28,7 @@ MoEDispatcher = Literal["auto", "alltoall", "allgather", "deepep", "deepep_low_l
 # dispatchers Megatron-Core's EP overlap runs with: its ``alltoall`` and ``flex`` (DeepEP)
 # token dispatchers (megatron/core/transformer/transformer_config.py)
 EP_OVERLAP_DISPATCHERS = ("auto", "alltoall", "deepep")
+PipelineBalance = Literal["even", "auto"]
 
 
 class ParallelSpec(Spec):
@@ -76,6 +78,38 @@ class ParallelSpec(Spec):
         "run under the other's compute (needs ep > 1, interleaved_1f1b when pp > 1, the "
         "alltoall or deepep dispatcher, no full recompute); DualPipe overlaps regardless",
     )
+    first_stage_layers: PositiveInt | None = Field(
+        None,
+        description="decoder layers on the first pipeline rank (Megatron-Core "
+        "--decoder-first-pipeline-num-layers); the other ranks share the rest evenly",
+    )
+    last_stage_layers: PositiveInt | None = Field(
+        None,
+        description="decoder layers on the last pipeline rank (Megatron-Core "
+        "--decoder-last-pipeline-num-layers); the other ranks share the rest evenly",
+    )
+    account_for_embedding: bool = Field(
+        False,
+        description="the embedding counts as one layer in the pipeline split (Megatron-Core "
+        "--account-for-embedding-in-pipeline-split): the first chunk holds one decoder layer less",
+    )
+    account_for_loss: bool = Field(
+        False,
+        description="the LM head and loss count as one layer in the pipeline split (Megatron-Core "
+        "--account-for-loss-in-pipeline-split): the last chunk holds one decoder layer less",
+    )
+    pipeline_layout: str | None = Field(
+        None,
+        description="Megatron-Core --pipeline-model-parallel-layout: E embedding, t decoder layer, "
+        "m MTP layer, L loss (LM head), '|' between virtual stages (stage i on rank i % pp), "
+        "repeats as 't*3' and '(tt|)*7', e.g. 'Et*3|(tt|)*29m|L'",
+    )
+    pipeline_balance: PipelineBalance = Field(
+        "even",
+        description="even: layers split evenly (or as the fields above say); auto: the layout "
+        "whose slowest pipeline stage is fastest among those that fit in memory (the result "
+        "names it in pipeline_layout)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ParallelSpec:
@@ -103,6 +137,7 @@ class ParallelSpec(Spec):
             )
         if self.overlap_moe_expert_parallel_comm:
             self._check_ep_overlap()
+        self._check_layout_fields()
         return self
 
     def _check_ep_overlap(self) -> None:
@@ -133,6 +168,52 @@ class ParallelSpec(Spec):
         if self.recompute != "selective":
             return frozenset()
         return frozenset(self.recompute_modules or SELECTIVE_MODULES)
+
+    def _check_layout_fields(self) -> None:
+        """Megatron-Core's exclusions (TransformerConfig.__post_init__): a layout string takes
+        no other layout option; first/last stage layers take no account_for_*."""
+        uneven = self.first_stage_layers is not None or self.last_stage_layers is not None
+        account = self.account_for_embedding or self.account_for_loss
+        if self.pipeline_layout is not None:
+            others = [
+                name
+                for name, on in (
+                    ("first_stage_layers", self.first_stage_layers is not None),
+                    ("last_stage_layers", self.last_stage_layers is not None),
+                    ("account_for_embedding", self.account_for_embedding),
+                    ("account_for_loss", self.account_for_loss),
+                    ("pipeline_balance: auto", self.pipeline_balance == "auto"),
+                )
+                if on
+            ]
+            if others:
+                raise ValueError(
+                    f"parallel.pipeline_layout places every layer itself: remove "
+                    f"{', '.join(others)}"
+                )
+            parse_layout(self.pipeline_layout)  # syntax; counts are checked against the model
+        if uneven and account:
+            raise ValueError(
+                "parallel.first_stage_layers/last_stage_layers cannot be combined with "
+                "account_for_embedding/account_for_loss (Megatron-Core forbids it): keep one"
+            )
+        if (uneven or account) and self.pipeline_balance == "auto":
+            raise ValueError(
+                "parallel.pipeline_balance: auto chooses the split itself: remove "
+                "first_stage_layers, last_stage_layers and account_for_* or set it to even"
+            )
+        if (uneven or account) and self.pp == 1:
+            raise ValueError(
+                "parallel.first_stage_layers/last_stage_layers/account_for_* need pp ≥ 2: "
+                "remove them or raise pp"
+            )
+        for name in ("first_stage_layers", "last_stage_layers"):
+            n = getattr(self, name)
+            if n is not None and n % self.virtual_stages:
+                raise ValueError(
+                    f"parallel.{name} ({n}) must be a multiple of virtual_stages "
+                    f"({self.virtual_stages}): each chunk of that rank holds the same count"
+                )
 
     @property
     def dp_size(self) -> int:

@@ -45,7 +45,7 @@ class MemoryBreakdown(BaseModel):
 
 class TimeBreakdown(BaseModel):
     """Seconds per step a GPU spends on each kind of work; exposed_comm is what compute did not
-    hide. compute + exposed_comm + bubble (+ stage-specific extras) = step time."""
+    hide. compute + exposed_comm + bubble + imbalance (+ stage-specific extras) = step time."""
 
     model_config = ConfigDict(extra="allow")
     compute: float = 0.0
@@ -54,7 +54,8 @@ class TimeBreakdown(BaseModel):
     cp_comm: float = 0.0  # context parallelism: ring attention's K/V (and dK/dV) exchange
     dp_comm: float = 0.0
     pp_comm: float = 0.0
-    bubble: float = 0.0
+    bubble: float = 0.0  # idle time of the schedule (fill and drain)
+    imbalance: float = 0.0  # idle time waiting for a slower pipeline stage
     exposed_comm: float = 0.0
 
 
@@ -87,6 +88,15 @@ class Result(BaseModel):
     dispatch_s: float | None = None
     combine_s: float | None = None
     expert_compute_s: float | None = None
+    stages: list[dict[str, Any]] | None = Field(
+        None,
+        description="pipeline ranks (pp > 1): stage, layers (its layout, chunks split by '|'), "
+        "compute_s, exposed_comm_s, idle_s (the three sum to the step time), memory_GB",
+    )
+    pipeline_layout: str | None = Field(
+        None, description="the Megatron-Core layout string of the layout that ran (pp > 1)"
+    )
+    pipeline_balance: str | None = None  # "auto" when the layout was chosen by the simulator
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

@@ -13,6 +13,7 @@ from moesim.specs.cost import Cost
 from moesim.specs.hardware import ClusterSpec
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import ParallelSpec
+from moesim.specs.pipeline_layout import check_layout, parse_layout, split_layout
 from moesim.specs.precision import Precision
 from moesim.specs.routing import Routing
 from moesim.specs.simulation import SimulationSpec
@@ -84,14 +85,17 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
     if m.ffn_hidden % p.tp:
         raise ValueError(f"parallel.tp ({p.tp}) must divide model.ffn_hidden ({m.ffn_hidden})")
     layers = m.n_layers + m.n_encoder_layers
-    if p.pp > layers:
+    if _check_pipeline_split(p, m):
+        pass  # checked there: chunks may hold no decoder layer
+    elif p.pp > layers:
         raise ValueError(
             f"parallel.pp ({p.pp}) exceeds the model's {layers} layers: use pp ≤ {layers}"
         )
-    if p.pp * p.virtual_stages > layers:
+    elif p.pp * p.virtual_stages > layers:
         raise ValueError(
             f"parallel.pp·virtual_stages ({p.pp}·{p.virtual_stages}) exceeds the {layers} "
-            "layers: lower virtual_stages"
+            "layers: lower virtual_stages (or count the embedding and loss as layers: "
+            "account_for_embedding, account_for_loss)"
         )
     if m.moe is None:
         if p.ep > 1 or p.etp > 1:
@@ -115,6 +119,34 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
         raise ValueError(
             f"parallel.etp ({p.etp}) must divide moe.expert_hidden ({m.moe.expert_hidden})"
         )
+
+
+def _check_pipeline_split(p: ParallelSpec, m: ModelSpec) -> bool:
+    """Layer counts of ``pipeline_layout`` / first/last stage layers / account_for_* against
+    the model (errors name the field); True when one of them places the layers (they check
+    the chunk counts themselves: the embedding and loss may take chunks of their own)."""
+    if p.pipeline_layout is not None:
+        if m.n_encoder_layers:
+            raise ValueError(
+                "parallel.pipeline_layout does not place encoder layers (nor does Megatron-Core): "
+                "remove it for this encoder-decoder model"
+            )
+        stages = parse_layout(p.pipeline_layout)
+        check_layout(stages, p.pp, m.n_layers, m.mtp_depth, p.virtual_stages)
+        return True
+    if p.first_stage_layers or p.last_stage_layers or p.account_for_embedding or p.account_for_loss:
+        split_layout(
+            m.n_layers + m.n_encoder_layers,
+            m.mtp_depth,
+            p.pp,
+            p.virtual_stages,
+            p.first_stage_layers,
+            p.last_stage_layers,
+            p.account_for_embedding,
+            p.account_for_loss,
+        )
+        return True
+    return False
 
 
 def _check_batch(s: Scenario) -> None:

@@ -63,7 +63,7 @@ def _idle_and_parts(schedule: str, pp: int, m: int) -> tuple[list[float], float,
     )
     ctx = build_context(s)
     pipe = Pipeline(ctx)
-    pipe.head_s = (0.0, 0.0)  # equal stages, as the formulas assume
+    pipe.extras.head_s = pipe.extras.embedding_s = (0.0, 0.0)  # equal stages, as assumed
     pipeline_pass(ctx, optimizer=False, pipeline=pipe)
     ctx.env.run()
     ranks = list(ctx.ranks.values())

@@ -49,8 +49,13 @@ def test_simulate_json_has_the_contract_keys(tmp_path):
         "dp_comm",
         "pp_comm",
         "bubble",
+        "imbalance",
         "exposed_comm",
     }
+    assert [st["stage"] for st in d["stages"]] == [0, 1, 2, 3]  # pp 4
+    assert set(d["stages"][0]) >= {"stage", "layers", "compute_s", "memory_GB", "idle_s"}
+    assert d["stages"][0]["layers"].startswith("E t") and d["stages"][3]["layers"].endswith("L")
+    assert d["pipeline_layout"] == "Et*8|(t*8|)*2t*8L"
     assert 0 < d["mfu"] < 1
     assert json.loads(trace.read_text())["traceEvents"]
 
@@ -58,6 +63,8 @@ def test_simulate_json_has_the_contract_keys(tmp_path):
 def test_table_output_and_bad_fidelity_exit_2():
     p = run("simulate", str(MIXTRAL))
     assert p.returncode == 0 and "step time" in p.stdout
+    assert "pipeline stages: layout Et*8|(t*8|)*2t*8L" in p.stdout and "E t×8" in p.stdout
+    assert "imbalance (stage wait)" in p.stdout
     p = run("simulate", str(MIXTRAL), "--fidelity", "exact")
     assert p.returncode == 2 and "fidelity" in p.stderr
 

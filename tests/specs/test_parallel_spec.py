@@ -39,3 +39,24 @@ def test_zero_stages(stage: int) -> None:
 def test_zero_stage_4_is_refused() -> None:
     with pytest.raises(ValidationError, match="zero_stage"):
         ParallelSpec(zero_stage=4)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"pp": 2, "pipeline_layout": "Et|tL", "first_stage_layers": 1}, "remove first_stage"),
+        ({"pp": 2, "pipeline_layout": "Et|tL", "pipeline_balance": "auto"}, "remove pipeline"),
+        ({"pp": 2, "first_stage_layers": 3, "account_for_loss": True}, "keep one"),
+        ({"pp": 2, "account_for_embedding": True, "pipeline_balance": "auto"}, "set it to even"),
+        ({"account_for_loss": True}, "need pp ≥ 2"),
+        (
+            {"pp": 2, "virtual_stages": 2, "schedule": "interleaved_1f1b", "last_stage_layers": 3},
+            "multiple of virtual_stages",
+        ),
+        ({"pp": 2, "pipeline_layout": "Et*3|(tt|L"}, r"virtual stage 1"),
+    ],
+)
+def test_layout_options_exclude_each_other_as_in_megatron(fields: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match="parallel") as e:
+        ParallelSpec(**fields)
+    assert message in str(e.value)

@@ -289,3 +289,24 @@ def test_layout_is_accepted_exactly_when_the_documented_rules_hold(
     else:
         with pytest.raises(ScenarioError, match=r"parallel"):
             scenario_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    ("parallel", "message"),
+    [
+        ({"pipeline_layout": "Et*10|t*10L"}, "place 32"),  # llama-3-8b has 32 layers
+        ({"first_stage_layers": 5, "last_stage_layers": 8}, "divides the rest"),
+        ({"account_for_embedding": True}, "do not split evenly"),  # 33 over 4
+    ],
+)
+def test_layout_options_are_checked_against_the_model(parallel: dict, message: str) -> None:
+    d = {
+        "name": "layout",
+        "model": "llama-3-8b",
+        "cluster": {"gpu": "h100-sxm", "nodes": 1, "gpus_per_node": 8},
+        "parallel": {"pp": 4 if "pipeline_layout" not in parallel else 2, **parallel},
+        "workload": {"stage": "pretrain", "seq_len": 1024, "global_batch": 8},
+    }
+    with pytest.raises(ScenarioError) as e:
+        scenario_from_dict(d)
+    assert message in str(e.value) and "parallel" in str(e.value)
