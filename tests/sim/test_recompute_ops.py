@@ -51,3 +51,9 @@ def test_more_recompute_is_never_faster() -> None:
     full = simulate(build(parallel={"recompute": "full"})).step_time_s
     assert none <= sel <= more
     assert sel <= full
+
+
+def test_symmetric_and_full_fidelity_agree_with_the_moe_block_recomputed() -> None:
+    s = build(parallel={"recompute": "selective", "recompute_modules": ["moe", "core_attn"]})
+    sym, full = simulate(s, fidelity="symmetric"), simulate(s, fidelity="full")
+    assert full.step_time_s == pytest.approx(sym.step_time_s, rel=0.02)
