@@ -272,6 +272,24 @@ def n_microbatches(s: Scenario) -> int:
     return max(1, seqs // (p.dp_size * p.microbatch_size))
 
 
+def offloaded_layers(p: ParallelSpec, stage: StageLayout) -> list[int]:
+    """The layers whose activations ``parallel.activation_offload_layers`` sends to host
+    memory on this rank: the first ones of each model chunk (Transformer Engine offloads the
+    first ``num_layers`` of a chunk and needs fewer than the chunk holds)."""
+    n = p.activation_offload_layers
+    if n == 0:
+        return []
+    chunks = [c for c in stage.chunks if c]
+    smallest = min((len(c) for c in chunks), default=0)
+    if n >= smallest:
+        raise ValueError(
+            f"parallel.activation_offload_layers ({n}) must be below the decoder layers of "
+            f"every model chunk (pipeline rank {stage.rank} has a chunk of {smallest}): "
+            f"lower it to at most {max(smallest - 1, 0)}"
+        )
+    return [i for c in chunks for i in c[:n]]
+
+
 def stage_activation_bytes(
     s: Scenario, stage: StageLayout, seq_len: int, mirror: StageLayout | None = None
 ) -> float:
@@ -285,15 +303,20 @@ def stage_activation_bytes(
     tokens = p.microbatch_size * pairs * seq_len / p.cp
     positions = [stage] if mirror is None else [stage, mirror]
     layers = [(i, st) for st in positions for i in st.layers]
-    per_mb = sum(
-        activation_bytes_per_token(m, i in st.moe_layers, p, p.recompute, act, cached)
+    kept = {
+        i: activation_bytes_per_token(m, i in st.moe_layers, p, p.recompute, act, cached)
         for i, st in layers
-    ) / len(positions)
+    }
+    # offloaded layers' activations wait in host memory; one layer's stays as the copy's buffer
+    offloaded = [i for st in positions for i in offloaded_layers(p, st)]
+    per_mb = sum(b for i, b in kept.items() if i not in offloaded) / len(positions)
     m_count = n_microbatches(s)
     in_flight = microbatches_in_flight(p, m_count)
     if stage.rank > 0 and effective_schedule(p, m_count) == "1f1b":
         in_flight = min(in_flight, float(p.pp - stage.rank))
     total = per_mb * tokens * in_flight
+    if offloaded:
+        total += max(kept[i] for i in offloaded) * tokens
     if p.recompute == "full" and layers:
         # the layer being recomputed holds its full activations during its backward
         worst = max(

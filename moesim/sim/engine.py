@@ -36,8 +36,9 @@ from typing import Any
 
 import simpy
 
-COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp")
-LINK_CLASSES = ("nvlink", "network")
+# d2h / h2d: activation offload to host memory, one copy stream each way over PCIe
+COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp", "d2h", "h2d")
+LINK_CLASSES = ("nvlink", "network", "pcie_d2h", "pcie_h2d")
 Interval = tuple[str, str, str, float, float]  # stream, op name, category, start_s, end_s
 
 

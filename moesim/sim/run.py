@@ -48,7 +48,7 @@ SIMULATED_STAGES = (
     "inference",
     "collective",
 )
-COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm")
+COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm", "offload")
 
 
 class UnsupportedStage(ValueError):

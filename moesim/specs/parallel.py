@@ -50,6 +50,14 @@ class ParallelSpec(Spec):
         "mla_up_proj, mlp (a dense layer's whole FFN), moe (the whole MoE block, its "
         "all-to-alls included), shared_experts; default layernorm, moe_act, mla_up_proj",
     )
+    activation_offload_layers: NonNegativeInt = Field(
+        0,
+        description="decoder layers per model chunk (its first ones) whose activations go to "
+        "host memory in the forward and come back for the backward (Megatron-Core "
+        "--cpu-offloading-num-layers, Transformer Engine's CPU offload: copies on their own "
+        "streams over PCIe, overlapped with compute, each layer prefetched while the one "
+        "after it runs its backward); fewer than the layers of every chunk",
+    )
     schedule: Schedule = "1f1b"
     sequence_parallel: bool = Field(True, description="shard norms/dropout over tp (Megatron SP)")
     moe_dispatcher: MoEDispatcher = Field(

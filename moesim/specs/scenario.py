@@ -43,6 +43,7 @@ class Scenario(Spec):
     def _check(self) -> Scenario:
         _resolve_dp(self)
         _check_parallel_vs_model(self.parallel, self.model)
+        _check_offload(self.parallel, self.model)
         _check_batch(self)
         _check_precision(self)
         _check_dispatcher(self)
@@ -118,6 +119,18 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
     if m.moe.expert_hidden % p.etp:
         raise ValueError(
             f"parallel.etp ({p.etp}) must divide moe.expert_hidden ({m.moe.expert_hidden})"
+        )
+
+
+def _check_offload(p: ParallelSpec, m: ModelSpec) -> None:
+    """Offloading needs fewer layers than a model chunk holds (Transformer Engine); the
+    exact check per chunk of an uneven layout runs with the layout (analytic.memory)."""
+    chunk = -(-(m.n_layers + m.n_encoder_layers) // (p.pp * p.virtual_stages))
+    if p.activation_offload_layers >= chunk:
+        raise ValueError(
+            f"parallel.activation_offload_layers ({p.activation_offload_layers}) must be below "
+            f"the decoder layers of a model chunk ({chunk} with pp·virtual_stages = "
+            f"{p.pp * p.virtual_stages}): lower it to at most {chunk - 1}"
         )
 
 
