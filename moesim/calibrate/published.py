@@ -27,7 +27,19 @@ peaks: H800 differs in NVLink, H200 in HBM, and the memory term of the roofline 
 own HBM bandwidth). A class no pooled point covers is taken from ``INHERIT`` (the nearest
 architecture that has points, reason stated in the curve's ``source``), else from the shipped
 default profile (``memory_bound``, ``hbm``, launch overhead and links: no published point was
-read for them).
+read for them). A class a GPU has points for, but only large ones, takes the ``INHERIT``
+curve below its smallest point (``_extend_below``). Today:
+
+- A100 (a100-sxm-80gb): own ``gemm`` (two best-shape bf16 GEMMs of the MAMF table, ~1e11 FLOPs;
+  below them Hopper's fall-off, capped) and own ``attention`` (FlashAttention-2 forward on A100,
+  paper figure and an SM80 measurement); ``attention_bwd`` inherited from Hopper (no A100
+  backward figure was found with its numbers in an opened source).
+- B200: own ``gemm``/fp8 ``gemm``; ``attention``, ``attention_bwd`` and fp8 ``grouped_gemm``
+  inherited from Hopper (the FlashAttention-4 figures opened gave only a headline peak, no
+  sequence length or head dim).
+- every GPU: ``memory_bound``, ``hbm`` and launch overhead from the default profile (no
+  published bandwidth sweep by message size, nor a launch-overhead measurement with its method,
+  was found in an opened source).
 """
 
 from __future__ import annotations
@@ -63,8 +75,8 @@ FAMILY_REASON = (
 INHERIT: dict[str, tuple[str, str]] = {
     "a100-sxm-80gb": (
         "h100-sxm",
-        "no A100 kernel point was read from an opened source in this task; the nearest "
-        "architecture with points is Hopper (an assumption: Ampere kernels may reach a lower "
+        "no A100 point of this class (or size) was read from an opened source; the nearest "
+        "architecture with points is Hopper (an assumption: Ampere kernels may reach another "
         "fraction of peak)",
     ),
     "b200": (
@@ -217,6 +229,7 @@ def build_profile(
     compute_fp8: dict[str, Any] = {}
     used: list[Point] = []
     inherited: dict[str, str] = {}
+    extended: dict[str, str] = {}
     for target, dtype, names in (
         (compute, "bf16", CURVES),
         (compute_fp8, "fp8", FP8_CURVES if gpu.fp8_TFLOPS else ()),  # A100: no fp8 cores
@@ -224,7 +237,12 @@ def build_profile(
         for name in names:
             pts = [p for p in own if p.curve == name and p.dtype == dtype]
             if pts:
-                target[name] = _fit_curve(pts, gpu, launch_s, f"{name} {dtype}")
+                c = _fit_curve(pts, gpu, launch_s, f"{name} {dtype}")
+                if device in INHERIT:
+                    c = _extend_below(c, INHERIT[device][0], name, dtype, points, gpus, launch_s)
+                    if c.pop("_extended", False):
+                        extended[f"{name}_{dtype}"] = INHERIT[device][0]
+                target[name] = c
                 used += pts
             elif device in INHERIT:
                 src, why = INHERIT[device]
@@ -279,6 +297,7 @@ def build_profile(
             "points_by_class": _counts(used + held_out),
             "points_from": sorted({p.gpu for p in used}),
             "inherited": inherited,
+            "extended_below_from": extended,
         },
     }
     if profile["compute_fp8"] is None:
@@ -286,6 +305,43 @@ def build_profile(
     fitted = Profile.model_validate(profile)
     profile["validation"] = in_sample_errors(fitted, gpu, used + held_out)
     return profile
+
+
+def _extend_below(
+    curve: dict[str, Any],
+    src: str,
+    name: str,
+    dtype: str,
+    points: list[Point],
+    gpus: dict[str, GPUSpec],
+    launch_s: float,
+) -> dict[str, Any]:
+    """``curve`` (fitted on a GPU's own points) below its smallest point: the curve of ``src``
+    (the ``INHERIT`` architecture), capped at the own curve's first efficiency so it stays
+    non-decreasing. ``Curve`` holds its first value below its first point, so without this a
+    GPU whose only points are large (A100: two best-shape GEMMs of ~1e11 FLOPs) would read a
+    64x64 GEMM at the best shape's 87% of peak; the nearest architecture's small-size fall-off
+    is the better guess there (stated in the source). Sets ``_extended`` when it adds points."""
+    src_pts = [
+        p
+        for p in points
+        if p.gpu in COMPUTE_FAMILY[src] and not p.held_out and p.curve == name and p.dtype == dtype
+    ]
+    if not src_pts:
+        return curve
+    inherited = _fit_curve(src_pts, gpus[src], launch_s, f"{name} {dtype}")
+    x0, y0 = curve["points"][0]
+    below = [[x, min(y, y0)] for x, y in inherited["points"] if x < x0]
+    if not below:
+        return curve
+    return {
+        **curve,
+        "points": below + curve["points"],
+        "source": f"{curve['source']}. Below {x0:.3g} FLOPs per group (the smallest own point) "
+        f"the curve is {src}'s, capped at the first own efficiency ({y0:.3f}): no own point "
+        f"there, and {src}'s small-size fall-off is the nearest published one",
+        "_extended": True,
+    }
 
 
 def _grouped_from_dense(gemm: dict[str, Any], compute_fp8: dict[str, Any]) -> dict[str, Any]:
