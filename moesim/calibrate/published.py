@@ -27,21 +27,32 @@ peaks: H800 differs in NVLink, H200 in HBM, and the memory term of the roofline 
 own HBM bandwidth). A class no pooled point covers is taken from ``INHERIT`` (the nearest
 architecture that has points, reason stated in the curve's ``source``), else from the shipped
 default profile (``memory_bound``, ``hbm``, launch overhead and links: no published point was
-read for them).
+read for them). A class a GPU has points for, but only large ones, takes the ``INHERIT``
+curve below its smallest point (``_extend_below``). Today:
+
+- A100 (a100-sxm-80gb): own ``gemm`` (two best-shape bf16 GEMMs of the MAMF table, ~1e11 FLOPs;
+  below them Hopper's fall-off, capped) and own ``attention`` (FlashAttention-2 forward on A100,
+  paper figure and an SM80 measurement); ``attention_bwd`` inherited from Hopper (no A100
+  backward figure was found with its numbers in an opened source).
+- B200: own ``gemm``/fp8 ``gemm``; ``attention``, ``attention_bwd`` and fp8 ``grouped_gemm``
+  inherited from Hopper (the FlashAttention-4 figures opened gave only a headline peak, no
+  sequence length or head dim).
+- every GPU: ``memory_bound``, ``hbm`` and launch overhead from the default profile (no
+  published bandwidth sweep by message size, nor a launch-overhead measurement with its method,
+  was found in an opened source).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from moesim.calibrate.fit import bin_curve, display_path, work_time_s
-from moesim.sim.costmodel import CostModel, OpWork
+from moesim.calibrate.published_points import Point, read_points
+from moesim.sim.costmodel import CostModel
 from moesim.sim.profile import Curve, Profile, default_profile, repo_calibration_dir
 from moesim.specs import GPUSpec
 
@@ -63,8 +74,8 @@ FAMILY_REASON = (
 INHERIT: dict[str, tuple[str, str]] = {
     "a100-sxm-80gb": (
         "h100-sxm",
-        "no A100 kernel point was read from an opened source in this task; the nearest "
-        "architecture with points is Hopper (an assumption: Ampere kernels may reach a lower "
+        "no A100 point of this class (or size) was read from an opened source; the nearest "
+        "architecture with points is Hopper (an assumption: Ampere kernels may reach another "
         "fraction of peak)",
     ),
     "b200": (
@@ -77,85 +88,9 @@ CURVES = ("gemm", "grouped_gemm", "attention", "attention_bwd")
 FP8_CURVES = ("gemm", "grouped_gemm")
 PUBLISHED_DIR_NAME = "published"
 POINTS_PER_DECADE = 2
-# The curves are keyed on FLOPs alone, and the FlashAttention-3 figures show that at equal FLOPs
-# head dim 64 runs at 0.73x (forward) and 0.84x (backward) the throughput of head dim 128: FLOPs
-# is a poor key across head dims. Every model of the catalog's shipped scenarios attends with
-# head dim >= 128 (MLA: 192/128), so the attention curves are fitted on head dim >= 128 and the
-# head-dim-64 points are scored as held-out (their own validation class), not fitted.
-FIT_MIN_HEAD_DIM = 128
 # a GEMM point whose memory term explains this fraction of its time is not fitted (see
 # memory_explained); 0.9 leaves a point measured 10% above its bytes' time in the fit
 MEMORY_EXPLAINED = 0.9
-
-
-@dataclass(frozen=True)
-class Point:
-    """One published kernel measurement, as the cost model sees it."""
-
-    gpu: str
-    curve: str  # gemm | grouped_gemm | attention | attention_bwd
-    dtype: str  # bf16 | fp8
-    op: OpWork  # FLOPs and bytes in the simulator's counting
-    time_s: float  # the kernel's time implied by the published throughput
-    source: str
-    head_dim: int = 0  # attention only
-
-    @property
-    def x(self) -> float:
-        return max(self.op.flops / max(self.op.groups, 1), 1.0)
-
-    @property
-    def held_out(self) -> bool:
-        """Not fitted: attention below ``FIT_MIN_HEAD_DIM`` (see there)."""
-        return 0 < self.head_dim < FIT_MIN_HEAD_DIM
-
-    @property
-    def validation_class(self) -> str:
-        c = f"{self.curve}_{self.dtype}"
-        return f"{c}_headdim{self.head_dim}_held_out" if self.held_out else c
-
-
-def _int(v: str, default: int = 0) -> int:
-    return int(float(v)) if v not in ("", None) else default
-
-
-def read_points(path: str | Path) -> list[Point]:
-    """The CSV's rows as ``Point``s; a row without a source, or of an unknown kind, is an
-    error naming the row."""
-    out: list[Point] = []
-    with open(path, newline="") as f:
-        for i, r in enumerate(csv.DictReader(f), start=2):
-            if not (r.get("source") or "").strip():
-                raise ValueError(f"{path} line {i}: every point needs a source")
-            out.append(_point(r, f"{path} line {i}"))
-    return out
-
-
-def _point(r: dict[str, str], where: str) -> Point:
-    tflops = float(r["measured_TFLOPS"])
-    dtype = r["dtype"]
-    if r["op_class"] in ("gemm", "grouped_gemm"):
-        m, n, k, g = _int(r["m"]), _int(r["n"]), _int(r["k"]), _int(r["groups"], 1)
-        flops = 2.0 * m * n * k * g
-        in_b = 1 if dtype == "fp8" else 2
-        nbytes = g * ((m * k + n * k) * in_b + m * n * 2)  # bf16 output
-        op = OpWork(r["op_class"], r["op_class"], flops, nbytes, groups=g)  # type: ignore[arg-type]
-        return Point(r["gpu"], r["op_class"], dtype, op, flops / (tflops * 1e12), r["source"])
-    if r["op_class"] == "attention" and r["flop_convention"] == "flash-attn":
-        b, s, h, d = (_int(r[c]) for c in ("batch", "seqlen", "heads", "head_dim"))
-        causal = r["causal"] in ("1", "true", "True")
-        paper_fwd = 4.0 * b * s * s * h * d / (2 if causal else 1)
-        ctx = (s + 1) / 2.0 if causal else float(s)
-        model_fwd = 4.0 * h * d * ctx * b * s  # analytic.flops.attention_core_flops per token
-        io_bytes = 4 * b * s * h * d * 2  # q, k, v, o in bf16 (layer_costs' attn_core)
-        if r["direction"] == "bwd":
-            op = OpWork("attn_core_bwd", "attention", 2 * model_fwd, 2 * io_bytes, 2, backward=True)
-            t = 2.5 * paper_fwd / (tflops * 1e12)
-            return Point(r["gpu"], "attention_bwd", dtype, op, t, r["source"], d)
-        op = OpWork("attn_core", "attention", model_fwd, io_bytes)
-        return Point(r["gpu"], "attention", dtype, op, paper_fwd / (tflops * 1e12), r["source"], d)
-    kind = f"{r['op_class']}/{r['flop_convention']}"
-    raise ValueError(f"{where}: unknown op_class/flop_convention {kind}")
 
 
 def _peak_flops_per_s(gpu: GPUSpec, dtype: str) -> float:
@@ -217,6 +152,7 @@ def build_profile(
     compute_fp8: dict[str, Any] = {}
     used: list[Point] = []
     inherited: dict[str, str] = {}
+    extended: dict[str, str] = {}
     for target, dtype, names in (
         (compute, "bf16", CURVES),
         (compute_fp8, "fp8", FP8_CURVES if gpu.fp8_TFLOPS else ()),  # A100: no fp8 cores
@@ -224,7 +160,12 @@ def build_profile(
         for name in names:
             pts = [p for p in own if p.curve == name and p.dtype == dtype]
             if pts:
-                target[name] = _fit_curve(pts, gpu, launch_s, f"{name} {dtype}")
+                c = _fit_curve(pts, gpu, launch_s, f"{name} {dtype}")
+                if device in INHERIT:
+                    c = _extend_below(c, INHERIT[device][0], name, dtype, points, gpus, launch_s)
+                    if c.pop("_extended", False):
+                        extended[f"{name}_{dtype}"] = INHERIT[device][0]
+                target[name] = c
                 used += pts
             elif device in INHERIT:
                 src, why = INHERIT[device]
@@ -279,6 +220,7 @@ def build_profile(
             "points_by_class": _counts(used + held_out),
             "points_from": sorted({p.gpu for p in used}),
             "inherited": inherited,
+            "extended_below_from": extended,
         },
     }
     if profile["compute_fp8"] is None:
@@ -286,6 +228,43 @@ def build_profile(
     fitted = Profile.model_validate(profile)
     profile["validation"] = in_sample_errors(fitted, gpu, used + held_out)
     return profile
+
+
+def _extend_below(
+    curve: dict[str, Any],
+    src: str,
+    name: str,
+    dtype: str,
+    points: list[Point],
+    gpus: dict[str, GPUSpec],
+    launch_s: float,
+) -> dict[str, Any]:
+    """``curve`` (fitted on a GPU's own points) below its smallest point: the curve of ``src``
+    (the ``INHERIT`` architecture), capped at the own curve's first efficiency so it stays
+    non-decreasing. ``Curve`` holds its first value below its first point, so without this a
+    GPU whose only points are large (A100: two best-shape GEMMs of ~1e11 FLOPs) would read a
+    64x64 GEMM at the best shape's 87% of peak; the nearest architecture's small-size fall-off
+    is the better guess there (stated in the source). Sets ``_extended`` when it adds points."""
+    src_pts = [
+        p
+        for p in points
+        if p.gpu in COMPUTE_FAMILY[src] and not p.held_out and p.curve == name and p.dtype == dtype
+    ]
+    if not src_pts:
+        return curve
+    inherited = _fit_curve(src_pts, gpus[src], launch_s, f"{name} {dtype}")
+    x0, y0 = curve["points"][0]
+    below = [[x, min(y, y0)] for x, y in inherited["points"] if x < x0]
+    if not below:
+        return curve
+    return {
+        **curve,
+        "points": below + curve["points"],
+        "source": f"{curve['source']}. Below {x0:.3g} FLOPs per group (the smallest own point) "
+        f"the curve is {src}'s, capped at the first own efficiency ({y0:.3f}): no own point "
+        f"there, and {src}'s small-size fall-off is the nearest published one",
+        "_extended": True,
+    }
 
 
 def _grouped_from_dense(gemm: dict[str, Any], compute_fp8: dict[str, Any]) -> dict[str, Any]:
