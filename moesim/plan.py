@@ -64,12 +64,8 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from moesim.analytic.flops import token_flops
-from moesim.analytic.memory import (
-    effective_schedule,
-    memory_per_gpu,
-    n_microbatches,
-    sequences_per_step,
-)
+from moesim.analytic.memory import memory_per_gpu
+from moesim.analytic.microbatches import effective_schedule, n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
 from moesim.scenario_io import (
     ScenarioError,

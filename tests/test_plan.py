@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from moesim.analytic.memory import sequences_per_step
+from moesim.analytic.microbatches import sequences_per_step
 from moesim.plan import (
     SECONDS_PER_DAY,
     Candidate,

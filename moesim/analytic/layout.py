@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from moesim.specs import ModelSpec, ParallelSpec
-from moesim.specs.pipeline_layout import parse_layout, rank_string, split_layout
+from moesim.specs.pipeline_layout import parse_layout, rank_string, split_layout, split_of
 
 
 @dataclass(frozen=True)
@@ -74,16 +74,7 @@ def layout_symbols(m: ModelSpec, p: ParallelSpec) -> list[list[str]]:
     """The virtual stages of ``p`` for ``m`` (Megatron order), before layer numbering."""
     if p.pipeline_layout is not None:
         return parse_layout(p.pipeline_layout)
-    return split_layout(
-        m.n_layers + m.n_encoder_layers,
-        m.mtp_depth,
-        p.pp,
-        p.virtual_stages,
-        p.first_stage_layers,
-        p.last_stage_layers,
-        p.account_for_embedding,
-        p.account_for_loss,
-    )
+    return split_of(m, p)
 
 
 def stages_from_symbols(m: ModelSpec, virtual: list[list[str]], pp: int) -> list[StageLayout]:

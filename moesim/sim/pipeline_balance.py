@@ -30,7 +30,8 @@ from collections.abc import Callable
 import numpy as np
 
 from moesim.analytic.layout import layout_symbols
-from moesim.analytic.memory import effective_schedule, memory_per_stage, n_microbatches
+from moesim.analytic.memory import memory_per_stage
+from moesim.analytic.microbatches import effective_schedule, n_microbatches
 from moesim.sim.context import SimContext
 from moesim.sim.stage_extras import StageExtras, mtp_times_s
 from moesim.specs import ModelSpec, Scenario

@@ -48,7 +48,7 @@ from pathlib import Path
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.lora import LoRALayer, lora_counts, lora_forward_flops_per_token
-from moesim.analytic.memory import n_microbatches, sequences_per_step
+from moesim.analytic.microbatches import n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
 from moesim.analytic.post_training import (
     critic_model_of,

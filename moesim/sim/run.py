@@ -22,13 +22,8 @@ from pathlib import Path
 
 import simpy
 
-from moesim.analytic.memory import (
-    capped_microbatches,
-    memory_per_gpu,
-    memory_per_stage,
-    n_microbatches,
-    sequences_per_step,
-)
+from moesim.analytic.memory import memory_per_gpu, memory_per_stage
+from moesim.analytic.microbatches import capped_microbatches, n_microbatches, sequences_per_step
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
 from moesim.sim.moe_layer import moe_backward, moe_forward

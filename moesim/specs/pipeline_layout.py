@@ -15,6 +15,11 @@ i = a * pp_size + b, then layout[i] gives ... the a-th vpp stage and the b-th pp
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # specs.parallel imports this module
+    from moesim.specs.model import ModelSpec
+    from moesim.specs.parallel import ParallelSpec
 
 SYMBOLS = {"E": "embedding", "t": "transformer layer", "m": "MTP layer", "L": "loss"}
 _PAREN = re.compile(r"\(([^)]+)\)\*(\d+)")
@@ -243,3 +248,18 @@ def _uneven_ranks(
     if last is not None:
         per_rank[-1] = last
     return per_rank
+
+
+def split_of(m: ModelSpec, p: ParallelSpec) -> list[list[str]]:
+    """The virtual stages Megatron's split gives ``m`` under ``p``'s first/last stage layers
+    and account_for_* options (``split_layout`` with the scenario's fields)."""
+    return split_layout(
+        m.n_layers + m.n_encoder_layers,
+        m.mtp_depth,
+        p.pp,
+        p.virtual_stages,
+        p.first_stage_layers,
+        p.last_stage_layers,
+        p.account_for_embedding,
+        p.account_for_loss,
+    )

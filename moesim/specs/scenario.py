@@ -13,7 +13,7 @@ from moesim.specs.cost import Cost
 from moesim.specs.hardware import ClusterSpec
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import ParallelSpec
-from moesim.specs.pipeline_layout import check_layout, parse_layout, split_layout
+from moesim.specs.pipeline_layout import check_layout, parse_layout, split_of
 from moesim.specs.precision import Precision
 from moesim.specs.routing import Routing
 from moesim.specs.simulation import SimulationSpec
@@ -148,16 +148,7 @@ def _check_pipeline_split(p: ParallelSpec, m: ModelSpec) -> bool:
         check_layout(stages, p.pp, m.n_layers, m.mtp_depth, p.virtual_stages)
         return True
     if p.first_stage_layers or p.last_stage_layers or p.account_for_embedding or p.account_for_loss:
-        split_layout(
-            m.n_layers + m.n_encoder_layers,
-            m.mtp_depth,
-            p.pp,
-            p.virtual_stages,
-            p.first_stage_layers,
-            p.last_stage_layers,
-            p.account_for_embedding,
-            p.account_for_loss,
-        )
+        split_of(m, p)
         return True
     return False
 

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.analytic.memory import (
-    activation_bytes_per_token,
-    memory_per_gpu,
-    microbatches_in_flight,
-)
+from moesim.analytic.memory import activation_bytes_per_token, memory_per_gpu
+from moesim.analytic.microbatches import microbatches_in_flight
 from moesim.catalog import load_gpu
 from moesim.specs import ModelSpec, ParallelSpec, Scenario
 
