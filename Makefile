@@ -37,6 +37,7 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.
 reproduce: setup
