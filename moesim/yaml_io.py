@@ -29,6 +29,31 @@ YAMLLoader.add_implicit_resolver(
     list("-+0123456789."),
 )
 
+# YAML 1.2 integers: decimal (leading zeros stay decimal: `nodes: 010` is 10, not YAML 1.1's
+# octal 8), 0o octal, 0x hex. PyYAML's 1.1 resolver (also 0b, 1_000, base-60 `1:30`) is dropped.
+_INT_1_2 = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
+YAMLLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:int"]
+    for first, resolvers in YAMLLoader.yaml_implicit_resolvers.items()
+}
+YAMLLoader.add_implicit_resolver("tag:yaml.org,2002:int", _INT_1_2, list("-+0123456789"))
+
+
+def _construct_int_1_2(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> int:
+    text = str(loader.construct_scalar(node))
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    if text.startswith("0x"):
+        return int(text[2:], 16)
+    return int(text, 10)
+
+
+YAMLLoader.add_constructor("tag:yaml.org,2002:int", _construct_int_1_2)
+
+#: aliases may reuse a block, not multiply it: a file whose aliases expand past this many nodes
+#: (a "billion laughs") is refused before anything walks it
+MAX_EXPANDED_NODES = 200_000
+
 
 def read_text(path: str | Path) -> str:
     """A file's text as UTF-8 (a byte-order mark allowed); missing, unreadable or binary files
@@ -50,9 +75,29 @@ def read_text(path: str | Path) -> str:
         ) from None
 
 
-def _compose_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], source: str) -> None:
+def _compose_lines(
+    node: yaml.Node,
+    path: tuple,
+    out: dict[tuple, int],
+    source: str,
+    open_nodes: set[int] | None = None,
+) -> None:
     """Record the line of every key by its path; refuse a key given twice in one mapping
-    (PyYAML would silently keep the last one)."""
+    (PyYAML would silently keep the last one), an alias inside itself (a cycle) and aliases
+    that expand past ``MAX_EXPANDED_NODES``."""
+    open_nodes = set() if open_nodes is None else open_nodes
+    if id(node) in open_nodes:
+        raise YAMLFileError(
+            f"{source}:{node.start_mark.line + 1}: an alias refers to a block that contains "
+            "it (a cycle): write the value out instead"
+        )
+    if len(out) > MAX_EXPANDED_NODES:
+        raise YAMLFileError(
+            f"{source}: its aliases expand to more than {MAX_EXPANDED_NODES:,} values: "
+            "write the values out, or reuse a block fewer times"
+        )
+    if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+        open_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[Any, int] = {}
         for key_node, value_node in node.value:
@@ -67,11 +112,12 @@ def _compose_lines(node: yaml.Node, path: tuple, out: dict[tuple, int], source: 
                     )
                 seen[key] = line
             out[(*path, key)] = line
-            _compose_lines(value_node, (*path, key), out, source)
+            _compose_lines(value_node, (*path, key), out, source, open_nodes)
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
             out[(*path, i)] = item.start_mark.line + 1
-            _compose_lines(item, (*path, i), out, source)
+            _compose_lines(item, (*path, i), out, source, open_nodes)
+    open_nodes.discard(id(node))
 
 
 def load_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int]]:
@@ -84,6 +130,11 @@ def load_yaml_mapping(path: str | Path) -> tuple[dict[str, Any], dict[tuple, int
         if node is not None:
             _compose_lines(node, (), lines, str(p))
         data = yaml.load(text, Loader=YAMLLoader)
+    except RecursionError:
+        raise YAMLFileError(
+            f"{p}: nested too deeply to read (more levels than Python's recursion limit): "
+            "a scenario needs a few levels; flatten the file"
+        ) from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark else str(p)

@@ -230,7 +230,9 @@ def _run_plan_with_bar(spec):
 def sweep(
     file: Annotated[Path, typer.Argument(help="a sweep file (base scenario + grid)")],
     out: Annotated[Path | None, typer.Option("--out", "-o", help=".parquet or .csv")] = None,
-    workers: Annotated[int | None, typer.Option(help="local processes (default: cores)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="local processes, at least 1 (default: cores)")
+    ] = None,
     scheduler: Annotated[
         str | None, typer.Option(help="a Dask scheduler address, e.g. tcp://host:8786")
     ] = None,

@@ -47,7 +47,10 @@ ZeroStage = Annotated[Literal[0, 1, 2, 3], NO_BOOL_INT]
 class Spec(BaseModel):
     """A frozen pydantic model that refuses unknown keys."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    # no inf or nan anywhere: `usd_per_gpu_hour: .inf` is refused, not printed as Infinity
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", populate_by_name=True, allow_inf_nan=False
+    )
 
 
 class SpecError(ValueError):

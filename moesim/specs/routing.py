@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import Float, Int, Spec
+from moesim.specs.base import Float, NonNegativeInt, Spec
 
 
 class Routing(Spec):
@@ -20,7 +20,7 @@ class Routing(Spec):
     skew: Float = Field(1.0, ge=0, description="zipf exponent s: expert i gets ∝ 1/(i+1)^s")
     histogram: list[Float] | None = None
     histogram_file: str | None = None
-    seed: Int = 0
+    seed: NonNegativeInt = 0
 
     @model_validator(mode="after")
     def _check(self) -> Routing:

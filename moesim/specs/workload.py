@@ -9,7 +9,14 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from moesim.specs.base import Float, Fraction, Int, PositiveFloat, PositiveInt, Spec
+from moesim.specs.base import (
+    Float,
+    Fraction,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Spec,
+)
 from moesim.specs.model import ModelSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
@@ -131,7 +138,7 @@ class InferenceWorkload(Spec):
         "prompts are chunked over steps",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: Int = 0
+    seed: NonNegativeInt = 0
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
 
     @model_validator(mode="after")

@@ -124,3 +124,13 @@ def test_simulate_and_compare_print_names_that_look_like_markup(moesim, tmp_path
         r = moesim(*args)
         assert r.returncode == 0, r.output
         assert "[/]x [red]y" in r.stdout
+
+
+def test_sweep_refuses_fewer_than_one_worker(moesim, tmp_path: Path) -> None:
+    r = moesim(
+        "sweep", "scenarios/sweeps/mixtral-ep-vs-skew.yaml", "--workers", "-3",
+        "-o", str(tmp_path / "s.csv"),
+    )  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.output
+    assert "--workers" in r.output
+    assert not (tmp_path / "s.csv").exists()

@@ -243,3 +243,29 @@ def test_every_numeric_field_of_a_scenario_refuses_booleans() -> None:
             if not (validators or inner):
                 plain.append(f"{cls.__name__}.{name}")
     assert plain == []
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "text"),
+    [
+        ("cost", "usd_per_gpu_hour", ".inf"),
+        ("cost", "usd_per_gpu_hour", ".nan"),
+        ("workload", "total_tokens", ".inf"),
+    ],
+)
+def test_infinite_or_nan_numbers_are_refused(
+    files: ScenarioFiles, section: str, key: str, text: str
+) -> None:
+    """`.inf` was accepted and `--json` then printed Infinity, which is not JSON."""
+    data = {**BASE, section: {**BASE.get(section, {}), key: "PLACEHOLDER"}}
+    path = files.write(data)
+    path.write_text(path.read_text().replace("PLACEHOLDER", text))
+    with pytest.raises(ScenarioError, match=f"{section}.{key}: .*finite"):
+        load_scenario(path)
+
+
+def test_a_negative_routing_seed_is_refused_at_validation(files: ScenarioFiles) -> None:
+    """`routing.seed: -1` passed validation and failed inside the simulator."""
+    path = files.write({**BASE, "routing": {"distribution": "uniform", "seed": -1}})
+    with pytest.raises(ScenarioError, match="routing.seed"):
+        load_scenario(path)
