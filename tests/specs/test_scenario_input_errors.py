@@ -260,12 +260,12 @@ def test_infinite_or_nan_numbers_are_refused(
     data = {**BASE, section: {**BASE.get(section, {}), key: "PLACEHOLDER"}}
     path = files.write(data)
     path.write_text(path.read_text().replace("PLACEHOLDER", text))
-    with pytest.raises(ScenarioError, match=f"{section}.{key}: .*finite"):
+    with pytest.raises(ScenarioError, match=rf"{section}\.{key}: .*finite"):
         load_scenario(path)
 
 
 def test_a_negative_routing_seed_is_refused_at_validation(files: ScenarioFiles) -> None:
     """`routing.seed: -1` passed validation and failed inside the simulator."""
     path = files.write({**BASE, "routing": {"distribution": "uniform", "seed": -1}})
-    with pytest.raises(ScenarioError, match="routing.seed"):
+    with pytest.raises(ScenarioError, match=r"routing\.seed"):
         load_scenario(path)
