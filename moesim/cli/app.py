@@ -36,6 +36,25 @@ def print_error(message: str) -> None:
     err_console.print(Text.assemble(("error:", "bold red"), " ", message), highlight=False)
 
 
+def refuse_overwriting_inputs(option: str, output: Path | None, *inputs: Path) -> None:
+    """An output path that names one of the command's input files is a user error, raised
+    before any work: ``simulate F --trace F`` would replace the scenario with its trace."""
+    if output is None:
+        return
+    for given in inputs:
+        try:
+            same = output.resolve() == given.resolve() or (
+                output.exists() and given.exists() and output.samefile(given)
+            )
+        except OSError:
+            same = False
+        if same:
+            raise UserError(
+                f"{option} {output} is the input file {given}: writing it would overwrite "
+                "the input; choose another path"
+            )
+
+
 def write_output(path: Path, text: str) -> None:
     """Write a command's ``-o`` file; a path that cannot be written is a user error."""
     try:

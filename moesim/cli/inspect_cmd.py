@@ -12,7 +12,14 @@ from rich.table import Table
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.params import count_params
-from moesim.cli.app import UserError, app, console, print_json, write_output
+from moesim.cli.app import (
+    UserError,
+    app,
+    console,
+    print_json,
+    refuse_overwriting_inputs,
+    write_output,
+)
 from moesim.scenario_io import (
     EXPECT_KEY,
     ScenarioError,
@@ -213,6 +220,7 @@ def import_hf(
     YAML."""
     from moesim.hf_import import HFImportError, model_yaml_from_hf
 
+    refuse_overwriting_inputs("--out", out, config)
     try:
         text = model_yaml_from_hf(config, name=name)
     except HFImportError as e:

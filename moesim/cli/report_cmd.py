@@ -11,7 +11,14 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from moesim.cli.app import UserError, app, console, err_console, print_json
+from moesim.cli.app import (
+    UserError,
+    app,
+    console,
+    err_console,
+    print_json,
+    refuse_overwriting_inputs,
+)
 from moesim.scenario_io import ScenarioError, file_kind, load_scenario, load_yaml
 from moesim.specs import Result, Scenario
 
@@ -142,7 +149,9 @@ def compare(
 ) -> None:
     """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost; for serving,
     TTFT and TPOT percentiles, output tokens/s per GPU and $ per million output tokens."""
+    refuse_overwriting_inputs("--html", html, *files)
     name, desc, scenarios, paths = _scenarios_from_args(files)
+    refuse_overwriting_inputs("--html", html, *paths)
     results, traces = _simulate_all(scenarios, paths, traces=html is not None)
     if as_json:
         print_json({"name": name, "results": [r.to_json_dict() for r in results]})
@@ -181,6 +190,7 @@ def report(
     data, _ = load_yaml(file)
     kind = file_kind(data)
     out = out or Path("reports") / f"{file.stem}.html"
+    refuse_overwriting_inputs("--out", out, file)
     if kind == "scenario":
         rep = build.scenario_report(
             load_scenario(file), base_dir=file.parent, sensitivity=not no_sensitivity
@@ -241,8 +251,16 @@ def sweep(
     """Simulate every point of a grid over scenario fields (local processes or Dask)."""
     from moesim.sweep import load_sweep, run_sweep, write_frame
 
+    refuse_overwriting_inputs("--out", out, file)
+    refuse_overwriting_inputs("--html", html, file)
     spec = load_sweep(file)
     frame = _run_sweep_with_bar(spec, run_sweep, workers, scheduler)
+    failed = frame["error"].notna() if "error" in frame else None
+    if failed is not None and len(frame) and bool(failed.all()):
+        raise UserError(
+            f"{file}: every one of the {len(frame)} points failed, so nothing was written; "
+            f"the first: {frame['error'].iloc[0]}"
+        )
     out = out or Path("out") / f"{spec.name}.csv"
     console.print(f"{len(frame)} scenarios → wrote {write_frame(frame, out)}")
     if html is not None:
@@ -261,6 +279,7 @@ def plan(
     fits and meets the constraints; report the Pareto front of time vs cost."""
     from moesim.plan import load_plan
 
+    refuse_overwriting_inputs("--html", html, file)
     result = _run_plan_with_bar(load_plan(file))
     if as_json:
         print_json(result.to_json_dict())

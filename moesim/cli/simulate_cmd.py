@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from moesim.cli.app import UserError, app, console, print_json
+from moesim.cli.app import UserError, app, console, print_json, refuse_overwriting_inputs
 from moesim.scenario_io import EXPECT_KEY, file_kind, load_scenario, load_yaml
 from moesim.specs import POST_TRAINING_PHASES, Scenario
 
@@ -67,6 +67,7 @@ def simulate(
 
     if fidelity not in (None, "symmetric", "full"):
         raise UserError(f"--fidelity must be 'symmetric' or 'full', got {fidelity!r}")
+    refuse_overwriting_inputs("--trace", trace, file)
     data = load_yaml(file)[0]
     kind = file_kind(data)
     if kind != "scenario":

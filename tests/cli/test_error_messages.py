@@ -134,3 +134,48 @@ def test_sweep_refuses_fewer_than_one_worker(moesim, tmp_path: Path) -> None:
     assert r.returncode == 2 and "Traceback" not in r.output
     assert "--workers" in r.output
     assert not (tmp_path / "s.csv").exists()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("simulate", "{f}", "--trace", "{f}"),
+        ("report", "{f}", "-o", "{f}"),
+        ("compare", "{f}", "--html", "{f}"),
+        ("sweep", "{sweep}", "-o", "{sweep}"),
+        ("sweep", "{sweep}", "--html", "{sweep}"),
+        ("plan", "{plan}", "--html", "{plan}"),
+        ("import-hf", "{hf}", "-o", "{hf}"),
+    ],
+)
+def test_no_command_writes_over_its_input(moesim, tmp_path: Path, args: tuple[str, ...]) -> None:
+    """`simulate F --trace F` and its kin replaced the input without a word; now a named error
+    before any work, and the input is byte for byte what it was."""
+    root = Path(__file__).parents[2]
+    inputs = {
+        "f": root / "scenarios" / "mixtral-8x7b-pretrain-256xh100.yaml",
+        "sweep": root / "scenarios" / "sweeps" / "mixtral-ep-vs-skew.yaml",
+        "plan": root / "scenarios" / "plans" / "mixtral-pretrain-30-days.yaml",
+        "hf": root / "tests" / "data" / "hf" / "mixtral-8x7b.json",
+    }
+    copies = {}
+    for key, src in inputs.items():
+        dst = tmp_path / src.name
+        dst.write_bytes(src.read_bytes())
+        copies[key] = dst
+    argv = [a.format(**{k: str(v) for k, v in copies.items()}) for a in args]
+    used = next(copies[k] for k in copies if str(copies[k]) in argv)
+    before = used.read_bytes()
+    r = moesim(*argv)
+    assert_user_error(r, "would overwrite the input")
+    assert used.read_bytes() == before
+
+
+def test_a_sweep_whose_every_point_fails_is_an_error(moesim, tmp_path: Path) -> None:
+    """A key typo in the grid made every row an error and still exited 0."""
+    base = Path(__file__).parents[2] / "scenarios" / "mixtral-8x7b-pretrain-256xh100.yaml"
+    sweep = tmp_path / "bad.yaml"
+    sweep.write_text(f"name: bad\nbase: {base}\ngrid:\n  parallel.epp: [1, 2]\n")
+    r = moesim("sweep", str(sweep), "-o", str(tmp_path / "bad.csv"))
+    assert_user_error(r, "every one of the 2 points failed", "epp")
+    assert not (tmp_path / "bad.csv").exists()
