@@ -4,6 +4,8 @@ that the rest of the CLI works without it."""
 
 from __future__ import annotations
 
+import math
+import re
 from pathlib import Path
 from typing import Annotated
 
@@ -53,7 +55,24 @@ def train(
         raise UserError(f"--balance must be one of {', '.join(BALANCING)}, got '{balance}'")
     if steps < 1:
         raise UserError("--steps must be at least 1")
+    for option, value in (("--batch-size", batch_size), ("--seq-len", seq_len)):
+        if value < 1:
+            raise UserError(f"{option} must be at least 1, got {value}")
+    if not (math.isfinite(lr) and lr > 0):
+        raise UserError(f"--lr must be a finite positive learning rate, got {lr}: e.g. 1e-3")
+    if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
+        raise UserError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    if routing_histogram is not None and not routing_histogram.parent.is_dir():
+        raise UserError(
+            f"--routing-histogram {routing_histogram}: its folder does not exist: create it "
+            "first (checked before training, so no run is lost)"
+        )
     spec = load_model_arg(model)
+    if seq_len > spec.max_seq_len:
+        raise UserError(
+            f"--seq-len {seq_len} exceeds {spec.name}'s max_seq_len {spec.max_seq_len}: "
+            f"use at most {spec.max_seq_len}"
+        )
     try:
         import torch
     except ImportError:

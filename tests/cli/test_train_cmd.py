@@ -68,6 +68,15 @@ def test_moe_pretrain_writes_a_histogram_the_simulator_reads(moesim, tmp_path):
         (("train", "pretrain", "--device", "cuda"), "no CUDA device"),
         (("train", "pretrain", "--model", "tiny-dens"), "tiny-dense"),  # close match listed
         (("train", "pretrain", "--routing-histogram", "h.json"), "is dense"),
+        (("train", "pretrain", "--batch-size", "0"), "--batch-size must be at least 1"),
+        (("train", "pretrain", "--seq-len", "0"), "--seq-len must be at least 1"),
+        (("train", "pretrain", "--device", "tpu"), "--device must be cpu, cuda or cuda:N"),
+        (("train", "pretrain", "--seq-len", "100000"), "exceeds tiny-dense's max_seq_len 256"),
+        (("train", "pretrain", "--lr", "inf"), "--lr must be a finite positive"),
+        (
+            ("train", "pretrain", "--model", "tiny-moe", "--routing-histogram", "/no/dir/h.json"),
+            "its folder does not exist",
+        ),
     ],
 )
 def test_user_errors_exit_2_without_a_traceback(moesim, tmp_path, args, message):
