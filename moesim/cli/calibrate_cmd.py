@@ -45,7 +45,13 @@ def run_cmd(
     quick: Annotated[
         bool, typer.Option("--quick", help="tiny sizes (CI, ~1 min on a CPU)")
     ] = False,
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("calibration"),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="output folder (default: calibration/; with --quick out/calibration-quick/, "
+            "so a smoke test never replaces a committed profile)"
+        ),
+    ] = None,
     only: Annotated[
         str | None,
         typer.Option(
@@ -79,6 +85,8 @@ def run_cmd(
         raise UserError("moesim calibrate needs torch: pip install 'moesim[torch]'") from e
     from moesim.calibrate.run import run_calibration
 
+    if out is None:
+        out = Path("out") / "calibration-quick" if quick else Path("calibration")
     try:
         result = run_calibration(
             device,
@@ -116,6 +124,12 @@ def run_cmd(
             console.print(f"  {f}", highlight=False)
     if result.validation:
         _print_validation(result.validation)
+    if quick:
+        console.print(
+            "[yellow]--quick is a smoke test:[/] tiny sizes that no GPU or CPU runs at its "
+            "speed, so its fit and errors say nothing about the device; run without --quick "
+            "for a profile"
+        )
 
 
 @calibrate_app.command("validate")

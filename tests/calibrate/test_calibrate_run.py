@@ -186,3 +186,26 @@ def test_append_writes_the_host_copy_class_over_an_old_csvs_copy_labels(tmp_path
     by_op = after.groupby("op")["op_class"].agg(set).to_dict()
     assert by_op["h2d"] == by_op["d2h"] == {"host_copy"} and by_op["d2d"] == {"copy"}
     assert (after["op"] == "h2d").sum() == len(d2d)
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [(["--quick"], "out/calibration-quick"), ([], "calibration")],
+)
+def test_a_quick_run_writes_beside_the_committed_profile_never_over_it(
+    monkeypatch, args: list[str], expected: str
+):
+    """The README tour's `--quick` run overwrote calibration/cpu.json and its measurements;
+    without --out it now writes to out/calibration-quick/ and says it is a smoke test."""
+    import moesim.calibrate.run as run_mod
+
+    seen = {}
+
+    def fake_run(device, **kw):
+        seen["out_dir"] = kw["out_dir"]
+        raise RuntimeError("stopped after choosing the folder")
+
+    monkeypatch.setattr(run_mod, "run_calibration", fake_run)
+    res = CliRunner().invoke(app, ["calibrate", "run", "--device", "cpu", *args])
+    assert res.exit_code != 0  # the app turns the stop into a user error
+    assert str(seen["out_dir"]) == expected
