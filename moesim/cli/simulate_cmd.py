@@ -171,6 +171,8 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     if isinstance(prof, dict):  # which calibration profile timed the ops
         table.add_row("profile", escape(f"{prof['device']} ({prof['kind']})"))
     console.print(table)
+    if "note" in d:  # a result that needs a word (serving: no request arrived)
+        console.print(f"[bold yellow]note:[/] {escape(d['note'])}", highlight=False)
     if "memory_note" in d:  # why it does not fit (serving, post-training)
         console.print(f"[bold red]does not fit:[/] {escape(d['memory_note'])}", highlight=False)
     tb = Table(title="time per step (mean over simulated ranks)")

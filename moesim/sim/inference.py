@@ -607,6 +607,13 @@ def simulate_inference(
         },
         "profile": profile_label(cost.ctx.profile),
     }
+    if not reqs:  # Poisson arrivals that produced no request in the window
+        rate, window = w.arrival_rate_per_s, w.duration_s
+        extra["note"] = (
+            f"no request arrived: {rate:g} requests/s over {window:g} s expects "
+            f"{(rate or 0) * (window or 0):.3g}; raise workload.arrival_rate_per_s or "
+            "workload.duration_s (TTFT and TPOT need at least one request)"
+        )
     if out_per_s > 0:
         extra["cost_per_million_tokens_usd"] = usd_per_s / out_per_s * 1e6
         if w.total_tokens:

@@ -395,3 +395,13 @@ def test_expert_offload_takes_the_calibrated_pcie_fraction(tmp_path):
     d["simulation"] = {**d.get("simulation", {}), "profile": str(path)}
     measured = ReplicaCost(scenario_from_dict(d)).decode(4, 4 * 600)
     assert measured.offload_s == pytest.approx(2 * nominal.offload_s)
+
+
+def test_poisson_serving_where_no_request_arrives_says_so():
+    """It exited 0 with no TTFT/TPOT and no word."""
+    path = Path(__file__).parents[2] / "scenarios" / "serving" / "mixtral-8x7b-poisson-8xh100.yaml"
+    data, _ = load_yaml(path)
+    data["workload"] = {**data["workload"], "arrival_rate_per_s": 0.001, "duration_s": 1.0}
+    r = simulate(scenario_from_dict(data)).to_json_dict()
+    assert r["requests"] == 0 and "ttft_s_p50" not in r
+    assert "no request arrived" in r["note"] and "arrival_rate_per_s" in r["note"]
