@@ -56,7 +56,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,6 +69,7 @@ from moesim.analytic.microbatches import effective_schedule, n_microbatches, seq
 from moesim.analytic.params import count_params
 from moesim.scenario_io import (
     ScenarioError,
+    apply_overrides,
     format_validation_error,
     load_yaml,
     resolve_ids,
@@ -232,9 +233,11 @@ class PlanSpec:
         return self.base["workload"].get("stage") == "inference"
 
 
-def load_plan(path: str | Path) -> PlanSpec:
+def load_plan(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> PlanSpec:
+    """A plan file; ``overrides`` (``--set``) replace its fields first."""
     path = Path(path)
     data, lines = load_yaml(path)
+    apply_overrides(data, overrides)
     return plan_from_dict(data, path.parent, str(path), lines)
 
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import copy
 import re
 import types
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
+import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -276,6 +278,51 @@ def _nearest_line(loc: tuple, lines: dict[tuple, int]) -> int | None:
     return None
 
 
+def set_dotted(d: dict[str, Any], key: str, value: Any, label: str = "grid key") -> None:
+    """``set_dotted(d, "parallel.ep", 8)`` sets d["parallel"]["ep"] (creating dicts on the way).
+
+    A catalog id at a parent key (``cluster.gpu: h100-sxm``) cannot take sub-keys: set the id.
+    """
+    parts = key.split(".")
+    node = d
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ScenarioError(f"{label} {key}: '{part}' is {child!r}, not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
+    """``--set key=value`` arguments as (dotted key, value); the value is read as YAML, so it
+    is typed as the file would be (``16``, ``0.5``, ``fp8``, ``{distribution: zipf}``) and the
+    schema then checks it like any other field."""
+    out: list[tuple[str, Any]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ScenarioError(
+                f"--set {item!r}: write key=value with a dotted key, e.g. --set parallel.ep=16"
+            )
+        try:
+            value = yaml.load(text, Loader=yaml_io.YAMLLoader) if text.strip() else None
+        except yaml.YAMLError:
+            raise ScenarioError(f"--set {key}: {text!r} is not a value YAML can read") from None
+        if value is None:
+            raise ScenarioError(f"--set {key}: give a value after '=', e.g. --set {key}=8")
+        out.append((key, value))
+    return out
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[tuple[str, Any]]) -> None:
+    """Set each (dotted key, value) in a file's mapping, in order (``--set``)."""
+    for key, value in overrides:
+        set_dotted(data, key, value, label="--set")
+
+
 # -- public loaders -----------------------------------------------------------------------------
 def scenario_from_dict(
     data: dict[str, Any], source: str = "", lines: dict | None = None, base: Path | None = None
@@ -287,13 +334,15 @@ def scenario_from_dict(
         raise ScenarioError(format_validation_error(e, source, lines)) from None
 
 
-def load_scenario(path: str | Path) -> Scenario:
-    """A Scenario from a YAML file, with file:line in every error.
+def load_scenario(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> Scenario:
+    """A Scenario from a YAML file, with file:line in every error; ``overrides`` (``--set``,
+    from ``parse_overrides``) replace fields first.
 
     A published case's ``expect`` block is set aside: it describes the source's measurement,
     not the run (``moesim.reproduce.cases`` validates it)."""
     data, lines = load_yaml(path)
     data = {k: v for k, v in data.items() if k != EXPECT_KEY}
+    apply_overrides(data, overrides)
     return scenario_from_dict(data, str(path), lines, base=Path(path).parent)
 
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict
+from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict, set_dotted
 
 Row = dict[str, Any]
 Runner = Callable[[dict[str, Any]], Row]
@@ -83,23 +83,6 @@ def sweep_from_dict(
     if not grid and not zipped:
         raise ScenarioError(f"{where}grid: give at least one key to vary")
     return SweepSpec(data.get("name", "sweep"), base, grid, zipped, base_dir)
-
-
-def set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
-    """``set_dotted(d, "parallel.ep", 8)`` sets d["parallel"]["ep"] (creating dicts on the way).
-
-    A catalog id at a parent key (``cluster.gpu: h100-sxm``) cannot take sub-keys: set the id.
-    """
-    parts = key.split(".")
-    node = d
-    for part in parts[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise ScenarioError(f"grid key {key}: '{part}' is {child!r}, not a mapping")
-        node = child
-    node[parts[-1]] = value
 
 
 def _label(value: Any) -> str:

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from moesim.scenario_io import ScenarioError
-from moesim.sweep import expand, set_dotted, sweep_from_dict
+from moesim.scenario_io import ScenarioError, set_dotted
+from moesim.sweep import expand, sweep_from_dict
 
 SCENARIOS = Path(__file__).parent.parent / "scenarios"
 

@@ -3,6 +3,7 @@ decide what to train or serve, on which cluster."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -19,14 +20,23 @@ from moesim.cli.app import (
     print_json,
     refuse_overwriting_inputs,
 )
-from moesim.scenario_io import ScenarioError, file_kind, load_scenario, load_yaml
+from moesim.scenario_io import (
+    ScenarioError,
+    file_kind,
+    load_scenario,
+    load_yaml,
+    parse_overrides,
+)
 from moesim.specs import Result, Scenario
 
 COMPARISON_KEYS = {"name", "description", "scenarios"}
 
 
-def load_comparison(path: Path) -> tuple[str, str, list[Scenario]]:
-    """A comparison file: ``scenarios:`` lists scenario files (relative to it)."""
+def load_comparison(
+    path: Path, overrides: Sequence[tuple[str, Any]] = ()
+) -> tuple[str, str, list[Scenario]]:
+    """A comparison file: ``scenarios:`` lists scenario files (relative to it); ``overrides``
+    (``--set``) apply to each of them."""
     data, _ = load_yaml(path)
     unknown = set(data) - COMPARISON_KEYS
     if unknown:
@@ -38,11 +48,13 @@ def load_comparison(path: Path) -> tuple[str, str, list[Scenario]]:
     return (
         data.get("name", path.stem),
         data.get("description", ""),
-        [load_scenario(path.parent / f) for f in files],
+        [load_scenario(path.parent / f, overrides) for f in files],
     )
 
 
-def _scenarios_from_args(files: list[Path]) -> tuple[str, str, list[Scenario], list[Path]]:
+def _scenarios_from_args(
+    files: list[Path], overrides: Sequence[tuple[str, Any]] = ()
+) -> tuple[str, str, list[Scenario], list[Path]]:
     if len(files) == 1:
         data, _ = load_yaml(files[0])
         if "scenarios" not in data:
@@ -50,10 +62,10 @@ def _scenarios_from_args(files: list[Path]) -> tuple[str, str, list[Scenario], l
                 f"{files[0]}: give two or more scenario files, or a comparison file with a "
                 "'scenarios:' list"
             )
-        name, desc, scenarios = load_comparison(files[0])
+        name, desc, scenarios = load_comparison(files[0], overrides)
         base = files[0].parent
         return name, desc, scenarios, [base / f for f in data["scenarios"]]
-    scenarios = [load_scenario(f) for f in files]
+    scenarios = [load_scenario(f, overrides) for f in files]
     return " vs ".join(s.name for s in scenarios), "", scenarios, list(files)
 
 
@@ -146,11 +158,19 @@ def compare(
     files: Annotated[list[Path], typer.Argument(help="scenario files, or one comparison file")],
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a field of every scenario: dotted key=value, repeatable "
+            "(--set parallel.ep=16); typed as the file would be, checked by the schema",
+        ),
+    ] = None,
 ) -> None:
     """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost; for serving,
     TTFT and TPOT percentiles, output tokens/s per GPU and $ per million output tokens."""
     refuse_overwriting_inputs("--html", html, *files)
-    name, desc, scenarios, paths = _scenarios_from_args(files)
+    name, desc, scenarios, paths = _scenarios_from_args(files, parse_overrides(sets or []))
     refuse_overwriting_inputs("--html", html, *paths)
     results, traces = _simulate_all(scenarios, paths, traces=html is not None)
     if as_json:
@@ -183,6 +203,14 @@ def report(
     no_sensitivity: Annotated[
         bool, typer.Option("--no-sensitivity", help="skip the sensitivity curves (faster)")
     ] = False,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="scenario, comparison or plan files: override a field, dotted key=value, "
+            "repeatable (--set parallel.ep=16); checked by the schema",
+        ),
+    ] = None,
 ) -> None:
     """A self-contained HTML report (plotly inlined, opens offline) for any moesim file."""
     from moesim.report import build
@@ -191,12 +219,15 @@ def report(
     kind = file_kind(data)
     out = out or Path("reports") / f"{file.stem}.html"
     refuse_overwriting_inputs("--out", out, file)
+    overrides = parse_overrides(sets or [])
+    if overrides and kind not in ("scenario", "comparison", "plan"):
+        raise UserError(f"{file}: --set applies to scenario, comparison and plan files")
     if kind == "scenario":
         rep = build.scenario_report(
-            load_scenario(file), base_dir=file.parent, sensitivity=not no_sensitivity
+            load_scenario(file, overrides), base_dir=file.parent, sensitivity=not no_sensitivity
         )
     elif kind == "comparison":
-        name, desc, scenarios = load_comparison(file)
+        name, desc, scenarios = load_comparison(file, overrides)
         paths = [file.parent / f for f in data["scenarios"]]
         results, traces = _simulate_all(scenarios, paths, traces=True)
         rep = build.comparison_report(
@@ -216,7 +247,9 @@ def report(
     else:
         from moesim.plan import load_plan
 
-        rep = build.plan_report(_run_plan_with_bar(load_plan(file)), base_dir=file.parent)
+        rep = build.plan_report(
+            _run_plan_with_bar(load_plan(file, overrides)), base_dir=file.parent
+        )
     console.print(f"wrote {rep.write(out)}")
 
 
@@ -274,13 +307,21 @@ def plan(
     file: Annotated[Path, typer.Argument(help="a plan file (model, gpu, workload, search)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a field: dotted key=value, repeatable "
+            "(--set constraints.deadline_days=20); checked by the schema",
+        ),
+    ] = None,
 ) -> None:
     """Search GPU counts and parallel layouts for the cheapest or fastest configuration that
     fits and meets the constraints; report the Pareto front of time vs cost."""
     from moesim.plan import load_plan
 
     refuse_overwriting_inputs("--html", html, file)
-    result = _run_plan_with_bar(load_plan(file))
+    result = _run_plan_with_bar(load_plan(file, parse_overrides(sets or [])))
     if as_json:
         print_json(result.to_json_dict())
     else:

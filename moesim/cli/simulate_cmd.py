@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from moesim.cli.app import UserError, app, console, print_json, refuse_overwriting_inputs
-from moesim.scenario_io import EXPECT_KEY, file_kind, load_scenario, load_yaml
+from moesim.scenario_io import EXPECT_KEY, file_kind, load_scenario, load_yaml, parse_overrides
 from moesim.specs import POST_TRAINING_PHASES, Scenario
 
 if TYPE_CHECKING:
@@ -58,6 +58,14 @@ def simulate(
             "else calibration/published/<id>.json); overrides simulation.profile"
         ),
     ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a field: dotted key=value, repeatable (--set parallel.ep=16); "
+            "typed as the file would be, checked by the schema",
+        ),
+    ] = None,
 ) -> None:
     """Simulate one training step (or one MoE layer) of a scenario: step time, throughput,
     MFU, memory per GPU and where the time goes."""
@@ -83,7 +91,7 @@ def simulate(
         if case.scenario is None:
             raise UserError(f"{file}: unsupported: {case.expect.unsupported}")
         expect = case.expect
-    s = load_scenario(file)
+    s = load_scenario(file, parse_overrides(sets or []))
     if profile is not None:
         s = s.model_copy(
             update={"simulation": s.simulation.model_copy(update={"profile": profile})}
