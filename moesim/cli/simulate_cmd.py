@@ -69,7 +69,7 @@ def simulate(
 ) -> None:
     """Simulate one training step (or one MoE layer) of a scenario: step time, throughput,
     MFU, memory per GPU and where the time goes."""
-    from moesim.sim.profile import Profile  # noqa: F401  (fail early on a broken install)
+    from moesim.sim.profile import ProfileError
     from moesim.sim.run import UnsupportedStage
     from moesim.sim.run import simulate as run_simulation
 
@@ -99,6 +99,8 @@ def simulate(
     try:
         result = run_simulation(s, fidelity=fidelity, trace_path=trace, base_dir=file.parent)
     except (UnsupportedStage, FileNotFoundError) as e:
+        raise UserError(str(e)) from None
+    except ProfileError as e:  # --profile / simulation.profile: the file's fault, not F's
         raise UserError(str(e)) from None
     except ValueError as e:  # a schedule or routing input that cannot be simulated
         raise UserError(f"{file}: {e}") from None

@@ -63,7 +63,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 OpClass = Literal["gemm", "grouped_gemm", "attention", "memory_bound"]
 OP_CLASSES: tuple[str, ...] = ("gemm", "grouped_gemm", "attention", "memory_bound")
@@ -164,8 +164,25 @@ def profile_label(p: Profile) -> dict[str, str]:
     return {"device": p.device, "kind": profile_kind(p)}
 
 
+class ProfileError(ValueError):
+    """A calibration profile file that cannot be read; the message names the file."""
+
+
 def load_profile(path: str | Path) -> Profile:
-    return Profile.model_validate(json.loads(Path(path).read_text()))
+    """A profile JSON; a file that is not one is a ProfileError naming the file and fields."""
+    try:
+        return Profile.model_validate(json.loads(Path(path).read_text()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(x) for x in err['loc']) or 'file'}: {err['msg']}"
+            for err in e.errors()[:6]
+        )
+        raise ProfileError(
+            f"profile {path}: not a moesim calibration profile ({problems}): give a file "
+            "that `moesim calibrate run` or `python -m moesim.calibrate.published` wrote"
+        ) from None
 
 
 @lru_cache(maxsize=1)

@@ -37,7 +37,9 @@ def expert_probabilities(
     if routing.distribution == "uniform":
         return np.full(n_experts, 1.0 / n_experts)
     if routing.distribution == "zipf":
-        w = 1.0 / np.arange(1, n_experts + 1, dtype=float) ** routing.skew
+        # 1/k^skew in log space: any skew (1e6 too) without overflow; the top rank keeps 1
+        log_w = -routing.skew * np.log(np.arange(1, n_experts + 1, dtype=float))
+        w = np.exp(log_w - log_w.max())
         perm = np.random.default_rng([routing.seed, 0x5EED]).permutation(n_experts)
         p = np.empty(n_experts)
         p[perm] = w

@@ -114,7 +114,8 @@ def _check_parallel_vs_model(p: ParallelSpec, m: ModelSpec) -> None:
         raise ValueError(
             f"parallel: ep·etp = {p.ep}·{p.etp} = {p.ep * p.etp} must divide tp·cp·dp = "
             f"{p.tp}·{p.cp}·{p.dp_size} = {attn_ranks} (experts are folded out of the "
-            "attention ranks of one pipeline stage): lower ep or raise dp"
+            "attention ranks of one pipeline stage): "
+            + ("lower ep or etp (a divisor), or raise dp" if p.etp > 1 else "lower ep or raise dp")
         )
     if m.moe.expert_hidden % p.etp:
         raise ValueError(

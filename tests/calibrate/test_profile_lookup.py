@@ -132,3 +132,17 @@ def test_committed_profiles_still_load_and_pcie_is_optional():
     raw["links"]["pcie"]["value"] = 1.5
     with pytest.raises(ValidationError, match="pcie"):
         Profile.model_validate(raw)
+
+
+def test_a_file_that_is_not_a_profile_names_the_file_and_its_fields(tmp_path):
+    """A bad --profile was blamed on the scenario and printed as pydantic's raw dump."""
+    from moesim.sim.profile import ProfileError, load_profile
+
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1}')
+    with pytest.raises(ProfileError, match=r"profile .*bad\.json: not a moesim .*device: Field"):
+        load_profile(bad)
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(ProfileError, match="cannot read it as JSON"):
+        load_profile(broken)

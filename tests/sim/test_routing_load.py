@@ -53,3 +53,18 @@ def test_same_seed_same_draws_other_seed_other_draws():
     b = RoutingSampler(p, 2, 4, seed=7).draw_group(3, 500, 1).copies_NE
     c = RoutingSampler(p, 2, 4, seed=8).draw_group(3, 500, 1).copies_NE
     assert (a == b).all() and not (a == c).all()
+
+
+def test_an_enormous_zipf_skew_is_one_hot_without_overflow():
+    """`skew: 1e6` printed numpy's overflow RuntimeWarning with a source path; in log space
+    the top expert takes every token and nothing overflows."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        p = expert_probabilities(Routing(distribution="zipf", skew=1e6), 8)
+    assert p.max() == 1.0 and p.sum() == 1.0
+    mild = expert_probabilities(Routing(distribution="zipf", skew=1.0), 8)
+    assert sorted(mild, reverse=True) == pytest.approx(
+        [1 / k / sum(1 / j for j in range(1, 9)) for k in range(1, 9)]
+    )

@@ -109,6 +109,7 @@ def test_etp_counts_in_the_expert_fold(files: ScenarioFiles) -> None:
         {"model": "qwen3-30b-a3b", "parallel": {"ep": 8, "etp": 2}},
         "parallel",
         "ep·etp = 8·2 = 16 must divide tp·cp·dp = 1·1·8 = 8",
+        "lower ep or etp (a divisor), or raise dp",  # etp: 3 was told only of ep and dp
     )
 
 
