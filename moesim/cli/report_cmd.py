@@ -3,6 +3,7 @@ decide what to train or serve, on which cluster."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
@@ -253,6 +254,13 @@ def report(
     console.print(f"wrote {rep.write(out)}")
 
 
+def safe_file_stem(name: str) -> str:
+    """A sweep's name as a file name inside ./out: no folders (``/``, ``..``), no odd
+    characters, at most 120 characters (a 300-character name failed as too long)."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-")[:120].strip(".-")
+    return stem or "sweep"
+
+
 def _run_sweep_with_bar(spec, run_sweep, workers, scheduler):
     with _progress() as bar:
         task = bar.add_task(f"sweep {spec.name}", total=spec.size)
@@ -294,8 +302,12 @@ def sweep(
             f"{file}: every one of the {len(frame)} points failed, so nothing was written; "
             f"the first: {frame['error'].iloc[0]}"
         )
-    out = out or Path("out") / f"{spec.name}.csv"
-    console.print(f"{len(frame)} scenarios → wrote {write_frame(frame, out)}")
+    out = out or Path("out") / f"{safe_file_stem(spec.name)}.csv"
+    replaced = out.exists()
+    written = write_frame(frame, out)
+    console.print(
+        f"{len(frame)} scenarios → wrote {written}" + (" (replaced it)" if replaced else "")
+    )
     if html is not None:
         from moesim.report.build import sweep_report
 

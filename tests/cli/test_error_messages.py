@@ -179,3 +179,20 @@ def test_a_sweep_whose_every_point_fails_is_an_error(moesim, tmp_path: Path) -> 
     r = moesim("sweep", str(sweep), "-o", str(tmp_path / "bad.csv"))
     assert_user_error(r, "every one of the 2 points failed", "epp")
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "stem"),
+    [
+        ("mixtral-ep-vs-skew", "mixtral-ep-vs-skew"),
+        ("../../x", "x"),
+        ("a/b c", "a-b-c"),
+        ("x" * 300, "x" * 120),
+        ("///", "sweep"),
+    ],
+)
+def test_a_sweeps_default_output_stays_inside_out(name: str, stem: str) -> None:
+    """`name: ../../x` wrote outside ./out, a `/` made folders, 300 characters failed."""
+    from moesim.cli.report_cmd import safe_file_stem
+
+    assert safe_file_stem(name) == stem
