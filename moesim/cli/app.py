@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,6 +20,17 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+#: ``--set key=value`` (simulate, compare, report, plan): fields replaced before validation
+SetOverrides = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="override a field: dotted key=value, repeatable (--set parallel.ep=16, "
+        "--set constraints.deadline_days=20); typed as in a file, checked by the schema",
+    ),
+]
 
 
 class UserError(Exception):

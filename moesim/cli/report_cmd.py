@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from moesim.cli.app import (
+    SetOverrides,
     UserError,
     app,
     console,
@@ -159,14 +160,7 @@ def compare(
     files: Annotated[list[Path], typer.Argument(help="scenario files, or one comparison file")],
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="override a field of every scenario: dotted key=value, repeatable "
-            "(--set parallel.ep=16); typed as the file would be, checked by the schema",
-        ),
-    ] = None,
+    sets: SetOverrides = None,
 ) -> None:
     """Side by side: step time, tokens/s, MFU, memory, fits, GPU-hours and cost; for serving,
     TTFT and TPOT percentiles, output tokens/s per GPU and $ per million output tokens."""
@@ -204,14 +198,7 @@ def report(
     no_sensitivity: Annotated[
         bool, typer.Option("--no-sensitivity", help="skip the sensitivity curves (faster)")
     ] = False,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="scenario, comparison or plan files: override a field, dotted key=value, "
-            "repeatable (--set parallel.ep=16); checked by the schema",
-        ),
-    ] = None,
+    sets: SetOverrides = None,
 ) -> None:
     """A self-contained HTML report (plotly inlined, opens offline) for any moesim file."""
     from moesim.report import build
@@ -319,14 +306,7 @@ def plan(
     file: Annotated[Path, typer.Argument(help="a plan file (model, gpu, workload, search)")],
     as_json: Annotated[bool, typer.Option("--json")] = False,
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="override a field: dotted key=value, repeatable "
-            "(--set constraints.deadline_days=20); checked by the schema",
-        ),
-    ] = None,
+    sets: SetOverrides = None,
 ) -> None:
     """Search GPU counts and parallel layouts for the cheapest or fastest configuration that
     fits and meets the constraints; report the Pareto front of time vs cost."""

@@ -9,7 +9,14 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from moesim.cli.app import UserError, app, console, print_json, refuse_overwriting_inputs
+from moesim.cli.app import (
+    SetOverrides,
+    UserError,
+    app,
+    console,
+    print_json,
+    refuse_overwriting_inputs,
+)
 from moesim.scenario_io import EXPECT_KEY, file_kind, load_scenario, load_yaml, parse_overrides
 from moesim.specs import POST_TRAINING_PHASES, Scenario
 
@@ -58,14 +65,7 @@ def simulate(
             "else calibration/published/<id>.json); overrides simulation.profile"
         ),
     ] = None,
-    sets: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="override a field: dotted key=value, repeatable (--set parallel.ep=16); "
-            "typed as the file would be, checked by the schema",
-        ),
-    ] = None,
+    sets: SetOverrides = None,
 ) -> None:
     """Simulate one training step (or one MoE layer) of a scenario: step time, throughput,
     MFU, memory per GPU and where the time goes."""
