@@ -329,7 +329,8 @@ def scenario_from_dict(
 ) -> Scenario:
     resolved = resolve_ids(data, base, source, lines)
     try:
-        return Scenario.model_validate(resolved)
+        # base_dir: a relative file inside a spec (an empirical length file) is the scenario's
+        return Scenario.model_validate(resolved, context={"base_dir": base})
     except ValidationError as e:
         raise ScenarioError(format_validation_error(e, source, lines)) from None
 
