@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moesim.analytic.flops import token_flops
+from moesim.analytic.goodput import reliability_fields
 from moesim.analytic.lora import LoRALayer, lora_counts, lora_forward_flops_per_token
 from moesim.analytic.microbatches import n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
@@ -475,6 +476,7 @@ def simulate_post_training(
         if w.total_tokens:
             res.gpu_hours = w.total_tokens / res.tokens_per_s * gpus / 3600.0
             res.cost_usd = res.gpu_hours * s.cost.usd_per_gpu_hour
+        extra |= reliability_fields(s, res.tokens_per_s, w.total_tokens)
     for k, v in extra.items():
         setattr(res, k, v)
     if trace_path is not None:
