@@ -26,15 +26,20 @@ and W splits into useful T, checkpoint writes T·delta/tau, lost work n·seg/2 a
 (the fractions the result reports sum to 1). A segment of 2M or more never completes: goodput 0.
 
 The interval that maximises it solves d/dseg [(1 − delta/seg)(1 − seg/(2M))] = 0: seg² = 2·delta·M,
-tau = sqrt(2·delta·M) − delta, independent of R: the first two terms of Daly's higher-order
-optimum (his eq. 37, as LLNL's SCR library computes it in scr_ckpt_interval.py):
 
-    tau_opt = sqrt(2·delta·M) · (1 + sqrt(delta/(2M))/3 + delta/(18M)) − delta   (delta < 2M)
-    tau_opt = M                                                                 (delta ≥ 2M)
+    tau_opt = sqrt(2·delta·M) − delta    (independent of R),
 
-which ``checkpoint_interval_s: auto`` uses; Young's sqrt(2·delta·M) is its leading term. Daly's
-paper checks eq. 37 against simulation for delta = 5 min, R = 10 min: tau_opt = 117 min at
-M = 24 h, 57 min at M = 6 h, 9.1 min at M = 15 min (its Figs. 3-5; tests/analytic check them).
+which ``checkpoint_interval_s: auto`` uses (``optimal_interval_s``). It is Young's
+sqrt(2·delta·M) less the write, and the first two terms of Daly's higher-order optimum (his
+eq. 37, as LLNL's SCR library computes it in scr_ckpt_interval.py):
+
+    tau_daly = sqrt(2·delta·M) · (1 + sqrt(delta/(2M))/3 + delta/(18M)) − delta   (delta < 2M)
+
+whose further terms come from Daly's complete (exponential) model; they add about delta/3,
+a fraction (1/3)·sqrt(delta/(2M)) of the interval (1% at delta = 2e-3·M), where goodput is
+flat. The result reports Young's and Daly's intervals beside the one used. Daly's paper
+checks eq. 37 against simulation for delta = 5 min, R = 10 min: tau_opt = 117 min at M = 24 h,
+57 min at M = 6 h, 9.1 min at M = 15 min (its Figs. 3-5; tests/analytic check them).
 """
 
 from __future__ import annotations
@@ -63,6 +68,14 @@ def daly_interval_s(write_s: float, mtbf_s: float) -> float:
         return mtbf_s
     f = write_s / (2.0 * mtbf_s)
     return math.sqrt(2.0 * write_s * mtbf_s) * (1.0 + math.sqrt(f) / 3.0 + f / 9.0) - write_s
+
+
+def optimal_interval_s(write_s: float, mtbf_s: float) -> float:
+    """The interval that maximises this model's goodput: sqrt(2·delta·M) − delta (M when the
+    write alone outlasts 2M: no interval completes then)."""
+    if write_s >= 2.0 * mtbf_s:
+        return mtbf_s
+    return math.sqrt(2.0 * write_s * mtbf_s) - write_s
 
 
 @dataclass(frozen=True)
@@ -138,7 +151,9 @@ def goodput_of(s: Scenario) -> Goodput | None:
     m = job_mtbf_s(r.gpu_mtbf_hours, s.gpus)
     write = checkpoint_write_s(s, r)
     interval = (
-        daly_interval_s(write, m) if r.checkpoint_interval_s == "auto" else r.checkpoint_interval_s
+        optimal_interval_s(write, m)
+        if r.checkpoint_interval_s == "auto"
+        else r.checkpoint_interval_s
     )
     return Goodput(m, interval, write, r.restart_s)
 
@@ -159,6 +174,7 @@ def reliability_fields(
         "checkpoint_interval_s": g.interval_s,
         "checkpoint_interval_chosen": r.checkpoint_interval_s == "auto",
         "young_interval_s": young_interval_s(g.write_s, g.job_mtbf_s),
+        "daly_interval_s": daly_interval_s(g.write_s, g.job_mtbf_s),
         "checkpoint_write_s": g.write_s,
         "checkpoint_GB": checkpoint_bytes(s) / 1e9,
         "restart_s": g.restart_s,

@@ -98,9 +98,9 @@ class ReliabilitySpec(Spec):
     )
     checkpoint_interval_s: PositiveFloat | Literal["auto"] = Field(
         "auto",
-        description="seconds of training between checkpoints; auto = Daly's higher-order "
-        "optimum for the job's MTBF and the checkpoint write time (Young's sqrt(2·write·MTBF) "
-        "to first order)",
+        description="seconds of training between checkpoints; auto = the optimum "
+        "sqrt(2·write·MTBF) − write for the job's MTBF and the checkpoint write time (Young "
+        "1974 less the write: Daly 2006's optimum to first order)",
     )
     checkpoint_write_s: PositiveFloat | None = Field(
         None,
