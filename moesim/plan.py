@@ -161,6 +161,8 @@ class Candidate:
         }
         if p.etp > 1:
             out["etp"] = p.etp
+        if p.cp > 1:
+            out["cp"] = p.cp
         if s.reliability is not None:  # failures over the run: goodput beside throughput
             rel = (r.reliability or {}) if r else {}
             out |= {
@@ -369,6 +371,7 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:
     etp = f" etp{p['etp']}" if p["etp"] > 1 else ""
+    etp += f" cp{p['cp']}" if p["cp"] > 1 else ""  # else cp layouts share their cp-1 name
     if spec.serving:
         return f"{spec.name}[{nodes * gpus_per_node} GPUs tp{p['tp']} pp{p['pp']} ep{p['ep']}{etp}]"
     return (
