@@ -260,6 +260,10 @@ def rollout_scenario(s: Scenario) -> tuple[Scenario, int, int]:
         "batch_size": 1,
     }
     d["parallel"] = json.loads(layout.model_dump_json())
+    # the serving engine runs healthy (faults are simulated in pipeline passes), and goodput is
+    # the whole run's, reported on the post-training result
+    d.pop("faults", None)
+    d.pop("reliability", None)
     if w.rollout == "disaggregated":
         gpus, gpn = rollout_gpu_count(s), s.cluster.gpus_per_node
         d["cluster"] |= {"nodes": max(1, gpus // gpn), "gpus_per_node": min(gpus, gpn)}
