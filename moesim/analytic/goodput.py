@@ -47,6 +47,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from moesim.analytic.lora import lora_counts
 from moesim.analytic.params import count_params
 from moesim.specs import Scenario
 from moesim.specs.faults import ReliabilitySpec
@@ -128,11 +129,14 @@ class Goodput:
 
 
 def checkpoint_bytes(s: Scenario) -> float:
-    """One checkpoint: every parameter's weights and optimizer states, once (a distributed
-    checkpoint writes each shard from one rank): parameters × (weight bytes + optimizer bytes
-    per parameter, 2 + 12 for bf16 with Adam and fp32 master weights)."""
+    """One checkpoint: every trained parameter's weights and optimizer states, once (a
+    distributed checkpoint writes each shard from one rank): parameters × (weight bytes +
+    optimizer bytes per parameter, 2 + 12 for bf16 with Adam and fp32 master weights). With
+    LoRA only the adapters train, and only they are saved (the frozen base is on disk)."""
     per_param = s.precision.param_bytes + s.precision.optimizer_bytes_per_param
-    return float(count_params(s.model).total) * per_param
+    lora = getattr(s.workload, "lora", None)
+    trained = lora_counts(s.model, lora).total if lora is not None else count_params(s.model).total
+    return float(trained) * per_param
 
 
 def checkpoint_write_s(s: Scenario, r: ReliabilitySpec) -> float:

@@ -149,3 +149,19 @@ def test_a_fixed_interval_is_kept() -> None:
     s = _dense(gpu_mtbf_hours=1000, checkpoint_interval_s=1234, checkpoint_write_s=30, restart_s=0)
     g = goodput_of(s)
     assert g is not None and g.interval_s == 1234
+
+
+def test_a_lora_checkpoint_holds_the_adapters_only() -> None:
+    from moesim.analytic.goodput import checkpoint_bytes
+    from moesim.analytic.lora import lora_counts
+
+    d = {
+        "name": "lora",
+        "model": "llama-3-8b",
+        "cluster": {"gpu": "h100-sxm", "nodes": 1},
+        "workload": {"stage": "sft", "seq_len": 1024, "global_batch": 8, "lora": {"rank": 16}},
+    }
+    s = scenario_from_dict(d)
+    full = scenario_from_dict({**d, "workload": {**d["workload"], "lora": None}})
+    assert checkpoint_bytes(s) == lora_counts(s.model, s.workload.lora).total * 14.0
+    assert checkpoint_bytes(s) < 0.01 * checkpoint_bytes(full)
