@@ -37,6 +37,8 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+	$(BIN)/moesim plan scenarios/plans/llama-405b-16384xh100-goodput.yaml \
+	  --html reports/llama-405b-goodput-plan.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.

@@ -44,6 +44,13 @@ A plan file::
     top: 10                      # configurations reported
     simulate_max: 64             # survivors simulated (best analytic bound first)
 
+With ``reliability`` (``moesim.specs.faults``: GPU MTBF, checkpoint write and restart times),
+a run's days and cost are those of the run as it fails and restarts: throughput × goodput,
+with the checkpoint interval chosen per layout (``checkpoint_interval_s: auto``: the optimum
+for that layout's GPU count, ``moesim.analytic.goodput``). Goodput depends on the GPU count,
+not on the step, so the lower bounds divide by it and stay lower bounds; the rows report
+goodput beside throughput.
+
 For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constraints take
 ``ttft_p99_s`` and ``tpot_p99_s``; the request rate is split over data-parallel replicas.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
@@ -64,6 +71,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from moesim.analytic.flops import token_flops
+from moesim.analytic.goodput import goodput_of
 from moesim.analytic.memory import memory_per_gpu
 from moesim.analytic.microbatches import effective_schedule, n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
@@ -127,6 +135,7 @@ class Candidate:
     bound_run_days: float | None = None  # lower bounds of run_days, run_cost_usd, p99 TPOT
     bound_run_cost_usd: float | None = None
     bound_tpot_s: float | None = None
+    goodput: float | None = None  # with reliability: analytic, independent of the step time
 
     def row(self) -> dict[str, Any]:
         s, p = self.scenario, self.scenario.parallel
@@ -152,6 +161,17 @@ class Candidate:
         }
         if p.etp > 1:
             out["etp"] = p.etp
+        if p.cp > 1:
+            out["cp"] = p.cp
+        if s.reliability is not None:  # failures over the run: goodput beside throughput
+            rel = (r.reliability or {}) if r else {}
+            out |= {
+                "tokens_per_s": r.tokens_per_s if r else None,
+                "goodput": r.goodput if r else self.goodput,
+                "effective_tokens_per_s": r.effective_tokens_per_s if r else None,
+                "checkpoint_interval_s": rel.get("checkpoint_interval_s"),
+                "interruptions": rel.get("interruptions"),
+            }
         if r is not None and r.stage == "inference":
             out |= {
                 "ttft_s_p99": r.ttft_s_p99,
@@ -246,7 +266,7 @@ def plan_from_dict(
 ) -> PlanSpec:
     known = {"name", "description", "model", "gpu", "gpus_per_node", "workload", "cost"}
     known |= {"search", "constraints", "objective", "top", "simulate_max", "precision", "routing"}
-    known |= {"simulation", "intra_node", "inter_node"}
+    known |= {"simulation", "intra_node", "inter_node", "reliability"}
     unknown = set(data) - known
     where = f"{source}: " if source else ""
     if unknown:
@@ -279,7 +299,7 @@ def plan_from_dict(
         "cluster": cluster,
         "workload": data["workload"],
     }
-    for key in ("cost", "precision", "routing", "simulation"):
+    for key in ("cost", "precision", "routing", "simulation", "reliability"):
         if key in data:
             base[key] = data[key]
     base = resolve_ids(base, base_dir)
@@ -351,6 +371,7 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:
     etp = f" etp{p['etp']}" if p["etp"] > 1 else ""
+    etp += f" cp{p['cp']}" if p["cp"] > 1 else ""  # else cp layouts share their cp-1 name
     if spec.serving:
         return f"{spec.name}[{nodes * gpus_per_node} GPUs tp{p['tp']} pp{p['pp']} ep{p['ep']}{etp}]"
     return (
@@ -438,9 +459,13 @@ def _bound(c: Candidate) -> None:
     """Fill a candidate's lower bounds (run days and cost from the step bound)."""
     s = c.scenario
     c.bound_tpot_s = tpot_lower_bound_s(s)
+    g = goodput_of(s)
+    c.goodput = g.goodput if g is not None else None
     total = getattr(s.workload, "total_tokens", None)
     if c.bound_step_s > 0 and total and not isinstance(s.workload, InferenceWorkload):
         seconds = total * c.bound_step_s / (sequences_per_step(s) * s.workload.seq_len)
+        if c.goodput:  # exact for the candidate (GPUs, MTBF, checkpoints): still a lower bound
+            seconds /= c.goodput
         c.bound_run_days = seconds / SECONDS_PER_DAY
         c.bound_run_cost_usd = seconds / 3600 * s.gpus * s.cost.usd_per_gpu_hour
 
@@ -563,11 +588,14 @@ def _judge(c: Candidate, k: Constraints) -> None:
         c.why_not.append("does not fit in memory")
     total = getattr(s.workload, "total_tokens", None)
     if r.step_time_s and total and r.tokens_per_s:
-        seconds = total / r.tokens_per_s
+        # with reliability, the run as it fails and restarts: effective_tokens_per_s
+        seconds = total / (r.effective_tokens_per_s if r.goodput else r.tokens_per_s)
         c.run_days = seconds / SECONDS_PER_DAY
         c.run_cost_usd = seconds / 3600 * s.gpus * s.cost.usd_per_gpu_hour
     if r.stage == "inference":
         c.usd_per_hour = s.gpus * s.cost.usd_per_gpu_hour
+    if r.goodput == 0.0:
+        c.why_not.append("never completes: a checkpoint segment outlasts twice the job's MTBF")
     if k.deadline_days and c.run_days and c.run_days > k.deadline_days:
         c.why_not.append(f"takes {c.run_days:.1f} days > {k.deadline_days:g}")
     if k.budget_usd and c.run_cost_usd and c.run_cost_usd > k.budget_usd:

@@ -347,3 +347,45 @@ def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
     )  # fmt: skip
     assert "no configuration meets the constraints" in out.stdout
     assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout
+
+
+# -- reliability: goodput beside throughput ---------------------------------------------------
+RELIABILITY = {"gpu_mtbf_hours": 2000, "checkpoint_write_s": 60, "restart_s": 900}
+
+
+def _fake_with_goodput(s):
+    from moesim.analytic.goodput import reliability_fields
+
+    r = _fake_simulate(s)
+    for k, v in reliability_fields(s, r.tokens_per_s, s.workload.total_tokens).items():
+        setattr(r, k, v)
+    return r
+
+
+def test_reliability_plan_counts_failures_in_run_days_and_bounds():
+    plain = run_plan(plan_from_dict(PLAN), simulate=_fake_simulate)
+    failing = run_plan(plan_from_dict(dict(PLAN, reliability=RELIABILITY)), _fake_with_goodput)
+    days = {c.scenario.name: c.run_days for c in plain.simulated}
+    assert failing.simulated
+    by_gpus: dict[int, float] = {}
+    for c in failing.simulated:
+        r = c.result
+        assert 0 < r.goodput < 1
+        assert c.run_days == pytest.approx(days[c.scenario.name] / r.goodput)
+        assert c.bound_run_days <= c.run_days  # the bound divided by goodput is still a bound
+        row = c.row()
+        assert row["goodput"] == r.goodput
+        assert row["effective_tokens_per_s"] <= row["tokens_per_s"]
+        by_gpus.setdefault(c.scenario.gpus, r.goodput)
+        assert by_gpus[c.scenario.gpus] == r.goodput  # goodput depends on the GPUs alone
+    sizes = sorted(by_gpus)
+    assert [by_gpus[g] for g in sizes] == sorted(by_gpus.values(), reverse=True)  # more GPUs, less
+
+
+def test_reliability_plan_picks_the_interval_per_cluster_size():
+    result = run_plan(plan_from_dict(dict(PLAN, reliability=RELIABILITY)), _fake_with_goodput)
+    intervals = {c.scenario.gpus: c.row()["checkpoint_interval_s"] for c in result.simulated}
+    assert len(set(intervals.values())) == len(intervals) > 1
+    small, large = min(intervals), max(intervals)
+    # sqrt(2·δ·M) − δ with M = MTBF / GPUs: fewer GPUs, longer MTBF, longer interval
+    assert intervals[small] > intervals[large]

@@ -331,6 +331,14 @@ def _print_plan(d: dict[str, Any]) -> None:
     table = _serving_plan_table if d["serving"] else _training_plan_table
     if d["best"]:
         console.print(table(d["best"], escape(f"best configurations: {d['name']}")))
+        b = d["best"][0]
+        if b.get("goodput") is not None:  # reliability: what the days and cost count
+            console.print(
+                f"days and cost count failures, checkpoints and restarts: the best checkpoints "
+                f"every {_fmt(b['checkpoint_interval_s'], ',.0f')} s and expects "
+                f"{_fmt(b['interruptions'], ',.0f')} interruptions over the run",
+                highlight=False,
+            )
         return
     console.print("[red]no configuration meets the constraints[/]")
     if d["rejected"]:
@@ -342,19 +350,26 @@ def _training_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
     t = Table(title=title)
     t.add_column("GPUs", justify="right", no_wrap=True)
     t.add_column("layout", overflow="fold", ratio=1)
-    for col in ("mem GB", "step s", "MFU", "days", "cost $"):
+    goodput = any("goodput" in b for b in rows)  # reliability: goodput beside throughput
+    cols = ("mem GB", "step s", "MFU", *(("goodput",) if goodput else ()), "days", "cost $")
+    for col in cols:
         t.add_column(col, justify="right", no_wrap=True)
     with_why = any(b["why_not"] for b in rows)
     if with_why:
         t.add_column("why not", overflow="fold")
     for b in rows:
+        cp = f" cp{b['cp']}" if b.get("cp") else ""
         layout = (
-            f"tp{b['tp']} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
+            f"tp{b['tp']}{cp} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
             f"mb{b['microbatch_size']} {b['recompute']}"
         )
+        extra = []
+        if goodput:
+            g = b.get("goodput")
+            extra = [_fmt(g and 100 * g, ".1f") + "%"]
         cells = [
             str(b["gpus"]), layout, _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
-            _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", _fmt(b["run_days"], ".1f"),
+            _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", *extra, _fmt(b["run_days"], ".1f"),
             _fmt(b["run_cost_usd"], ",.0f"),
         ]  # fmt: skip
         t.add_row(*cells, *([b["why_not"]] if with_why else []))

@@ -159,6 +159,23 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
         ("expert compute", _fmt_s(d["expert_compute_s"]) if "expert_compute_s" in d else None),
         ("GPU-hours", f"{d['gpu_hours']:,.0f}" if "gpu_hours" in d else None),
         ("cost", f"${d['cost_usd']:,.0f}" if "cost_usd" in d else None),
+        ("goodput (failures, checkpoints)", f"{d['goodput']:.1%}" if "goodput" in d else None),
+        (
+            "tokens/s over the run",
+            f"{d['effective_tokens_per_s']:,.0f}" if "effective_tokens_per_s" in d else None,
+        ),
+        (
+            "checkpoint interval",
+            _fmt_s(d["reliability"]["checkpoint_interval_s"]) if "reliability" in d else None,
+        ),
+        (
+            "GPU-hours with failures",
+            f"{d['effective_gpu_hours']:,.0f}" if "effective_gpu_hours" in d else None,
+        ),
+        (
+            "cost with failures",
+            f"${d['effective_cost_usd']:,.0f}" if "effective_cost_usd" in d else None,
+        ),
     ]
     for key, label in (  # serving and post-training extras (moesim.sim.inference, post_training)
         ("ttft_s_p50", "TTFT p50"),

@@ -73,7 +73,27 @@ def verdict(s: Scenario, r: Result) -> str:
             f" {getattr(s.workload, 'total_tokens', 0):.3g} tokens take {r.gpu_hours:,.0f} "
             f"GPU-hours, {_money(r.cost_usd)} and {days:.1f} days."
         )
+    if r.goodput is not None:
+        text += f" {goodput_sentence(r)}"
     return text
+
+
+def goodput_sentence(r: Result) -> str:
+    """With reliability: goodput beside throughput, and what failures add to the run."""
+    rel = r.reliability or {}
+    text = (
+        f"With failures (job MTBF {rel.get('job_mtbf_hours', 0):.2g} h), a checkpoint every "
+        f"{_num(rel.get('checkpoint_interval_s'))} s ({rel.get('checkpoint_write_s', 0):.3g} s "
+        f"to write) and restarts, goodput is {_pct(r.goodput)}: "
+        f"{_num(r.effective_tokens_per_s)} tokens/s over the run"
+    )
+    if r.effective_gpu_hours is not None:
+        text += (
+            f", {_num(rel.get('interruptions'))} interruptions, "
+            f"{_num(r.effective_gpu_hours)} GPU-hours, {_money(r.effective_cost_usd)} and "
+            f"{rel.get('run_days', 0):.1f} days"
+        )
+    return text + "."
 
 
 # -- simulations ------------------------------------------------------------------------------
@@ -236,6 +256,12 @@ def _summary_rows(s: Scenario, r: Result) -> list[tuple[str, str]]:
         ]
     if r.gpu_hours is not None:
         rows += [("GPU-hours", _num(r.gpu_hours)), ("cost", _money(r.cost_usd))]
+    if r.goodput is not None:
+        rows += [("goodput", _pct(r.goodput)),
+                 ("tokens/s over the run", _num(r.effective_tokens_per_s))]  # fmt: skip
+        if r.effective_gpu_hours is not None:
+            rows += [("GPU-hours with failures", _num(r.effective_gpu_hours)),
+                     ("cost with failures", _money(r.effective_cost_usd))]  # fmt: skip
     return rows
 
 
@@ -582,6 +608,16 @@ def plan_report(plan: Any, base_dir: Path | None = None) -> Report:
     rep = Report(f"moesim plan: {d['name']}", lead)
     cols = ["name", "gpus", "tp", "pp", "dp", "ep", "zero_stage", "microbatch_size", "recompute",
             "memory_GB", "step_time_s", "mfu", "run_days", "run_cost_usd"]  # fmt: skip
+    if best and "goodput" in best[0]:  # reliability: goodput beside throughput
+        cols[-2:-2] = ["tokens_per_s", "goodput", "effective_tokens_per_s",
+                       "checkpoint_interval_s", "interruptions"]  # fmt: skip
+        b = best[0]
+        rep.lead += (
+            f" With failures, checkpoints and restarts its goodput is {b['goodput']:.1%} "
+            f"(checkpoint every {_num(b['checkpoint_interval_s'], '.0f')} s, "
+            f"{_num(b['interruptions'], '.0f')} interruptions over the run); run days and cost "
+            "count them."
+        )
     rows = [[_fmt_cell(b.get(c)) for c in cols] for b in best]
     rep.add(Section("Best configurations", figures=[figures.table(cols, rows, "Best")]))
     points = [c.row() for c in plan.simulated if c.run_days is not None]

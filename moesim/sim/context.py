@@ -30,6 +30,7 @@ from moesim.sim.collectives import (
 from moesim.sim.costmodel import CostModel
 from moesim.sim.dispatch_traffic import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
 from moesim.sim.engine import Rank, Rendezvous
+from moesim.sim.faults import fault_label, rank_faults
 from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import ExpertCost, ExpertElementwise, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
@@ -120,8 +121,11 @@ class SimContext:
         r = self.ranks.get(gpu)
         if r is None:
             stage, q = self.grid.coords(gpu)
-            r = Rank(self.env, gpu, f"gpu{gpu} (stage {stage}, rank {q})", self.rendezvous)
+            rf = rank_faults(self.scenario, self.grid, gpu, self.fidelity)
+            label = f"gpu{gpu} (stage {stage}, rank {q}){fault_label(rf)}"
+            r = Rank(self.env, gpu, label, self.rendezvous)
             r.comm_sm_slowdown = self.comm_sm_slowdown
+            r.compute_factor, r.link_factor = rf.compute_factor, dict(rf.link_factor)
             self.ranks[gpu] = r
         return r
 

@@ -145,19 +145,22 @@ class SharedLink:
 
 
 class Rendezvous:
-    """Named barriers: ``arrive(key, size)`` returns an event that fires when ``size`` members
-    have arrived under ``key``."""
+    """Named barriers: ``arrive(key, size, factor)`` returns an event that fires when ``size``
+    members have arrived under ``key``; its value is the largest ``factor`` they brought (the
+    slowest member's link factor, ``moesim.sim.faults``)."""
 
     def __init__(self, env: simpy.Environment):
         self.env = env
-        self._open: dict[tuple, tuple[simpy.Event, list[int]]] = {}
+        self._open: dict[tuple, tuple[simpy.Event, list[float]]] = {}
 
-    def arrive(self, key: tuple, size: int) -> simpy.Event:
-        ev, count = self._open.setdefault(key, (self.env.event(), [0]))
-        count[0] += 1
-        if count[0] == size:
+    def arrive(self, key: tuple, size: int, factor: float = 1.0) -> simpy.Event:
+        ev, state = self._open.setdefault(key, (self.env.event(), [0, 1.0]))
+        state[0] += 1
+        if factor > state[1]:
+            state[1] = factor
+        if state[0] == size:
             del self._open[key]
-            ev.succeed()
+            ev.succeed(state[1])
         return ev
 
 
@@ -171,6 +174,8 @@ class Rank:
     rendezvous: Rendezvous | None = None
     intervals: list[Interval] = field(default_factory=list)
     comm_sm_slowdown: float = 1.0  # compute time factor while an EP all-to-all holds SMs
+    compute_factor: float = 1.0  # a slow GPU: every kernel this many times as long (faults)
+    link_factor: dict[str, float] = field(default_factory=dict)  # a slow link, per link class
 
     def __post_init__(self) -> None:
         self.ep_in_flight = 0  # EP dispatches/combines transferring now
@@ -186,6 +191,7 @@ class Rank:
         if wait is not None:
             yield wait
         start = self.env.now
+        duration_s *= self.compute_factor
         if self.ep_in_flight:
             duration_s *= self.comm_sm_slowdown
         yield self.env.timeout(duration_s)
@@ -201,7 +207,7 @@ class Rank:
         wait = self.compute_stream.acquire()
         if wait is not None:
             yield wait
-        f = self.comm_sm_slowdown if self.ep_in_flight else 1.0
+        f = (self.comm_sm_slowdown if self.ep_in_flight else 1.0) * self.compute_factor
         t = self.env.now
         yield self.env.timeout(total_s * f)
         self.compute_stream.release()
@@ -229,8 +235,10 @@ class Rank:
         order set by each rank's own routing load)."""
         if alone_s <= 0:
             return
+        slow = self.link_factor.get(link, 1.0) if self.link_factor else 1.0
         if self.rendezvous is not None and group_key is not None and group_size > 1:
-            yield self.rendezvous.arrive(group_key, group_size)
+            slow = yield self.rendezvous.arrive(group_key, group_size, slow)
+        alone_s *= slow
         st = self.streams[stream]
         wait = st.acquire()
         if wait is not None:

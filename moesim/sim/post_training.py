@@ -47,6 +47,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from moesim.analytic.flops import token_flops
+from moesim.analytic.goodput import reliability_fields
 from moesim.analytic.lora import LoRALayer, lora_counts, lora_forward_flops_per_token
 from moesim.analytic.microbatches import n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
@@ -259,6 +260,10 @@ def rollout_scenario(s: Scenario) -> tuple[Scenario, int, int]:
         "batch_size": 1,
     }
     d["parallel"] = json.loads(layout.model_dump_json())
+    # the serving engine runs healthy (faults are simulated in pipeline passes), and goodput is
+    # the whole run's, reported on the post-training result
+    d.pop("faults", None)
+    d.pop("reliability", None)
     if w.rollout == "disaggregated":
         gpus, gpn = rollout_gpu_count(s), s.cluster.gpus_per_node
         d["cluster"] |= {"nodes": max(1, gpus // gpn), "gpus_per_node": min(gpus, gpn)}
@@ -475,6 +480,7 @@ def simulate_post_training(
         if w.total_tokens:
             res.gpu_hours = w.total_tokens / res.tokens_per_s * gpus / 3600.0
             res.cost_usd = res.gpu_hours * s.cost.usd_per_gpu_hour
+        extra |= reliability_fields(s, res.tokens_per_s, w.total_tokens)
     for k, v in extra.items():
         setattr(res, k, v)
     if trace_path is not None:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import simpy
 
+from moesim.analytic.goodput import reliability_fields
 from moesim.analytic.memory import memory_per_gpu, memory_per_stage
 from moesim.analytic.microbatches import capped_microbatches, n_microbatches, sequences_per_step
 from moesim.sim.context import SimContext
@@ -387,6 +388,8 @@ def _result(
         if total_tokens:
             out.gpu_hours = total_tokens / out.tokens_per_s * gpus / 3600.0
             out.cost_usd = out.gpu_hours * s.cost.usd_per_gpu_hour
+        if not isinstance(w, MoELayerWorkload):  # failures over a long run (analytic.goodput)
+            extra |= reliability_fields(s, out.tokens_per_s, total_tokens)
     for k, v in extra.items():
         if v is not None:
             setattr(out, k, v)

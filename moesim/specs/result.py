@@ -97,6 +97,30 @@ class Result(BaseModel):
         None, description="the Megatron-Core layout string of the layout that ran (pp > 1)"
     )
     pipeline_balance: str | None = None  # "auto" when the layout was chosen by the simulator
+    goodput: float | None = Field(
+        None,
+        description="with reliability: the useful fraction of a long run's wall time (and "
+        "GPU-hours) once failures, checkpoint writes, lost work and restarts are counted "
+        "(moesim.analytic.goodput); ≤ 1",
+    )
+    effective_tokens_per_s: float | None = Field(
+        None, description="with reliability: tokens_per_s × goodput, the long run's pace"
+    )
+    effective_gpu_hours: float | None = Field(
+        None,
+        description="with reliability and total_tokens: GPU-hours of the run with its "
+        "failures (gpu_hours / goodput)",
+    )
+    effective_cost_usd: float | None = Field(
+        None, description="with reliability and total_tokens: effective_gpu_hours × the price"
+    )
+    reliability: dict[str, Any] | None = Field(
+        None,
+        description="with reliability: job_mtbf_hours, checkpoint_interval_s (and whether auto "
+        "chose it), young_interval_s, checkpoint_write_s, checkpoint_GB, restart_s, completes, "
+        "wall_fraction {useful, checkpoint, lost_work, restart} (sums to 1); with total_tokens "
+        "also run_days, interruptions, lost_work_per_interruption_s",
+    )
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

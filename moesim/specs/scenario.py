@@ -6,10 +6,11 @@ Catalog ids in the file (``model: mixtral-8x7b``, ``cluster.gpu: h100-sxm``) are
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import Field, model_validator
 
 from moesim.specs.base import Spec
 from moesim.specs.cost import Cost
+from moesim.specs.faults import Fault, ReliabilitySpec, check_faults
 from moesim.specs.hardware import ClusterSpec
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import ParallelSpec
@@ -38,6 +39,17 @@ class Scenario(Spec):
     workload: Workload
     cost: Cost = Cost()
     simulation: SimulationSpec = SimulationSpec()
+    faults: list[Fault] = Field(
+        default_factory=list,
+        description="stragglers in the simulated step: slow_gpu (a GPU computing factor× "
+        "slower) and slow_link (a rank's or a node's link with bandwidth / factor); training "
+        "and moe_layer stages (moesim.specs.faults)",
+    )
+    reliability: ReliabilitySpec | None = Field(
+        None,
+        description="failures over a long training run: GPU MTBF, checkpoint interval and "
+        "write time, restart time -> goodput, effective throughput, GPU-hours and cost",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Scenario:
@@ -47,6 +59,7 @@ class Scenario(Spec):
         _check_batch(self)
         _check_precision(self)
         _check_dispatcher(self)
+        _check_faults(self)
         return self
 
     @property
@@ -198,4 +211,19 @@ def _check_dispatcher(s: Scenario) -> None:
         raise ValueError(
             f"parallel.moe_comm_sms ({p.moe_comm_sms}) leaves no SM of the {sms} of "
             f"{s.cluster.gpu.name} for compute: use fewer (DeepEP ships with 20)"
+        )
+
+
+def _check_faults(s: Scenario) -> None:
+    check_faults(s.faults, s.cluster.gpus, s.cluster.nodes)
+    stage = s.workload.stage
+    if s.faults and stage in ("inference", "collective"):
+        raise ValueError(
+            f"faults: stragglers are simulated in training steps and moe_layer, not in "
+            f"workload.stage {stage}: remove faults"
+        )
+    if s.reliability is not None and stage in ("inference", "collective", "moe_layer"):
+        raise ValueError(
+            f"reliability: goodput is for training runs, not workload.stage {stage}: remove "
+            "reliability"
         )

@@ -244,3 +244,35 @@ def test_comparison_report_details_each_training_scenario(tmp_path):
     assert f"All-to-all traffic of one MoE layer: {scenarios[1].name}" not in text  # dense
     verdict = comparison_verdict(scenarios, results)
     assert "MFU" in verdict and "exposed communication" in verdict
+
+
+def test_a_plan_with_reliability_reports_goodput_beside_throughput():
+    """The plan report's lead says the goodput, the interval and the interruptions, and its
+    table has goodput and effective throughput columns (a stand-in simulator keeps it fast)."""
+    from moesim.analytic.goodput import reliability_fields
+    from moesim.plan import step_time_lower_bound_s
+    from moesim.report.build import plan_report
+    from moesim.specs import Result
+
+    def fake(s):
+        step = 1.5 * step_time_lower_bound_s(s)
+        tokens = s.workload.global_batch * s.workload.seq_len
+        r = Result(name=s.name, stage="pretrain", gpus=s.gpus, params_total=1, params_active=1,
+                   model_flops_per_token=1, step_time_s=step, tokens_per_s=tokens / step,
+                   fits_in_memory=True)  # fmt: skip
+        for k, v in reliability_fields(s, r.tokens_per_s, s.workload.total_tokens).items():
+            setattr(r, k, v)
+        return r
+
+    plan = plan_from_dict({
+        "name": "dense-goodput", "model": "llama-3-8b", "gpu": "h100-sxm",
+        "workload": {"stage": "pretrain", "seq_len": 2048, "global_batch": 256,
+                     "total_tokens": 1e11},
+        "reliability": {"gpu_mtbf_hours": 1000, "checkpoint_write_s": 30, "restart_s": 600},
+        "search": {"nodes": [4, 8], "tp": [1, 2], "pp": [1], "zero_stage": [1],
+                   "microbatch_size": [1], "recompute": ["selective"]},
+    })  # fmt: skip
+    rep = plan_report(run_plan(plan, simulate=fake))
+    assert "goodput is" in rep.lead and "interruptions" in rep.lead
+    html = rep.render()
+    assert "effective_tokens_per_s" in html and "goodput" in html

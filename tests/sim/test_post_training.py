@@ -361,3 +361,17 @@ POST_TRAINING = sorted((Path(__file__).parents[2] / "scenarios" / "post-training
 def test_post_training_scenario_files_validate_and_simulate(path):
     r = simulate(load_scenario(path), base_dir=path.parent)
     assert r.step_time_s > 0 and r.fits_in_memory, r.memory_per_gpu_GB
+
+
+def test_faults_slow_the_training_phases_and_the_rollout_runs_healthy():
+    """A slow GPU stretches the pipeline passes (training, reference); the rollout's serving
+    engine is built without the faults (a serving scenario refuses them) and keeps its time;
+    reliability adds goodput to the post-training result."""
+    rel = {"gpu_mtbf_hours": 1000, "checkpoint_write_s": 30, "restart_s": 600}
+    healthy = simulate(scenario(GRPO, reliability=rel)).time_breakdown_s
+    slow_r = simulate(scenario(GRPO, reliability=rel,
+                               faults=[{"kind": "slow_gpu", "rank": 0, "factor": 2}]))  # fmt: skip
+    slow = slow_r.time_breakdown_s
+    assert slow["rollout"] == healthy["rollout"]
+    assert slow["training"] > 1.5 * healthy["training"]
+    assert 0 < slow_r.goodput < 1

@@ -117,3 +117,12 @@ def test_collective_stage_table_and_json(tmp_path):
     f.write_text(f.read_text().replace("318000", "0"))
     p = run("simulate", str(f))
     assert p.returncode == 2 and "size_bytes" in p.stderr
+
+
+def test_simulate_prints_goodput_beside_throughput_with_reliability():
+    straggler = ROOT / "scenarios" / "pretrain" / "mixtral-8x7b-16xh100-straggler.yaml"
+    rel = "reliability={gpu_mtbf_hours: 2000, checkpoint_write_s: 20, restart_s: 600}"
+    p = run("simulate", str(straggler), "--set", "simulation.fidelity=symmetric", "--set", rel)
+    assert p.returncode == 0, p.stderr
+    assert "goodput (failures, checkpoints)" in p.stdout
+    assert "tokens/s over the run" in p.stdout and "checkpoint interval" in p.stdout
