@@ -148,12 +148,13 @@ class SimContext:
 
     # -- collective times (alone on the links) ----------------------------------------------
     def shape(self, group: tuple[int, ...]) -> tuple:
-        """A group's place on the cluster up to a shift by whole nodes: all nodes are alike, so
-        collectives of groups with the same shape take the same time (one flow simulation for
-        the EP groups of all pipeline stages)."""
-        topo = self.topo
-        base = topo.node_of(group[0])
-        return tuple((topo.node_of(g) - base, topo.local_of(g)) for g in group)
+        """A group's place on the cluster up to a shift by whole periods (a node; with larger
+        NVLink domains or a tiered fabric, whole domains or pods: ``Topology.period_gpus``):
+        shifted groups are alike, so collectives of groups with the same shape take the same
+        time (one flow simulation for the EP groups of all pipeline stages)."""
+        period = self.topo.period_gpus
+        base = group[0] // period
+        return tuple((g // period - base, g % period) for g in group)
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
         """All-reduce of ``nbytes`` per rank as NCCL runs it: ``simulation.all_reduce`` auto
@@ -205,8 +206,8 @@ class SimContext:
         return pat
 
     def _pattern(self, group: tuple[int, ...]) -> DispatchPattern:
-        nodes = len({self.topo.node_of(g) for g in group})
-        return dispatch_pattern(self.scenario, nodes, self.dispatcher)
+        domains = len({self.topo.domain_of(g) for g in group})
+        return dispatch_pattern(self.scenario, domains, self.dispatcher)
 
     def allgather_s(
         self, group: tuple[int, ...], tokens_per_member: float, payload_bytes: float, kind: str
@@ -232,7 +233,7 @@ class SimContext:
         if not pat.hierarchical:
             c = all_to_all_direct(group, mat, kind)
         else:
-            node_of = [self.topo.node_of(g) for g in group]
+            node_of = [self.topo.domain_of(g) for g in group]  # NVLink domains
             rdma = []
             for i in range(len(group)):
                 per_node: dict[int, float] = {}

@@ -97,6 +97,12 @@ class Result(BaseModel):
         None, description="the Megatron-Core layout string of the layout that ran (pp > 1)"
     )
     pipeline_balance: str | None = None  # "auto" when the layout was chosen by the simulator
+    placement: dict[str, str] | None = Field(
+        None,
+        description="where each parallel group of degree > 1 (tp, cp, dp, pp, ep, etp, edp) "
+        "lands, its worst-placed group: intra-node, intra-domain (one NVLink domain over "
+        "several nodes), crosses domains, crosses leaves, crosses pods (cluster.fabric)",
+    )
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
