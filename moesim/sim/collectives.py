@@ -183,10 +183,18 @@ def all_to_all_direct(
 
 
 def _relay(topo: Topology, members_on: dict[int, dict[int, int]], src: int, node: int) -> int:
-    """The GPU of ``node`` that receives ``src``'s RDMA traffic: its rail peer (same local
-    index) when that GPU is in the group, else the node's first member."""
+    """The GPU of ``node`` (an NVLink domain) that receives ``src``'s RDMA traffic: its rail
+    peer (same index in the domain) when that GPU is in the group, else the member at src's
+    position among its own domain's members (cyclically), so that senders without a peer
+    spread over the receivers' NICs instead of all landing on one (a group that straddles a
+    domain boundary has such senders)."""
     peers = members_on[node]
-    return peers.get(topo.slot_of(src), peers[min(peers)])
+    hit = peers.get(topo.slot_of(src))
+    if hit is not None:
+        return hit
+    own = sorted(members_on[topo.domain_of(src)])
+    receivers = sorted(peers)
+    return peers[receivers[own.index(topo.slot_of(src)) % len(receivers)]]
 
 
 def _members_on(topo: Topology, group: tuple[int, ...]) -> dict[int, dict[int, int]]:

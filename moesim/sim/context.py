@@ -34,6 +34,7 @@ from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import ExpertCost, ExpertElementwise, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology
+from moesim.sim.placement import representative_q
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
 from moesim.specs import Scenario
@@ -126,10 +127,13 @@ class SimContext:
         return r
 
     def simulated_gpus(self) -> list[int]:
-        """Symmetric: the first rank of each pipeline stage; full: every GPU."""
+        """Symmetric: one rank of each pipeline stage (the first, or on NVLink domains and
+        fabrics whose boundaries split some groups, the one in the worst-placed groups:
+        ``placement.representative_q``); full: every GPU."""
         if self.fidelity == "full":
             return list(range(self.grid.pp * self.grid.stage_size))
-        return [self.grid.gpu(stage, 0) for stage in range(self.grid.pp)]
+        q = representative_q(self.grid, self.topo)
+        return [self.grid.gpu(stage, q) for stage in range(self.grid.pp)]
 
     def group_key(self, group: tuple[int, ...], *what) -> tuple | None:
         return (group[0], len(group), *what) if self.rendezvous is not None else None

@@ -14,7 +14,7 @@ Everything is arithmetic on a rank's coordinates: nothing here lists the cluster
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from itertools import product
+from itertools import islice, product
 
 from moesim.specs import ParallelSpec
 from moesim.specs.parallel import DEFAULT_ORDER
@@ -49,14 +49,15 @@ class _Radix:
     def coord(self, g: int, d: str) -> int:
         return (g // self.stride[d]) % self.sizes[d]
 
-    def group(self, g: int, dims: tuple[str, ...]) -> tuple[int, ...]:
+    def group(self, g: int, dims: tuple[str, ...], limit: int | None = None) -> tuple[int, ...]:
         """The ranks that differ from g only along ``dims``, the first of ``dims`` varying
-        slowest (so a one-dimension group is ordered by that coordinate)."""
+        slowest (so a one-dimension group is ordered by that coordinate); the first ``limit``
+        of them when given."""
         base = g - sum(self.coord(g, d) * self.stride[d] for d in dims)
         ranges = [range(self.sizes[d]) for d in dims]
         return tuple(
             base + sum(c * self.stride[d] for c, d in zip(cs, dims, strict=True))
-            for cs in product(*ranges)
+            for cs in islice(product(*ranges), limit)
         )
 
     def is_leader(self, g: int, dims: tuple[str, ...]) -> bool:
@@ -164,11 +165,18 @@ class Grid:
     # -- every group of a kind, for placement reports ---------------------------------------
     def groups(self, kind: str, limit_gpus: int) -> list[tuple[int, ...]]:
         """The groups of ``kind`` (a key of ``GROUP_DIMS``) whose first rank is below
-        ``limit_gpus``: the placement report looks at a bounded prefix, not every GPU."""
+        ``limit_gpus``, each cut to its first ``limit_gpus`` members: the placement report
+        looks at a bounded prefix, not every GPU, so it costs the same at any scale."""
         which, dims = GROUP_DIMS[kind]
         radix = self._attn if which == "attn" else self._expert
         return [
-            radix.group(g, dims)
+            radix.group(g, dims, limit_gpus)
             for g in range(min(limit_gpus, self.gpus))
             if radix.is_leader(g, dims)
         ]
+
+    def group_of(self, kind: str, g: int, limit: int | None = None) -> tuple[int, ...]:
+        """Rank g's group of ``kind`` (its first ``limit`` members when given)."""
+        which, dims = GROUP_DIMS[kind]
+        radix = self._attn if which == "attn" else self._expert
+        return radix.group(g, dims, limit)

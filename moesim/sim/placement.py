@@ -59,3 +59,46 @@ def placement(grid: Grid, topo: Topology) -> dict[str, str]:
         spans = {group_span(topo, grp) for grp in grid.groups(kind, PLACEMENT_SCAN_GPUS)}
         out[kind] = max(spans, key=_rank)
     return out
+
+
+def _crossing_pairs(topo: Topology, group: tuple[int, ...]) -> int:
+    """Ordered member pairs in different NVLink domains: the traffic that leaves NVLink."""
+    per_domain: dict[int, int] = {}
+    for g in group:
+        d = topo.domain_of(g)
+        per_domain[d] = per_domain.get(d, 0) + 1
+    return len(group) ** 2 - sum(c * c for c in per_domain.values())
+
+
+def representative_q(grid: Grid, topo: Topology) -> int:
+    """The rank (index in its stage) symmetric fidelity simulates for every stage.
+
+    All nodes alike and groups packed into nodes (the default), every rank sees the same
+    groups and the first stands for all. On NVLink domains of several nodes, or a fabric with
+    leaves and pods, some groups can straddle a boundary the first rank's groups do not (EP 16
+    in domains of 72: the fifth group spans two): the step waits for them, so the rank whose
+    EP group (then TP, then DP group) crosses the widest boundary, with the most member pairs
+    across domains, stands for the stage."""
+    if topo.period_gpus == topo.gpus_per_node:
+        return 0
+    limit = min(grid.stage_size, PLACEMENT_SCAN_GPUS)
+    # each group scored once (groups of a kind partition the ranks: O(limit) work per kind)
+    scores: dict[str, dict[int, tuple[int, int]]] = {}
+    for kind in ("ep", "tp", "dp"):
+        per_rank: dict[int, tuple[int, int]] = {}
+        for q in range(limit):
+            g = grid.gpu(0, q)
+            if g in per_rank:
+                continue
+            grp = grid.group_of(kind, g, PLACEMENT_SCAN_GPUS)
+            score = (_rank(group_span(topo, grp)), _crossing_pairs(topo, grp))
+            per_rank.update(dict.fromkeys(grp, score))
+            per_rank[g] = score  # a group cut at the scan limit may leave g out
+        scores[kind] = per_rank
+
+    def badness(q: int) -> tuple[int, ...]:
+        g = grid.gpu(0, q)
+        ep, tp, dp = (scores[k][g] for k in ("ep", "tp", "dp"))
+        return (*ep, *tp, *dp, -q)
+
+    return max(range(limit), key=badness)
