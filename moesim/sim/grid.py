@@ -13,8 +13,8 @@ Everything is arithmetic on a rank's coordinates: nothing here lists the cluster
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from itertools import islice, product
 
 from moesim.specs import ParallelSpec
 from moesim.specs.parallel import DEFAULT_ORDER
@@ -54,11 +54,16 @@ class _Radix:
         slowest (so a one-dimension group is ordered by that coordinate); the first ``limit``
         of them when given."""
         base = g - sum(self.coord(g, d) * self.stride[d] for d in dims)
-        ranges = [range(self.sizes[d]) for d in dims]
-        return tuple(
-            base + sum(c * self.stride[d] for c, d in zip(cs, dims, strict=True))
-            for cs in islice(product(*ranges), limit)
-        )
+        sizes = [self.sizes[d] for d in dims]
+        count = math.prod(sizes) if limit is None else min(math.prod(sizes), limit)
+        out = []
+        for i in range(count):  # i in mixed radix, the last of dims fastest (no full lists)
+            offset = 0
+            for d, n in zip(reversed(dims), reversed(sizes), strict=True):
+                i, c = divmod(i, n)
+                offset += c * self.stride[d]
+            out.append(base + offset)
+        return tuple(out)
 
     def is_leader(self, g: int, dims: tuple[str, ...]) -> bool:
         """g is the first rank of its group along ``dims``."""
