@@ -37,6 +37,8 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+	$(BIN)/moesim compare scenarios/compare-deepseek-v3-gb200-nvl72-vs-h100.yaml \
+	  --html reports/deepseek-v3-gb200-nvl72-vs-h100.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.
