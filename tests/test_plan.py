@@ -347,3 +347,11 @@ def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
     )  # fmt: skip
     assert "no configuration meets the constraints" in out.stdout
     assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout
+
+
+def test_plan_carries_the_nvlink_domain_and_fabric_into_every_candidate():
+    fabric = {"kind": "top_of_rack", "leaf_nodes": 2, "leaf_oversubscription": 2.0}
+    spec = plan_from_dict(dict(PLAN, nvlink_domain_gpus=16, fabric=fabric))
+    _, built = candidates(spec)
+    assert built and all(s.cluster.domain_gpus == 16 for s in built)
+    assert all(s.cluster.fabric.leaf_oversubscription == 2.0 for s in built)

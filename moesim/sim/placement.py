@@ -23,6 +23,7 @@ SPANS = (
 #: groups looked at per kind: a prefix of the ranks this long (the layout repeats with a
 #: period far below it), so the report costs the same on 8 GPUs and on a billion
 PLACEMENT_SCAN_GPUS = 4096
+EXPERT_KINDS = ("ep", "etp", "edp")
 
 
 def _rank(span: str) -> int:
@@ -41,8 +42,9 @@ def group_span(topo: Topology, group: tuple[int, ...]) -> str:
     return SPANS[2 + level]
 
 
-def placement(grid: Grid, topo: Topology) -> dict[str, str]:
-    """For each parallel dimension of degree > 1, the span of its worst-placed group."""
+def placement(grid: Grid, topo: Topology, moe: bool = True) -> dict[str, str]:
+    """For each parallel dimension of degree > 1, the span of its worst-placed group (the
+    expert dimensions ep, etp, edp only for an MoE model)."""
     degree = {
         "tp": grid.tp,
         "cp": grid.cp,
@@ -54,7 +56,7 @@ def placement(grid: Grid, topo: Topology) -> dict[str, str]:
     }
     out: dict[str, str] = {}
     for kind, n in degree.items():
-        if n <= 1 or (kind == "dp" and grid.dp == 1):
+        if n <= 1 or (kind == "dp" and grid.dp == 1) or (kind in EXPERT_KINDS and not moe):
             continue
         spans = {group_span(topo, grp) for grp in grid.groups(kind, PLACEMENT_SCAN_GPUS)}
         out[kind] = max(spans, key=_rank)

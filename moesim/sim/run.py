@@ -357,7 +357,7 @@ def _result(
         "simulated_ranks": len(ranks),
         "microbatches": ctx.microbatches,
         "profile": profile_label(ctx.profile),
-        "placement": placement(ctx.grid, ctx.topo),
+        "placement": placement(ctx.grid, ctx.topo, moe=ctx.moe is not None),
     }
     if ctx.offered_copies:
         extra["tokens_dropped_fraction"] = ctx.dropped_copies / ctx.offered_copies

@@ -63,12 +63,14 @@ def test_a_larger_nvlink_domain_holding_the_ep_group_is_never_slower():
 
 
 def test_moving_tp_out_of_the_nvlink_domain_is_never_faster():
+    # dense, tp 2 × pp 8 on two nodes (no data parallelism to move with it): the default order
+    # keeps each TP pair in a node; pp first puts the stages side by side and TP 8 ranks apart
     dense = {"model": "llama-3-8b", "routing": {"distribution": "uniform", "seed": 0}}
-    par = {"tp": 2, "pp": 1, "ep": 1}
+    par = {"tp": 2, "pp": 8, "ep": 1}
     inside = simulate(build(**dense, parallel=par))
-    outside = simulate(build(**dense, parallel={**par, "order": "dp-tp-cp-ep-pp"}))
-    assert inside.placement["tp"] == "intra-node"
-    assert outside.placement["tp"] == "crosses nodes"
+    outside = simulate(build(**dense, parallel={**par, "order": "pp-tp-cp-ep-dp"}))
+    assert inside.placement == {"tp": "intra-node", "pp": "crosses nodes"}
+    assert outside.placement == {"tp": "crosses nodes", "pp": "intra-node"}
     assert outside.time_breakdown_s["tp_comm"] > inside.time_breakdown_s["tp_comm"]
     assert outside.step_time_s >= inside.step_time_s
 
