@@ -105,6 +105,11 @@ class Grid:
         return cls(p.tp, p.cp, p.dp_size, p.pp, p.ep, p.etp, p.order_dims)
 
     @property
+    def pp_last(self) -> bool:
+        """Pipeline stages outermost: each stage is a block of consecutive ranks."""
+        return self._pp_last
+
+    @property
     def stage_size(self) -> int:
         return self.tp * self.cp * self.dp
 

@@ -9,6 +9,8 @@ domains), so each kind reports its worst group.
 
 from __future__ import annotations
 
+import math
+
 from moesim.sim.grid import Grid
 from moesim.sim.network import Topology
 
@@ -28,6 +30,15 @@ EXPERT_KINDS = ("ep", "etp", "edp")
 
 def _rank(span: str) -> int:
     return SPANS.index("crosses domains" if span == "crosses nodes" else span)
+
+
+def _scan_gpus(grid: Grid, topo: Topology) -> int:
+    """Ranks whose groups are looked at: with stages as blocks of ranks, the layout repeats
+    every lcm(stage size, the cluster's period) ranks (shifted groups meet the same
+    boundaries), so one repetition shows every kind of group; at most PLACEMENT_SCAN_GPUS."""
+    if not grid.pp_last:
+        return PLACEMENT_SCAN_GPUS
+    return min(PLACEMENT_SCAN_GPUS, math.lcm(grid.stage_size, topo.period_gpus))
 
 
 def group_span(topo: Topology, group: tuple[int, ...]) -> str:
@@ -54,11 +65,12 @@ def placement(grid: Grid, topo: Topology, moe: bool = True) -> dict[str, str]:
         "etp": grid.etp,
         "edp": grid.edp,
     }
+    scan = _scan_gpus(grid, topo)
     out: dict[str, str] = {}
     for kind, n in degree.items():
         if n <= 1 or (kind == "dp" and grid.dp == 1) or (kind in EXPERT_KINDS and not moe):
             continue
-        spans = {group_span(topo, grp) for grp in grid.groups(kind, PLACEMENT_SCAN_GPUS)}
+        spans = {group_span(topo, grp) for grp in grid.groups(kind, scan)}
         out[kind] = max(spans, key=_rank)
     return out
 
