@@ -197,18 +197,13 @@ class ClusterSpec(Spec):
             object.__setattr__(self, "intra_node", self.gpu.intra_node)
         if self.inter_node is None:
             object.__setattr__(self, "inter_node", self.gpu.inter_node)
-        if self.nvlink_domain_gpus is None:
-            own = self.gpu.nvlink_domain_gpus or self.gpus_per_node
-            # fewer GPUs than one domain of the system: they all sit in one (one rack)
-            domain = min(own, self.gpus) if own > self.gpus_per_node else own
-            object.__setattr__(self, "nvlink_domain_gpus", domain)
         self._check_domain()
         self._check_fabric()
         return self
 
     def _check_domain(self) -> None:
-        d, gpn, gpus = self.nvlink_domain_gpus, self.gpus_per_node, self.gpus
-        assert d is not None and gpn is not None
+        d, gpn, gpus = self.domain_gpus, self.gpus_per_node, self.gpus
+        assert gpn is not None
         if d <= gpn:
             if gpn % d:
                 raise ValueError(
@@ -240,9 +235,15 @@ class ClusterSpec(Spec):
 
     @property
     def domain_gpus(self) -> int:
-        """GPUs of one NVLink domain (resolved)."""
-        assert self.nvlink_domain_gpus is not None
-        return self.nvlink_domain_gpus
+        """GPUs of one NVLink domain: ``nvlink_domain_gpus``, else the GPU's own (a cluster
+        smaller than one of its domains sits in one: 16 GB200 GPUs of an NVL72 rack), else a
+        node. Left unresolved in the field, so a copy of the spec with other nodes (the
+        rollout GPUs of post-training) resolves it again."""
+        if self.nvlink_domain_gpus is not None:
+            return self.nvlink_domain_gpus
+        assert self.gpus_per_node is not None
+        own = self.gpu.nvlink_domain_gpus or self.gpus_per_node
+        return min(own, self.gpus) if own > self.gpus_per_node else own
 
     @property
     def gpus(self) -> int:

@@ -57,3 +57,12 @@ def test_a_scenario_file_takes_the_new_keys():
         parallel={"tp": 1, "pp": 2, "ep": 8},
     )
     assert s.cluster.domain_gpus == 8 and s.cluster.fabric.kind == "top_of_rack"
+
+
+def test_the_default_domain_is_resolved_again_on_a_copy_with_fewer_gpus():
+    # post-training builds its rollout cluster from a dump of the training one
+    big = ClusterSpec(gpu=load_gpu("gb200"), nodes=36)
+    small = ClusterSpec.model_validate({**big.model_dump(), "nodes": 2})
+    assert (big.domain_gpus, small.domain_gpus) == (72, 8)
+    h100 = ClusterSpec.model_validate({**cluster().model_dump(), "nodes": 1, "gpus_per_node": 4})
+    assert h100.domain_gpus == 4
