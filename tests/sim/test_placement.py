@@ -94,3 +94,22 @@ def test_full_fidelity_agrees_with_symmetric_on_a_multi_node_domain():
         build(cluster={**ACROSS_NODES, "nvlink_domain_gpus": 8}, simulation={"fidelity": "full"})
     )
     assert full.step_time_s == pytest.approx(sym.step_time_s, rel=0.02)
+
+
+def test_symmetric_runs_the_straddling_group_and_agrees_with_full_fidelity():
+    # 24 GPUs in domains of 12 (nodes of 4), EP 8: the group at 8..15 straddles two domains
+    straddle = {
+        "parallel": {"tp": 1, "pp": 1, "ep": 8},
+        "cluster": {"nodes": 6, "gpus_per_node": 4, "nvlink_domain_gpus": 12},
+        "workload": {"stage": "pretrain", "seq_len": 1024, "global_batch": 24},
+    }
+    sym = simulate(build(**straddle))
+    full = simulate(build(**straddle, simulation={"fidelity": "full"}))
+    inside = simulate(
+        build(
+            **{**straddle, "cluster": {**straddle["cluster"], "nodes": 6, "nvlink_domain_gpus": 24}}
+        )
+    )
+    assert sym.placement["ep"] == "crosses domains"
+    assert full.step_time_s == pytest.approx(sym.step_time_s, rel=0.02)
+    assert sym.step_time_s > inside.step_time_s  # the straddle costs: one domain of 24 is faster
