@@ -330,8 +330,10 @@ def nccl_system(topo: Topology, group: tuple[int, ...], arch: Arch, nvls: bool) 
     """NCCL's view of ``group`` on ``topo``: its ranks and nodes, and per-GPU graph bandwidths:
     the NVLink port; across nodes, the NICs of the rails the group's GPUs on a node use (ppn ×
     the node's NIC bandwidth per GPU), shared by the oversubscription of the highest switch
-    tier the group's traffic climbs to. A "node" here is an NVLink domain: NCCL's rings and
-    trees stay on NVLink inside it (multi-node NVLink) and cross the NICs between domains."""
+    tier the group's traffic climbs to. A "node" here is an NVLink domain: inside it NVLink
+    reaches every GPU (NCCL supports GB200 multi-node NVLink from 2.25.2, NVIDIA's GB200 NVL
+    Multi-Node Tuning Guide, NCCL section; MSCCL++ generalises its "ranks per node" to "ranks
+    per IPC domain" for it, microsoft/mscclpp PR #798), and the NICs join domains."""
     nodes = len({topo.domain_of(g) for g in group})
     n = len(group)
     ppn = n / nodes
