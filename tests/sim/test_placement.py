@@ -113,3 +113,11 @@ def test_symmetric_runs_the_straddling_group_and_agrees_with_full_fidelity():
     assert sym.placement["ep"] == "crosses domains"
     assert full.step_time_s == pytest.approx(sym.step_time_s, rel=0.02)
     assert sym.step_time_s > inside.step_time_s  # the straddle costs: one domain of 24 is faster
+
+
+def test_a_non_blocking_fabric_times_a_step_as_the_single_tier_network():
+    flat = simulate(build(cluster=ACROSS_NODES))
+    fabric = {"kind": "rail_optimized", "leaf_nodes": 1, "pod_nodes": 2}
+    tiered = simulate(build(cluster={**ACROSS_NODES, "fabric": fabric}))
+    assert tiered.placement["ep"] == "crosses leaves"
+    assert tiered.step_time_s == pytest.approx(flat.step_time_s, rel=1e-12)
