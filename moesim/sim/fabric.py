@@ -40,23 +40,23 @@ class Tiers:
     pod_nodes: int
     leaf_oversubscription: float
     pod_oversubscription: float
+    #: shifting every node by this many keeps every flow's tiers (pods hold whole leaves; a
+    #: tier left unset spans the cluster and never splits a group)
+    period_nodes: int = 1
 
     @classmethod
     def of(cls, spec: FabricSpec, nodes: int) -> Tiers:
         leaf = spec.leaf_nodes or nodes
         pod = spec.pod_nodes or max(nodes, leaf)
+        period = spec.pod_nodes or spec.leaf_nodes or 1
         return cls(
             spec.kind == "rail_optimized",
             leaf,
             pod,
             spec.leaf_oversubscription,
             spec.pod_oversubscription,
+            period,
         )
-
-    @property
-    def period_nodes(self) -> int:
-        """Shifting every node by this many keeps every flow's tiers (pods hold whole leaves)."""
-        return self.pod_nodes
 
     def level(self, ns: int, rs: int, nd: int, rd: int) -> int:
         """0: the flow turns at a leaf, 1: at a spine, 2: at the core."""

@@ -79,3 +79,9 @@ def test_a_more_oversubscribed_tier_is_never_faster(tier: str):
     ]
     assert times == sorted(times)
     assert times[-1] > times[0]
+
+
+def test_period_is_the_widest_tier_that_is_set():
+    assert Tiers.of(FabricSpec(), nodes=64).period_nodes == 1
+    assert Tiers.of(FabricSpec(leaf_nodes=8), nodes=64).period_nodes == 8
+    assert Tiers.of(FabricSpec(leaf_nodes=8, pod_nodes=32), nodes=64).period_nodes == 32
