@@ -39,6 +39,8 @@ reports: setup
 	  --html reports/mixtral-serving-plan.html
 	$(BIN)/moesim plan scenarios/plans/llama-405b-16384xh100-goodput.yaml \
 	  --html reports/llama-405b-goodput-plan.html
+	$(BIN)/moesim compare scenarios/compare-deepseek-v3-gb200-nvl72-vs-h100.yaml \
+	  --html reports/deepseek-v3-gb200-nvl72-vs-h100.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.

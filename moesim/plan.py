@@ -267,6 +267,7 @@ def plan_from_dict(
     known = {"name", "description", "model", "gpu", "gpus_per_node", "workload", "cost"}
     known |= {"search", "constraints", "objective", "top", "simulate_max", "precision", "routing"}
     known |= {"simulation", "intra_node", "inter_node", "reliability"}
+    known |= {"nvlink_domain_gpus", "fabric"}
     unknown = set(data) - known
     where = f"{source}: " if source else ""
     if unknown:
@@ -290,7 +291,7 @@ def plan_from_dict(
             f"(this plan's stage is {stage})"
         )
     cluster = {"gpu": data["gpu"]}
-    for key in ("gpus_per_node", "intra_node", "inter_node"):
+    for key in ("gpus_per_node", "intra_node", "inter_node", "nvlink_domain_gpus", "fabric"):
         if key in data:
             cluster[key] = data[key]
     base = {

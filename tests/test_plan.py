@@ -389,3 +389,11 @@ def test_reliability_plan_picks_the_interval_per_cluster_size():
     small, large = min(intervals), max(intervals)
     # sqrt(2·δ·M) − δ with M = MTBF / GPUs: fewer GPUs, longer MTBF, longer interval
     assert intervals[small] > intervals[large]
+
+
+def test_plan_carries_the_nvlink_domain_and_fabric_into_every_candidate():
+    fabric = {"kind": "top_of_rack", "leaf_nodes": 2, "leaf_oversubscription": 2.0}
+    spec = plan_from_dict(dict(PLAN, nvlink_domain_gpus=16, fabric=fabric))
+    _, built = candidates(spec)
+    assert built and all(s.cluster.domain_gpus == 16 for s in built)
+    assert all(s.cluster.fabric.leaf_oversubscription == 2.0 for s in built)

@@ -62,7 +62,7 @@ class EPPlacement:
 
 
 def ep_placement(p: ParallelSpec, cluster: ClusterSpec) -> EPPlacement:
-    gpn = cluster.gpus_per_node
+    gpn = cluster.domain_gpus  # a "node" here is an NVLink domain: what NVLink reaches
     span = p.ep * p.etp
     if span <= gpn:
         return EPPlacement(p.ep, 1, p.ep)

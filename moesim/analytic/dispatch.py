@@ -117,7 +117,7 @@ def resolve_dispatcher(s: Scenario) -> str:
     if moe is None or p.ep == 1:
         return "alltoall"
     span_gpus = p.ep * p.etp
-    if span_gpus > s.cluster.gpus_per_node:
+    if span_gpus > s.cluster.domain_gpus:
         return "deepep"
     gpus_hit = expected_bins_per_token(moe, p.ep)
     return "deepep" if gpus_hit < moe.top_k - 1e-9 else "alltoall"

@@ -332,7 +332,7 @@ def weight_sync_bytes(s: Scenario) -> WeightSyncBytes:
     keep_ex = min(1.0, (r.ep * r.etp) / (p.ep * p.etp))
     keep_pp = min(1.0, r.pp / p.pp)
     moved = dense_r * (1 - keep_tp * keep_pp) + expert_r * (1 - keep_ex * keep_pp)
-    gpn = s.cluster.gpus_per_node
+    gpn = s.cluster.domain_gpus  # NVLink reaches the whole domain
     within = s.gpus <= gpn or (
         keep_pp == 1.0
         and (keep_tp == 1.0 or p.tp <= gpn)

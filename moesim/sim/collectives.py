@@ -86,7 +86,7 @@ class Collective:
 def _by_node(topo: Topology, group: tuple[int, ...]) -> list[list[int]]:
     nodes: dict[int, list[int]] = defaultdict(list)
     for g in sorted(group):
-        nodes[topo.node_of(g)].append(g)
+        nodes[topo.domain_of(g)].append(g)
     return [nodes[k] for k in sorted(nodes)]
 
 
@@ -183,16 +183,24 @@ def all_to_all_direct(
 
 
 def _relay(topo: Topology, members_on: dict[int, dict[int, int]], src: int, node: int) -> int:
-    """The GPU of ``node`` that receives ``src``'s RDMA traffic: its rail peer (same local
-    index) when that GPU is in the group, else the node's first member."""
+    """The GPU of ``node`` (an NVLink domain) that receives ``src``'s RDMA traffic: its rail
+    peer (same index in the domain) when that GPU is in the group, else the member at src's
+    position among its own domain's members (cyclically), so that senders without a peer
+    spread over the receivers' NICs instead of all landing on one (a group that straddles a
+    domain boundary has such senders)."""
     peers = members_on[node]
-    return peers.get(topo.local_of(src), peers[min(peers)])
+    hit = peers.get(topo.slot_of(src))
+    if hit is not None:
+        return hit
+    own = sorted(members_on[topo.domain_of(src)])
+    receivers = sorted(peers)
+    return peers[receivers[own.index(topo.slot_of(src)) % len(receivers)]]
 
 
 def _members_on(topo: Topology, group: tuple[int, ...]) -> dict[int, dict[int, int]]:
-    members_on: dict[int, dict[int, int]] = defaultdict(dict)  # node -> local -> gpu
+    members_on: dict[int, dict[int, int]] = defaultdict(dict)  # domain -> slot -> gpu
     for g in group:
-        members_on[topo.node_of(g)][topo.local_of(g)] = g
+        members_on[topo.domain_of(g)][topo.slot_of(g)] = g
     return members_on
 
 
@@ -209,9 +217,9 @@ def all_to_all_hierarchical(
     members_on = _members_on(topo, group)
     flows: list[FlowSpec] = []
     for i, s in enumerate(group):
-        ns = topo.node_of(s)
+        ns = topo.domain_of(s)
         for j, d in enumerate(group):
-            if i != j and topo.node_of(d) == ns and bytes_sd[i][j] > 0:
+            if i != j and topo.domain_of(d) == ns and bytes_sd[i][j] > 0:
                 flows.append((s, d, bytes_sd[i][j]))
         for node, b in rdma_bytes_sn[i].items():
             if node == ns or b <= 0:
@@ -219,7 +227,7 @@ def all_to_all_hierarchical(
             relay = _relay(topo, members_on, s, node)
             flows.append((s, relay, b))
             for j, d in enumerate(group):
-                if topo.node_of(d) == node and d != relay and bytes_sd[i][j] > 0:
+                if topo.domain_of(d) == node and d != relay and bytes_sd[i][j] > 0:
                     flows.append((relay, d, bytes_sd[i][j]))
     phase = Phase(tuple(flows), extra_latency_s=topo.intra_latency_s)
     return Collective(kind, group, (phase,) if flows else ())
@@ -247,14 +255,14 @@ def all_to_all_unit_link_loads(
             rows[j][link] += nbytes
 
     for i, s in enumerate(group):
-        ns = topo.node_of(s)
+        ns = topo.domain_of(s)
         for j, d in enumerate(group):
             if i == j:
                 continue
-            if not hierarchical or topo.node_of(d) == ns:
+            if not hierarchical or topo.domain_of(d) == ns:
                 leg(j, s, d, gpu_bytes / n)
                 continue
-            relay = _relay(topo, members_on, s, topo.node_of(d))
+            relay = _relay(topo, members_on, s, topo.domain_of(d))
             leg(j, s, relay, node_bytes / n)
             if d != relay:
                 leg(j, relay, d, gpu_bytes / n)
@@ -321,12 +329,16 @@ def ring_all_reduce_textbook_s(
 def nccl_system(topo: Topology, group: tuple[int, ...], arch: Arch, nvls: bool) -> NcclSystem:
     """NCCL's view of ``group`` on ``topo``: its ranks and nodes, and per-GPU graph bandwidths:
     the NVLink port; across nodes, the NICs of the rails the group's GPUs on a node use (ppn ×
-    the node's NIC bandwidth per GPU), shared by the spine's oversubscription."""
-    nodes = len({topo.node_of(g) for g in group})
+    the node's NIC bandwidth per GPU), shared by the oversubscription of the highest switch
+    tier the group's traffic climbs to. A "node" here is an NVLink domain: inside it NVLink
+    reaches every GPU (NCCL supports GB200 multi-node NVLink from 2.25.2, NVIDIA's GB200 NVL
+    Multi-Node Tuning Guide, NCCL section; MSCCL++ generalises its "ranks per node" to "ranks
+    per IPC domain" for it, microsoft/mscclpp PR #798), and the NICs join domains."""
+    nodes = len({topo.domain_of(g) for g in group})
     n = len(group)
     ppn = n / nodes
     node_nic_Bps = topo.nics_per_node * topo.nic_Bps
-    inter_Bps = ppn * node_nic_Bps / topo.gpus_per_node / max(topo.spine_oversubscription, 1.0)
+    inter_Bps = ppn * node_nic_Bps / topo.gpus_per_node / topo.group_oversubscription(group)
     return NcclSystem(n, nodes, arch, topo.nvlink_Bps / 1e9, inter_Bps / 1e9, nvls)
 
 
@@ -403,4 +415,5 @@ class CollectiveTimer:
         return t
 
     def spans_nodes(self, group: tuple[int, ...]) -> bool:
-        return len({self.topo.node_of(g) for g in group}) > 1
+        """The group leaves one NVLink domain (its traffic crosses the NICs)."""
+        return len({self.topo.domain_of(g) for g in group}) > 1

@@ -35,6 +35,7 @@ from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import ExpertCost, ExpertElementwise, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology
+from moesim.sim.placement import representative_q
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
 from moesim.specs import Scenario
@@ -130,10 +131,13 @@ class SimContext:
         return r
 
     def simulated_gpus(self) -> list[int]:
-        """Symmetric: the first rank of each pipeline stage; full: every GPU."""
+        """Symmetric: one rank of each pipeline stage (the first, or on NVLink domains and
+        fabrics whose boundaries split some groups, the one in the worst-placed groups:
+        ``placement.representative_q``); full: every GPU."""
         if self.fidelity == "full":
             return list(range(self.grid.pp * self.grid.stage_size))
-        return [self.grid.gpu(stage, 0) for stage in range(self.grid.pp)]
+        q = representative_q(self.grid, self.topo)
+        return [self.grid.gpu(stage, q) for stage in range(self.grid.pp)]
 
     def group_key(self, group: tuple[int, ...], *what) -> tuple | None:
         return (group[0], len(group), *what) if self.rendezvous is not None else None
@@ -152,12 +156,13 @@ class SimContext:
 
     # -- collective times (alone on the links) ----------------------------------------------
     def shape(self, group: tuple[int, ...]) -> tuple:
-        """A group's place on the cluster up to a shift by whole nodes: all nodes are alike, so
-        collectives of groups with the same shape take the same time (one flow simulation for
-        the EP groups of all pipeline stages)."""
-        topo = self.topo
-        base = topo.node_of(group[0])
-        return tuple((topo.node_of(g) - base, topo.local_of(g)) for g in group)
+        """A group's place on the cluster up to a shift by whole periods (a node; with larger
+        NVLink domains or a tiered fabric, whole domains or pods: ``Topology.period_gpus``):
+        shifted groups are alike, so collectives of groups with the same shape take the same
+        time (one flow simulation for the EP groups of all pipeline stages)."""
+        period = self.topo.period_gpus
+        base = group[0] // period
+        return tuple((g // period - base, g % period) for g in group)
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
         """All-reduce of ``nbytes`` per rank as NCCL runs it: ``simulation.all_reduce`` auto
@@ -209,8 +214,8 @@ class SimContext:
         return pat
 
     def _pattern(self, group: tuple[int, ...]) -> DispatchPattern:
-        nodes = len({self.topo.node_of(g) for g in group})
-        return dispatch_pattern(self.scenario, nodes, self.dispatcher)
+        domains = len({self.topo.domain_of(g) for g in group})
+        return dispatch_pattern(self.scenario, domains, self.dispatcher)
 
     def allgather_s(
         self, group: tuple[int, ...], tokens_per_member: float, payload_bytes: float, kind: str
@@ -236,7 +241,7 @@ class SimContext:
         if not pat.hierarchical:
             c = all_to_all_direct(group, mat, kind)
         else:
-            node_of = [self.topo.node_of(g) for g in group]
+            node_of = [self.topo.domain_of(g) for g in group]  # NVLink domains
             rdma = []
             for i in range(len(group)):
                 per_node: dict[int, float] = {}

@@ -3,20 +3,26 @@
 Legend: ``g`` a global GPU index (node-major: g = node · gpus_per_node + local), ``_Bps`` bytes
 per second per direction, ``_s`` seconds.
 
-Links (each one direction, one capacity):
+Links (each one direction, one capacity; made on first use, so a cluster of any size costs only
+the links its simulated groups touch):
 
-- ``nvl_up[g]`` / ``nvl_down[g]``: GPU g's port into / out of the node's NVSwitch
+- ``nvl_up[g]`` / ``nvl_down[g]``: GPU g's port into / out of its NVLink domain's switches
   (``intra_node.bandwidth_GBps`` per direction: H100 450 GB/s = NVLink4 900 GB/s bidirectional).
+  The domain is ``cluster.nvlink_domain_gpus`` GPUs (default: one node; GB200 NVL72: 72 GPUs
+  on 18 nodes), numbered consecutively.
 - ``nic_up[node, rail]`` / ``nic_down[node, rail]``: the node's NICs on a rail-optimised fabric,
   GPU i using NIC ``i · nics_per_node // gpus_per_node`` (DGX H100: GPU i ↔ NIC i).
 - ``spine_up[node]`` / ``spine_down[node]``: the leaf-to-spine uplinks, present only when
   ``spine_oversubscription`` > 1, with capacity (node NIC bandwidth / oversubscription). Every
   inter-node flow crosses them then (a simplification: rail-local traffic that a leaf switch
-  could turn around is charged to the spine too).
+  could turn around is charged to the spine too). Only without ``cluster.fabric``.
+- With ``cluster.fabric``: per NIC, ``spine_up/down[node,rail]`` and ``core_up/down[node,rail]``
+  at the NIC's fair share of that tier's uplinks (``moesim.sim.fabric``), crossed by flows that
+  climb to that tier.
 
-Routes: inside a node, NVSwitch (up, down). Between nodes on the same rail, NIC to NIC. Between
-nodes on different rails, PXN (NCCL ≥ 2.12): NVLink to the GPU of the destination's rail on the
-source node, then that rail's NIC, so traffic stays on its rail.
+Routes: inside an NVLink domain, NVLink (up, down). Between domains, NIC to NIC; on different
+rails, PXN (NCCL ≥ 2.12) first: NVLink to the GPU of the destination's rail on the source node
+(when it shares the source's domain), then that rail's NIC, so traffic stays on its rail.
 
 ``simulate_flows`` is a fluid simulation: flows start at given times, rates are the max-min fair
 allocation (progressive filling) recomputed whenever a flow starts or finishes, and a flow
@@ -25,9 +31,11 @@ completes when its bytes are sent plus its route's latency (one latency per hop 
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from dataclasses import dataclass
 
+from moesim.sim.fabric import Tiers
 from moesim.specs import ClusterSpec
 
 Route = tuple[int, ...]
@@ -54,6 +62,8 @@ class Topology:
         intra_latency_s: float,
         inter_latency_s: float,
         spine_oversubscription: float = 1.0,
+        domain_gpus: int | None = None,
+        tiers: Tiers | None = None,
     ):
         self.nodes = nodes
         self.gpus_per_node = gpus_per_node
@@ -63,25 +73,12 @@ class Topology:
         self.intra_latency_s = intra_latency_s
         self.inter_latency_s = inter_latency_s
         self.spine_oversubscription = spine_oversubscription
-        gpus = nodes * gpus_per_node
+        self.domain_gpus = domain_gpus or gpus_per_node
+        self.tiers = tiers
         self.capacity_Bps: list[float] = []
         self.names: list[str] = []
-        self._nvl_up = [self._add(f"nvl_up[{g}]", nvlink_Bps) for g in range(gpus)]
-        self._nvl_down = [self._add(f"nvl_down[{g}]", nvlink_Bps) for g in range(gpus)]
-        self._nic_up = [
-            [self._add(f"nic_up[{n},{r}]", nic_Bps) for r in range(nics_per_node)]
-            for n in range(nodes)
-        ]
-        self._nic_down = [
-            [self._add(f"nic_down[{n},{r}]", nic_Bps) for r in range(nics_per_node)]
-            for n in range(nodes)
-        ]
-        self._spine_up: list[int] = []
-        self._spine_down: list[int] = []
-        if spine_oversubscription > 1.0:
-            spine_Bps = nics_per_node * nic_Bps / spine_oversubscription
-            self._spine_up = [self._add(f"spine_up[{n}]", spine_Bps) for n in range(nodes)]
-            self._spine_down = [self._add(f"spine_down[{n}]", spine_Bps) for n in range(nodes)]
+        self._ids: dict[str, int] = {}
+        self._spine_Bps = nics_per_node * nic_Bps / max(spine_oversubscription, 1.0)
         self._routes: dict[tuple[int, int], tuple[Route, float]] = {}
 
     @classmethod
@@ -99,12 +96,21 @@ class Topology:
             intra_latency_s=intra.latency_us * 1e-6,
             inter_latency_s=inter.latency_us * 1e-6,
             spine_oversubscription=inter.spine_oversubscription,
+            domain_gpus=cluster.domain_gpus,
+            tiers=Tiers.of(cluster.fabric, cluster.nodes) if cluster.fabric else None,
         )
 
     def _add(self, name: str, capacity_Bps: float) -> int:
         self.names.append(name)
         self.capacity_Bps.append(capacity_Bps)
         return len(self.names) - 1
+
+    def _link(self, name: str, capacity_Bps: float) -> int:
+        """The id of link ``name``, made with ``capacity_Bps`` on first use."""
+        i = self._ids.get(name)
+        if i is None:
+            i = self._ids[name] = self._add(name, capacity_Bps)
+        return i
 
     @property
     def gpus(self) -> int:
@@ -116,8 +122,23 @@ class Topology:
     def local_of(self, g: int) -> int:
         return g % self.gpus_per_node
 
+    def domain_of(self, g: int) -> int:
+        """The NVLink domain of GPU g."""
+        return g // self.domain_gpus
+
+    def slot_of(self, g: int) -> int:
+        """GPU g's index inside its NVLink domain."""
+        return g % self.domain_gpus
+
     def rail_of(self, g: int) -> int:
         return self.local_of(g) * self.nics_per_node // self.gpus_per_node
+
+    @property
+    def period_gpus(self) -> int:
+        """Shifting every GPU by this many maps the cluster onto itself (domains, leaves and
+        pods included): groups that differ by such a shift take the same time."""
+        unit = self.gpus_per_node * (self.tiers.period_nodes if self.tiers else 1)
+        return math.lcm(unit, self.domain_gpus)
 
     def route(self, src: int, dst: int) -> tuple[Route, float]:
         """Links a flow from ``src`` to ``dst`` crosses, and its latency in seconds."""
@@ -128,24 +149,45 @@ class Topology:
             self._routes[key] = hit
         return hit
 
+    def _nvl(self, src: int, dst: int) -> list[int]:
+        return [
+            self._link(f"nvl_up[{src}]", self.nvlink_Bps),
+            self._link(f"nvl_down[{dst}]", self.nvlink_Bps),
+        ]
+
     def _route(self, src: int, dst: int) -> tuple[Route, float]:
         if src == dst:
             return (), 0.0
+        if self.domain_of(src) == self.domain_of(dst):
+            return tuple(self._nvl(src, dst)), self.intra_latency_s
         ns, nd = self.node_of(src), self.node_of(dst)
-        if ns == nd:
-            return (self._nvl_up[src], self._nvl_down[dst]), self.intra_latency_s
         links: list[int] = []
         latency_s = self.inter_latency_s
-        rail = self.rail_of(dst)
-        if self.rail_of(src) != rail:  # PXN: hop to the destination rail's GPU on this node
+        rail, rail_src = self.rail_of(dst), self.rail_of(src)
+        if rail_src != rail:  # PXN: hop to the destination rail's GPU on this node
             proxy = ns * self.gpus_per_node + self.local_of(dst)
-            links += [self._nvl_up[src], self._nvl_down[proxy]]
-            latency_s += self.intra_latency_s
-        links.append(self._nic_up[ns][rail])
-        if self._spine_up:
-            links += [self._spine_up[ns], self._spine_down[nd]]
-        links.append(self._nic_down[nd][rail])
+            if self.domain_of(proxy) == self.domain_of(src):
+                links += self._nvl(src, proxy)
+                latency_s += self.intra_latency_s
+                rail_src = rail
+        links.append(self._link(f"nic_up[{ns},{rail_src}]", self.nic_Bps))
+        if self.tiers is not None:
+            up, down = self.tiers.uplinks(ns, rail_src, nd, rail)
+            links += [self._link(name, self.nic_Bps / f) for name, f in up]
+            links += [self._link(name, self.nic_Bps / f) for name, f in down]
+        elif self.spine_oversubscription > 1.0:
+            links.append(self._link(f"spine_up[{ns}]", self._spine_Bps))
+            links.append(self._link(f"spine_down[{nd}]", self._spine_Bps))
+        links.append(self._link(f"nic_down[{nd},{rail}]", self.nic_Bps))
         return tuple(links), latency_s
+
+    def group_oversubscription(self, group: tuple[int, ...]) -> float:
+        """The oversubscription rail-aligned traffic among ``group``'s NVLink domains pays:
+        the legacy spine factor, or the fabric's share at the highest tier it climbs to."""
+        if self.tiers is None:
+            return max(self.spine_oversubscription, 1.0)
+        nodes = {self.node_of(g) for g in group}
+        return self.tiers.share(self.tiers.group_level(nodes))
 
 
 def max_min_rates(routes: list[Route], capacity_Bps: list[float]) -> list[float]:

@@ -267,6 +267,10 @@ def rollout_scenario(s: Scenario) -> tuple[Scenario, int, int]:
     if w.rollout == "disaggregated":
         gpus, gpn = rollout_gpu_count(s), s.cluster.gpus_per_node
         d["cluster"] |= {"nodes": max(1, gpus // gpn), "gpus_per_node": min(gpus, gpn)}
+        domain = d["cluster"].get("nvlink_domain_gpus")
+        if domain is not None and (gpus < domain or gpus % domain):
+            # the rollout GPUs sit in one domain when fewer than one, else as the default
+            d["cluster"]["nvlink_domain_gpus"] = gpus if gpus < domain else None
         mem = rollout_gpu_memory(s)
         slots, capacity = mem.slots, mem.capacity
     else:

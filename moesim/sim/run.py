@@ -28,6 +28,7 @@ from moesim.analytic.microbatches import capped_microbatches, n_microbatches, se
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
 from moesim.sim.moe_layer import moe_backward, moe_forward
+from moesim.sim.placement import placement
 from moesim.sim.profile import profile_label, resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
@@ -357,6 +358,7 @@ def _result(
         "simulated_ranks": len(ranks),
         "microbatches": ctx.microbatches,
         "profile": profile_label(ctx.profile),
+        "placement": placement(ctx.grid, ctx.topo, moe=ctx.moe is not None),
     }
     if ctx.offered_copies:
         extra["tokens_dropped_fraction"] = ctx.dropped_copies / ctx.offered_copies

@@ -60,6 +60,11 @@ class GPUSpec(Spec):
     intra_node: IntraNodeLink
     inter_node: InterNodeLink = InterNodeLink()
     gpus_per_node: PositiveInt = 8
+    nvlink_domain_gpus: PositiveInt | None = Field(
+        None,
+        description="GPUs in one NVLink domain as the system ships (GB200 NVL72: 72); "
+        "None = gpus_per_node",
+    )
     tdp_W: PositiveFloat | None = None
     sms: PositiveInt | None = Field(
         None,
@@ -96,6 +101,63 @@ class GPUSpec(Spec):
         return table[dtype]
 
 
+FabricKind = Literal["rail_optimized", "top_of_rack"]
+
+
+class FabricSpec(Spec):
+    """The scale-out network as a fat tree of leaf, spine and core switches.
+
+    Leaves hold ``leaf_nodes`` nodes; a pod holds ``pod_nodes`` nodes (whole leaves) under one
+    set of spines; pods meet at the core. Rail-optimized: each leaf serves one rail (NIC i of
+    every node of its group, DGX SuperPOD), so traffic between rails meets only at the spine;
+    top-of-rack: one leaf takes every NIC of its nodes. A tier's uplinks carry what its
+    downlinks carry over its oversubscription (downlink / uplink bandwidth).
+    """
+
+    kind: FabricKind = Field(
+        "rail_optimized",
+        description="rail_optimized (GPU i of every node on rail i: one leaf per rail and "
+        "leaf group) or top_of_rack (one leaf takes every NIC of its nodes)",
+    )
+    leaf_nodes: PositiveInt | None = Field(
+        None,
+        description="nodes under one leaf (rail-optimized: one leaf per rail for these "
+        "nodes); None = every node (one leaf per rail)",
+    )
+    leaf_oversubscription: Float = Field(
+        1.0,
+        ge=1.0,
+        description="leaf downlink over uplink bandwidth (1 = non-blocking): traffic that leaves "
+        "a leaf for the spines gets a NIC's bandwidth over this",
+    )
+    pod_nodes: PositiveInt | None = Field(
+        None,
+        description="nodes under one set of spines (a pod; a multiple of leaf_nodes); "
+        "None = one pod (two tiers, no core)",
+    )
+    pod_oversubscription: Float = Field(
+        1.0,
+        ge=1.0,
+        description="spine (aggregation) downlink over core uplink bandwidth: traffic between "
+        "pods gets a NIC's bandwidth over leaf_oversubscription · pod_oversubscription",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FabricSpec:
+        if self.pod_nodes is not None:
+            leaf = self.leaf_nodes or self.pod_nodes
+            if self.pod_nodes % leaf:
+                raise ValueError(
+                    f"cluster.fabric.pod_nodes ({self.pod_nodes}) must be a multiple of "
+                    f"leaf_nodes ({self.leaf_nodes}): a pod holds whole leaves"
+                )
+        elif self.pod_oversubscription != 1.0:
+            raise ValueError(
+                "cluster.fabric.pod_oversubscription needs pods: set cluster.fabric.pod_nodes"
+            )
+        return self
+
+
 class ClusterSpec(Spec):
     """``nodes`` × ``gpus_per_node`` GPUs; links default to the GPU's own fabrics."""
 
@@ -104,6 +166,20 @@ class ClusterSpec(Spec):
     gpus_per_node: PositiveInt | None = None
     intra_node: IntraNodeLink | None = None
     inter_node: InterNodeLink | None = None
+    nvlink_domain_gpus: PositiveInt | None = Field(
+        None,
+        description="GPUs in one NVLink (scale-up) domain: GB200 NVL72 = 72 (18 nodes of 4), "
+        "NVL36 = 36, HGX H100 = 8; a multiple of gpus_per_node that divides the cluster's "
+        "GPUs, or a divisor of gpus_per_node; its links are intra_node's (the GPU's NVLink "
+        "port and latency). Groups inside one domain use NVLink, groups across domains the "
+        "NICs. Default: the GPU's own (catalog), else gpus_per_node",
+    )
+    fabric: FabricSpec | None = Field(
+        None,
+        description="multi-tier scale-out fabric (leaf / spine / core, oversubscription per "
+        "tier, pods, rail-optimized or top-of-rack); None = one switch tier per rail, with "
+        "inter_node.spine_oversubscription charged to every inter-node flow as before",
+    )
     gpu_memory_reserve_GB: NonNegativeFloat = Field(
         1.0,
         description="HBM per GPU that tensors cannot use: the CUDA context, cuBLAS/cuDNN "
@@ -121,7 +197,53 @@ class ClusterSpec(Spec):
             object.__setattr__(self, "intra_node", self.gpu.intra_node)
         if self.inter_node is None:
             object.__setattr__(self, "inter_node", self.gpu.inter_node)
+        self._check_domain()
+        self._check_fabric()
         return self
+
+    def _check_domain(self) -> None:
+        d, gpn, gpus = self.domain_gpus, self.gpus_per_node, self.gpus
+        assert gpn is not None
+        if d <= gpn:
+            if gpn % d:
+                raise ValueError(
+                    f"cluster.nvlink_domain_gpus ({d}) must divide gpus_per_node ({gpn}) or be "
+                    "a multiple of it: a domain holds whole nodes or splits a node evenly"
+                )
+            return
+        if d % gpn:
+            raise ValueError(
+                f"cluster.nvlink_domain_gpus ({d}) is not a multiple of gpus_per_node ({gpn}): "
+                f"a domain holds whole nodes; use {d // gpn * gpn or gpn} or {(d // gpn + 1) * gpn}"
+            )
+        if gpus % d:
+            raise ValueError(
+                f"cluster.nvlink_domain_gpus ({d}) must divide the cluster's {gpus} GPUs "
+                f"({self.nodes} nodes × {gpn}): set cluster.nodes to a multiple of "
+                f"{d // gpn} (whole domains), or cluster.nvlink_domain_gpus to a divisor"
+            )
+
+    def _check_fabric(self) -> None:
+        if self.fabric is None:
+            return
+        if self.inter.spine_oversubscription != 1.0:
+            raise ValueError(
+                "cluster.inter_node.spine_oversubscription and cluster.fabric both set the "
+                "network's oversubscription: with a fabric, use "
+                "cluster.fabric.leaf_oversubscription (and pod_oversubscription) instead"
+            )
+
+    @property
+    def domain_gpus(self) -> int:
+        """GPUs of one NVLink domain: ``nvlink_domain_gpus``, else the GPU's own (a cluster
+        smaller than one of its domains sits in one: 16 GB200 GPUs of an NVL72 rack), else a
+        node. Left unresolved in the field, so a copy of the spec with other nodes (the
+        rollout GPUs of post-training) resolves it again."""
+        if self.nvlink_domain_gpus is not None:
+            return self.nvlink_domain_gpus
+        assert self.gpus_per_node is not None
+        own = self.gpu.nvlink_domain_gpus or self.gpus_per_node
+        return min(own, self.gpus) if own > self.gpus_per_node else own
 
     @property
     def gpus(self) -> int:

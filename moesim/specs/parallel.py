@@ -29,6 +29,9 @@ MoEDispatcher = Literal["auto", "alltoall", "allgather", "deepep", "deepep_low_l
 # token dispatchers (megatron/core/transformer/transformer_config.py)
 EP_OVERLAP_DISPATCHERS = ("auto", "alltoall", "deepep")
 PipelineBalance = Literal["even", "auto"]
+#: the dimensions ``parallel.order`` places (Megatron-Core's RankGenerator), fastest first
+ORDER_DIMS = ("tp", "cp", "ep", "dp", "pp")
+DEFAULT_ORDER = "tp-cp-ep-dp-pp"
 
 
 class ParallelSpec(Spec):
@@ -119,8 +122,19 @@ class ParallelSpec(Spec):
         "names it in pipeline_layout)",
     )
 
+    order: str = Field(
+        DEFAULT_ORDER,
+        description="placement of the parallel dimensions on global ranks, fastest-varying "
+        "first (Megatron-Core's --order / RankGenerator): a permutation of tp, cp, ep, dp, pp "
+        "joined by '-'. Attention ranks use it without ep, expert ranks without cp (tp read "
+        "as etp, dp as edp). The default tp-cp-ep-dp-pp keeps TP inside a node; "
+        "dp-tp-cp-ep-pp spreads TP across nodes. The result's placement field says where "
+        "each group lands",
+    )
+
     @model_validator(mode="after")
     def _check(self) -> ParallelSpec:
+        self._check_order()
         if self.schedule == "interleaved_1f1b" and self.virtual_stages < 2:
             raise ValueError(
                 "schedule 'interleaved_1f1b' needs virtual_stages ≥ 2: set parallel.virtual_stages"
@@ -147,6 +161,19 @@ class ParallelSpec(Spec):
             self._check_ep_overlap()
         self._check_layout_fields()
         return self
+
+    def _check_order(self) -> None:
+        dims = self.order.split("-")
+        if sorted(dims) != sorted(ORDER_DIMS):
+            raise ValueError(
+                f"parallel.order {self.order!r} must be a permutation of tp, cp, ep, dp, pp "
+                f"joined by '-', each once (e.g. {DEFAULT_ORDER!r})"
+            )
+
+    @property
+    def order_dims(self) -> tuple[str, ...]:
+        """``order`` as a tuple of dimension names, fastest-varying first."""
+        return tuple(self.order.split("-"))
 
     def _check_ep_overlap(self) -> None:
         """Megatron-Core's requirements for ``overlap_moe_expert_parallel_comm``

@@ -121,6 +121,12 @@ class Result(BaseModel):
         "wall_fraction {useful, checkpoint, lost_work, restart} (sums to 1); with total_tokens "
         "also run_days, interruptions, lost_work_per_interruption_s",
     )
+    placement: dict[str, str] | None = Field(
+        None,
+        description="where each parallel group of degree > 1 (tp, cp, dp, pp, ep, etp, edp) "
+        "lands, its worst-placed group: intra-node, intra-domain (one NVLink domain over "
+        "several nodes), crosses domains, crosses leaves, crosses pods (cluster.fabric)",
+    )
 
     def to_json_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

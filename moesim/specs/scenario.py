@@ -6,6 +6,8 @@ Catalog ids in the file (``model: mixtral-8x7b``, ``cluster.gpu: h100-sxm``) are
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field, model_validator
 
 from moesim.specs.base import Spec
@@ -55,6 +57,7 @@ class Scenario(Spec):
     def _check(self) -> Scenario:
         _resolve_dp(self)
         _check_parallel_vs_model(self.parallel, self.model)
+        _check_order(self.parallel)
         _check_offload(self.parallel, self.model)
         _check_batch(self)
         _check_precision(self)
@@ -83,6 +86,24 @@ def _resolve_dp(s: Scenario) -> None:
             f"has {gpus} GPUs ({s.cluster.nodes} nodes × {s.cluster.gpus_per_node}): "
             f"set parallel.dp to {gpus // mp if gpus % mp == 0 else 'a fitting value'} or leave "
             "it out to derive it"
+        )
+
+
+def _check_order(p: ParallelSpec) -> None:
+    """Attention ranks (order without ep) and expert ranks (order without cp, etp for tp, edp
+    for dp) must agree on each rank's pipeline stage: the ranks placed before pp hold as many
+    GPUs in both (Megatron-Core's RankGenerator builds both grids from one order)."""
+    dims = p.order_dims
+    before = dims[: dims.index("pp")]
+    attn = {"tp": p.tp, "cp": p.cp, "dp": p.dp_size, "ep": 1}
+    expert = {"tp": p.etp, "cp": 1, "dp": p.edp, "ep": p.ep}
+    a = math.prod(attn[d] for d in before)
+    e = math.prod(expert[d] for d in before)
+    if a != e:
+        raise ValueError(
+            f"parallel.order {p.order!r}: the dimensions before pp hold {a} attention ranks "
+            f"but {e} expert ranks, so a GPU would sit in two pipeline stages: put pp last "
+            "(the default tp-cp-ep-dp-pp) or make the two products equal"
         )
 
 

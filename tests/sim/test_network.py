@@ -108,3 +108,39 @@ def test_vanishing_flows_finish_instead_of_stalling():
     r = simulate_flows(t, [Flow(0, 1, 5e-318), Flow(0, 2, 1 * GB), Flow(3, 1, 1e-7)])
     assert r.finish_s[0] == 0.0 and r.finish_s[2] == 0.0
     assert r.finish_s[1] == pytest.approx(simulate_flows(t, [Flow(0, 2, 1 * GB)]).makespan_s)
+
+
+def test_a_multi_node_nvlink_domain_routes_over_nvlink_and_leaves_it_over_the_nics():
+    t = topo(nodes=4, gpn=4, domain_gpus=8)  # two domains of two nodes
+    links, _ = t.route(1, 6)  # nodes 0 and 1, one domain
+    assert [t.names[x] for x in links] == ["nvl_up[1]", "nvl_down[6]"]
+    links, _ = t.route(1, 9)  # node 0 to node 2: another domain, same rail
+    assert [t.names[x] for x in links] == ["nic_up[0,1]", "nic_down[2,1]"]
+
+
+def test_a_domain_smaller_than_a_node_sends_across_it_through_the_nics():
+    t = topo(nodes=1, gpn=8, nvl=100 * GB, domain_gpus=4)
+    links, _ = t.route(0, 5)  # no PXN: GPU 5, the proxy on rail 5, is outside 0's domain
+    assert [t.names[x] for x in links] == ["nic_up[0,0]", "nic_down[0,5]"]
+
+
+def test_fabric_routes_climb_only_the_tiers_the_ends_do_not_share():
+    from moesim.sim.fabric import Tiers
+    from moesim.specs.hardware import FabricSpec
+
+    spec = FabricSpec(leaf_nodes=1, pod_nodes=2, leaf_oversubscription=2, pod_oversubscription=3)
+    t = topo(nodes=4, gpn=2, tiers=Tiers.of(spec, 4))
+    names = lambda s, d: [t.names[x] for x in t.route(s, d)[0]]  # noqa: E731
+    assert names(0, 2) == ["nic_up[0,0]", "spine_up[0,0]", "spine_down[1,0]", "nic_down[1,0]"]
+    across_pods = names(0, 4)
+    assert "core_up[0,0]" in across_pods and "core_down[2,0]" in across_pods
+    cap = {n: t.capacity_Bps[t.names.index(n)] for n in across_pods}
+    assert cap["core_up[0,0]"] == pytest.approx(10 * GB / 6)
+    assert cap["spine_up[0,0]"] == pytest.approx(10 * GB / 2)
+
+
+def test_links_are_made_on_first_use_so_a_huge_cluster_costs_nothing_up_front():
+    t = topo(nodes=10**9, gpn=8)
+    assert t.names == []
+    t.route(0, 8 * (10**9 - 1))
+    assert len(t.names) == 2  # the two NICs: no per-GPU list was built

@@ -60,3 +60,20 @@ def test_layout_options_exclude_each_other_as_in_megatron(fields: dict, message:
     with pytest.raises(ValidationError, match="parallel") as e:
         ParallelSpec(**fields)
     assert message in str(e.value)
+
+
+def test_order_must_be_a_permutation_of_the_known_dimensions() -> None:
+    assert ParallelSpec(order="dp-tp-cp-ep-pp").order_dims == ("dp", "tp", "cp", "ep", "pp")
+    for bad in ("tp-cp-dp-pp", "tp-cp-ep-dp-pp-tp", "tp-cp-ep-dp-xx", "tp,cp,ep,dp,pp"):
+        with pytest.raises(ValidationError, match=r"parallel\.order .* permutation"):
+            ParallelSpec(order=bad)
+
+
+def test_order_whose_grids_disagree_on_the_stage_is_refused() -> None:
+    # pp after tp only: attention ranks put tp=2 ranks before pp, expert ranks etp=1
+    from sim_scenarios_specs import moe_scenario
+
+    with pytest.raises(ValueError, match=r"parallel\.order .* put pp last"):
+        moe_scenario(parallel={"tp": 2, "pp": 2, "ep": 4, "order": "tp-pp-cp-ep-dp"})
+    ok = moe_scenario(parallel={"tp": 2, "pp": 2, "ep": 4, "order": "dp-tp-cp-ep-pp"})
+    assert ok.parallel.order == "dp-tp-cp-ep-pp"
