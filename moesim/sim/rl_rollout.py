@@ -43,8 +43,10 @@ from moesim.analytic.post_training import (
     rollout_layout,
     shard_params,
 )
-from moesim.sim.inference import ReplicaCost, ServerLog, serve
 from moesim.sim.rl_phases import Phase, empty_parts
+from moesim.sim.serving_requests import Request
+from moesim.sim.serving_scheduler import EngineConfig, ServerLog, serve
+from moesim.sim.serving_step import ReplicaCost
 from moesim.specs import BYTES_PER_ELEMENT, GRPOWorkload, InferenceWorkload, PPOWorkload, Scenario
 from moesim.specs.lengths import sample_lengths
 
@@ -106,18 +108,9 @@ def replica_chunks(n: int, replicas: int) -> list[slice]:
 def run_engine(
     cost: ReplicaCost, prompts: np.ndarray, responses: np.ndarray, slots: int, budget: int
 ) -> ServerLog:
-    """One replica's engine over its sequences (all there at time 0)."""
-    assert len(set(prompts.tolist())) <= 1 and len(set(responses.tolist())) <= 1, (
-        "per-request lengths need the serving engine's per-request API"
-    )
-    return serve(
-        cost,
-        [0.0] * len(prompts),
-        int(prompts[0]),
-        int(responses[0]),
-        slots,
-        max_prefill_tokens=budget,
-    )
+    """One replica's engine over its sequences (all there at time 0, each with its lengths)."""
+    requests = [Request(0.0, int(p), int(r)) for p, r in zip(prompts, responses, strict=True)]
+    return serve(cost, requests, EngineConfig(max_num_seqs=slots, max_num_batched_tokens=budget))
 
 
 def rollout_phase(s: Scenario, base_dir: Path | None, fidelity: str | None = None) -> Phase:
@@ -140,8 +133,8 @@ def rollout_phase(s: Scenario, base_dir: Path | None, fidelity: str | None = Non
     cost = ReplicaCost(roll, base_dir)
     budget = roll.workload.max_prefill_tokens
     runs = [(c, run_engine(cost, prompts[c], responses[c], slots, budget)) for c in timed]
-    chunk, log = max(runs, key=lambda x: _makespan_s(x[1]))
-    time_s = _makespan_s(log)
+    chunk, log = max(runs, key=lambda x: x[1].makespan_s)
+    time_s = log.makespan_s
     batch = log.decode_batch_sum / max(log.decode_steps, 1)
     typical = cost.decode(max(1, round(batch)), log.decode_context_sum / max(log.decode_steps, 1))
     frac = typical.comm_s / typical.total_s if typical.total_s else 0.0
@@ -174,10 +167,6 @@ def rollout_phase(s: Scenario, base_dir: Path | None, fidelity: str | None = Non
     side = "rollout" if w.rollout == "disaggregated" else "training"
     return Phase("rollout", time_s, parts, extra=extra, flops_per_gpu=flops_per_gpu,
                  hbm_bytes_per_gpu=nbytes, side=side)  # fmt: skip
-
-
-def _makespan_s(log: ServerLog) -> float:
-    return max((r.finish_s for r in log.requests), default=0.0)
 
 
 def _bytes_read_per_gpu(s: Scenario, roll: Scenario, log: ServerLog, expert_step: float) -> float:
