@@ -12,8 +12,9 @@ longest response (the tail a rollout waits for), ``full`` runs every replica and
 slowest. Fixed lengths give every replica the same work: one is run.
 
 **Tail.** ``rollout_tail_fraction`` = (T − t₉₀) / T on the replica that finishes last, with T
-its rollout time and t₉₀ the time by which 90 % of its responses had finished: the share of
-the rollout spent waiting for the last tenth of the responses (verl's one-step-off-policy
+its rollout time and t₉₀ the finish of its ⌊0.9·n⌋-th response of n (the time by which 90 % had
+finished, at most; the first response's with fewer than 10): the share of the rollout spent
+waiting for the last tenth of the responses (verl's one-step-off-policy
 recipe, docs/advance/one_step_off.md: "Model updates must wait for the longest output in the
 generation phase to complete").
 
@@ -144,7 +145,7 @@ def rollout_phase(s: Scenario, base_dir: Path | None, fidelity: str | None = Non
     parts["tp_comm"] = time_s * typical.tp_comm_s / typical.total_s if typical.total_s else 0.0
     parts["all_to_all"] = time_s * typical.all_to_all_s / typical.total_s if typical.total_s else 0
     finish_s = np.sort([r.finish_s for r in log.requests])
-    t_tail_s = float(finish_s[max(0, math.ceil(TAIL_AFTER_FRACTION * len(finish_s)) - 1)])
+    t_tail_s = float(finish_s[max(0, math.floor(TAIL_AFTER_FRACTION * len(finish_s)) - 1)])
     rp = roll.parallel
     per_replica = chunk.stop - chunk.start
     extra: dict[str, object] = {
