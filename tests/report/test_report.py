@@ -244,3 +244,23 @@ def test_comparison_report_details_each_training_scenario(tmp_path):
     assert f"All-to-all traffic of one MoE layer: {scenarios[1].name}" not in text  # dense
     verdict = comparison_verdict(scenarios, results)
     assert "MFU" in verdict and "exposed communication" in verdict
+
+
+def test_phase_table_gives_each_rl_phase_its_mfu_and_mbu_and_counts_rollout_gpus():
+    from moesim.cli.report_cmd import compare_rows
+    from moesim.scenario_io import scenario_from_dict
+
+    wl = {"stage": "grpo", "global_batch": 8, "group_size": 4, "prompt_len": 256,
+          "response_len": 256, "rollout": "disaggregated", "rollout_gpus": 8,
+          "off_policy_steps": 1}  # fmt: skip
+    s = scenario_from_dict({"name": "async", "model": "llama-3-8b",
+                            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+                            "parallel": {"tp": 1, "zero_stage": 1}, "workload": wl})  # fmt: skip
+    r = simulate(s)
+    fig = figures.phase_utilization_table([r])
+    phases = list(fig.data[0].cells.values[1])
+    assert phases == ["weight sync", "rollout", "reference", "training"]
+    seconds = [float(x) for x in fig.data[0].cells.values[2]]
+    assert seconds[1] == pytest.approx(r.rollout_time_s, abs=1e-3)  # the whole generation
+    assert compare_rows([s], [r])["GPUs"] == ["16"]  # 8 training + 8 rollout
+    assert figures.phase_utilization_table([simulate(load_scenario(MIXTRAL))]) is None
