@@ -167,6 +167,10 @@ def simulate_post_training(
             "no rollout sequence's KV cache fits beside the training states (timed as one "
             "per replica)"
         )
+    if isinstance(w, GRPOWorkload | PPOWorkload):
+        note = longest_sequence_note(s)
+        if note:
+            notes.append(note)
     res = Result(
         name=s.name,
         stage=w.stage,
@@ -240,6 +244,24 @@ def simulate_post_training(
     if trace_path is not None:
         write_trace(_concatenated(phases), trace_path)
     return res
+
+
+def longest_sequence_note(s: Scenario) -> str | None:
+    """A word when the KV pool, sized in mean-length sequences, cannot hold the longest one a
+    length distribution allows (the engine would preempt or cut it; timed as drawn)."""
+    w = s.workload
+    if w.max_seq_tokens <= w.seq_len:
+        return None
+    if w.rollout == "colocated":
+        slots = post_training_memory(s).rollout_slots
+    else:
+        slots = rollout_gpu_memory(s).slots
+    if slots * w.seq_len >= w.max_seq_tokens:  # the pool's tokens hold the longest sequence
+        return None
+    return (
+        f"the rollout KV pool holds {slots} mean-length sequences, less than one of the longest "
+        f"{w.max_seq_tokens} tokens the lengths allow (timed as drawn, without preemption)"
+    )
 
 
 def _concatenated(phases: list[Phase]) -> list[Rank]:

@@ -160,6 +160,8 @@ def rollout_phase(s: Scenario, base_dir: Path | None, fidelity: str | None = Non
         "rollout_response_tokens_mean": float(responses.mean()),
         "rollout_response_tokens_max": int(responses.max()),
     }
+    if log.preemptions:
+        extra["rollout_preemptions"] = log.preemptions
     if s.model.moe is not None:
         extra["rollout_experts_touched_per_layer"] = typical.experts_touched
     flops = float((prompts + responses).sum()) * token_flops(s.model, w.seq_len).forward

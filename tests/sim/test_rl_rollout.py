@@ -122,3 +122,21 @@ def test_rollout_draws_do_not_depend_on_the_replica_count():
     s = scenario(response_len=empirical(5, 50, 500))
     assert isinstance(a, np.ndarray) and len(a) == 32
     assert (draw_lengths(s)[1] == a).all()
+
+
+def test_a_pool_too_small_for_the_longest_allowed_sequence_is_reported():
+    small = scenario_from_dict(
+        {
+            "name": "grpo",
+            "model": "llama-2-13b",
+            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+            "parallel": {"tp": 1, "pp": 1, "zero_stage": 1},
+            "workload": {**GRPO, "response_len": {"distribution": "uniform", "min": 1,
+                                                   "max": 60000}},
+        }
+    )  # fmt: skip
+    from moesim.sim.post_training import longest_sequence_note  # memory only: no 60k decodes
+
+    note = longest_sequence_note(small)
+    assert note is not None and "60256" in note
+    assert longest_sequence_note(scenario()) is None  # fixed lengths: the mean is the longest
