@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from moesim.specs.base import (
+    NO_BOOL_INT,
     Float,
     Fraction,
     NonNegativeInt,
@@ -119,7 +120,7 @@ class _RL(Spec):
         "rewards are all equal are dropped and more generated); the rollout and the reward run "
         "on all of them, the later phases on global_batch",
     )
-    sleep_level: Literal[0, 1, 2] = Field(
+    sleep_level: Annotated[Literal[0, 1, 2], NO_BOOL_INT] = Field(
         0,
         description="colocated: vLLM sleep mode between rollouts (0: the engine's weights and KV "
         "pool stay in HBM through training; 1: weights offloaded to host memory and KV "
