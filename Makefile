@@ -35,6 +35,8 @@ reports: setup
 	  --html reports/mixtral-vs-dense-serving.html
 	$(BIN)/moesim compare scenarios/compare-moe-post-training.yaml \
 	  --html reports/moe-post-training.html
+	$(BIN)/moesim compare scenarios/compare-grpo-sync-vs-async.yaml \
+	  --html reports/grpo-sync-vs-async.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
 	$(BIN)/moesim plan scenarios/plans/llama-405b-16384xh100-goodput.yaml \

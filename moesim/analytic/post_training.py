@@ -12,8 +12,14 @@
   TRL's ``vllm_mode: colocate`` and in veRL) lives beside the training states on the same GPUs
   with its own copy of the policy weights (``rollout_engine``, in ``weights_inference``
   precision, tp/pp/ep-sharded) and a KV pool that gets what the rollout needs, at most what the
-  HBM has left; fewer sequences fit → more decode waves (the simulator counts them). Offloading
-  the training states during rollout (veRL's sleep mode) is not modelled.
+  HBM has left; fewer sequences fit → more decode waves (the simulator counts them).
+  ``sleep_level`` 0 (the default): vLLM allocates its KV pool once and keeps it and its weights
+  through training, so the pool gets what is left beside training's peak (activations
+  included). ``sleep_level`` 1 or 2 (vLLM sleep mode: weights to host memory or discarded, KV
+  discarded): the engine holds nothing during training, and the pool gets what is left beside
+  what is resident during the rollout (no activations; no optimizer states with
+  ``offload_optimizer``, which moves them to host memory for the rollout). The reported memory
+  is then the larger of the two phases' (``phase_totals``).
   ``disaggregated``: the rollout GPUs hold inference weights and the KV pool, the training GPUs
   none of it.
 - The rollout layout (``rollout_layout``): ``workload.rollout_parallel``'s tp/pp/ep/etp, the
@@ -81,6 +87,8 @@ class PostTrainingMemory:
     rollout_slots: int = 0  # of which the KV pool holds at once (at least 1: what is timed)
     rollout_kv_per_sequence: float = 0.0  # bytes per GPU
     rollout_kv_capacity: int = 0  # sequences whose KV cache fits (0: not even one)
+    phase_totals: dict[str, float] | None = None  # bytes per GPU in training and in rollout
+    offloaded_optimizer: float = 0.0  # optimizer bytes per GPU sent to host for the rollout
 
     def copies_GB(self) -> dict[str, float]:
         return {c.role: c.total / 1e9 for c in self.copies}
@@ -199,15 +207,24 @@ def rollout_layout(s: Scenario) -> ParallelSpec:
     return ParallelSpec(tp=tp, pp=pp, dp=dp, cp=1, ep=ep, etp=etp, zero_stage=0, recompute="none")
 
 
+def generated_prompts(s: Scenario) -> int:
+    """Prompts the rollout generates per step: ``global_batch`` × ``oversample_ratio`` (dynamic
+    sampling generates more than it keeps), rounded up."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    return math.ceil(w.global_batch * w.oversample_ratio - 1e-9)
+
+
 def rollout_sequences(s: Scenario) -> int:
     """Sequences generated per step (GRPO: prompts × group) on each rollout replica."""
     w = s.workload
-    n = w.global_batch * (w.group_size if isinstance(w, GRPOWorkload) else 1)
+    n = generated_prompts(s) * (w.group_size if isinstance(w, GRPOWorkload) else 1)
     return math.ceil(n / rollout_layout(s).dp_size)
 
 
 def rollout_kv_per_sequence(s: Scenario) -> float:
-    """KV-cache bytes one rollout sequence (prompt + response) takes on one rollout GPU."""
+    """KV-cache bytes one rollout sequence (prompt + response; the mean lengths when they are
+    distributions: a paged pool holds what sequences hold) takes on one rollout GPU."""
     return kv_cache_bytes_per_token(s.model, rollout_layout(s), s.precision) * s.workload.seq_len
 
 
@@ -246,11 +263,29 @@ def post_training_memory(s: Scenario) -> PostTrainingMemory:
     n_roll = rollout_sequences(s)
     if w.rollout != "colocated":
         return PostTrainingMemory(est, copies, n_roll, 0, kv_seq)
-    fit = int(max(s.cluster.gpu.hbm_GB * 1e9 - est.total, 0.0) // kv_seq)
+    hbm = s.cluster.gpu.hbm_GB * 1e9
+    if w.sleep_level == 0:  # the pool lives beside training's peak
+        fit = int(max(hbm - est.total, 0.0) // kv_seq)
+        capacity = min(n_roll, fit)
+        slots = max(1, capacity)  # timed with one sequence when none fits; fits_in_memory says no
+        offloaded = sum(c.optimizer for c in copies) if w.offload_optimizer else 0.0
+        est = replace(est, kv_cache=slots * kv_seq)
+        return PostTrainingMemory(
+            est, copies, n_roll, slots, kv_seq, capacity, offloaded_optimizer=offloaded
+        )
+    # sleep mode: the engine is resident only for the rollout, training states without their
+    # activations (and without optimizer states when offloaded) only beside it
+    engine = next(c.weights for c in copies if c.role == "rollout_engine")
+    offloaded = sum(c.optimizer for c in copies) if w.offload_optimizer else 0.0
+    at_rollout = replace(est, activations=0.0, optimizer=est.optimizer - offloaded)
+    fit = int(max(hbm - at_rollout.total, 0.0) // kv_seq)
     capacity = min(n_roll, fit)
-    slots = max(1, capacity)  # timed with one sequence when none fits; fits_in_memory says no
-    est = replace(est, kv_cache=slots * kv_seq)
-    return PostTrainingMemory(est, copies, n_roll, slots, kv_seq, capacity)
+    slots = max(1, capacity)
+    at_rollout = replace(at_rollout, kv_cache=slots * kv_seq)
+    at_training = replace(est, weights=est.weights - engine)
+    peak = at_rollout if at_rollout.total > at_training.total else at_training
+    totals = {"training": at_training.total, "rollout": at_rollout.total}
+    return PostTrainingMemory(peak, copies, n_roll, slots, kv_seq, capacity, totals, offloaded)
 
 
 def shard_params(s: Scenario, p: ParallelSpec) -> tuple[float, float]:

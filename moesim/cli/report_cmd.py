@@ -130,7 +130,7 @@ def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, 
     tokens) when any serves. A metric that does not apply to a scenario shows '–'."""
     trains = [r.stage != "inference" for r in results]
     serves = [not x for x in trains]
-    rows = {"GPUs": [str(s.gpus) for s in scenarios]}
+    rows = {"GPUs": [str(r.gpus) for r in results]}  # disaggregated RL: + rollout GPUs
     if any(trains):
         rows["step time s"] = _cells([r.step_time_s for r in results], trains, ".3f")
         rows["tokens/s"] = _cells([r.tokens_per_s for r in results], trains, ",.0f")

@@ -61,14 +61,14 @@ def verdict(s: Scenario, r: Result) -> str:
         )
     )
     text = (
-        f"{s.model.name} {r.stage} on {s.gpus}× {s.cluster.gpu.name}: one step takes "
+        f"{s.model.name} {r.stage} on {r.gpus}× {s.cluster.gpu.name}: one step takes "
         f"{step:.3f} s at {_pct(r.mfu)} MFU ({_num(r.tokens_per_s)} tokens/s). "
         f"The step is {parts}. It {fit}."
     )
     if len(figures.phase_keys([r])) > 1:
         text += f" By phase: {phase_shares(r)}."
     if r.gpu_hours is not None:
-        days = r.gpu_hours / s.gpus / 24
+        days = r.gpu_hours / r.gpus / 24
         text += (
             f" {getattr(s.workload, 'total_tokens', 0):.3g} tokens take {r.gpu_hours:,.0f} "
             f"GPU-hours, {_money(r.cost_usd)} and {days:.1f} days."
@@ -331,10 +331,10 @@ def cost_table(scenarios: Sequence[Scenario], results: Sequence[Result]):
               "GPU-hours", "cost", "days"]  # fmt: skip
     rows = []
     for s, r in zip(scenarios, results, strict=True):
-        days = r.gpu_hours / s.gpus / 24 if r.gpu_hours else None
+        days = r.gpu_hours / r.gpus / 24 if r.gpu_hours else None
         rows.append(
             [
-                s.name, s.gpus, _num(r.step_time_s, ".3f"), _num(r.tokens_per_s), _pct(r.mfu),
+                s.name, r.gpus, _num(r.step_time_s, ".3f"), _num(r.tokens_per_s), _pct(r.mfu),
                 _num(r.memory_per_gpu_GB.get("total"), ".1f"),
                 "yes" if r.fits_in_memory else "NO", _num(r.gpu_hours), _money(r.cost_usd),
                 _num(days, ".1f"),
@@ -362,13 +362,21 @@ def phase_section(results: Sequence[Result]) -> Section | None:
     """The phase-by-phase breakdown of post-training steps, when any result has phases."""
     if not any(len(figures.phase_keys([r])) > 1 for r in results):
         return None
+    figs = [figures.phase_breakdown(results)]
+    util = figures.phase_utilization_table(results)
+    if util is not None:
+        figs.append(util)
     return Section(
         "Where the step time goes, phase by phase",
         "<p class='note'>A post-training step runs its phases one after another (each needs "
         "the previous one's output): generating rollouts, scoring them with the reward and the "
         "frozen reference, copying new weights into the inference engine, and training. "
-        "Each bar stacks to the step time.</p>",
-        figures=[figures.phase_breakdown(results)],
+        "Each bar stacks to the step time. With <code>off_policy_steps</code> on separate "
+        "rollout GPUs the next step's rollout runs beside this step's training: its bar is "
+        "only the part training did not hide. The table gives each phase's MFU (model FLOPs "
+        "over the phase's own time × the bf16 peak) and MBU (weight and KV bytes it must read "
+        "over its time × HBM bandwidth): decode is memory-bound, training compute-bound.</p>",
+        figures=figs,
     )
 
 
@@ -384,9 +392,9 @@ def pipeline_verdict(scenarios: Sequence[Scenario], results: Sequence[Result]) -
 
 
 def _stage_words(s: Scenario, r: Result, s0: Scenario, r0: Result) -> str:
-    text = f"<b>{r.stage.upper()}</b> ({s.gpus} GPUs): {_num(r.step_time_s, '.2f')} s per step"
+    text = f"<b>{r.stage.upper()}</b> ({r.gpus} GPUs): {_num(r.step_time_s, '.2f')} s per step"
     if r is not r0 and r.tokens_per_s and r0.tokens_per_s:
-        ratio = (s.gpus / r.tokens_per_s) / (s0.gpus / r0.tokens_per_s)
+        ratio = (r.gpus / r.tokens_per_s) / (r0.gpus / r0.tokens_per_s)
         text += f", {ratio:.1f}× the GPU-time per token of {r0.stage.upper()}"
     if r.cost_usd is not None:
         tokens = getattr(s.workload, "total_tokens", 0) or 0
@@ -432,12 +440,12 @@ def relative_costs(scenarios: Sequence[Scenario], results: Sequence[Result]) -> 
     s0, r0 = scenarios[0], results[0]
     if not r0.tokens_per_s:
         return ""
-    base_cost = s0.gpus / r0.tokens_per_s  # GPU-seconds per token
+    base_cost = r0.gpus / r0.tokens_per_s  # GPU-seconds per token
     parts = []
     for s, r in zip(scenarios[1:], results[1:], strict=True):
         if not r.tokens_per_s:
             continue
-        ratio = (s.gpus / r.tokens_per_s) / base_cost
+        ratio = (r.gpus / r.tokens_per_s) / base_cost
         token = "output token" if serving.is_serving(r) else "token"
         why = ""
         if not serving.is_serving(r) and r.mfu is not None and r0.mfu is not None:
@@ -487,7 +495,7 @@ def comparison_report(
     rep = Report(f"moesim: {title}", lead)
     table_rows = [
         [s.name, s.model.name, f"{r.params_total / 1e9:.1f} B / {r.params_active / 1e9:.1f} B",
-         r.stage, f"{s.gpus}× {s.cluster.gpu.name}"]
+         r.stage, f"{r.gpus}× {s.cluster.gpu.name}"]
         for s, r in zip(scenarios, results, strict=True)
     ]  # fmt: skip
     rep.add(

@@ -37,6 +37,8 @@ MEMORY_COLOURS = {
 # time_breakdown_s holds the ones its stage runs, and they sum to its step time.
 PHASES = POST_TRAINING_PHASES
 PHASE_COLOURS = {
+    "optimizer_offload": "#D4A6C8",
+    "engine_wake": "#FF9DA6",
     "weight_sync": "#E45756",
     "rollout": "#F58518",
     "reward": "#EECA3B",
@@ -44,6 +46,8 @@ PHASE_COLOURS = {
     "reference": "#72B7B2",
     "values": "#B279A2",
     "gae": "#BAB0AC",
+    "engine_sleep": "#FF9DA6",
+    "optimizer_reload": "#D4A6C8",
     "training": "#4C78A8",
     "critic_training": "#54A24B",
 }
@@ -92,6 +96,25 @@ def phase_keys(results: Sequence[Result]) -> list[str]:
     """The post-training phases present in any result, in step order."""
     present = {k for r in results for k in r.time_breakdown_s}
     return [k for k in PHASES if k in present]
+
+
+def phase_utilization_table(results: Sequence[Result]) -> go.Figure | None:
+    """MFU and MBU of every phase of every post-training result (``phase_utilization``), each
+    over the phase's own time on its own GPUs; None when no result has them."""
+    rows = []
+    for r in results:
+        util = getattr(r, "phase_utilization", None) or {}
+        for key in PHASES:
+            if key in util:
+                u = util[key]
+                t = getattr(r, "rollout_time_s", None) if key == "rollout" else None
+                seconds = t if t is not None else r.time_breakdown_s.get(key, 0.0)
+                rows.append([r.name, key.replace("_", " "), f"{seconds:.3f}",
+                             f"{100 * u['mfu']:.1f}%", f"{100 * u['mbu']:.1f}%"])  # fmt: skip
+    if not rows:
+        return None
+    header = ["scenario", "phase", "phase time (s)", "MFU", "MBU"]
+    return table(header, rows, "Each phase's MFU (of the bf16 peak) and MBU (of HBM bandwidth)")
 
 
 def phase_breakdown(results: Sequence[Result]) -> go.Figure:

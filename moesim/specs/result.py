@@ -10,10 +10,12 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 #: Post-training phases a step's ``time_breakdown_s`` may hold, in step order
-#: (``moesim.sim.post_training``; PPO has them all, GRPO no old_logprobs/values/gae/critic).
+#: (``moesim.sim.post_training``; PPO has them all, GRPO no old_logprobs/values/gae/critic; the
+#: host copies only with colocated ``sleep_level`` / ``offload_optimizer``).
 POST_TRAINING_PHASES = (
-    "weight_sync", "rollout", "reward", "old_logprobs", "reference", "values", "gae",
-    "training", "critic_training",
+    "optimizer_offload", "engine_wake", "weight_sync", "rollout", "engine_sleep", "reward",
+    "old_logprobs", "reference", "values", "gae", "optimizer_reload", "training",
+    "critic_training",
 )  # fmt: skip
 
 

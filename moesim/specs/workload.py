@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import Field, model_validator
 
 from moesim.specs.base import (
+    NO_BOOL_INT,
     Float,
     Fraction,
     NonNegativeInt,
@@ -17,6 +18,7 @@ from moesim.specs.base import (
     PositiveInt,
     Spec,
 )
+from moesim.specs.lengths import Length, max_length, mean_length
 from moesim.specs.model import ModelSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
@@ -81,9 +83,18 @@ class RolloutParallelSpec(Spec):
 
 
 class _RL(Spec):
-    global_batch: PositiveInt = Field(description="prompts per optimizer step")
-    prompt_len: PositiveInt = 512
-    response_len: PositiveInt = 1024
+    global_batch: PositiveInt = Field(description="prompts per optimizer step (kept for training)")
+    prompt_len: Length = Field(
+        512,
+        description="prompt tokens: a number, or a distribution ({distribution: lognormal, "
+        "mean: ..., p99: ...}, uniform, empirical; moesim.specs.lengths)",
+    )
+    response_len: Length = Field(
+        1024,
+        description="tokens each response decodes: a number (every response runs to it), or a "
+        "distribution (each response drawn: the rollout waits for its longest, the tail)",
+    )
+    seed: NonNegativeInt = Field(0, description="seed of the prompt and response length draws")
     total_tokens: PositiveFloat | None = None
     rollout: Literal["colocated", "disaggregated"] = "colocated"
     rollout_gpus: PositiveInt | None = Field(
@@ -95,11 +106,64 @@ class _RL(Spec):
         "reshards the weights at every sync",
     )
     ppo_epochs: PositiveInt = Field(1, description="optimizer passes over each batch of rollouts")
+    off_policy_steps: NonNegativeInt = Field(
+        0,
+        description="how many steps the rollout may run ahead of training (0: synchronous; 1: "
+        "the rollout of step n+1 overlaps the training of step n, as verl's one-step-off-policy "
+        "and NeMo RL's async GRPO max_trajectory_age_steps). Overlaps only on separate GPUs "
+        "(rollout: disaggregated); colocated engines share the GPUs and run one after the other",
+    )
+    oversample_ratio: Float = Field(
+        1.0,
+        ge=1,
+        description="dynamic sampling (DAPO): prompts generated per prompt kept (groups whose "
+        "rewards are all equal are dropped and more generated); the rollout and the reward run "
+        "on all of them, the later phases on global_batch",
+    )
+    sleep_level: Annotated[Literal[0, 1, 2], NO_BOOL_INT] = Field(
+        0,
+        description="colocated: vLLM sleep mode between rollouts (0: the engine's weights and KV "
+        "pool stay in HBM through training; 1: weights offloaded to host memory and KV "
+        "discarded, both brought back over PCIe/reallocated for the next rollout; 2: weights "
+        "and KV discarded, the weight sync refills them)",
+    )
+    offload_optimizer: bool = Field(
+        False,
+        description="colocated: the trained models' optimizer states go to host memory for the "
+        "rollout and come back for training (verl's optimizer_offload), over PCIe each step",
+    )
     lora: LoRASpec | None = None
+
+    @model_validator(mode="after")
+    def _check_rl(self) -> _RL:
+        if self.rollout == "disaggregated" and (self.sleep_level or self.offload_optimizer):
+            key = "sleep_level" if self.sleep_level else "offload_optimizer"
+            raise ValueError(
+                f"workload.{key} frees the training GPUs' memory for a colocated rollout engine; "
+                "with rollout: disaggregated the engine has GPUs of its own: remove it"
+            )
+        return self
+
+    @property
+    def prompt_tokens(self) -> float:
+        """Mean prompt tokens."""
+        return mean_length(self.prompt_len)
+
+    @property
+    def response_tokens(self) -> float:
+        """Mean response tokens (what a response holds on average: trained, costed)."""
+        return mean_length(self.response_len)
+
+    @property
+    def max_seq_tokens(self) -> int:
+        """The longest prompt + response a sequence can have."""
+        return max_length(self.prompt_len) + max_length(self.response_len)
 
     @property
     def seq_len(self) -> int:
-        return self.prompt_len + self.response_len
+        """Tokens of an average sequence (prompt + response, means rounded): training phases
+        pack sequences, so a step trains N × this many tokens; exact for fixed lengths."""
+        return max(1, round(self.prompt_tokens + self.response_tokens))
 
 
 class GRPOWorkload(_RL):

@@ -276,3 +276,23 @@ def test_a_plan_with_reliability_reports_goodput_beside_throughput():
     assert "goodput is" in rep.lead and "interruptions" in rep.lead
     html = rep.render()
     assert "effective_tokens_per_s" in html and "goodput" in html
+
+
+def test_phase_table_gives_each_rl_phase_its_mfu_and_mbu_and_counts_rollout_gpus():
+    from moesim.cli.report_cmd import compare_rows
+    from moesim.scenario_io import scenario_from_dict
+
+    wl = {"stage": "grpo", "global_batch": 8, "group_size": 4, "prompt_len": 256,
+          "response_len": 256, "rollout": "disaggregated", "rollout_gpus": 8,
+          "off_policy_steps": 1}  # fmt: skip
+    s = scenario_from_dict({"name": "async", "model": "llama-3-8b",
+                            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+                            "parallel": {"tp": 1, "zero_stage": 1}, "workload": wl})  # fmt: skip
+    r = simulate(s)
+    fig = figures.phase_utilization_table([r])
+    phases = list(fig.data[0].cells.values[1])
+    assert phases == ["weight sync", "rollout", "reference", "training"]
+    seconds = [float(x) for x in fig.data[0].cells.values[2]]
+    assert seconds[1] == pytest.approx(r.rollout_time_s, abs=1e-3)  # the whole generation
+    assert compare_rows([s], [r])["GPUs"] == ["16"]  # 8 training + 8 rollout
+    assert figures.phase_utilization_table([simulate(load_scenario(MIXTRAL))]) is None

@@ -11,14 +11,11 @@ import pytest
 from moesim.analytic.flops import attention_core_flops
 from moesim.analytic.memory import kv_cache_bytes_per_token
 from moesim.scenario_io import load_scenario, load_yaml, scenario_from_dict
-from moesim.sim.inference import (
-    ReplicaCost,
-    expected_experts_touched,
-    poisson_arrivals_s,
-    serve,
-)
 from moesim.sim.profile import DEFAULT_PROFILE_PATH
 from moesim.sim.run import simulate
+from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_scheduler import EngineConfig, serve
+from moesim.sim.serving_step import FLASH_QUERY_TILE, ReplicaCost, expected_experts_touched
 from moesim.sweep import load_sweep, run_sweep
 
 
@@ -106,7 +103,7 @@ def test_queue_matches_md1_mean_wait_at_batch_one():
         waits = []
         for seed in range(3):
             arrivals = poisson_arrivals_s(rate, 8000 * service, seed)
-            log = serve(c, arrivals, 64, 3, slots=1)
+            log = serve(c, fixed_requests(arrivals, 64, 3), EngineConfig(max_num_seqs=1))
             ttft = np.array([r.first_token_s - r.arrival_s for r in log.requests])
             waits.append(ttft.mean() - c.prefill(1, 64).total_s)
             # deterministic service: every request's decode takes the same time
@@ -138,7 +135,7 @@ def test_batched_queue_waits_only_the_step_in_progress_at_low_load():
         waits = []
         for seed in range(3):
             arrivals = poisson_arrivals_s(x / step, 20000 * step, seed)
-            log = serve(c, arrivals, 64, 1, slots=64)
+            log = serve(c, fixed_requests(arrivals, 64, 1), EngineConfig(max_num_seqs=64))
             waits.append(np.mean([r.first_token_s - r.arrival_s for r in log.requests]) - step)
         busy = x * np.exp(x) / (1 + x * np.exp(x))
         assert np.mean(waits) == pytest.approx(busy * step / 2, rel=0.1)
@@ -156,7 +153,7 @@ def test_batched_queue_above_capacity_grows_linearly():
     mu = slots / step
     lam = 3 * mu
     arrivals = poisson_arrivals_s(lam, 4000 * step, 0)
-    log = serve(c, arrivals, 64, 1, slots=slots)
+    log = serve(c, fixed_requests(arrivals, 64, 1), EngineConfig(max_num_seqs=slots))
     n = len(log.requests)
     # once the queue has built up (a few steps), every step but the last is a full batch
     assert all(b == slots for kind, _, _, b in log.steps[10:-1] if kind == "prefill")
@@ -173,7 +170,7 @@ def test_long_prompts_are_chunked_over_prefill_steps():
     512·i keys before it and its own causally, and only the last one emits the first token."""
     s = serving("llama-3-8b", gpus=1, prompt_len=2048, output_len=2, batch_size=1)
     c = ReplicaCost(s)
-    log = serve(c, [0.0], 2048, 2, slots=1, max_prefill_tokens=512)
+    log = serve(c, fixed_requests([0.0], 2048, 2), EngineConfig(1, max_num_batched_tokens=512))
     kinds = [k for k, _, _, _ in log.steps]
     assert kinds == ["prefill"] * 4 + ["decode"]
     chunks = [c.prefill_chunks([(512 * i, 512)], int(i == 3)).total_s for i in range(4)]
@@ -367,12 +364,10 @@ def test_serving_scenario_files_validate_and_simulate(path):
 def test_prefill_reads_each_key_once_per_query_tile():
     """Llama-2-13B (MHA: a K/V per head) prefilling 4096 tokens: the attention core reads K/V
     once per tile of FLASH_QUERY_TILE queries; read once per query it would dominate."""
-    from moesim.sim import inference
-
     c = ReplicaCost(serving("llama-2-13b", prompt_len=4096))
     L = 4096
     keys = L * (L + 1) / 2
-    tiled = c._attention_core_s(L, keys, inference.FLASH_QUERY_TILE)
+    tiled = c._attention_core_s(L, keys, FLASH_QUERY_TILE)
     per_query = c._attention_core_s(L, keys, 1.0)
     assert per_query > 3 * tiled
     prefill = c.prefill(1, L)

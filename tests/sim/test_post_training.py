@@ -12,8 +12,8 @@ from moesim.analytic.memory import memory_per_gpu, model_state_bytes, stage_para
 from moesim.analytic.params import count_params
 from moesim.analytic.post_training import post_training_memory
 from moesim.scenario_io import load_scenario, scenario_from_dict
-from moesim.sim.post_training import gae_phase
 from moesim.sim.profile import resolve_profile
+from moesim.sim.rl_phases import gae_phase
 from moesim.sim.run import build_context, simulate
 
 

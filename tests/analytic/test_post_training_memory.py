@@ -1,0 +1,72 @@
+"""Colocated rollout memory under vLLM sleep mode and optimizer offload: what each phase holds,
+and the KV pool the rollout gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from moesim.analytic.post_training import (
+    generated_prompts,
+    inference_weight_bytes,
+    post_training_memory,
+    rollout_sequences,
+)
+from moesim.scenario_io import scenario_from_dict
+
+# Llama-2-13B (MHA: 0.8 MB of KV per token) with Adam states on 8 GPUs: the KV pool is small
+WL = {"stage": "grpo", "global_batch": 64, "group_size": 16, "prompt_len": 1024,
+      "response_len": 1024}  # fmt: skip
+
+
+def scenario(**workload):
+    return scenario_from_dict(
+        {
+            "name": "grpo",
+            "model": "llama-2-13b",
+            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+            "parallel": {"tp": 2, "pp": 1, "zero_stage": 1},
+            "workload": {**WL, **workload},
+        }
+    )
+
+
+def test_resident_engine_pool_sits_beside_training_peak():
+    m = post_training_memory(scenario())
+    assert m.phase_totals is None
+    hbm = 80e9
+    assert m.rollout_kv_capacity == int((hbm - (m.estimate.total - m.estimate.kv_cache))
+                                        // m.rollout_kv_per_sequence)  # fmt: skip
+
+
+def test_sleep_frees_the_engine_for_training_and_activations_for_the_rollout():
+    awake, asleep = post_training_memory(scenario()), post_training_memory(scenario(sleep_level=1))
+    assert asleep.rollout_kv_capacity > awake.rollout_kv_capacity
+    training, rollout = asleep.phase_totals["training"], asleep.phase_totals["rollout"]
+    engine = inference_weight_bytes(scenario())
+    base = awake.estimate.total - awake.estimate.kv_cache  # training states + engine weights
+    assert training == pytest.approx(base - engine)
+    act = awake.estimate.activations
+    kv = asleep.rollout_slots * asleep.rollout_kv_per_sequence
+    assert rollout == pytest.approx(base - act + kv)
+    assert asleep.estimate.total == pytest.approx(max(training, rollout))
+    # levels 1 and 2 hold the same in HBM (they differ in what crosses PCIe)
+    assert post_training_memory(scenario(sleep_level=2)).phase_totals == asleep.phase_totals
+
+
+def test_offloaded_optimizer_states_grow_the_pool_only_when_the_engine_sleeps():
+    awake = post_training_memory(scenario())
+    awake_off = post_training_memory(scenario(offload_optimizer=True))
+    assert awake_off.rollout_kv_capacity == awake.rollout_kv_capacity  # the pool never left
+    asleep = post_training_memory(scenario(sleep_level=2))
+    off = post_training_memory(scenario(sleep_level=2, offload_optimizer=True))
+    assert off.offloaded_optimizer == pytest.approx(asleep.estimate.optimizer)
+    gained = off.rollout_kv_capacity - asleep.rollout_kv_capacity
+    per_seq = asleep.rollout_kv_per_sequence
+    assert gained == pytest.approx(off.offloaded_optimizer / per_seq, abs=1)
+
+
+def test_oversampling_generates_more_sequences_per_replica():
+    s = scenario(oversample_ratio=1.5)
+    assert generated_prompts(s) == 96
+    assert rollout_sequences(s) == 96 * 16 // 4  # dp 4 rollout replicas (tp 2 on 8 GPUs)
+    assert generated_prompts(scenario(oversample_ratio=1.01)) == 65  # rounded up

@@ -1,0 +1,142 @@
+"""The GRPO/PPO rollout: responses of their own lengths, the replica that waits for the
+longest, the tail, dynamic sampling's extra prompts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from moesim.scenario_io import scenario_from_dict
+from moesim.sim.rl_rollout import draw_lengths, replica_chunks
+from moesim.sim.run import simulate
+
+GRPO = {"stage": "grpo", "global_batch": 8, "group_size": 4, "prompt_len": 256, "response_len": 256}
+
+
+def scenario(fidelity: str = "symmetric", **workload):
+    return scenario_from_dict(
+        {
+            "name": "grpo",
+            "model": "llama-3-8b",
+            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+            "parallel": {"tp": 2, "pp": 1, "zero_stage": 1},
+            "workload": {**GRPO, **workload},
+            "simulation": {"fidelity": fidelity},
+        }
+    )
+
+
+def empirical(*values: int) -> dict:
+    return {"distribution": "empirical", "values": list(values)}
+
+
+def test_a_group_shares_its_prompt_and_draws_are_seeded():
+    s = scenario(prompt_len={"distribution": "uniform", "min": 10, "max": 900},
+                 response_len={"distribution": "uniform", "min": 1, "max": 4000})  # fmt: skip
+    prompts, responses = draw_lengths(s)
+    assert len(prompts) == len(responses) == 8 * 4
+    groups = prompts.reshape(8, 4)
+    assert (groups == groups[:, :1]).all() and len(set(groups[:, 0])) > 1
+    again = draw_lengths(s)
+    assert (again[0] == prompts).all() and (again[1] == responses).all()
+    other = draw_lengths(scenario(seed=1, response_len=s.workload.response_len))
+    assert not (other[1] == responses).all()
+
+
+def test_replica_chunks_are_contiguous_and_cover_the_batch():
+    chunks = replica_chunks(10, 4)
+    assert [(c.start, c.stop) for c in chunks] == [(0, 3), (3, 6), (6, 8), (8, 10)]
+
+
+def test_fixed_lengths_have_no_tail_and_equal_a_fixed_distribution():
+    r = simulate(scenario())
+    assert r.rollout_tail_fraction == 0.0  # every response ends on the same decode step
+    same = simulate(scenario(response_len={"distribution": "fixed", "mean": 256}))
+    assert same.step_time_s == r.step_time_s
+    assert same.rollout_response_tokens_max == 256
+
+
+SHORT = (32, 48, 64, 96, 128, 160, 192, 224, 256, 256, 256, 256, 256, 256, 256)
+
+
+def test_a_longer_tail_never_shortens_a_rollout():
+    """Empirical lengths drawn with the same seed pick the same indices: raising the longest
+    value lengthens some responses and shortens none."""
+    for fidelity in ("symmetric", "full"):
+        times, tails = [], []
+        for longest in (256, 512, 1024, 2048, 4096):
+            r = simulate(scenario(fidelity, response_len=empirical(*SHORT, longest)))
+            times.append(r.rollout_time_s)
+            tails.append(r.rollout_tail_fraction)
+        assert times == sorted(times) and times[-1] > 2 * times[0], fidelity
+        assert tails[-1] > tails[0]
+        assert tails[-1] > 0.5  # most of the rollout waits for the longest responses
+
+
+def test_symmetric_fidelity_runs_the_replica_with_the_longest_response():
+    lengths = {"distribution": "lognormal", "mean": 300, "p99": 2000, "max": 4096}
+    sym = simulate(scenario("symmetric", response_len=lengths))
+    full = simulate(scenario("full", response_len=lengths))
+    _, responses = draw_lengths(scenario(response_len=lengths))
+    assert sym.rollout_response_tokens_max == full.rollout_response_tokens_max == responses.max()
+    # full fidelity takes the slowest of all replicas, one of which symmetric ran
+    assert sym.rollout_time_s <= full.rollout_time_s
+    assert sym.rollout_time_s == pytest.approx(full.rollout_time_s, rel=0.05)
+
+
+def test_training_costs_the_packed_mean_not_the_longest_response():
+    fixed = simulate(scenario(response_len=256))
+    spread = simulate(scenario(response_len=empirical(128, 384)))  # mean 256
+    assert spread.time_breakdown_s["training"] == pytest.approx(fixed.time_breakdown_s["training"])
+    assert spread.time_breakdown_s["reference"] == pytest.approx(
+        fixed.time_breakdown_s["reference"]
+    )
+    assert spread.rollout_time_s > fixed.rollout_time_s  # the rollout waits for the 384s
+    assert spread.tokens_per_s == pytest.approx(fixed.tokens_per_s * fixed.step_time_s
+                                                / spread.step_time_s)  # fmt: skip
+
+
+def test_dynamic_sampling_generates_and_scores_more_but_trains_the_kept_batch():
+    base = simulate(scenario())
+    over = simulate(scenario(oversample_ratio=2.0))
+    tb0, tb2 = base.time_breakdown_s, over.time_breakdown_s
+    assert over.generated_prompts == 16
+    assert over.rollout_sequences_per_replica == 2 * base.rollout_sequences_per_replica
+    assert tb2["rollout"] > tb0["rollout"]
+    assert tb2["training"] == pytest.approx(tb0["training"])
+    assert tb2["reference"] == pytest.approx(tb0["reference"])
+    assert over.tokens_per_s < base.tokens_per_s  # same trained tokens, longer step
+    # a reward model scores every generated group
+    rm = {"reward": "model", "reward_model": "llama-3-8b"}
+    r1, r2 = simulate(scenario(**rm)), simulate(scenario(**rm, oversample_ratio=2.0))
+    assert r2.time_breakdown_s["reward"] > 1.5 * r1.time_breakdown_s["reward"]
+
+
+def test_oversample_ratio_below_one_is_refused():
+    with pytest.raises(ValueError, match="oversample_ratio"):
+        scenario(oversample_ratio=0.5)
+
+
+def test_rollout_draws_do_not_depend_on_the_replica_count():
+    a = draw_lengths(scenario(response_len=empirical(5, 50, 500)))[1]
+    s = scenario(response_len=empirical(5, 50, 500))
+    assert isinstance(a, np.ndarray) and len(a) == 32
+    assert (draw_lengths(s)[1] == a).all()
+
+
+def test_a_pool_too_small_for_the_longest_allowed_sequence_is_reported():
+    small = scenario_from_dict(
+        {
+            "name": "grpo",
+            "model": "llama-2-13b",
+            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+            "parallel": {"tp": 1, "pp": 1, "zero_stage": 1},
+            "workload": {**GRPO, "response_len": {"distribution": "uniform", "min": 1,
+                                                   "max": 60000}},
+        }
+    )  # fmt: skip
+    from moesim.sim.post_training import longest_sequence_note  # memory only: no 60k decodes
+
+    note = longest_sequence_note(small)
+    assert note is not None and "60256" in note
+    assert longest_sequence_note(scenario()) is None  # fixed lengths: the mean is the longest
