@@ -20,6 +20,7 @@ DataFrame in the grid's order, whatever order the workers finished in.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import math
 import os
@@ -31,6 +32,7 @@ from typing import Any
 
 import pandas as pd
 
+from moesim.file_io import write_atomic
 from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict, set_dotted
 
 Row = dict[str, Any]
@@ -214,9 +216,10 @@ def _run_dask(
 def write_frame(frame: pd.DataFrame, out: str | Path) -> Path:
     """Parquet for ``.parquet``, CSV otherwise."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        frame.to_parquet(out, index=False)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        data: str | bytes = buf.getvalue()
     else:
-        frame.to_csv(out, index=False)
-    return out
+        data = frame.to_csv(index=False)
+    return write_atomic(out, data, make_parents=True)  # all or nothing (moesim.file_io)
