@@ -21,6 +21,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from moesim.file_io import input_problem
 from moesim.specs import ModelSpec
 
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -407,8 +408,9 @@ def model_spec_from_hf(config_dict: dict[str, Any], name: str | None = None) -> 
 
 def _read_config(config_path: str | Path) -> dict[str, Any]:
     p = Path(config_path)
-    if not p.is_file():
-        raise HFImportError(f"{p}: no such file (give the path of a config.json)")
+    problem = input_problem(p)  # a folder, a FIFO (never opened), a symlink loop: said so
+    if problem is not None:
+        raise HFImportError(problem.replace("give the path of a file", "give a config.json"))
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:

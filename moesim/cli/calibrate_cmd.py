@@ -147,8 +147,11 @@ def validate_cmd(
 ) -> None:
     """Fit on part of the measurements, predict the rest through the simulator, and write the
     errors into PROFILE under 'validation' (plus predictions.csv and report.html)."""
-    if not profile.is_file():
-        raise UserError(f"no such profile: {profile}")
+    from moesim.file_io import input_problem
+
+    problem = input_problem(profile)
+    if problem is not None:
+        raise UserError(f"PROFILE {problem}")
     if not 0 < holdout < 1:
         raise UserError("--holdout must lie strictly between 0 and 1")
     from moesim.calibrate.validate import validate_profile

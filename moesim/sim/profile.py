@@ -65,6 +65,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from moesim.file_io import input_problem
+
 OpClass = Literal["gemm", "grouped_gemm", "attention", "memory_bound"]
 OP_CLASSES: tuple[str, ...] = ("gemm", "grouped_gemm", "attention", "memory_bound")
 # compute curves: the op classes plus the optional attention backward (schema version 2)
@@ -228,8 +230,9 @@ def resolve_profile(
     if name is not None:
         p = Path(name)
         if p.suffix == ".json":
-            if not p.is_file():
-                raise FileNotFoundError(f"simulation.profile: no such file {p}")
+            problem = input_problem(p)
+            if problem is not None:
+                raise FileNotFoundError(f"simulation.profile: {problem}")
             return load_profile(p)
         found = _find_by_id(name, dirs)
         if found is not None:
