@@ -13,6 +13,7 @@ each architecture's Hugging Face modelling code, then expressed as moesim's
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -426,6 +427,21 @@ def _read_config(config_path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _line_of_quoted_key(path: Path, message: str) -> int | None:
+    """The line of the config key a message quotes first (``'num_experts_per_tok' must be an
+    integer``; for ``'text_config.x'`` the key ``x``), found in the file's text."""
+    m = re.search(r"'([A-Za-z_][\w.]*)'", message)
+    if m is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    key = m.group(1).rsplit(".", 1)[-1]
+    found = re.search(rf'"{re.escape(key)}"\s*:', text)
+    return text.count("\n", 0, found.start()) + 1 if found else None
+
+
 def model_yaml_from_hf(config_path: str | Path, name: str | None = None) -> str:
     """The YAML text of the ModelSpec for a ``config.json``, headed by where it came from."""
     p = Path(config_path)
@@ -434,9 +450,13 @@ def model_yaml_from_hf(config_path: str | Path, name: str | None = None) -> str:
     model_type = config.get("model_type")
     if name is None:
         name = _default_name(config, fallback=fallback or str(model_type))
-    spec, notes = _convert(
-        config, name, source=f"imported from Hugging Face config {p.name} ({model_type})"
-    )
+    try:
+        spec, notes = _convert(
+            config, name, source=f"imported from Hugging Face config {p.name} ({model_type})"
+        )
+    except HFImportError as e:  # the file and, where the message quotes a key, its line
+        line = _line_of_quoted_key(p, str(e))
+        raise HFImportError(f"{p}{f':{line}' if line else ''}: {e}") from None
     header = [f"# Imported by moesim import-hf from {p} (model_type: {model_type})."]
     for note in notes:
         header += textwrap.wrap(note, width=98, initial_indent="# note: ", subsequent_indent="#   ")

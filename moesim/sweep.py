@@ -36,6 +36,10 @@ from moesim.file_io import write_atomic
 from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict, set_dotted
 
 Row = dict[str, Any]
+
+#: the most points one sweep may hold, counted from the lists before anything is expanded: a
+#: point is a simulation (0.3-2 s on a core), so 100,000 is already a day of one machine's time
+MAX_SWEEP_POINTS = 100_000
 Runner = Callable[[dict[str, Any]], Row]
 
 
@@ -55,36 +59,73 @@ class SweepSpec:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    data, _ = load_yaml(path)
-    return sweep_from_dict(data, base_dir=path.parent, source=str(path))
+    data, lines = load_yaml(path)
+    return sweep_from_dict(data, base_dir=path.parent, source=str(path), lines=lines)
 
 
 def sweep_from_dict(
-    data: dict[str, Any], base_dir: Path | None = None, source: str = ""
+    data: dict[str, Any],
+    base_dir: Path | None = None,
+    source: str = "",
+    lines: dict[tuple, int] | None = None,
 ) -> SweepSpec:
-    where = f"{source}: " if source else ""
-    unknown = set(data) - {"name", "base", "grid", "zip", "description"}
-    if unknown:
-        raise ScenarioError(
-            f"{where}unknown sweep keys {sorted(unknown)}: use name, base, grid, zip"
+    """A SweepSpec; every problem of the file is reported at once, each with its line."""
+    problems: list[str] = []
+
+    def at(*loc: Any) -> str:
+        line = next(
+            (lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in (lines or {})), None
         )
-    if "base" not in data:
-        raise ScenarioError(f"{where}base: required: a scenario file or an inline scenario")
-    base = data["base"]
-    if isinstance(base, str):
+        where = f"{source}:{line}" if source and line else source
+        return f"{where}: " if where else ""
+
+    unknown = sorted(set(data) - {"name", "base", "grid", "zip", "description"}, key=str)
+    if unknown:
+        problems.append(f"{at(unknown[0])}unknown sweep keys {unknown}: use name, base, grid, zip")
+    base = data.get("base")
+    if base is None:
+        problems.append(f"{at()}base: required: a scenario file or an inline scenario")
+    elif isinstance(base, str):
         base_path = (base_dir / base) if base_dir else Path(base)
-        base, _ = load_yaml(base_path)
-        base_dir = base_path.parent
-    grid = data.get("grid") or {}
-    zipped = data.get("zip") or {}
-    for key, values in {**grid, **zipped}.items():
-        if not isinstance(values, list) or not values:
-            raise ScenarioError(f"{where}grid.{key}: give a non-empty list of values")
-    if zipped and len({len(v) for v in zipped.values()}) != 1:
-        raise ScenarioError(f"{where}zip: every key needs a list of the same length")
+        try:
+            base, _ = load_yaml(base_path)
+            base_dir = base_path.parent
+        except ScenarioError as e:
+            problems.append(f"{at('base')}base: {e}")
+    elif not isinstance(base, dict):
+        problems.append(
+            f"{at('base')}base: a scenario file name or an inline scenario, got {base!r}"
+        )
+    sections = {}
+    for section in ("grid", "zip"):
+        value = data.get(section) or {}
+        if not isinstance(value, dict):
+            problems.append(f"{at(section)}{section}: a mapping of dotted key: [values]")
+            value = {}
+        sections[section] = value
+        for key, values in value.items():
+            if not isinstance(values, list) or not values:
+                problems.append(
+                    f"{at(section, key)}{section}.{key}: give a non-empty list of values"
+                )
+    grid, zipped = sections["grid"], sections["zip"]
+    if zipped and len({len(v) if isinstance(v, list) else -1 for v in zipped.values()}) != 1:
+        problems.append(f"{at('zip')}zip: every key needs a list of the same length")
     if not grid and not zipped:
-        raise ScenarioError(f"{where}grid: give at least one key to vary")
-    return SweepSpec(data.get("name", "sweep"), base, grid, zipped, base_dir)
+        problems.append(f"{at('grid')}grid: give at least one key to vary")
+    if problems:
+        raise ScenarioError("\n".join(problems))
+    spec = SweepSpec(str(data.get("name", "sweep")), base, grid, zipped, base_dir)
+    if spec.size > MAX_SWEEP_POINTS:  # counted from the list lengths, never expanded
+        sizes = " × ".join(str(len(v)) for v in grid.values())
+        if zipped:
+            sizes += f"{' × ' if grid else ''}{len(next(iter(zipped.values())))} (zip)"
+        raise ScenarioError(
+            f"{at('grid')}grid: {sizes} = {spec.size:,} points, over the limit of "
+            f"{MAX_SWEEP_POINTS:,} (each point is a simulation): split the sweep or shorten "
+            "its lists"
+        )
+    return spec
 
 
 def _label(value: Any) -> str:
