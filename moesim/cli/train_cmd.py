@@ -46,6 +46,14 @@ def train(
         Path | None,
         typer.Option(help="MoE: write tokens per expert here (routing.histogram_file)"),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch CPU threads (default: OMP_NUM_THREADS, else the CPUs this process may "
+            "use less the load on them)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
     """Train a small model with the real PyTorch implementation of a stage."""
@@ -81,6 +89,10 @@ def train(
         raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
     if spec.n_encoder_layers:
         raise UserError(f"{spec.name}: encoder-decoder models cannot be trained by moesim train")
+    from moesim.training.threads import choose_threads
+
+    choice = choose_threads(threads)  # a shared machine: torch's default threads thrash
+    torch.set_num_threads(choice.threads)
 
     from moesim.nn import write_routing_histogram
     from moesim.training import TrainConfig
@@ -96,6 +108,8 @@ def train(
     )
     result = _run_with_progress(stage, spec, steps, cfg, show=not as_json)
     result.pop("history")
+    result["cpu_threads"] = choice.threads
+    result["cpu_threads_from"] = choice.why
     hist = result.pop("tokens_per_expert", None)
     if routing_histogram is not None:
         if hist is None:
