@@ -254,6 +254,36 @@ def _run_dask(
     return results
 
 
+def sweep_objective(frame: pd.DataFrame) -> tuple[str, bool] | None:
+    """The column a sweep's summary ranks by and whether lower is better: the step time when
+    the points train, output tokens/s per GPU when every point serves; None when neither."""
+    stages = set(frame["stage"].dropna()) if "stage" in frame else set()
+    if stages == {"inference"} and "tokens_per_s_per_gpu" in frame:
+        return "tokens_per_s_per_gpu", False
+    if "step_time_s" in frame:
+        return "step_time_s", True
+    return None
+
+
+def sweep_summary(frame: pd.DataFrame) -> list[str]:
+    """Lines said after a sweep: rows, error rows, and the best and worst point by the
+    objective (``sweep_objective``), named by their grid values."""
+    errors = int(frame["error"].notna().sum()) if "error" in frame else 0
+    lines = [f"{len(frame)} rows, {errors} error{'s' if errors != 1 else ''}"]
+    objective = sweep_objective(frame)
+    if objective is None:
+        return lines
+    column, lower_better = objective
+    ok = frame[frame[column].notna()]
+    if ok.empty:
+        return lines
+    order = ok.sort_values(column, ascending=lower_better, kind="stable")
+    word = "lower" if lower_better else "higher"
+    for label, row in (("best", order.iloc[0]), ("worst", order.iloc[-1])):
+        lines.append(f"{label}: {row['name']} ({column} {row[column]:.4g}, {word} is better)")
+    return lines
+
+
 def write_frame(frame: pd.DataFrame, out: str | Path) -> Path:
     """Parquet for ``.parquet``, CSV otherwise."""
     out = Path(out)
