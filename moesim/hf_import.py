@@ -422,6 +422,15 @@ def _read_config(config_path: str | Path) -> dict[str, Any]:
         raise HFImportError(f"{p}: cannot read it: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise HFImportError(f"{p}:{e.lineno}: not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise HFImportError(
+            f"{p}: nested too deeply to read (thousands of levels; a config.json has a few): "
+            "give the model's config.json"
+        ) from None
+    except ValueError:  # an integer of more than 4,300 digits (Python's guard)
+        raise HFImportError(
+            f"{p}: holds an integer of over 4,300 digits: a config's sizes are small integers"
+        ) from None
     if not isinstance(data, dict):
         raise HFImportError(f"{p}: expected a JSON object, got {type(data).__name__}")
     return data

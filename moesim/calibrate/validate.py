@@ -83,6 +83,10 @@ def read_profile_dict(path: Path) -> dict[str, Any]:
             f"{path}:{e.lineno}: not valid JSON ({end}): give a profile JSON that "
             "`moesim calibrate run` wrote"
         ) from None
+    except (ValueError, RecursionError):  # 4,300-digit integers, thousands of levels
+        raise CalibrationInputError(
+            f"{path}: not a calibration profile (a number too long or nesting too deep)"
+        ) from None
     if not isinstance(data, dict):
         raise CalibrationInputError(
             f"{path}: a JSON {type(data).__name__}, not a calibration profile (a JSON object "

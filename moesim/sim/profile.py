@@ -174,8 +174,10 @@ def load_profile(path: str | Path) -> Profile:
     """A profile JSON; a file that is not one is a ProfileError naming the file and fields."""
     try:
         return Profile.model_validate(json.loads(Path(path).read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
         raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
+    except RecursionError:
+        raise ProfileError(f"profile {path}: nested too deeply to read as JSON") from None
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or 'file'}: {err['msg']}"

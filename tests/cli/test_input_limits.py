@@ -128,3 +128,16 @@ def test_import_hf_names_the_line_of_a_bad_key(tmp_path: Path) -> None:
         i for i, t in enumerate(config.read_text().splitlines(), 1) if "num_local_experts" in t
     )
     assert_refused_quickly(("import-hf", config), f"{config}:{line}: 'num_local_experts'")
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('{"model_type": "mixtral", "hidden_size": ' + "9" * 5001 + "}", "over 4,300 digits"),
+        ('{"a":' * 100_000 + "1" + "}" * 100_000, "nested too deeply"),
+    ],
+)
+def test_import_hf_refuses_huge_numbers_and_deep_nesting(tmp_path: Path, text, says) -> None:
+    config = tmp_path / "config.json"
+    config.write_text(text)
+    assert_refused_quickly(("import-hf", config), str(config), says)
