@@ -229,6 +229,10 @@ def _cell(v: Any) -> Any:
     return v if isinstance(v, int | float | str | bool) or v is None else str(v)
 
 
+#: how long ``--scheduler`` waits for the scheduler to answer before it is an error
+DASK_CONNECT_TIMEOUT_S = 10
+
+
 def _run_dask(
     chunks: list[list[dict[str, Any]]],
     base_dir: str | None,
@@ -243,7 +247,15 @@ def _run_dask(
             "pip install 'moesim[dask]'"
         ) from e
     results: list[list[Row]] = [[] for _ in chunks]
-    with Client(scheduler) as client:
+    try:
+        client = Client(scheduler, timeout=f"{DASK_CONNECT_TIMEOUT_S}s")
+    except (OSError, ValueError, TimeoutError) as e:  # a bad address; nobody listening
+        raise ScenarioError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({e}): give the "
+            "address `dask scheduler` prints (tcp://host:8786), or leave --scheduler out to "
+            "run on local processes"
+        ) from None
+    with client:
         futures = [client.submit(_run_chunk, (c, base_dir), pure=False) for c in chunks]
         index = {f.key: i for i, f in enumerate(futures)}
         for fut in as_completed(futures):

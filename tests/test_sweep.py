@@ -132,3 +132,11 @@ def test_sweep_summary_names_rows_errors_best_and_worst():
         ]
     )
     assert sweep_summary(serving)[1] == "best: b (tokens_per_s_per_gpu 900, higher is better)"
+
+
+def test_a_scheduler_address_that_is_not_one_is_a_named_error():
+    pytest.importorskip("dask.distributed")
+    from moesim.sweep import run_sweep
+
+    with pytest.raises(ScenarioError, match="--scheduler notanaddress: cannot reach"):
+        run_sweep(_small_sweep(), scheduler="notanaddress")
