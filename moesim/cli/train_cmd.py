@@ -89,6 +89,17 @@ def train(
         raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
     if spec.n_encoder_layers:
         raise UserError(f"{spec.name}: encoder-decoder models cannot be trained by moesim train")
+    from moesim.analytic.params import count_params
+    from moesim.training.memory_check import available_host_bytes, training_memory_problem
+
+    if device.startswith("cuda"):
+        free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+        where = device
+    else:
+        free_bytes, where = available_host_bytes(), "this machine"
+    problem = training_memory_problem(count_params(spec).total, free_bytes, where)
+    if problem is not None:
+        raise UserError(f"--model {model}: {problem}")
     from moesim.training.threads import choose_threads
 
     choice = choose_threads(threads)  # a shared machine: torch's default threads thrash
