@@ -174,10 +174,6 @@ def load_profile(path: str | Path) -> Profile:
     """A profile JSON; a file that is not one is a ProfileError naming the file and fields."""
     try:
         return Profile.model_validate(json.loads(Path(path).read_text()))
-    except (OSError, ValueError) as e:  # JSON and UTF-8 errors are ValueErrors
-        raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
-    except RecursionError:
-        raise ProfileError(f"profile {path}: nested too deeply to read as JSON") from None
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or 'file'}: {err['msg']}"
@@ -187,6 +183,10 @@ def load_profile(path: str | Path) -> Profile:
             f"profile {path}: not a moesim calibration profile ({problems}): give a file "
             "that `moesim calibrate run` or `python -m moesim.calibrate.published` wrote"
         ) from None
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors (ValidationError above)
+        raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
+    except RecursionError:
+        raise ProfileError(f"profile {path}: nested too deeply to read as JSON") from None
 
 
 @lru_cache(maxsize=1)
