@@ -70,6 +70,10 @@ def train(
         raise UserError(f"--lr must be a finite positive learning rate, got {lr}: e.g. 1e-3")
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
         raise UserError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    from moesim.file_io import output_problem
+
+    if routing_histogram is not None and (problem := output_problem(routing_histogram)):
+        raise UserError(f"--routing-histogram {problem} (checked before training)")
     if routing_histogram is not None and not routing_histogram.parent.is_dir():
         raise UserError(
             f"--routing-histogram {routing_histogram}: its folder does not exist: create it "
