@@ -13,6 +13,7 @@ each architecture's Hugging Face modelling code, then expressed as moesim's
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from moesim.file_io import input_problem
 from moesim.specs import ModelSpec
 
 DEFAULT_MAX_SEQ_LEN = 4096
@@ -407,8 +409,9 @@ def model_spec_from_hf(config_dict: dict[str, Any], name: str | None = None) -> 
 
 def _read_config(config_path: str | Path) -> dict[str, Any]:
     p = Path(config_path)
-    if not p.is_file():
-        raise HFImportError(f"{p}: no such file (give the path of a config.json)")
+    problem = input_problem(p)  # a folder, a FIFO (never opened), a symlink loop: said so
+    if problem is not None:
+        raise HFImportError(problem.replace("give the path of a file", "give a config.json"))
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -419,9 +422,33 @@ def _read_config(config_path: str | Path) -> dict[str, Any]:
         raise HFImportError(f"{p}: cannot read it: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise HFImportError(f"{p}:{e.lineno}: not valid JSON: {e.msg}") from None
+    except RecursionError:
+        raise HFImportError(
+            f"{p}: nested too deeply to read (thousands of levels; a config.json has a few): "
+            "give the model's config.json"
+        ) from None
+    except ValueError:  # an integer of more than 4,300 digits (Python's guard)
+        raise HFImportError(
+            f"{p}: holds an integer of over 4,300 digits: a config's sizes are small integers"
+        ) from None
     if not isinstance(data, dict):
         raise HFImportError(f"{p}: expected a JSON object, got {type(data).__name__}")
     return data
+
+
+def _line_of_quoted_key(path: Path, message: str) -> int | None:
+    """The line of the config key a message quotes first (``'num_experts_per_tok' must be an
+    integer``; for ``'text_config.x'`` the key ``x``), found in the file's text."""
+    m = re.search(r"'([A-Za-z_][\w.]*)'", message)
+    if m is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    key = m.group(1).rsplit(".", 1)[-1]
+    found = re.search(rf'"{re.escape(key)}"\s*:', text)
+    return text.count("\n", 0, found.start()) + 1 if found else None
 
 
 def model_yaml_from_hf(config_path: str | Path, name: str | None = None) -> str:
@@ -432,9 +459,13 @@ def model_yaml_from_hf(config_path: str | Path, name: str | None = None) -> str:
     model_type = config.get("model_type")
     if name is None:
         name = _default_name(config, fallback=fallback or str(model_type))
-    spec, notes = _convert(
-        config, name, source=f"imported from Hugging Face config {p.name} ({model_type})"
-    )
+    try:
+        spec, notes = _convert(
+            config, name, source=f"imported from Hugging Face config {p.name} ({model_type})"
+        )
+    except HFImportError as e:  # the file and, where the message quotes a key, its line
+        line = _line_of_quoted_key(p, str(e))
+        raise HFImportError(f"{p}{f':{line}' if line else ''}: {e}") from None
     header = [f"# Imported by moesim import-hf from {p} (model_type: {model_type})."]
     for note in notes:
         header += textwrap.wrap(note, width=98, initial_indent="# note: ", subsequent_indent="#   ")

@@ -129,12 +129,18 @@ def resolve_ids(
 
 # -- pydantic errors -> messages --------------------------------------------------------------
 def format_validation_error(
-    e: ValidationError, source: str = "", lines: dict[tuple, int] | None = None
+    e: ValidationError,
+    source: str = "",
+    lines: dict[tuple, int] | None = None,
+    prefix: tuple = (),
+    root: type[BaseModel] | None = None,
 ) -> str:
-    """One line per problem: ``file:line: field: message``, with the fix where one is known."""
+    """One line per problem: ``file:line: field: message``, with the fix where one is known.
+    ``root`` is the model validated (default Scenario) and ``prefix`` where it sits in the file
+    (a plan's ``("search",)``), so fields and lines are the file's."""
     out = []
     for err in e.errors():
-        loc = tuple(x for x in err["loc"] if not _is_union_tag(x))
+        loc = prefix + tuple(x for x in err["loc"] if not _is_union_tag(x))
         msg = err["msg"].removeprefix("Value error, ")
         if not loc:
             loc, msg = _loc_from_message(msg)
@@ -152,7 +158,7 @@ def format_validation_error(
                 f"{type(err['input']).__name__} {err['input']!r}"
             )
         elif kind in _BOUND_ERRORS:
-            fix = _bound_fix(err["loc"])
+            fix = _bound_fix(err["loc"], root or Scenario)
             msg = f"{msg}: {fix}" if fix else msg
         field = ".".join(str(x) for x in loc) or "(top level)"
         line = _nearest_line(loc, lines or {})
@@ -173,9 +179,9 @@ def _is_union_tag(x: Any) -> bool:
     return isinstance(x, str) and x in _STAGE_TAGS
 
 
-def _field_at(loc: tuple) -> Any:
+def _field_at(loc: tuple, root: type[BaseModel] = Scenario) -> Any:
     """The pydantic FieldInfo at a raw error location (union tags select the stage's class)."""
-    cls: Any = Scenario
+    cls: Any = root
     info = None
     for part in loc:
         if isinstance(part, int):
@@ -223,9 +229,13 @@ def _unwrapped(annotation: Any) -> tuple[list[Any], list[Any]]:
     return kinds, metadata
 
 
-def _bound_fix(loc: tuple) -> str:
+def _a(word: str) -> str:
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
+def _bound_fix(loc: tuple, root: type[BaseModel] = Scenario) -> str:
     """'set it to a positive integer' and the like, from the field's declared bounds."""
-    info = _field_at(loc)
+    info = _field_at(loc, root)
     if info is None:
         return ""
     kinds, metadata = _unwrapped(info.annotation)
@@ -243,15 +253,17 @@ def _bound_fix(loc: tuple) -> str:
     high = next(((k, bounds[k]) for k in ("lt", "le") if k in bounds), None)
     if low and high:
         left, right = ("(" if low[0] == "gt" else "["), (")" if high[0] == "lt" else "]")
-        return f"set it to a {word} in {left}{low[1]}, {high[1]}{right}"
+        fix = f"set it to {_a(word)} in {left}{low[1]:,}, {high[1]:,}{right}"
+        # an input limit's reason lives in its description ("at most 1,024: ...")
+        return fix + (f" ({info.description})" if "at most" in (info.description or "") else "")
     if low == ("gt", 0):
         return f"set it to a positive {word}"
     if low == ("ge", 0):
         return f"set it to 0 or a positive {word}"
     if low:
-        return f"set it to a {word} {'above' if low[0] == 'gt' else 'of at least'} {low[1]}"
+        return f"set it to {_a(word)} {'above' if low[0] == 'gt' else 'of at least'} {low[1]}"
     if high:
-        return f"set it to a {word} {'below' if high[0] == 'lt' else 'of at most'} {high[1]}"
+        return f"set it to {_a(word)} {'below' if high[0] == 'lt' else 'of at most'} {high[1]}"
     return ""
 
 

@@ -20,6 +20,7 @@ DataFrame in the grid's order, whatever order the workers finished in.
 from __future__ import annotations
 
 import copy
+import io
 import itertools
 import math
 import os
@@ -31,9 +32,14 @@ from typing import Any
 
 import pandas as pd
 
+from moesim.file_io import write_atomic
 from moesim.scenario_io import ScenarioError, load_yaml, scenario_from_dict, set_dotted
 
 Row = dict[str, Any]
+
+#: the most points one sweep may hold, counted from the lists before anything is expanded: a
+#: point is a simulation (0.3-2 s on a core), so 100,000 is already a day of one machine's time
+MAX_SWEEP_POINTS = 100_000
 Runner = Callable[[dict[str, Any]], Row]
 
 
@@ -53,36 +59,73 @@ class SweepSpec:
 
 def load_sweep(path: str | Path) -> SweepSpec:
     path = Path(path)
-    data, _ = load_yaml(path)
-    return sweep_from_dict(data, base_dir=path.parent, source=str(path))
+    data, lines = load_yaml(path)
+    return sweep_from_dict(data, base_dir=path.parent, source=str(path), lines=lines)
 
 
 def sweep_from_dict(
-    data: dict[str, Any], base_dir: Path | None = None, source: str = ""
+    data: dict[str, Any],
+    base_dir: Path | None = None,
+    source: str = "",
+    lines: dict[tuple, int] | None = None,
 ) -> SweepSpec:
-    where = f"{source}: " if source else ""
-    unknown = set(data) - {"name", "base", "grid", "zip", "description"}
-    if unknown:
-        raise ScenarioError(
-            f"{where}unknown sweep keys {sorted(unknown)}: use name, base, grid, zip"
+    """A SweepSpec; every problem of the file is reported at once, each with its line."""
+    problems: list[str] = []
+
+    def at(*loc: Any) -> str:
+        line = next(
+            (lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in (lines or {})), None
         )
-    if "base" not in data:
-        raise ScenarioError(f"{where}base: required: a scenario file or an inline scenario")
-    base = data["base"]
-    if isinstance(base, str):
+        where = f"{source}:{line}" if source and line else source
+        return f"{where}: " if where else ""
+
+    unknown = sorted(set(data) - {"name", "base", "grid", "zip", "description"}, key=str)
+    if unknown:
+        problems.append(f"{at(unknown[0])}unknown sweep keys {unknown}: use name, base, grid, zip")
+    base = data.get("base")
+    if base is None:
+        problems.append(f"{at()}base: required: a scenario file or an inline scenario")
+    elif isinstance(base, str):
         base_path = (base_dir / base) if base_dir else Path(base)
-        base, _ = load_yaml(base_path)
-        base_dir = base_path.parent
-    grid = data.get("grid") or {}
-    zipped = data.get("zip") or {}
-    for key, values in {**grid, **zipped}.items():
-        if not isinstance(values, list) or not values:
-            raise ScenarioError(f"{where}grid.{key}: give a non-empty list of values")
-    if zipped and len({len(v) for v in zipped.values()}) != 1:
-        raise ScenarioError(f"{where}zip: every key needs a list of the same length")
+        try:
+            base, _ = load_yaml(base_path)
+            base_dir = base_path.parent
+        except ScenarioError as e:
+            problems.append(f"{at('base')}base: {e}")
+    elif not isinstance(base, dict):
+        problems.append(
+            f"{at('base')}base: a scenario file name or an inline scenario, got {base!r}"
+        )
+    sections = {}
+    for section in ("grid", "zip"):
+        value = data.get(section) or {}
+        if not isinstance(value, dict):
+            problems.append(f"{at(section)}{section}: a mapping of dotted key: [values]")
+            value = {}
+        sections[section] = value
+        for key, values in value.items():
+            if not isinstance(values, list) or not values:
+                problems.append(
+                    f"{at(section, key)}{section}.{key}: give a non-empty list of values"
+                )
+    grid, zipped = sections["grid"], sections["zip"]
+    if zipped and len({len(v) if isinstance(v, list) else -1 for v in zipped.values()}) != 1:
+        problems.append(f"{at('zip')}zip: every key needs a list of the same length")
     if not grid and not zipped:
-        raise ScenarioError(f"{where}grid: give at least one key to vary")
-    return SweepSpec(data.get("name", "sweep"), base, grid, zipped, base_dir)
+        problems.append(f"{at('grid')}grid: give at least one key to vary")
+    if problems:
+        raise ScenarioError("\n".join(problems))
+    spec = SweepSpec(str(data.get("name", "sweep")), base, grid, zipped, base_dir)
+    if spec.size > MAX_SWEEP_POINTS:  # counted from the list lengths, never expanded
+        sizes = " × ".join(str(len(v)) for v in grid.values())
+        if zipped:
+            sizes += f"{' × ' if grid else ''}{len(next(iter(zipped.values())))} (zip)"
+        raise ScenarioError(
+            f"{at('grid')}grid: {sizes} = {spec.size:,} points, over the limit of "
+            f"{MAX_SWEEP_POINTS:,} (each point is a simulation): split the sweep or shorten "
+            "its lists"
+        )
+    return spec
 
 
 def _label(value: Any) -> str:
@@ -186,6 +229,10 @@ def _cell(v: Any) -> Any:
     return v if isinstance(v, int | float | str | bool) or v is None else str(v)
 
 
+#: how long ``--scheduler`` waits for the scheduler to answer before it is an error
+DASK_CONNECT_TIMEOUT_S = 10
+
+
 def _run_dask(
     chunks: list[list[dict[str, Any]]],
     base_dir: str | None,
@@ -200,7 +247,15 @@ def _run_dask(
             "pip install 'moesim[dask]'"
         ) from e
     results: list[list[Row]] = [[] for _ in chunks]
-    with Client(scheduler) as client:
+    try:
+        client = Client(scheduler, timeout=f"{DASK_CONNECT_TIMEOUT_S}s")
+    except (OSError, ValueError, TimeoutError) as e:  # a bad address; nobody listening
+        raise ScenarioError(
+            f"--scheduler {scheduler}: cannot reach a Dask scheduler there ({e}): give the "
+            "address `dask scheduler` prints (tcp://host:8786), or leave --scheduler out to "
+            "run on local processes"
+        ) from None
+    with client:
         futures = [client.submit(_run_chunk, (c, base_dir), pure=False) for c in chunks]
         index = {f.key: i for i, f in enumerate(futures)}
         for fut in as_completed(futures):
@@ -211,12 +266,43 @@ def _run_dask(
     return results
 
 
+def sweep_objective(frame: pd.DataFrame) -> tuple[str, bool] | None:
+    """The column a sweep's summary ranks by and whether lower is better: the step time when
+    the points train, output tokens/s per GPU when every point serves; None when neither."""
+    stages = set(frame["stage"].dropna()) if "stage" in frame else set()
+    if stages == {"inference"} and "tokens_per_s_per_gpu" in frame:
+        return "tokens_per_s_per_gpu", False
+    if "step_time_s" in frame:
+        return "step_time_s", True
+    return None
+
+
+def sweep_summary(frame: pd.DataFrame) -> list[str]:
+    """Lines said after a sweep: rows, error rows, and the best and worst point by the
+    objective (``sweep_objective``), named by their grid values."""
+    errors = int(frame["error"].notna().sum()) if "error" in frame else 0
+    lines = [f"{len(frame)} rows, {errors} error{'s' if errors != 1 else ''}"]
+    objective = sweep_objective(frame)
+    if objective is None:
+        return lines
+    column, lower_better = objective
+    ok = frame[frame[column].notna()]
+    if ok.empty:
+        return lines
+    order = ok.sort_values(column, ascending=lower_better, kind="stable")
+    word = "lower" if lower_better else "higher"
+    for label, row in (("best", order.iloc[0]), ("worst", order.iloc[-1])):
+        lines.append(f"{label}: {row['name']} ({column} {row[column]:.4g}, {word} is better)")
+    return lines
+
+
 def write_frame(frame: pd.DataFrame, out: str | Path) -> Path:
     """Parquet for ``.parquet``, CSV otherwise."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".parquet":
-        frame.to_parquet(out, index=False)
+        buf = io.BytesIO()
+        frame.to_parquet(buf, index=False)
+        data: str | bytes = buf.getvalue()
     else:
-        frame.to_csv(out, index=False)
-    return out
+        data = frame.to_csv(index=False)
+    return write_atomic(out, data, make_parents=True)  # all or nothing (moesim.file_io)

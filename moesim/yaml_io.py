@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from moesim.file_io import input_problem
+
 
 class YAMLFileError(ValueError):
     """A file that cannot be read as a YAML mapping; the message names the file (and line)."""
@@ -59,8 +61,9 @@ def read_text(path: str | Path) -> str:
     """A file's text as UTF-8 (a byte-order mark allowed); missing, unreadable or binary files
     are a YAMLFileError."""
     p = Path(path)
-    if not p.is_file():
-        raise YAMLFileError(f"{p}: no such file")
+    problem = input_problem(p)  # a folder, a FIFO (never opened), a symlink loop: said so
+    if problem is not None:
+        raise YAMLFileError(problem)
     try:
         raw = p.read_bytes()
     except OSError as e:

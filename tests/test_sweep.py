@@ -105,3 +105,38 @@ def test_sweep_on_a_dask_cluster_equals_local():
     ) as cluster:
         on_dask = run_sweep(_small_sweep(), scheduler=cluster.scheduler_address)
     assert on_dask.equals(run_sweep(_small_sweep(), workers=1))
+
+
+def test_sweep_summary_names_rows_errors_best_and_worst():
+    import pandas as pd
+
+    from moesim.sweep import sweep_summary
+
+    frame = pd.DataFrame(
+        [
+            {"name": "s[ep=1]", "stage": "pretrain", "step_time_s": 3.0, "error": None},
+            {"name": "s[ep=2]", "stage": "pretrain", "step_time_s": 2.0, "error": None},
+            {"name": "s[ep=3]", "error": "parallel.ep: 3 does not divide 8"},
+            {"name": "s[ep=4]", "stage": "pretrain", "step_time_s": 5.0, "error": None},
+        ]
+    )
+    assert sweep_summary(frame) == [
+        "4 rows, 1 error",
+        "best: s[ep=2] (step_time_s 2, lower is better)",
+        "worst: s[ep=4] (step_time_s 5, lower is better)",
+    ]
+    serving = pd.DataFrame(
+        [
+            {"name": "a", "stage": "inference", "step_time_s": 0.02, "tokens_per_s_per_gpu": 400},
+            {"name": "b", "stage": "inference", "step_time_s": 0.03, "tokens_per_s_per_gpu": 900},
+        ]
+    )
+    assert sweep_summary(serving)[1] == "best: b (tokens_per_s_per_gpu 900, higher is better)"
+
+
+def test_a_scheduler_address_that_is_not_one_is_a_named_error():
+    pytest.importorskip("dask.distributed")
+    from moesim.sweep import run_sweep
+
+    with pytest.raises(ScenarioError, match="--scheduler notanaddress: cannot reach"):
+        run_sweep(_small_sweep(), scheduler="notanaddress")

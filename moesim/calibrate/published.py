@@ -52,6 +52,7 @@ from typing import Any
 
 from moesim.calibrate.fit import bin_curve, display_path, work_time_s
 from moesim.calibrate.published_points import Point, read_points
+from moesim.file_io import write_atomic
 from moesim.sim.costmodel import CostModel
 from moesim.sim.profile import Curve, Profile, default_profile, repo_calibration_dir
 from moesim.specs import GPUSpec
@@ -341,7 +342,7 @@ def write_all(csv_path: Path | None = None, out_dir: Path | None = None) -> list
     for g in GPUS:
         prof = build_profile(g, points, gpus, csv_path)
         path = out_dir / f"{g}.json"
-        path.write_text(json.dumps(prof, indent=2) + "\n")
+        write_atomic(path, json.dumps(prof, indent=2) + "\n")
         written.append(path)
     return written
 

@@ -115,6 +115,14 @@ def _table(validation: dict[str, Any]) -> str:
 def write_report(
     pred: pd.DataFrame, validation: dict[str, Any], path: str | Path, title: str
 ) -> Path:
+    """The report page, all or nothing (moesim.file_io.write_atomic)."""
+    from moesim.file_io import write_atomic
+
+    return write_atomic(path, render_report(pred, validation, title), make_parents=True)
+
+
+def render_report(pred: pd.DataFrame, validation: dict[str, Any], title: str) -> str:
+    """The report page's HTML: measured against predicted, and the error table."""
     scatter, errors = figures(pred)
     split = validation.get("_split", {})
     body = [
@@ -132,11 +140,7 @@ def write_report(
         "body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px}"
     )
-    page = (
+    return (
         f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{''.join(body)}</body></html>"
     )
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(page)
-    return p

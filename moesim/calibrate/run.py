@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from moesim.file_io import write_atomic
+
 BENCHES = ("gemm", "moe", "attention", "memory", "copy", "collectives", "steps")
 # the op classes each benchmark writes (``append`` replaces exactly these rows)
 BENCH_CLASSES = {
@@ -30,6 +32,10 @@ BENCH_CLASSES = {
     "collectives": ("collective",),
     "steps": ("step",),
 }
+
+
+#: the benchmarks a CPU's device spec is derived from (``cpu_spec_from``: fp32 GEMMs, d2d copy)
+CPU_SPEC_BENCHES = ("gemm", "copy")
 
 
 @dataclass
@@ -160,6 +166,14 @@ def run_calibration(
     unknown = set(selected) - set(BENCHES)
     if unknown:
         raise ValueError(f"unknown benchmarks {sorted(unknown)}: choose from {', '.join(BENCHES)}")
+    csv_before = Path(out_dir) / info.profile_id / "measurements.csv"
+    lacking = [b for b in CPU_SPEC_BENCHES if b not in selected]
+    if info.kind == "cpu" and lacking and not (append and csv_before.is_file()):
+        raise ValueError(  # refused before minutes of benchmarks, not after them
+            f"--only {','.join(selected)} on a CPU: the CPU's spec is derived from the gemm and "
+            f"copy benchmarks, and {', '.join(lacking)} is not run; add it (--only "
+            f"{','.join([*selected, *lacking])}) or --append to an earlier run's measurements"
+        )
     cases = []
     for name in selected:
         timer = steps_timer if name == "steps" else ops_timer
@@ -198,7 +212,6 @@ def run_calibration(
             bar.advance(task)
     info.environment["load_average_end"] = list(os.getloadavg())
     out_dir = Path(out_dir)
-    (out_dir / info.profile_id).mkdir(parents=True, exist_ok=True)
     df = pd.DataFrame(rows, columns=list(COLUMNS))
     csv_path = out_dir / info.profile_id / "measurements.csv"
     if append and csv_path.is_file():
@@ -207,12 +220,13 @@ def run_calibration(
         kept = old[~old["op_class"].isin(replaced)]
         df = pd.concat([kept, df], ignore_index=True)[list(COLUMNS)]
         console.print(f"appended to {csv_path}: kept {len(kept)} rows of other benchmarks")
-    df.to_csv(csv_path, index=False)
+    # everything is derived before anything is written: a fit that fails (--only gemm on a CPU
+    # has no copy rows for the device spec) leaves no measurements.csv nor spec behind
     spec_path = None
+    spec = None
     if info.kind == "cpu":
         spec = cpu_spec_from(df, info)
         spec_path = out_dir / f"{info.profile_id}.device.yaml"
-        spec_path.write_text(yaml.safe_dump(spec, sort_keys=False))
         gpu = GPUSpec.model_validate(spec)
     else:
         gpu = load_gpu(info.profile_id)
@@ -229,6 +243,10 @@ def run_calibration(
     profile_path = out_dir / f"{info.profile_id}.json"
     from moesim.calibrate.validate import write_profile
 
+    (out_dir / info.profile_id).mkdir(parents=True, exist_ok=True)
+    write_atomic(csv_path, df.to_csv(index=False))
+    if spec_path is not None:
+        write_atomic(spec_path, yaml.safe_dump(spec, sort_keys=False))
     write_profile(profile_path, profile)
     out = RunOutput(csv_path, profile_path, spec_path, len(df), failures)
     if validate:

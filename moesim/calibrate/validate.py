@@ -33,8 +33,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import ValidationError
 
 from moesim.calibrate.fit import COMPUTE_CLASSES, display_path, fit_profile, read_measurements
+from moesim.calibrate.records import COLUMNS
+from moesim.file_io import input_problem, output_problem, write_atomic
 from moesim.sim.costmodel import CostModel, OpWork
 from moesim.sim.profile import Profile, load_profile
 from moesim.specs import GPUSpec
@@ -44,11 +47,98 @@ ALWAYS_FIT = ("launch", "collective")
 REQUIRED_CLASSES = ("gemm", "moe_layer", "attention", "step")
 
 
+class CalibrationInputError(ValueError):
+    """A profile or measurements file ``calibrate validate`` cannot use; the message names the
+    file, what is wrong with it and the fix."""
+
+
 def write_profile(path: str | Path, profile: dict[str, Any]) -> Path:
-    p = Path(path)
+    """The profile JSON, all or nothing (moesim.file_io.write_atomic)."""
     Profile.model_validate(profile)
-    p.write_text(json.dumps(profile, indent=2) + "\n")
-    return p
+    return write_atomic(path, json.dumps(profile, indent=2) + "\n")
+
+
+def read_profile_dict(path: Path) -> dict[str, Any]:
+    """The profile's JSON, checked to be a calibration profile before any work: ``{}``,
+    truncated JSON, a YAML or a binary file is a CalibrationInputError saying which."""
+    problem = input_problem(path)
+    if problem is not None:
+        raise CalibrationInputError(problem)
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError:
+        raise CalibrationInputError(
+            f"{path}: not UTF-8 text: give a profile JSON that `moesim calibrate run` wrote"
+        ) from None
+    except json.JSONDecodeError as e:
+        text = e.doc.strip()
+        end = (
+            "it looks like YAML; profiles are JSON"
+            if text[:1] not in ("{", "[", "")
+            else f"{e.msg}; the file ends early: truncated?"
+            if not text.endswith(("}", "]"))
+            else e.msg
+        )
+        raise CalibrationInputError(
+            f"{path}:{e.lineno}: not valid JSON ({end}): give a profile JSON that "
+            "`moesim calibrate run` wrote"
+        ) from None
+    except (ValueError, RecursionError):  # 4,300-digit integers, thousands of levels
+        raise CalibrationInputError(
+            f"{path}: not a calibration profile (a number too long or nesting too deep)"
+        ) from None
+    if not isinstance(data, dict):
+        raise CalibrationInputError(
+            f"{path}: a JSON {type(data).__name__}, not a calibration profile (a JSON object "
+            "with device, source, compute, ...)"
+        )
+    try:
+        Profile.model_validate(data)
+    except ValidationError as e:
+        missing = [str(err["loc"][0]) for err in e.errors() if err["type"] == "missing"]
+        what = f"missing {', '.join(missing)}" if missing else f"{e.error_count()} bad fields"
+        raise CalibrationInputError(
+            f"{path}: not a moesim calibration profile ({what}): give a file that "
+            "`moesim calibrate run` wrote"
+        ) from None
+    return data
+
+
+def read_measurements_checked(path: Path) -> pd.DataFrame:
+    """The measurements CSV, with the columns validation reads; a missing, binary or
+    column-less file is a CalibrationInputError naming the file and what it lacks."""
+    problem = input_problem(path)
+    if problem is not None:
+        raise CalibrationInputError(
+            f"measurements {problem}" + (" (pass --measurements)" if "no such" in problem else "")
+        )
+    try:
+        df = read_measurements(path)
+    except UnicodeDecodeError:
+        raise CalibrationInputError(
+            f"{path}: not UTF-8 text: give the measurements.csv `moesim calibrate run` wrote"
+        ) from None
+    except (KeyError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as e:
+        missing = [c for c in ("op_class", "op", "dtype") if c not in _header(path)]
+        why = f"no column {', '.join(missing)}" if missing else f"not a CSV ({e})"
+        raise CalibrationInputError(
+            f"{path}: {why}: give the measurements.csv `moesim calibrate run` wrote"
+        ) from None
+    missing = [c for c in COLUMNS if c not in df.columns]
+    if missing:
+        raise CalibrationInputError(
+            f"{path}: no column {', '.join(missing)}: give the measurements.csv "
+            "`moesim calibrate run` wrote (columns: " + ", ".join(COLUMNS) + ")"
+        )
+    return df
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [c.strip() for c in f.readline().split(",")]
+    except OSError:
+        return []
 
 
 def device_spec_for(
@@ -285,14 +375,20 @@ def validate_profile(
     """Score the simulator on held-out measurements; write the errors into the profile, the
     predictions CSV and the HTML report. Returns the ``validation`` block."""
     profile_path = Path(profile_path)
-    profile = json.loads(profile_path.read_text())
+    profile = read_profile_dict(profile_path)
     device_id = profile["device"]
     meas_path = (
         Path(measurements) if measurements else profile_path.parent / device_id / "measurements.csv"
     )
     measured = profile.get("measured") or {}
     dtype = measured.get("dtype", "bf16")
-    df = scored_rows(read_measurements(meas_path), dtype)
+    report_path = Path(report) if report else meas_path.parent / "report.html"
+    pred_path = meas_path.parent / "predictions.csv"
+    for out in (report_path, pred_path):  # refused before any work, and before any write
+        problem = output_problem(out)
+        if problem is not None:
+            raise CalibrationInputError(f"--report {problem}" if out == report_path else problem)
+    df = scored_rows(read_measurements_checked(meas_path), dtype)
     cuda = device_id != "cpu"
     train, test = split(df, holdout, seed)
     env = measured.get("environment")
@@ -317,16 +413,15 @@ def validate_profile(
         "missing_classes": missing,
     }
     profile["validation"] = validation
-    write_profile(profile_path, profile)
-    pred_path = meas_path.parent / "predictions.csv"
-    pred.to_csv(pred_path, index=False)
-    from moesim.calibrate.report import write_report
+    from moesim.calibrate.report import render_report
 
-    write_report(
+    page = render_report(  # rendered before anything is written: all three files or none
         pred,
         validation,
-        Path(report) if report else meas_path.parent / "report.html",
         title=f"moesim calibration: {device_id} "
         f"({(measured.get('environment') or {}).get('device_name', '')})",
     )
+    write_atomic(report_path, page, make_parents=True)
+    write_atomic(pred_path, pred.to_csv(index=False))
+    write_profile(profile_path, profile)
     return validation

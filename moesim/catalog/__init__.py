@@ -60,8 +60,8 @@ def raw_entry(kind: str, name: str) -> dict[str, Any]:
         # a deep copy: callers edit nested blocks (model["moe"]) and the cache must not change
         return copy.deepcopy(_raw(kind, name))
     path = Path(name)
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        return _read_file(path)
+    if path.suffix in (".yaml", ".yml") and (path.exists() or path.is_symlink()):
+        return _read_file(path)  # a folder, FIFO or symlink loop is named by yaml_io
     raise _unknown(kind.rstrip("s"), name, known)
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,7 +40,10 @@ class UserError(Exception):
 
 
 def print_json(obj: Any) -> None:
+    """``obj`` as JSON on stdout, flushed here so a stdout that cannot take it (``> /dev/full``)
+    fails in ``main``'s hands, not at interpreter exit."""
     sys.stdout.write(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    sys.stdout.flush()
 
 
 def print_error(message: str) -> None:
@@ -52,6 +57,11 @@ def refuse_overwriting_inputs(option: str, output: Path | None, *inputs: Path) -
     before any work: ``simulate F --trace F`` would replace the scenario with its trace."""
     if output is None:
         return
+    from moesim.file_io import output_problem
+
+    problem = output_problem(output)
+    if problem is not None:
+        raise UserError(f"{option} {problem}")
     for given in inputs:
         try:
             same = output.resolve() == given.resolve() or (
@@ -67,21 +77,55 @@ def refuse_overwriting_inputs(option: str, output: Path | None, *inputs: Path) -
 
 
 def write_output(path: Path, text: str) -> None:
-    """Write a command's ``-o`` file; a path that cannot be written is a user error."""
+    """Write a command's ``-o`` file all or nothing (moesim.file_io.write_atomic); a path that
+    cannot be written is a user error naming it."""
+    from moesim.file_io import OutputError, write_atomic
+
     try:
-        path.write_text(text)
-    except OSError as e:
-        fix = "create its folder first" if not path.parent.is_dir() else "choose another path"
-        raise UserError(f"{path}: cannot write it ({e.strerror}): {fix}") from None
+        write_atomic(path, text)
+    except OutputError as e:
+        raise UserError(str(e)) from None
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush of what stdout could not take
+    raises nothing more (the Python docs' recipe for a closed or full stdout)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+
+
+def _stdout_failed(e: OSError) -> bool:
+    """An OSError with no file name raised while writing: stdout (``--json > /dev/full``, a
+    closed pipe); any other write names its file."""
+    return e.filename is None and e.errno in (
+        errno.ENOSPC,
+        errno.EPIPE,
+        errno.EIO,
+        errno.EDQUOT,
+        errno.EBADF,
+        errno.EFBIG,
+    )
 
 
 def main() -> None:
     """Entry point: run the app, turning known user errors into a clean message."""
     from moesim.catalog import CatalogError
+    from moesim.file_io import InputPathError, OutputError
     from moesim.scenario_io import ScenarioError
 
     try:
         app()
-    except (UserError, CatalogError, ScenarioError) as e:
+        sys.stdout.flush()
+    except (UserError, CatalogError, ScenarioError, OutputError, InputPathError) as e:
         print_error(str(e))
+        sys.exit(2)
+    except OSError as e:
+        if not _stdout_failed(e):
+            raise
+        _silence_stdout()
+        if e.errno != errno.EPIPE:  # `moesim schema | head` ends quietly
+            print_error(f"cannot write to standard output ({e.strerror}): redirect it elsewhere")
         sys.exit(2)

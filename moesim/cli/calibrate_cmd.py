@@ -39,6 +39,13 @@ def _print_validation(validation: dict) -> None:
         console.print(f"[yellow]no held-out measurements for:[/] {', '.join(missing)}")
 
 
+#: said with every --quick result (its scores, e.g. a median gemm error of 366%, mean nothing)
+QUICK_NOTE = (
+    "tiny sizes that no GPU or CPU runs at its speed, so its fit and errors say nothing about "
+    "the device; run without --quick for a profile"
+)
+
+
 @calibrate_app.command("run")
 def run_cmd(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
@@ -110,6 +117,8 @@ def run_cmd(
         "seconds": round(result.seconds, 1),
         "validation": result.validation,
     }
+    if quick:
+        summary["note"] = QUICK_NOTE
     if as_json:
         print_json(summary)
         return
@@ -125,11 +134,7 @@ def run_cmd(
     if result.validation:
         _print_validation(result.validation)
     if quick:
-        console.print(
-            "[yellow]--quick is a smoke test:[/] tiny sizes that no GPU or CPU runs at its "
-            "speed, so its fit and errors say nothing about the device; run without --quick "
-            "for a profile"
-        )
+        console.print(f"[yellow]--quick is a smoke test:[/] {QUICK_NOTE}")
 
 
 @calibrate_app.command("validate")
@@ -147,18 +152,21 @@ def validate_cmd(
 ) -> None:
     """Fit on part of the measurements, predict the rest through the simulator, and write the
     errors into PROFILE under 'validation' (plus predictions.csv and report.html)."""
-    if not profile.is_file():
-        raise UserError(f"no such profile: {profile}")
+    from moesim.file_io import input_problem
+
+    problem = input_problem(profile)
+    if problem is not None:
+        raise UserError(f"PROFILE {problem}")
     if not 0 < holdout < 1:
         raise UserError("--holdout must lie strictly between 0 and 1")
-    from moesim.calibrate.validate import validate_profile
+    from moesim.calibrate.validate import CalibrationInputError, validate_profile
 
     try:
         validation = validate_profile(
             profile, measurements=measurements, holdout=holdout, seed=seed, report=report
         )
-    except FileNotFoundError as e:
-        raise UserError(str(e)) from e
+    except (FileNotFoundError, CalibrationInputError) as e:
+        raise UserError(str(e)) from None
     if as_json:
         print_json(validation)
     else:

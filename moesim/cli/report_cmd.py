@@ -124,6 +124,27 @@ def _cells(values: list[float | None], applies: list[bool], f: str) -> list[str]
     return [_fmt(v if ok else None, f) for v, ok in zip(values, applies, strict=True)]
 
 
+#: the time-breakdown parts ``compare`` shows, as ``simulate``'s time table names them
+BREAKDOWN_ROWS = {
+    "compute": "  compute s",
+    "exposed_comm": "  exposed comm s",
+    "bubble": "  bubble s",
+    "imbalance": "  imbalance s",
+    "offload": "  offload s",
+}
+
+
+def _breakdown_rows(results: list[Result]) -> dict[str, list[str]]:
+    """Where each scenario's step goes (``time_breakdown_s``), one row per part any scenario
+    has; seconds per step, '–' where a scenario has no such part."""
+    rows = {}
+    for key, label in BREAKDOWN_ROWS.items():
+        values = [r.time_breakdown_s.get(key) for r in results]
+        if any(v for v in values):
+            rows[label] = [_fmt(v, ".3f") for v in values]
+    return rows
+
+
 def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, list[str]]:
     """The metrics of ``moesim compare``, one row each: training metrics when any scenario
     trains, serving metrics (latency percentiles, output tokens/s per GPU, $ per million output
@@ -145,6 +166,7 @@ def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, 
                 [getattr(r, "cost_per_million_tokens_usd", None) for r in results], serves, ",.2f"
             ),
         }
+    rows |= _breakdown_rows(results)
     rows |= {
         "memory GB": [_fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
         "fits": ["yes" if r.fits_in_memory else "[red]NO[/]" for r in results],
@@ -277,7 +299,7 @@ def sweep(
     html: Annotated[Path | None, typer.Option("--html", help="write an HTML report")] = None,
 ) -> None:
     """Simulate every point of a grid over scenario fields (local processes or Dask)."""
-    from moesim.sweep import load_sweep, run_sweep, write_frame
+    from moesim.sweep import load_sweep, run_sweep, sweep_summary, write_frame
 
     refuse_overwriting_inputs("--out", out, file)
     refuse_overwriting_inputs("--html", html, file)
@@ -295,6 +317,8 @@ def sweep(
     console.print(
         f"{len(frame)} scenarios → wrote {written}" + (" (replaced it)" if replaced else "")
     )
+    for line in sweep_summary(frame):
+        console.print(f"  {escape(line)}", highlight=False)
     if html is not None:
         from moesim.report.build import sweep_report
 

@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from moesim.cli.app import UserError, app, console, err_console, print_json
+from moesim.cli.app import app, console, err_console, print_json
 
 DEFAULT_DIR = Path("scenarios/published")
 
@@ -69,12 +69,7 @@ def reproduce(
     if html is not None:
         from moesim.report.reproduce import reproduce_report
 
-        try:
-            reproduce_report(rows).write(html)
-        except OSError as e:
-            raise UserError(
-                f"{html}: cannot write it ({e.strerror}): choose another path"
-            ) from None
+        reproduce_report(rows).write(html)  # a failed write: file_io.OutputError, named
         err_console.print(f"wrote {escape(str(html))}", highlight=False)
     if as_json:
         print_json(to_json(rows))

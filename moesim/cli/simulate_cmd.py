@@ -198,6 +198,8 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     if isinstance(prof, dict):  # which calibration profile timed the ops
         table.add_row("profile", escape(f"{prof['device']} ({prof['kind']})"))
     console.print(table)
+    if d["stage"] == "inference" and d.get("replicas"):
+        console.print(_replica_line(s, d), highlight=False)
     if "note" in d:  # a result that needs a word (serving: no request arrived)
         console.print(f"[bold yellow]note:[/] {escape(d['note'])}", highlight=False)
     if "memory_note" in d:  # why it does not fit (serving, post-training)
@@ -235,6 +237,31 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     console.print(mt)
     if trace is not None:
         console.print(f"wrote trace {escape(str(trace))} (open in https://ui.perfetto.dev)")
+
+
+def _replica_line(s: Scenario, d: dict) -> str:
+    """What a serving replica is (one model copy: tp × pp × ep GPUs) and that the batch or the
+    request rate is per replica or split over the replicas."""
+    p, w = s.parallel, s.workload
+    replicas = int(d["replicas"])
+    per = s.gpus // replicas if replicas else s.gpus
+    line = (
+        f"replica: one copy of the model on {per} GPU{'s' if per != 1 else ''} "
+        f"(tp {p.tp} · pp {p.pp} · ep {p.ep} · etp {p.etp}); {replicas} replica"
+        f"{'s' if replicas != 1 else ''} on {s.gpus} GPUs; "
+    )
+    if getattr(w, "batch_size", None) is not None:
+        line += (
+            f"batch_size {w.batch_size} is per replica ({w.batch_size * replicas:,} sequences "
+            "in all); latencies are one replica's"
+        )
+    else:
+        rate = getattr(w, "arrival_rate_per_s", 0.0) or 0.0
+        line += (
+            f"the {rate:g} requests/s are split over the replicas ({rate / max(replicas, 1):g} "
+            "each); latencies are one replica's"
+        )
+    return escape(line)
 
 
 def _stage_table(d: dict) -> Table:

@@ -46,6 +46,14 @@ def train(
         Path | None,
         typer.Option(help="MoE: write tokens per expert here (routing.histogram_file)"),
     ] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="torch CPU threads (default: OMP_NUM_THREADS, else the CPUs this process may "
+            "use less the load on them)",
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
 ) -> None:
     """Train a small model with the real PyTorch implementation of a stage."""
@@ -62,6 +70,10 @@ def train(
         raise UserError(f"--lr must be a finite positive learning rate, got {lr}: e.g. 1e-3")
     if not re.fullmatch(r"cpu|cuda(:[0-9]+)?", device):
         raise UserError(f"--device must be cpu, cuda or cuda:N, got '{device}'")
+    from moesim.file_io import output_problem
+
+    if routing_histogram is not None and (problem := output_problem(routing_histogram)):
+        raise UserError(f"--routing-histogram {problem} (checked before training)")
     if routing_histogram is not None and not routing_histogram.parent.is_dir():
         raise UserError(
             f"--routing-histogram {routing_histogram}: its folder does not exist: create it "
@@ -81,6 +93,21 @@ def train(
         raise UserError("--device cuda: no CUDA device is available here (use --device cpu)")
     if spec.n_encoder_layers:
         raise UserError(f"{spec.name}: encoder-decoder models cannot be trained by moesim train")
+    from moesim.analytic.params import count_params
+    from moesim.training.memory_check import available_host_bytes, training_memory_problem
+
+    if device.startswith("cuda"):
+        free_bytes, _ = torch.cuda.mem_get_info(torch.device(device))
+        where = device
+    else:
+        free_bytes, where = available_host_bytes(), "this machine"
+    problem = training_memory_problem(count_params(spec).total, free_bytes, where)
+    if problem is not None:
+        raise UserError(f"--model {model}: {problem}")
+    from moesim.training.threads import choose_threads
+
+    choice = choose_threads(threads)  # a shared machine: torch's default threads thrash
+    torch.set_num_threads(choice.threads)
 
     from moesim.nn import write_routing_histogram
     from moesim.training import TrainConfig
@@ -96,6 +123,8 @@ def train(
     )
     result = _run_with_progress(stage, spec, steps, cfg, show=not as_json)
     result.pop("history")
+    result["cpu_threads"] = choice.threads
+    result["cpu_threads_from"] = choice.why
     hist = result.pop("tokens_per_expert", None)
     if routing_histogram is not None:
         if hist is None:

@@ -92,9 +92,9 @@ def write_routing_histogram(path: str | Path, tokens_per_expert_E) -> Path:
     """Write ``{"tokens_per_expert": [...]}``: what the scenario key
     ``routing: {distribution: histogram, histogram_file: ...}`` reads."""
     counts = [int(c) for c in torch.as_tensor(tokens_per_expert_E).tolist()]
-    p = Path(path)
-    p.write_text(json.dumps({"tokens_per_expert": counts}) + "\n")
-    return p
+    from moesim.file_io import write_atomic  # all or nothing, through links and devices
+
+    return write_atomic(path, json.dumps({"tokens_per_expert": counts}) + "\n")
 
 
 class MoELayer(nn.Module):

@@ -12,6 +12,8 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.offline import get_plotlyjs
 
+from moesim.file_io import write_atomic
+
 STYLE = """
 body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 0;
        color: #222; background: #fafafa; }
@@ -71,12 +73,8 @@ class Report:
         return "\n".join(parts)
 
     def write(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(self.render(), encoding="utf-8")
-        tmp.replace(path)  # never a half-written report
-        return path
+        """All or nothing, through symlinks and devices (moesim.file_io.write_atomic)."""
+        return write_atomic(path, self.render(), make_parents=True)
 
 
 def kv_table(rows: list[tuple[str, str]]) -> str:

@@ -25,9 +25,9 @@ def baseline_of(rows: list[CaseResult]) -> dict[str, dict[str, Any]]:
 
 
 def write_baseline(rows: list[CaseResult], path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(baseline_of(rows), indent=2) + "\n")
-    return path
+    from moesim.file_io import write_atomic
+
+    return write_atomic(path, json.dumps(baseline_of(rows), indent=2) + "\n")
 
 
 def read_baseline(path: str | Path) -> dict[str, dict[str, Any]]:

@@ -65,9 +65,11 @@ def main(argv: list[str] | None = None) -> None:
     if len(args) != 1:
         sys.exit("usage: moesim reproduce --markdown | python -m moesim.reproduce.markdown FILE")
     path = Path(args[0])
+    from moesim.file_io import OutputError, write_atomic
+
     try:
-        path.write_text(replace_block(path.read_text(), sys.stdin.read()))
-    except (OSError, ValueError) as e:
+        write_atomic(path, replace_block(path.read_text(), sys.stdin.read()))
+    except (OSError, ValueError, OutputError) as e:
         sys.exit(f"error: {path}: {e}")
     print(f"updated the published-runs table in {path}", file=sys.stderr)
 

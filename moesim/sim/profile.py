@@ -65,6 +65,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from moesim.file_io import input_problem
+
 OpClass = Literal["gemm", "grouped_gemm", "attention", "memory_bound"]
 OP_CLASSES: tuple[str, ...] = ("gemm", "grouped_gemm", "attention", "memory_bound")
 # compute curves: the op classes plus the optional attention backward (schema version 2)
@@ -172,8 +174,6 @@ def load_profile(path: str | Path) -> Profile:
     """A profile JSON; a file that is not one is a ProfileError naming the file and fields."""
     try:
         return Profile.model_validate(json.loads(Path(path).read_text()))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
     except ValidationError as e:
         problems = "; ".join(
             f"{'.'.join(str(x) for x in err['loc']) or 'file'}: {err['msg']}"
@@ -183,6 +183,10 @@ def load_profile(path: str | Path) -> Profile:
             f"profile {path}: not a moesim calibration profile ({problems}): give a file "
             "that `moesim calibrate run` or `python -m moesim.calibrate.published` wrote"
         ) from None
+    except (OSError, ValueError) as e:  # JSON and UTF-8 errors (ValidationError above)
+        raise ProfileError(f"profile {path}: cannot read it as JSON ({e})") from None
+    except RecursionError:
+        raise ProfileError(f"profile {path}: nested too deeply to read as JSON") from None
 
 
 @lru_cache(maxsize=1)
@@ -228,8 +232,9 @@ def resolve_profile(
     if name is not None:
         p = Path(name)
         if p.suffix == ".json":
-            if not p.is_file():
-                raise FileNotFoundError(f"simulation.profile: no such file {p}")
+            problem = input_problem(p)
+            if problem is not None:
+                raise FileNotFoundError(f"simulation.profile: {problem}")
             return load_profile(p)
         found = _find_by_id(name, dirs)
         if found is not None:

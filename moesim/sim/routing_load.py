@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moesim.file_io import input_problem
 from moesim.specs import Routing
 
 
@@ -60,8 +61,9 @@ def expert_probabilities(
 def _read_histogram(path: Path, base_dir: Path | None) -> list[float]:
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    if not path.is_file():
-        raise FileNotFoundError(f"routing.histogram_file: no such file {path}")
+    problem = input_problem(path)
+    if problem is not None:
+        raise FileNotFoundError(f"routing.histogram_file: {problem}")
     text = path.read_text()
     if path.suffix == ".json":
         data = json.loads(text)

@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from moesim.file_io import write_atomic
 from moesim.sim.engine import Rank
 
 STREAM_ORDER = ("compute", "tp", "ep", "pp", "dp", "ep_bwd", "pp_bwd", "cp")
@@ -49,4 +50,5 @@ def chrome_trace(ranks: list[Rank]) -> dict[str, Any]:
 
 
 def write_trace(ranks: list[Rank], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(chrome_trace(ranks)))
+    """All or nothing (moesim.file_io.write_atomic): a full disk leaves no partial trace."""
+    write_atomic(path, json.dumps(chrome_trace(ranks)))

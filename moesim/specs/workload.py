@@ -26,6 +26,14 @@ from moesim.specs.model import ModelSpec
 #: EngineArgs.get_batch_defaults; 2048 on smaller GPUs)
 DEFAULT_MAX_PREFILL_TOKENS = 8192
 
+# Input limits: the simulator times every sequence or request these count, so a value past
+# them runs for minutes and gigabytes with no answer worth the wait (issue 16). Measured on
+# this project's 2-core machine, Mixtral 8x7B on one node: a static batch of 100,000 in 4.6 s,
+# 1,000,000 Poisson requests in 16 s; GRPO with 128 prompts x 1,000 responses took 50 s.
+MAX_SERVING_BATCH = 100_000
+MAX_POISSON_REQUESTS = 1_000_000
+MAX_GROUP_SIZE = 1024
+
 LoRATarget = Literal["attention", "mlp", "experts_shared", "experts_per_expert", "router"]
 
 
@@ -168,7 +176,12 @@ class _RL(Spec):
 
 class GRPOWorkload(_RL):
     stage: Literal["grpo"] = "grpo"
-    group_size: PositiveInt = Field(8, description="responses sampled per prompt")
+    group_size: PositiveInt = Field(
+        8,
+        le=MAX_GROUP_SIZE,
+        description=f"responses sampled per prompt (at most {MAX_GROUP_SIZE:,}: papers use "
+        "4-64, and every response is a rollout the simulator times)",
+    )
     reward: Literal["rule", "model"] = "rule"
     reward_model: ModelSpec | None = Field(None, description="reward model (reward: model)")
     kl_coef: Float = Field(0.04, ge=0)
@@ -192,8 +205,17 @@ class InferenceWorkload(Spec):
     stage: Literal["inference"] = "inference"
     prompt_len: PositiveInt = 1024
     output_len: PositiveInt = 256
-    batch_size: PositiveInt | None = Field(None, description="static batch")
-    arrival_rate_per_s: PositiveFloat | None = Field(None, description="Poisson request rate")
+    batch_size: PositiveInt | None = Field(
+        None,
+        le=MAX_SERVING_BATCH,
+        description=f"static batch: concurrent sequences per replica (at most "
+        f"{MAX_SERVING_BATCH:,}; each sequence's routing is drawn, ~5 s at the limit)",
+    )
+    arrival_rate_per_s: PositiveFloat | None = Field(
+        None,
+        description=f"Poisson request rate over all replicas (rate × duration_s at most "
+        f"{MAX_POISSON_REQUESTS:,} requests: each is simulated, ~15 s at the limit)",
+    )
     duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
     max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
     max_prefill_tokens: PositiveInt = Field(
@@ -212,6 +234,14 @@ class InferenceWorkload(Spec):
                 "inference needs exactly one of workload.batch_size (static batch) or "
                 "workload.arrival_rate_per_s (Poisson arrivals)"
             )
+        if self.arrival_rate_per_s is not None:
+            expected = self.arrival_rate_per_s * self.duration_s
+            if expected > MAX_POISSON_REQUESTS:
+                raise ValueError(
+                    f"workload.arrival_rate_per_s × duration_s = {expected:,.0f} requests, over "
+                    f"the limit of {MAX_POISSON_REQUESTS:,} (each request is simulated): "
+                    "shorten duration_s (a steady state shows within seconds of arrivals)"
+                )
         return self
 
     @property

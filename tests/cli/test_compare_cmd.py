@@ -45,3 +45,21 @@ def test_mixed_comparison_shows_both_and_dashes_what_does_not_apply() -> None:
     assert rows["out tokens/s/GPU"] == ["–", "411"]
     assert rows["$ per M out tokens"] == ["–", "1.35"]
     assert rows["cost $"] == ["20", "–"]
+
+
+def test_compare_shows_where_each_step_goes() -> None:
+    scenarios = [
+        load_scenario(SCENARIOS / "mixtral-8x7b-pretrain-256xh100.yaml"),
+        load_scenario(SCENARIOS / "serving" / "mixtral-8x7b-decode-8xh100.yaml"),
+    ]
+    results = [
+        _result("pretrain", step_time_s=2.5, time_breakdown_s={"compute": 1.9, "exposed_comm": 0.2,
+                "bubble": 0.4, "imbalance": 0.0}),
+        _result("inference", step_time_s=0.02, time_breakdown_s={"compute": 0.015,
+                "exposed_comm": 0.005}),
+    ]  # fmt: skip
+    rows = compare_rows(scenarios, results)
+    assert rows["  compute s"] == ["1.900", "0.015"]
+    assert rows["  exposed comm s"] == ["0.200", "0.005"]
+    assert rows["  bubble s"] == ["0.400", "–"]
+    assert "  imbalance s" not in rows  # no scenario has any

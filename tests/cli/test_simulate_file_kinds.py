@@ -34,3 +34,20 @@ def test_a_serving_scenario_reports_one_forward_per_generated_token(moesim):
     # 2 FLOPs per active weight plus attention at ~1.1k keys: about 2.05·N, not 4·N
     assert 1.95 * d["params_active"] < d["model_flops_per_token"] < 2.2 * d["params_active"]
     assert d["max_prefill_tokens"] == 8192 and d["prefill_steps"] == 2  # 16 prompts of 1024
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("mixtral-8x7b-decode-8xh100.yaml", "batch_size 16 is per replica (64 sequences in all)"),
+        ("mixtral-8x7b-poisson-8xh100.yaml", "40 requests/s are split over the replicas (10 each)"),
+    ],
+)
+def test_serving_output_says_what_a_replica_is(path, says):
+    from tests.cli.conftest import run_main
+
+    r = run_main("simulate", SCENARIOS / "serving" / path)
+    assert r.returncode == 0, r.output
+    text = " ".join(r.stdout.split())  # rich wraps at the terminal's width
+    assert "replica: one copy of the model on 2 GPUs (tp 2 · pp 1 · ep 1 · etp 2)" in text
+    assert "4 replicas on 8 GPUs" in text and says in text

@@ -102,3 +102,14 @@ def test_balance_flags_are_the_presets_the_training_tests_measure():
     assert aux.aux_loss_weight == 1e-2 and aux.bias_update_rate == 0.0
     none = _balance("none")
     assert none.aux_loss_weight == 0.0 and none.bias_update_rate == 0.0
+
+
+def test_a_model_too_large_to_train_here_is_refused_before_torch_allocates(monkeypatch):
+    pytest.importorskip("torch")
+    from moesim.training import memory_check
+    from tests.cli.conftest import run_main
+
+    monkeypatch.setattr(memory_check, "available_host_bytes", lambda: 64 * 10**9)
+    r = run_main("train", "pretrain", "--model", "llama-3-8b", "--steps", "1")
+    assert r.returncode == 2, r.output
+    assert "--model llama-3-8b:" in r.stderr and "this machine has 64.0 GB free" in r.stderr
