@@ -18,6 +18,7 @@ from moesim.specs.base import (
     Spec,
 )
 from moesim.specs.model import ModelSpec
+from moesim.specs.serving import DisaggregatedSpec, SpeculativeSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
 #: OpenAI server on GPUs of >= 70 GiB other than the A100 (vllm/engine/arg_utils.py,
@@ -140,6 +141,24 @@ class InferenceWorkload(Spec):
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
     seed: NonNegativeInt = 0
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
+    two_batch_overlap: bool = Field(
+        False,
+        description="split each step in two micro-batches so one's MoE dispatch/combine runs "
+        "under the other's compute (SGLang's --enable-two-batch-overlap, vLLM's dual batch "
+        "overlap); a step is split only when that is faster (vLLM splits above a token "
+        "threshold)",
+    )
+    speculative: SpeculativeSpec | None = Field(
+        None,
+        description="speculative decoding: {method: mtp | draft, draft_model, "
+        "num_speculative_tokens, acceptance_rate}",
+    )
+    disaggregated: DisaggregatedSpec | None = Field(
+        None,
+        description="prefill/decode disaggregation: {prefill: {gpus | nodes, tp, pp, ep, etp, "
+        "moe_dispatcher}, decode: {...}}: separate pools, the prompt's KV cache sent from the "
+        "prefill replica to the decode replica (needs arrival_rate_per_s)",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InferenceWorkload:
@@ -147,6 +166,11 @@ class InferenceWorkload(Spec):
             raise ValueError(
                 "inference needs exactly one of workload.batch_size (static batch) or "
                 "workload.arrival_rate_per_s (Poisson arrivals)"
+            )
+        if self.disaggregated is not None and self.arrival_rate_per_s is None:
+            raise ValueError(
+                "workload.disaggregated serves a stream of requests: give "
+                "workload.arrival_rate_per_s (and duration_s) instead of batch_size"
             )
         return self
 

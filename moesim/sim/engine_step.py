@@ -1,0 +1,108 @@
+"""How a serving engine runs one step of a replica: the plain forward of ``ReplicaCost``,
+pipelined over pp stages in decode, split in two overlapped micro-batches
+(``moesim.sim.two_batch_overlap``), and speculative (``moesim.sim.speculative``).
+
+Decode with pp > 1: the engine keeps pp micro-batches of the running batch in flight, one per
+stage (vLLM's virtual engines, one scheduler per pipeline stage "so that they can schedule
+multiple batches simultaneously ... saturating all pipeline stages", vllm-project/vllm RFC
+#11945; TensorRT-LLM likewise). In the steady state every stage runs each micro-batch's slice
+of layers once per round, so a round lasts one traversal of a micro-batch of ⌈B/pp⌉ sequences
+through all stages (its compute over the stages plus pp − 1 sends), every sequence gains a
+token per round, and TPOT is that traversal. With fewer sequences than stages the micro-batches
+hold one sequence each and stages idle. Prefill steps still traverse the stages one after
+another (a chunk's stages are not overlapped with the decode micro-batches).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from moesim.sim.speculative import Speculator
+from moesim.specs.scenario import draft_scenario
+from moesim.sim.two_batch_overlap import split_batch, split_chunks, tbo_step_s
+
+
+@dataclass
+class EngineStep:
+    """Step times of one replica (``cost``: a ``ReplicaCost``) as the engine runs them."""
+
+    cost: object
+    pp: int = 1
+    two_batch_overlap: bool = False
+    moe_layer_fraction: float = 0.0  # MoE layers / decoder layers (what TBO overlaps)
+    sm_slowdown: float = 1.0  # compute under a DeepEP normal transfer
+    speculator: Speculator | None = None
+
+    @property
+    def tokens_per_step(self) -> float:
+        """Expected tokens a decode round gives each running sequence."""
+        return 1.0 if self.speculator is None else self.speculator.tokens_per_step
+
+    def decode_microbatch(self, batch: int) -> int:
+        """Sequences of the largest micro-batch of a decode round (⌈B/pp⌉)."""
+        return math.ceil(batch / self.pp) if batch else 0
+
+    def decode_forward(self, batch: int, context_sum: float):
+        """The StepCost of the target's forward of one decode (or verify) micro-batch."""
+        if self.speculator is not None:
+            return self.speculator.verify(batch, context_sum)
+        return self.cost.decode(batch, context_sum)
+
+    def _decode_forward_s(self, batch: int, context_sum: float) -> float:
+        full = self.decode_forward(batch, context_sum)
+        if not self.two_batch_overlap or batch < 2:
+            return full.total_s
+        (a, ca), (b, cb) = split_batch(batch, context_sum)
+        return tbo_step_s(
+            full,
+            self.decode_forward(a, ca),
+            self.decode_forward(b, cb),
+            self.moe_layer_fraction,
+            self.sm_slowdown,
+        )
+
+    def decode_s(self, batch: int, context_sum: float) -> float:
+        """Seconds of one decode round of ``batch`` running sequences whose contexts sum to
+        ``context_sum`` keys: every sequence gains ``tokens_per_step`` tokens (expected)."""
+        mb = self.decode_microbatch(batch)
+        ctx = context_sum * mb / batch if batch else 0.0
+        t = self._decode_forward_s(mb, ctx)
+        if self.speculator is not None:
+            t += self.speculator.draft_s(mb, ctx)
+        return t
+
+    def prefill_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
+        """Seconds of one prefill step of prompt ``chunks`` (offset, tokens), ``finished`` of
+        which end their prompt."""
+        full = self.cost.prefill_chunks(chunks, finished)
+        tokens = sum(c for _, c in chunks)
+        if not self.two_batch_overlap or tokens < 2:
+            return full.total_s
+        a, b = split_chunks(chunks)
+        fa = min(finished, len(a))
+        return tbo_step_s(
+            full,
+            self.cost.prefill_chunks(a, fa),
+            self.cost.prefill_chunks(b, finished - fa),
+            self.moe_layer_fraction,
+            self.sm_slowdown,
+        )
+
+
+def build_engine_step(s, cost, make_cost) -> EngineStep:
+    """The engine of scenario ``s`` around its replica cost ``cost``; ``make_cost(scenario)``
+    builds the drafter's replica cost (``moesim.specs.scenario.draft_scenario``)."""
+    w = s.workload
+    m = s.model
+    speculator = None
+    if getattr(w, "speculative", None) is not None:
+        speculator = Speculator(w.speculative, cost, make_cost(draft_scenario(s)))
+    return EngineStep(
+        cost=cost,
+        pp=s.parallel.pp,
+        two_batch_overlap=bool(getattr(w, "two_batch_overlap", False)),
+        moe_layer_fraction=m.n_moe_layers / m.n_layers,
+        sm_slowdown=cost.ctx.comm_sm_slowdown,
+        speculator=speculator,
+    )
