@@ -527,7 +527,7 @@ def least_memory_per_gpu_B(s: Scenario) -> float:
     batch to the KV cache that fits (one sequence at the least); anything else needs all of it."""
     w = s.workload
     if isinstance(w, InferenceWorkload) and w.arrival_rate_per_s is not None:
-        from moesim.sim.inference import inference_memory
+        from moesim.sim.serving_memory import inference_memory
 
         return inference_memory(s, 1).total
     return memory_per_gpu(s).total

@@ -64,8 +64,9 @@ from moesim.analytic.post_training import (
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank, run_to_completion
-from moesim.sim.inference import ReplicaCost, serve
 from moesim.sim.run import COMM_CATEGORIES, build_context, simulate_pass
+from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
 from moesim.sim.utilization import utilization

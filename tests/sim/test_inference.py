@@ -11,14 +11,11 @@ import pytest
 from moesim.analytic.flops import attention_core_flops
 from moesim.analytic.memory import kv_cache_bytes_per_token
 from moesim.scenario_io import load_scenario, load_yaml, scenario_from_dict
-from moesim.sim.inference import (
-    ReplicaCost,
-    expected_experts_touched,
-    poisson_arrivals_s,
-    serve,
-)
 from moesim.sim.profile import DEFAULT_PROFILE_PATH
 from moesim.sim.run import simulate
+from moesim.sim.serving_requests import poisson_arrivals_s
+from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_step import FLASH_QUERY_TILE, ReplicaCost, expected_experts_touched
 from moesim.sweep import load_sweep, run_sweep
 
 
@@ -367,12 +364,10 @@ def test_serving_scenario_files_validate_and_simulate(path):
 def test_prefill_reads_each_key_once_per_query_tile():
     """Llama-2-13B (MHA: a K/V per head) prefilling 4096 tokens: the attention core reads K/V
     once per tile of FLASH_QUERY_TILE queries; read once per query it would dominate."""
-    from moesim.sim import inference
-
     c = ReplicaCost(serving("llama-2-13b", prompt_len=4096))
     L = 4096
     keys = L * (L + 1) / 2
-    tiled = c._attention_core_s(L, keys, inference.FLASH_QUERY_TILE)
+    tiled = c._attention_core_s(L, keys, FLASH_QUERY_TILE)
     per_query = c._attention_core_s(L, keys, 1.0)
     assert per_query > 3 * tiled
     prefill = c.prefill(1, L)

@@ -1,0 +1,310 @@
+"""Serving: the cost of one engine step of a model replica (prefill, decode or a mix).
+
+Legend: ``B`` sequences decoding together on one replica, ``T`` tokens of one engine step on
+one replica (B in decode, n·prompt_len in prefill), ``T_g`` tokens entering one EP group
+(T · ep·etp / tp: the attention replicas that share the group), ``E`` routed experts, ``k``
+top-k, ``ctx`` keys a query attends.
+
+A *replica* is the tp × pp GPUs holding one copy of the attention; there are ``dp`` of them and
+requests are split evenly over them (``arrival_rate_per_s / dp`` each); with ``ep`` > 1 the
+replicas of an EP group step together and share the experts (DP attention + EP experts).
+
+One step, layer by layer, on the busiest GPU (every GPU must finish a layer before the next):
+
+- attention projections and the dense FFN / shared experts: GEMMs that read their weights
+  once per step (``precision.weights_inference``: fp8/int4 halve/quarter the bytes);
+- attention core: reads the KV cache of every key attended (``precision.kv_cache``); in
+  prefill a FlashAttention kernel reads each key once per tile of ``FLASH_QUERY_TILE`` queries
+  (K/V stay in SRAM across the tile), not once per query;
+- routed experts: only the experts the step's tokens touch are read. With T_g tokens and
+  uniform top-k routing the expected number of distinct experts per layer is
+  E·(1 − (1 − k/E)^T_g); the busiest EP rank's touched experts and copies are drawn from the
+  routing distribution (seeded top-k sampling without replacement), so one expert per rank at
+  batch 1 costs a whole expert read on the rank that got it;
+- TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
+  all-to-alls; PP: a send per stage boundary. **Limitation: with pp > 1 the stages of a step
+  run one after another** (the step is the sum over stages, each stage idle (pp − 1)/pp of the
+  time): decode is not pipelined — vLLM/TensorRT-LLM keep pp micro-batches of the running
+  batch in flight, one per stage, for up to pp× the throughput at the same TPOT. Serving
+  results for pp > 1 are therefore a lower bound on throughput;
+- expert offloading (``expert_offload``): touched experts come over PCIe from host memory,
+  before their GEMM (routing is known only at the layer, so the copy cannot be prefetched).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from moesim.analytic.flops import attention_core_flops, layer_flops
+from moesim.analytic.params import count_params, ffn_params
+from moesim.sim.context import SimContext
+from moesim.sim.costmodel import OpWork
+from moesim.sim.profile import resolve_profile
+from moesim.sim.routing_load import expert_probabilities
+from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Scenario
+
+#: above this many (token, expert) cells a routing draw is replaced by its expectation
+MAX_DRAW_CELLS = 2_000_000
+# Queries per tile of a FlashAttention forward: each K/V block read from HBM serves this many
+# queries (FlashAttention-2, Dao 2023, §3.3: block sizes 64 or 128; FlashAttention-3's Hopper
+# forward uses 128-row query tiles). Prefill only: a decode query has no tile to share with.
+FLASH_QUERY_TILE = 128
+ROUTING_DRAWS = 32
+
+
+@dataclass(frozen=True)
+class StepCost:
+    """Seconds of one engine step on one replica, split into parts that sum to ``total_s``."""
+
+    attention_s: float = 0.0  # projections + core (KV reads)
+    dense_ffn_s: float = 0.0  # dense FFN, shared experts, router, norms
+    experts_s: float = 0.0  # routed experts (touched weights read + GEMMs)
+    lm_head_s: float = 0.0
+    tp_comm_s: float = 0.0
+    all_to_all_s: float = 0.0
+    pp_comm_s: float = 0.0
+    offload_s: float = 0.0  # experts fetched over PCIe
+    experts_touched: float = 0.0  # expected distinct experts per MoE layer (whole EP group)
+    expert_bytes_read: float = 0.0  # bytes of routed-expert weights the busiest GPU reads
+
+    @property
+    def compute_s(self) -> float:
+        return self.attention_s + self.dense_ffn_s + self.experts_s + self.lm_head_s
+
+    @property
+    def comm_s(self) -> float:
+        return self.tp_comm_s + self.all_to_all_s + self.pp_comm_s
+
+    @property
+    def total_s(self) -> float:
+        return self.compute_s + self.comm_s + self.offload_s
+
+
+def expected_experts_touched(probs_E: np.ndarray, top_k: int, tokens: float) -> float:
+    """Distinct experts hit by ``tokens`` tokens of one layer: Σ_e 1 − (1 − q_e)^T, with
+    q_e = min(1, k·p_e) the chance a token picks expert e (exactly k/E for uniform routing,
+    giving E·(1 − (1 − k/E)^T))."""
+    q = np.minimum(1.0, top_k * probs_E)
+    return float(np.sum(1.0 - (1.0 - q) ** tokens))
+
+
+class ReplicaCost:
+    """Step times of one serving replica of ``scenario`` (its model, layout and precision)."""
+
+    def __init__(self, scenario: Scenario, base_dir: Path | None = None):
+        s = scenario
+        self.s = s
+        profile = resolve_profile(s.simulation.profile, s.cluster.gpu.name)
+        # one token per attention rank: the context is only used for its cost model, collective
+        # timer and grid (layer costs of training are not read here)
+        self.ctx = SimContext(s, profile, "symmetric", tokens=1.0, microbatches=1)
+        self.cm = self.ctx.cm
+        m, p, prec = s.model, s.parallel, s.precision
+        self.m, self.p = m, p
+        self.wb = BYTES_PER_ELEMENT[prec.weights_inference]
+        self.ab = prec.activation_bytes
+        self.kvb = BYTES_PER_ELEMENT[prec.kv_cache]
+        counts = count_params(m)
+        self.counts = counts
+        # identical layers are costed once: (layer params, is_moe) -> how many
+        self.kinds = Counter((lp, m.is_moe_layer(i)) for i, lp in enumerate(counts.decoder_layers))
+        self.flops = {moe: layer_flops(m, moe, 0.0) for moe in {k[1] for k in self.kinds}}
+        self.kv_heads_split = 1 if m.mla is not None else min(p.tp, m.kv_heads)
+        if m.mla is not None:  # the compressed latent and the RoPE key (DeepSeek-V2 §2.1.2)
+            self.kv_bytes_per_token_layer = (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * self.kvb
+        else:
+            self.kv_bytes_per_token_layer = 2 * m.kv_dim * self.kvb
+        self.tp_group = self.ctx.grid.tp_group(0)
+        self.ep_group = self.ctx.grid.ep_group(0)
+        self.offload = isinstance(s.workload, InferenceWorkload) and s.workload.expert_offload
+        self.pcie_Bps = s.cluster.gpu.pcie_GBps * 1e9 * self.cm.link_fraction("pcie")
+        if m.moe is not None:
+            self.probs_E = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
+            self.expert_params = ffn_params(m, m.moe.expert_hidden) / p.etp  # one expert shard
+        self._base: dict[tuple[int, int, int], StepCost] = {}
+        self._loads: dict[int, tuple[float, float, np.ndarray]] = {}
+
+    # -- routed-expert load -------------------------------------------------------------------
+    def tokens_per_ep_group(self, tokens: float) -> float:
+        """T_g: the step's tokens of every attention replica that shares this EP group."""
+        p = self.p
+        return tokens * p.ep * p.etp / p.tp
+
+    def rank_loads(self, tokens_group: int) -> tuple[float, float, np.ndarray]:
+        """(experts touched, copies) on the busiest EP rank for ``tokens_group`` tokens, averaged
+        over seeded routing draws (each token picks k distinct experts ∝ p_e, Gumbel top-k),
+        and the copies each EP rank receives per draw (N, R)."""
+        hit = self._loads.get(tokens_group)
+        if hit is not None:
+            return hit
+        assert self.m.moe is not None
+        e, k, ep = self.m.moe.n_routed_experts, self.m.moe.top_k, self.p.ep
+        t = tokens_group
+        if t * e > MAX_DRAW_CELLS:  # many tokens: every expert is hit, loads near their mean
+            per_rank = self.probs_E.reshape(ep, e // ep)
+            q = np.minimum(1.0, k * per_rank)
+            touched = float(np.max(np.sum(1.0 - (1.0 - q) ** t, axis=1)))
+            loads_NR = t * k * per_rank.sum(axis=1)[None, :]
+            copies = float(loads_NR.max())
+        else:
+            n = int(min(ROUTING_DRAWS, max(2, MAX_DRAW_CELLS // (t * e))))
+            rng = np.random.default_rng([self.s.routing.seed, 0x5E2E, t])
+            keys = np.log(np.maximum(self.probs_E, 1e-300)) + rng.gumbel(size=(n, t, e))
+            chosen = np.argpartition(-keys, k - 1, axis=2)[:, :, :k]  # (N, T, k)
+            flat = (np.arange(n)[:, None, None] * e + chosen).ravel()
+            counts = np.bincount(flat, minlength=n * e).reshape(n, ep, e // ep)
+            touched = float(np.mean(np.max((counts > 0).sum(axis=2), axis=1)))
+            loads_NR = counts.sum(axis=2).astype(float)
+            copies = float(np.mean(loads_NR.max(axis=1)))
+        hit = self._loads[tokens_group] = (touched, copies, loads_NR)
+        return hit
+
+    # -- one step -----------------------------------------------------------------------------
+    def step(
+        self, tokens: int, attended_keys: float, logits: int, queries_per_kv_read: float = 1.0
+    ) -> StepCost:
+        """One forward step of ``tokens`` new tokens whose queries attend ``attended_keys`` keys
+        in all (summed over tokens), with ``logits`` rows through the LM head; each key read
+        from HBM serves ``queries_per_kv_read`` queries."""
+        base = self._base_cost(tokens, logits)
+        attn = self._attention_core_s(tokens, attended_keys, queries_per_kv_read)
+        return replace(base, attention_s=base.attention_s + attn)
+
+    def decode(self, batch: int, context_sum: float) -> StepCost:
+        """A decode step of ``batch`` sequences whose contexts sum to ``context_sum`` keys
+        (each sequence's one query reads its whole KV cache)."""
+        return self.step(batch, context_sum, batch)
+
+    def prefill(self, n_seqs: int, prompt_len: int) -> StepCost:
+        """A prefill step of ``n_seqs`` whole prompts (causal: token i attends i keys)."""
+        return self.prefill_chunks([(0, prompt_len)] * n_seqs, n_seqs)
+
+    def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepCost:
+        """A prefill step of prompt chunks ``(offset, length)``: a chunk's token i attends the
+        offset earlier tokens (in the KV cache) and i of its own; ``finished`` chunks end their
+        prompt and go through the LM head. Each chunk's keys are read once per FlashAttention
+        query tile of its own queries."""
+        tokens = sum(c for _, c in chunks)
+        keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
+        reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
+        total = sum(keys)
+        return self.step(tokens, total, finished, queries_per_kv_read=total / reads)
+
+    def _attention_core_s(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
+        """QKᵀ and AV of every layer: FLOPs per attended key, KV bytes per key read, the KV
+        cache written once per new token."""
+        m, p = self.m, self.p
+        n_layers = m.n_layers
+        flops = attention_core_flops(m, keys) / p.tp
+        kv_per_token = self.kv_bytes_per_token_layer / self.kv_heads_split
+        kv_read = keys * kv_per_token / queries_per_kv_read + tokens * kv_per_token
+        q_and_out = 2 * tokens * m.q_dim * self.ab / p.tp
+        op = OpWork("attn_core", "attention", flops, kv_read + q_and_out)
+        return n_layers * self.cm.time_s(op)
+
+    def _base_cost(self, tokens: int, logits: int) -> StepCost:
+        key = (tokens, logits, 0)
+        hit = self._base.get(key)
+        if hit is not None:
+            return hit
+        m, p, cm, wb, ab = self.m, self.p, self.cm, self.wb, self.ab
+        io = tokens * m.d_model * ab  # one (T, d) activation
+        parts = dict.fromkeys(
+            ("attention_s", "dense_ffn_s", "experts_s", "tp_comm_s", "all_to_all_s", "offload_s"),
+            0.0,
+        )
+        touched_group = expert_bytes = 0.0
+        tp_ar = self.ctx.all_reduce_s(self.tp_group, io) if p.tp > 1 else 0.0
+        for (lp, moe), n in self.kinds.items():
+            fl = self.flops[moe]
+            proj = OpWork(
+                "attn_proj",
+                "gemm",
+                tokens * fl.attention_proj / p.tp,
+                lp.attention * wb / p.tp + 4 * io / p.tp,
+            )
+            parts["attention_s"] += n * cm.time_s(proj)
+            ffn_n = lp.dense_ffn + lp.shared_experts
+            ffn = OpWork(
+                "ffn",
+                "gemm",
+                tokens * (fl.dense_ffn + fl.shared_experts) / p.tp,
+                ffn_n * wb / p.tp + 3 * io / p.tp,
+            )
+            norms = OpWork("norms", "memory_bound", 0.0, 12 * io / p.tp)
+            dense = cm.time_s(ffn) + cm.time_s(norms)
+            parts["tp_comm_s"] += n * 2 * tp_ar
+            if moe:
+                t_group = self.tokens_per_ep_group(tokens)
+                router = OpWork(
+                    "router",
+                    "gemm",
+                    tokens * fl.router / p.tp,
+                    lp.router * wb + tokens * 4,
+                    fp8=False,
+                )
+                dense += cm.time_s(router)
+                ex_s, off_s, a2a_s, touched, ebytes = self._experts(t_group)
+                parts["experts_s"] += n * ex_s
+                parts["offload_s"] += n * off_s
+                parts["all_to_all_s"] += n * a2a_s
+                touched_group = touched
+                expert_bytes += n * ebytes
+            parts["dense_ffn_s"] += n * dense
+        head = OpWork(
+            "lm_head",
+            "gemm",
+            logits * 2.0 * m.vocab_size * m.d_model / p.tp,
+            m.vocab_size * m.d_model * wb / p.tp + logits * m.vocab_size * 4 / p.tp,
+            fp8=False,
+        )
+        pp_s = 0.0
+        if p.pp > 1:
+            g0 = self.ctx.grid.gpu(0, 0)
+            pp_s = (p.pp - 1) * self.ctx.p2p_s(g0, self.ctx.grid.pp_peer(g0, +1), io / p.tp)
+        out = StepCost(
+            lm_head_s=cm.time_s(head),
+            pp_comm_s=pp_s,
+            experts_touched=touched_group,
+            expert_bytes_read=expert_bytes,
+            **parts,
+        )
+        self._base[key] = out
+        return out
+
+    def _experts(self, tokens_group: float) -> tuple[float, float, float, float, float]:
+        """(expert GEMMs, PCIe fetch, all-to-all, distinct experts touched in the group,
+        expert weight bytes the busiest rank reads) of one MoE layer."""
+        m, p, cm = self.m, self.p, self.cm
+        assert m.moe is not None
+        k = m.moe.top_k
+        t = max(1, round(tokens_group))
+        touched_rank, copies_rank, loads_NR = self.rank_loads(t)
+        weight_bytes = touched_rank * self.expert_params * self.wb
+        widths = 2 * m.d_model + 3 * m.moe.expert_hidden / p.etp
+        op = OpWork(
+            "experts",
+            "grouped_gemm",
+            copies_rank * 2.0 * self.expert_params,
+            weight_bytes + copies_rank * widths * self.ab,
+            groups=max(1, round(touched_rank)),
+        )
+        offload_s = weight_bytes / self.pcie_Bps if self.offload else 0.0
+        a2a_s = 0.0
+        if p.ep > 1:
+            # each EP rank dispatches t / ep tokens; the draws set what each rank receives
+            group, mean_rank = self.ep_group, t * k / p.ep
+            disp_b = m.d_model * self.s.precision.dispatch_bytes
+            comb_b = m.d_model * self.s.precision.combine_bytes
+            a2a_s = float(
+                np.mean(
+                    self.ctx.skewed_a2a_s(group, loads_NR, mean_rank, disp_b, "dispatch")
+                    + self.ctx.skewed_a2a_s(group, loads_NR, mean_rank, comb_b, "combine")
+                )
+            )
+        touched = expected_experts_touched(self.probs_E, k, t)
+        return cm.time_s(op), offload_s, a2a_s, touched, weight_bytes
