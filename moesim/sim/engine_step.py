@@ -106,3 +106,24 @@ def build_engine_step(s, cost, make_cost) -> EngineStep:
         sm_slowdown=cost.ctx.comm_sm_slowdown,
         speculator=speculator,
     )
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """Seconds of one step, as the scheduler reads a step's cost (``.total_s``)."""
+
+    total_s: float
+
+
+class SchedulerView:
+    """An ``EngineStep`` behind the interface the serving scheduler calls on a ``ReplicaCost``
+    (``prefill_chunks(...)``, ``decode(...)``, each with ``.total_s``)."""
+
+    def __init__(self, engine: EngineStep):
+        self.engine = engine
+
+    def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepTime:
+        return StepTime(self.engine.prefill_s(chunks, finished))
+
+    def decode(self, batch: int, context_sum: float) -> StepTime:
+        return StepTime(self.engine.decode_s(batch, context_sum))
