@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass
 
 from moesim.sim.speculative import Speculator
-from moesim.specs.scenario import draft_scenario
 from moesim.sim.two_batch_overlap import split_batch, split_chunks, tbo_step_s
+from moesim.specs.scenario import draft_scenario
 
 
 @dataclass

@@ -152,9 +152,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer_s, xfer_b) -> Resul
     D = dec.replicas
     ttft = np.array([r.first_token_s - r.arrival_s for r in reqs])
     tpot = np.array(
-        [(r.finish_s - r.admitted_s) / (w.output_len - 1) for r in reqs]
-        if w.output_len > 1
-        else []
+        [(r.finish_s - r.admitted_s) / (w.output_len - 1) for r in reqs] if w.output_len > 1 else []
     )
     out_per_s = dlog.tokens_in_window / w.duration_s * D
     steps = len(dlog.steps)
