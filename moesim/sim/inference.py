@@ -26,8 +26,8 @@ from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
-from moesim.sim.serving_requests import poisson_arrivals_s
-from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.specs import InferenceWorkload, ModelSpec, Result, Scenario
@@ -62,17 +62,16 @@ def simulate_inference(
         arrivals = poisson_arrivals_s(w.arrival_rate_per_s / replicas, w.duration_s, w.seed)
         window = w.duration_s
     mem = inference_memory(s, slots)
-    log = serve(cost, arrivals, w.prompt_len, w.output_len, slots, window, w.max_prefill_tokens)
+    requests = fixed_requests(arrivals, w.prompt_len, w.output_len)
+    engine = EngineConfig(max_num_seqs=slots, max_num_batched_tokens=w.max_prefill_tokens)
+    log = serve(cost, requests, engine, window)
     reqs = log.requests
-    makespan = max((r.finish_s for r in reqs), default=0.0)
-    ttft = np.array([r.first_token_s - r.arrival_s for r in reqs])
-    tpot = np.array(
-        [(r.finish_s - r.first_token_s) / (w.output_len - 1) for r in reqs]
-        if w.output_len > 1
-        else []
-    )
+    makespan = log.makespan_s
+    ttft = np.array([r.ttft_s for r in reqs])
+    tpot = np.array([r.tpot_s for r in reqs if r.output_tokens > 1])
     if w.batch_size is not None or not reqs:
-        out_per_s = len(reqs) * w.output_len / makespan if makespan > 0 else 0.0
+        out_tokens = sum(r.output_tokens for r in reqs)
+        out_per_s = out_tokens / makespan if makespan > 0 else 0.0
     else:
         out_per_s = log.tokens_in_window / w.duration_s
     out_per_s *= replicas

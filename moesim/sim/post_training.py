@@ -65,7 +65,8 @@ from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.run import COMM_CATEGORIES, build_context, simulate_pass
-from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_requests import fixed_requests
+from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import Pipeline, pipeline_pass
@@ -214,15 +215,12 @@ def rollout_phase(s: Scenario, base_dir: Path | None) -> Phase:
     per_replica = rollout_sequences(s)
     cost = ReplicaCost(roll, base_dir)
     assert isinstance(roll.workload, InferenceWorkload)
-    log = serve(
-        cost,
-        [0.0] * per_replica,
-        w.prompt_len,
-        w.response_len,
-        slots,
-        max_prefill_tokens=roll.workload.max_prefill_tokens,
+    requests = fixed_requests([0.0] * per_replica, w.prompt_len, w.response_len)
+    engine = EngineConfig(
+        max_num_seqs=slots, max_num_batched_tokens=roll.workload.max_prefill_tokens
     )
-    time_s = max(r.finish_s for r in log.requests)
+    log = serve(cost, requests, engine)
+    time_s = log.makespan_s
     batch = log.decode_batch_sum / max(log.decode_steps, 1)
     typical = cost.decode(max(1, round(batch)), log.decode_context_sum / max(log.decode_steps, 1))
     frac = typical.comm_s / typical.total_s if typical.total_s else 0.0

@@ -29,6 +29,23 @@ from moesim.sim.serving_step import ReplicaCost
 from moesim.specs.workload import DEFAULT_MAX_PREFILL_TOKENS
 
 
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one replica's engine schedules (vLLM's names): at most ``max_num_seqs`` sequences
+    started and not finished, at most ``max_num_batched_tokens`` prompt tokens per prefill
+    step."""
+
+    max_num_seqs: int
+    max_num_batched_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
+
+    def __post_init__(self) -> None:
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError(
+                f"max_num_seqs ({self.max_num_seqs}) and max_num_batched_tokens "
+                f"({self.max_num_batched_tokens}) must be at least 1"
+            )
+
+
 @dataclass
 class ServerLog:
     """What the server did: its requests and its steps (kind, start, end, batch)."""
@@ -39,21 +56,27 @@ class ServerLog:
     decode_context_sum: float = 0.0
     decode_steps: int = 0
     tokens_in_window: float = 0.0  # output tokens produced before the arrival window closed
+    preemptions: int = 0  # requests whose KV cache was freed to make room (recomputed later)
+
+    @property
+    def makespan_s(self) -> float:
+        """When the last request finished (0 without requests)."""
+        return max((r.finish_s for r in self.requests), default=0.0)
 
 
 def serve(
     cost: ReplicaCost,
-    arrivals_s: list[float],
-    prompt_len: int,
-    output_len: int,
-    slots: int,
+    requests: list[Request],
+    engine: EngineConfig,
     window_s: float = math.inf,
-    max_prefill_tokens: int = DEFAULT_MAX_PREFILL_TOKENS,
 ) -> ServerLog:
-    """Run one replica's server over ``arrivals_s`` until every request has finished."""
+    """Run one replica's engine over ``requests`` (in arrival order, each with its own prompt
+    and output length) until every one has finished; fills their first-token and finish
+    times. ``window_s``: output tokens produced by then count in ``tokens_in_window``."""
     env = simpy.Environment()
     queue: simpy.Store = simpy.Store(env)
-    log = ServerLog([Request(a) for a in arrivals_s])
+    log = ServerLog(requests)
+    slots, budget_tokens = engine.max_num_seqs, engine.max_num_batched_tokens
 
     def arrivals():
         for r in log.requests:
@@ -74,39 +97,39 @@ def serve(
             while queue.items:
                 waiting.append((yield queue.get()))
             if prefilling or (waiting and len(running) < slots):
-                budget = max_prefill_tokens
+                budget = budget_tokens
                 chunks: list[tuple[int, int]] = []
                 started = list(prefilling)
                 for entry in started:
                     if budget == 0:
                         break
-                    take = min(prompt_len - entry[1], budget)
+                    take = min(entry[0].prompt_tokens - entry[1], budget)
                     chunks.append((entry[1], take))
                     entry[1] += take
                     budget -= take
                 while budget > 0 and waiting and len(running) + len(prefilling) < slots:
                     entry = [waiting.popleft(), 0]
                     prefilling.append(entry)
-                    take = min(prompt_len, budget)
+                    take = min(entry[0].prompt_tokens, budget)
                     chunks.append((0, take))
                     entry[1] = take
                     budget -= take
-                finished = [e[0] for e in prefilling if e[1] == prompt_len]
+                finished = [e[0] for e in prefilling if e[1] == e[0].prompt_tokens]
                 start = env.now
                 yield env.timeout(cost.prefill_chunks(chunks, len(finished)).total_s)
                 log.steps.append(("prefill", start, env.now, len(chunks)))
                 if env.now <= window_s:
                     log.tokens_in_window += len(finished)
-                while prefilling and prefilling[0][1] == prompt_len:
+                while prefilling and prefilling[0][1] == prefilling[0][0].prompt_tokens:
                     prefilling.popleft()
                 for r in finished:
                     r.first_token_s = env.now
-                    if output_len == 1:
+                    if r.output_tokens == 1:
                         r.finish_s = env.now
                         done += 1
                     else:
-                        heapq.heappush(running, (step + output_len - 1, id(r), r))
-                        context_sum += prompt_len + 1
+                        heapq.heappush(running, (step + r.output_tokens - 1, id(r), r))
+                        context_sum += r.prompt_tokens + 1
                 continue
             batch = len(running)
             start = env.now
@@ -122,7 +145,7 @@ def serve(
             while running and running[0][0] == step:
                 _, _, r = heapq.heappop(running)
                 r.finish_s = env.now
-                context_sum -= prompt_len + output_len
+                context_sum -= r.prompt_tokens + r.output_tokens
                 done += 1
 
     env.process(arrivals())

@@ -13,8 +13,8 @@ from moesim.analytic.memory import kv_cache_bytes_per_token
 from moesim.scenario_io import load_scenario, load_yaml, scenario_from_dict
 from moesim.sim.profile import DEFAULT_PROFILE_PATH
 from moesim.sim.run import simulate
-from moesim.sim.serving_requests import poisson_arrivals_s
-from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import FLASH_QUERY_TILE, ReplicaCost, expected_experts_touched
 from moesim.sweep import load_sweep, run_sweep
 
@@ -103,7 +103,7 @@ def test_queue_matches_md1_mean_wait_at_batch_one():
         waits = []
         for seed in range(3):
             arrivals = poisson_arrivals_s(rate, 8000 * service, seed)
-            log = serve(c, arrivals, 64, 3, slots=1)
+            log = serve(c, fixed_requests(arrivals, 64, 3), EngineConfig(max_num_seqs=1))
             ttft = np.array([r.first_token_s - r.arrival_s for r in log.requests])
             waits.append(ttft.mean() - c.prefill(1, 64).total_s)
             # deterministic service: every request's decode takes the same time
@@ -135,7 +135,7 @@ def test_batched_queue_waits_only_the_step_in_progress_at_low_load():
         waits = []
         for seed in range(3):
             arrivals = poisson_arrivals_s(x / step, 20000 * step, seed)
-            log = serve(c, arrivals, 64, 1, slots=64)
+            log = serve(c, fixed_requests(arrivals, 64, 1), EngineConfig(max_num_seqs=64))
             waits.append(np.mean([r.first_token_s - r.arrival_s for r in log.requests]) - step)
         busy = x * np.exp(x) / (1 + x * np.exp(x))
         assert np.mean(waits) == pytest.approx(busy * step / 2, rel=0.1)
@@ -153,7 +153,7 @@ def test_batched_queue_above_capacity_grows_linearly():
     mu = slots / step
     lam = 3 * mu
     arrivals = poisson_arrivals_s(lam, 4000 * step, 0)
-    log = serve(c, arrivals, 64, 1, slots=slots)
+    log = serve(c, fixed_requests(arrivals, 64, 1), EngineConfig(max_num_seqs=slots))
     n = len(log.requests)
     # once the queue has built up (a few steps), every step but the last is a full batch
     assert all(b == slots for kind, _, _, b in log.steps[10:-1] if kind == "prefill")
@@ -170,7 +170,7 @@ def test_long_prompts_are_chunked_over_prefill_steps():
     512·i keys before it and its own causally, and only the last one emits the first token."""
     s = serving("llama-3-8b", gpus=1, prompt_len=2048, output_len=2, batch_size=1)
     c = ReplicaCost(s)
-    log = serve(c, [0.0], 2048, 2, slots=1, max_prefill_tokens=512)
+    log = serve(c, fixed_requests([0.0], 2048, 2), EngineConfig(1, max_num_batched_tokens=512))
     kinds = [k for k, _, _, _ in log.steps]
     assert kinds == ["prefill"] * 4 + ["decode"]
     chunks = [c.prefill_chunks([(512 * i, 512)], int(i == 3)).total_s for i in range(4)]
