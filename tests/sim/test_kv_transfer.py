@@ -28,7 +28,7 @@ def _cm(s) -> CostModel:
 
 def test_prompt_kv_bytes_by_hand():
     s = pd({"gpus": 4, "tp": 4}, {"gpus": 4, "tp": 4})
-    m = s.model  # Llama-3-70B: 80 layers, 8 KV heads of 128, bf16 K and V
+    # Llama-3-70B: 80 layers, 8 KV heads of 128, bf16 K and V
     assert prompt_kv_bytes(s, 512) == pytest.approx(512 * 80 * 2 * 8 * 128 * 2)
 
 

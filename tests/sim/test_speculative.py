@@ -77,7 +77,7 @@ def test_a_draft_nearly_as_big_as_the_active_experts_does_not_pay():
 
 
 def test_verify_is_a_k_plus_one_token_forward():
-    spec_engine, _, s = _engines(0.5, 3)
+    spec_engine, _, _ = _engines(0.5, 3)
     sp = spec_engine.speculator
     cost = spec_engine.cost
     v = sp.verify(8, 8 * 600.0)
