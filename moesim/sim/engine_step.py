@@ -127,3 +127,34 @@ class SchedulerView:
 
     def decode(self, batch: int, context_sum: float) -> StepTime:
         return StepTime(self.engine.decode_s(batch, context_sum))
+
+
+def engine_extras(e: EngineStep, batch: int, context_sum: float) -> dict[str, object]:
+    """Result entries of the engine's options at a typical decode batch: the micro-batches in
+    flight (pp > 1), two-batch overlap's round with and without the split, speculative
+    decoding's tokens per step and the verify and draft seconds of a round."""
+    out: dict[str, object] = {}
+    mb = e.decode_microbatch(batch)
+    ctx = context_sum * mb / batch if batch else 0.0
+    if e.pp > 1:
+        out["decode_microbatches"] = min(e.pp, batch)
+        out["decode_microbatch_size"] = mb
+    if e.two_batch_overlap:
+        whole = e.decode_forward(mb, ctx).total_s
+        split = e._decode_forward_s(mb, ctx)
+        out["two_batch_overlap"] = {
+            "decode_forward_s": split,
+            "decode_forward_s_without": whole,
+            "split": split < whole,
+        }
+    if e.speculator is not None:
+        sp = e.speculator.spec
+        out["speculative"] = {
+            "method": sp.method,
+            "num_speculative_tokens": sp.num_speculative_tokens,
+            "acceptance_rate": sp.acceptance_rate,
+            "tokens_per_step": sp.tokens_per_step,
+            "verify_s": e.speculator.verify(mb, ctx).total_s,
+            "draft_s": e.speculator.draft_s(mb, ctx),
+        }
+    return out

@@ -24,6 +24,7 @@ import simpy
 
 from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
+from moesim.sim.engine_step import SchedulerView, build_engine_step, engine_extras
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
 from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
@@ -64,7 +65,8 @@ def simulate_inference(
     mem = inference_memory(s, slots)
     requests = fixed_requests(arrivals, w.prompt_len, w.output_len)
     engine = EngineConfig(max_num_seqs=slots, max_num_batched_tokens=w.max_prefill_tokens)
-    log = serve(cost, requests, engine, window)
+    stepper = build_engine_step(s, cost, lambda x: ReplicaCost(x, base_dir))
+    log = serve(SchedulerView(stepper), requests, engine, window)  # type: ignore[arg-type]
     reqs = log.requests
     makespan = log.makespan_s
     ttft = np.array([r.ttft_s for r in reqs])
@@ -77,7 +79,10 @@ def simulate_inference(
     out_per_s *= replicas
     mean_batch = log.decode_batch_sum / log.decode_steps if log.decode_steps else 0.0
     mean_ctx = log.decode_context_sum / log.decode_steps if log.decode_steps else 0.0
-    typical = cost.decode(max(1, round(mean_batch)), mean_ctx)
+    typical_batch = max(1, round(mean_batch))
+    micro = stepper.decode_microbatch(typical_batch)  # pp > 1: one micro-batch per stage
+    typical = stepper.decode_forward(micro, mean_ctx * micro / typical_batch)
+    round_s = stepper.decode_s(typical_batch, mean_ctx)
     counts = cost.counts
     res = Result(
         name=s.name,
@@ -88,7 +93,7 @@ def simulate_inference(
         model_flops_per_token=generated_token_flops(s.model, w.prompt_len, w.output_len),
         memory_per_gpu_GB=mem.as_GB(),
         fits_in_memory=mem.total <= s.cluster.gpu.hbm_GB * 1e9 and capacity >= 1,
-        step_time_s=typical.total_s,
+        step_time_s=round_s,
         tokens_per_s=out_per_s,
         tokens_per_s_per_gpu=out_per_s / s.gpus,
         output_tokens_per_s=out_per_s,
@@ -127,6 +132,7 @@ def simulate_inference(
             "lm_head": typical.lm_head_s,
         },
         "profile": profile_label(cost.ctx.profile),
+        **engine_extras(stepper, typical_batch, mean_ctx),
     }
     if not reqs:  # Poisson arrivals that produced no request in the window
         rate, window = w.arrival_rate_per_s, w.duration_s

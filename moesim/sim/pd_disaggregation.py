@@ -29,12 +29,12 @@ import numpy as np
 
 from moesim.analytic.memory import MemoryEstimate
 from moesim.sim.decode_server import DecodeRequest, serve_decode
-from moesim.sim.engine_step import EngineStep, SchedulerView, build_engine_step
+from moesim.sim.engine_step import EngineStep, SchedulerView, build_engine_step, engine_extras
 from moesim.sim.kv_transfer import TransferQueue, kv_link, kv_transfer_s
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
-from moesim.sim.serving_requests import poisson_arrivals_s
-from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.specs import InferenceWorkload, Result, Scenario
 from moesim.specs.scenario import pool_scenario
@@ -106,17 +106,11 @@ def simulate_disaggregated(s: Scenario, base_dir: Path | None = None) -> Result:
     done: dict[int, float] = {}  # prefill finished
     pre_busy = pre_span = 0.0
     pre_view = SchedulerView(pre.engine)
+    config = EngineConfig(max_num_seqs=pre.slots, max_num_batched_tokens=w.max_prefill_tokens)
     for r in sorted({i % P for i in mine}):
         idx = list(range(r, len(arrivals), P))
-        log = serve(
-            pre_view,  # type: ignore[arg-type]
-            [arrivals[i] for i in idx],
-            w.prompt_len,
-            1,
-            pre.slots,
-            w.duration_s,
-            w.max_prefill_tokens,
-        )
+        prompts = fixed_requests([arrivals[i] for i in idx], w.prompt_len, 1)
+        log = serve(pre_view, prompts, config, w.duration_s)  # type: ignore[arg-type]
         pre_busy += sum(b - a for _, a, b, _ in log.steps)
         pre_span += max((b for _, _, b, _ in log.steps), default=0.0)
         queue = TransferQueue()
@@ -206,6 +200,8 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer_s, xfer_b) -> Resul
     res.mean_decode_batch = mean_batch
     res.makespan_s = span
     res.profile = profile_label(dec.cost.ctx.profile)
+    for k, v in engine_extras(dec.engine, mb, mean_ctx).items():
+        setattr(res, k, v)
     res.disaggregated = {
         "prefill": _pool_summary(pre, pre_busy / pre_span if pre_span else 0.0, pre_cap),
         "decode": _pool_summary(dec, dlog.busy_s / span if span else 0.0, dec_cap),

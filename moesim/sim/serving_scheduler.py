@@ -13,6 +13,11 @@ output_len`` at admission (no preemption), so concurrency is min(max_batch_size,
 under Poisson arrivals; a static ``batch_size`` is run as given, and the result says when its
 KV cache does not fit (``kv_capacity_sequences`` < ``batch_size``, ``memory_note``).
 TTFT = first token − arrival; TPOT = (last token − first token) / (output_len − 1).
+
+A decode step of a speculative engine (``cost.tokens_per_step`` > 1, ``moesim.sim.engine_step``)
+gives each sequence that many tokens in expectation: a request then needs
+⌈(output_len − 1) / tokens_per_step⌉ decode steps, its context growing by its share of tokens
+per step.
 """
 
 from __future__ import annotations
@@ -77,6 +82,11 @@ def serve(
     queue: simpy.Store = simpy.Store(env)
     log = ServerLog(requests)
     slots, budget_tokens = engine.max_num_seqs, engine.max_num_batched_tokens
+    per_step = getattr(cost, "tokens_per_step", 1.0)  # > 1: speculative decoding
+
+    def rounds(r: Request) -> int:
+        """Decode steps that give ``r`` its tokens after the first."""
+        return math.ceil((r.output_tokens - 1) / per_step)
 
     def arrivals():
         for r in log.requests:
@@ -90,6 +100,7 @@ def serve(
         running: list[tuple[int, int, Request]] = []  # heap of (last decode step, id, request)
         step = 0  # decode steps so far
         context_sum = 0.0  # keys the next decode step's queries attend, over running sequences
+        yield_sum = 0.0  # tokens a decode step gives the running sequences (batch when plain)
         done = 0
         while done < len(log.requests):
             if not waiting and not running and not prefilling:
@@ -128,8 +139,9 @@ def serve(
                         r.finish_s = env.now
                         done += 1
                     else:
-                        heapq.heappush(running, (step + r.output_tokens - 1, id(r), r))
+                        heapq.heappush(running, (step + rounds(r), id(r), r))
                         context_sum += r.prompt_tokens + 1
+                        yield_sum += (r.output_tokens - 1) / rounds(r)
                 continue
             batch = len(running)
             start = env.now
@@ -139,13 +151,14 @@ def serve(
             log.decode_batch_sum += batch
             log.decode_context_sum += context_sum
             if env.now <= window_s:
-                log.tokens_in_window += batch
+                log.tokens_in_window += yield_sum
             step += 1
-            context_sum += batch
+            context_sum += yield_sum
             while running and running[0][0] == step:
                 _, _, r = heapq.heappop(running)
                 r.finish_s = env.now
                 context_sum -= r.prompt_tokens + r.output_tokens
+                yield_sum -= (r.output_tokens - 1) / rounds(r)
                 done += 1
 
     env.process(arrivals())
