@@ -122,6 +122,10 @@ class SchedulerView:
     def __init__(self, engine: EngineStep):
         self.engine = engine
 
+    @property
+    def tokens_per_step(self) -> float:
+        return self.engine.tokens_per_step
+
     def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepTime:
         return StepTime(self.engine.prefill_s(chunks, finished))
 

@@ -22,11 +22,12 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
   routing distribution (seeded top-k sampling without replacement), so one expert per rank at
   batch 1 costs a whole expert read on the rank that got it;
 - TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
-  all-to-alls; PP: a send per stage boundary. **Limitation: with pp > 1 the stages of a step
-  run one after another** (the step is the sum over stages, each stage idle (pp − 1)/pp of the
-  time): decode is not pipelined — vLLM/TensorRT-LLM keep pp micro-batches of the running
-  batch in flight, one per stage, for up to pp× the throughput at the same TPOT. Serving
-  results for pp > 1 are therefore a lower bound on throughput;
+  all-to-alls; PP: a send per stage boundary. A step here is one traversal of every stage
+  (the sum over stages); the engine (``moesim.sim.engine_step``) pipelines decode over pp
+  micro-batches of the running batch, one per stage (vLLM's virtual engines), so a decode
+  round is the traversal of a micro-batch of ⌈B/pp⌉ sequences: up to pp× the throughput of
+  the whole batch's traversal, TPOT the traversal. Prefill chunks still traverse the stages
+  alone;
 - expert offloading (``expert_offload``): touched experts come over PCIe from host memory,
   before their GEMM (routing is known only at the layer, so the copy cannot be prefetched).
 """

@@ -45,3 +45,46 @@ def test_pp_one_is_the_plain_step():
     view = SchedulerView(e)
     assert view.decode(32, 32 * 700.0).total_s == e.decode_s(32, 32 * 700.0)
     assert view.prefill_chunks(chunks, 2).total_s == e.prefill_s(chunks, 2)
+
+
+# -- end to end: the serving simulation with the engine's options -------------------------------
+def _run(**wl):
+    from moesim.sim.run import simulate
+
+    base = {"batch_size": 16, "prompt_len": 256, "output_len": 33}
+    return simulate(serving("mixtral-8x7b", parallel={"tp": 1, "ep": 8}, **{**base, **wl}))
+
+
+def test_speculative_serving_takes_fewer_steps_and_acceptance_zero_only_costs():
+    plain = _run()
+    sp = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3}
+    zero = _run(speculative={**sp, "acceptance_rate": 0.0})
+    assert zero.tpot_s_p50 > plain.tpot_s_p50
+    assert zero.output_tokens_per_s < plain.output_tokens_per_s
+    assert zero.speculative["tokens_per_step"] == 1.0
+    full = _run(speculative={**sp, "acceptance_rate": 1.0})
+    # 32 tokens after the first in 8 verify steps of 4
+    assert full.speculative["tokens_per_step"] == 4.0
+    assert full.tpot_s_p50 == pytest.approx(
+        8 * (full.speculative["verify_s"] + full.speculative["draft_s"]) / 32, rel=0.05
+    )
+
+
+def test_two_batch_overlap_never_slows_serving():
+    plain, tbo = _run(), _run(two_batch_overlap=True)
+    assert tbo.tpot_s_p50 <= plain.tpot_s_p50 + 1e-12
+    assert tbo.ttft_s_p50 <= plain.ttft_s_p50 + 1e-12
+    assert tbo.output_tokens_per_s >= plain.output_tokens_per_s * (1 - 1e-12)
+
+
+def test_pp_serving_reports_its_micro_batches():
+    from moesim.sim.run import simulate
+
+    s = serving("llama-3-70b", parallel={"tp": 2, "pp": 4}, batch_size=32, output_len=17)
+    r = simulate(s)
+    assert r.decode_microbatches == 4 and r.decode_microbatch_size == 8
+    e = _engine(4)
+    # a decode round is the traversal of an 8-sequence micro-batch, not of all 32
+    ctx = 32 * (512 + 8.0)
+    assert r.step_time_s < e.cost.decode(32, ctx).total_s
+    assert r.step_time_s == pytest.approx(e.decode_s(32, ctx), rel=0.05)
