@@ -37,6 +37,8 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+	$(BIN)/moesim report scenarios/serving/deepseek-v3-pd-disaggregated-48xh200.yaml \
+	  -o reports/deepseek-v3-pd-disaggregated.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.
