@@ -22,7 +22,8 @@ sample of layouts), because each leaves out only time the simulator adds:
 - serving p99 TPOT: every decode step reads the dense weights (attention, dense FFN, shared
   experts, LM head) of a tensor-parallel shard, through every pipeline stage in turn, at no
   more than the profile's best HBM efficiency; a request's TPOT spans output_len − 1 decode
-  steps, so its p99 is at least one step. Routed experts and the KV cache are left out.
+  steps, so its p99 is at least one step (over the tokens per step of speculative decoding).
+  Routed experts and the KV cache are left out.
 
 A plan file::
 
@@ -46,6 +47,7 @@ A plan file::
 
 For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constraints take
 ``ttft_p99_s`` and ``tpot_p99_s``; the request rate is split over data-parallel replicas.
+``search.two_batch_overlap: [false, true]`` tries serving with and without two-batch overlap.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
 serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
@@ -103,6 +105,10 @@ class SearchSpace(Spec):
     microbatch_size: list[int] = Field(default_factory=lambda: [1, 2])
     recompute: list[str] = Field(default_factory=lambda: ["selective", "full"])
     schedule: list[str] = Field(default_factory=lambda: ["1f1b"])
+    two_batch_overlap: list[bool] = Field(
+        default_factory=lambda: [False],
+        description="serving: try each (workload.two_batch_overlap), e.g. [false, true]",
+    )
 
 
 class Constraints(Spec):
@@ -264,6 +270,11 @@ def plan_from_dict(
         raise ScenarioError(f"{where}objective: '{objective}' is not cost or time")
     stage = data["workload"].get("stage") if isinstance(data["workload"], dict) else None
     slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
+    if isinstance(data["workload"], dict) and data["workload"].get("disaggregated"):
+        raise ScenarioError(
+            f"{where}workload.disaggregated: a plan searches one layout for every GPU; the "
+            "pools of a disaggregated deployment set their own: simulate or sweep them instead"
+        )
     if slos and stage != "inference":
         raise ScenarioError(
             f"{where}constraints.{slos[0]}: a serving SLO needs workload.stage: inference "
@@ -328,8 +339,9 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         sp.microbatch_size[:1] if serving else sp.microbatch_size,  # the server sets batches
         ["none"] if serving else sp.recompute,
         sp.schedule[:1] if serving else sp.schedule,
+        sp.two_batch_overlap if serving else [None],
     )  # fmt: skip
-    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, tbo in axes:
         considered += 1
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
@@ -342,6 +354,9 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
             "microbatch_size": mbs, "recompute": rc, "schedule": sched,
         }  # fmt: skip
         d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
+        if tbo is not None:
+            d["workload"] = {**spec.base["workload"], "two_batch_overlap": tbo}
+            d["name"] += " tbo" if tbo else ""
         try:
             out.append(scenario_from_dict(d, base=spec.base_dir))
         except ScenarioError:
@@ -431,7 +446,10 @@ def tpot_lower_bound_s(s: Scenario) -> float | None:
     )
     dense += m.vocab_size * m.d_model  # the LM head, read for every step's logits
     bytes_per_gpu = dense * BYTES_PER_ELEMENT[s.precision.weights_inference] / p.tp
-    return bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
+    step_s = bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
+    # speculative decoding: a step (at least one weight read) yields tokens_per_step tokens
+    per_step = w.speculative.tokens_per_step if w.speculative is not None else 1.0
+    return step_s / per_step
 
 
 def _bound(c: Candidate) -> None:

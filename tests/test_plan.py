@@ -347,3 +347,42 @@ def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
     )  # fmt: skip
     assert "no configuration meets the constraints" in out.stdout
     assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout
+
+
+# -- the serving engine's knobs in a plan ---------------------------------------------------------
+def test_serving_plan_searches_two_batch_overlap():
+    plan = {
+        **SERVING_PLAN,
+        "search": {**SERVING_PLAN["search"], "two_batch_overlap": [False, True]},
+    }
+    considered, scenarios = candidates(plan_from_dict(plan))
+    assert considered == 3 * 3 * 2
+    both = {s.workload.two_batch_overlap for s in scenarios}
+    assert both == {False, True}
+    assert sum(s.name.endswith(" tbo") for s in scenarios) == len(scenarios) // 2
+
+
+def test_tpot_bound_holds_under_speculative_decoding():
+    """With a speculative step yielding up to k+1 tokens the weights-read bound shrinks by the
+    expected tokens per step and stays below the simulated TPOT."""
+    from moesim.sim.run import simulate
+
+    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3,
+            "acceptance_rate": 1.0}  # fmt: skip
+    wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 2}
+    _, scenarios = candidates(plan_from_dict({**SERVING_PLAN, "workload": wl}))
+    s = next(x for x in scenarios if x.gpus == 2)
+    plain = next(
+        x
+        for x in candidates(plan_from_dict(SERVING_PLAN))[1]
+        if x.name.endswith("[2 GPUs tp2 pp1 ep1]")
+    )
+    assert tpot_lower_bound_s(s) == pytest.approx(tpot_lower_bound_s(plain) / 4)
+    assert tpot_lower_bound_s(s) <= simulate(s).tpot_s_p50
+
+
+def test_plan_refuses_a_disaggregated_workload():
+    pools = {"prefill": {"gpus": 4}, "decode": {"gpus": 4}}
+    wl = {**SERVING_PLAN["workload"], "disaggregated": pools}
+    with pytest.raises(ScenarioError, match="disaggregated"):
+        plan_from_dict({**SERVING_PLAN, "workload": wl})
