@@ -31,8 +31,16 @@ class EngineStep:
     pp: int = 1
     two_batch_overlap: bool = False
     moe_layer_fraction: float = 0.0  # MoE layers / decoder layers (what TBO overlaps)
-    sm_slowdown: float = 1.0  # compute under a DeepEP normal transfer
+    sm_slowdown: float = 1.0  # compute under a DeepEP normal transfer (prefill)
     speculator: Speculator | None = None
+    decode_cost: object = None  # decode steps' replica cost when their dispatcher differs
+    decode_sm_slowdown: float | None = None  # the decode dispatcher's (default sm_slowdown)
+
+    def __post_init__(self) -> None:
+        if self.decode_cost is None:
+            self.decode_cost = self.cost
+        if self.decode_sm_slowdown is None:
+            self.decode_sm_slowdown = self.sm_slowdown
 
     @property
     def tokens_per_step(self) -> float:
@@ -47,7 +55,7 @@ class EngineStep:
         """The StepCost of the target's forward of one decode (or verify) micro-batch."""
         if self.speculator is not None:
             return self.speculator.verify(batch, context_sum)
-        return self.cost.decode(batch, context_sum)
+        return self.decode_cost.decode(batch, context_sum)
 
     def _decode_forward_s(self, batch: int, context_sum: float) -> float:
         full = self.decode_forward(batch, context_sum)
@@ -59,7 +67,7 @@ class EngineStep:
             self.decode_forward(a, ca),
             self.decode_forward(b, cb),
             self.moe_layer_fraction,
-            self.sm_slowdown,
+            self.decode_sm_slowdown,
         )
 
     def decode_s(self, batch: int, context_sum: float) -> float:
@@ -92,12 +100,18 @@ class EngineStep:
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
     """The engine of scenario ``s`` around its replica cost ``cost``; ``make_cost(scenario)``
-    builds the drafter's replica cost (``moesim.specs.scenario.draft_scenario``)."""
-    w = s.workload
-    m = s.model
+    builds the replica costs of the drafter (``moesim.specs.scenario.draft_scenario``) and of
+    decode steps whose dispatcher differs (``workload.decode_moe_dispatcher``)."""
+    w, m = s.workload, s.model
+    dec_s, decode_cost = s, cost
+    d = getattr(w, "decode_moe_dispatcher", None)
+    if d is not None and m.moe is not None and d != s.parallel.moe_dispatcher:
+        layout = s.parallel.model_copy(update={"moe_dispatcher": d})
+        dec_s = s.model_copy(update={"parallel": layout})
+        decode_cost = make_cost(dec_s)
     speculator = None
     if getattr(w, "speculative", None) is not None:
-        speculator = Speculator(w.speculative, cost, make_cost(draft_scenario(s)))
+        speculator = Speculator(w.speculative, decode_cost, make_cost(draft_scenario(dec_s)))
     return EngineStep(
         cost=cost,
         pp=s.parallel.pp,
@@ -105,6 +119,8 @@ def build_engine_step(s, cost, make_cost) -> EngineStep:
         moe_layer_fraction=m.n_moe_layers / m.n_layers,
         sm_slowdown=cost.ctx.comm_sm_slowdown,
         speculator=speculator,
+        decode_cost=decode_cost,
+        decode_sm_slowdown=decode_cost.ctx.comm_sm_slowdown,
     )
 
 

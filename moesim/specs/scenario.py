@@ -310,6 +310,13 @@ def _check_serving_options(s: Scenario) -> None:
     w = s.workload
     if not isinstance(w, InferenceWorkload):
         return
+    mode = s.simulation.all_to_all
+    d = w.decode_moe_dispatcher
+    if d is not None and d != "auto" and mode not in _DISPATCHER_ALL_TO_ALL[d]:
+        raise ValueError(
+            f"workload.decode_moe_dispatcher {d!r} contradicts simulation.all_to_all {mode!r}: "
+            "set simulation.all_to_all: auto, or drop decode_moe_dispatcher"
+        )
     if w.speculative is not None:
         if w.speculative.method == "mtp" and s.model.mtp_depth < 1:
             raise ValueError(

@@ -18,6 +18,7 @@ from moesim.specs.base import (
     Spec,
 )
 from moesim.specs.model import ModelSpec
+from moesim.specs.parallel import MoEDispatcher
 from moesim.specs.serving import DisaggregatedSpec, SpeculativeSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
@@ -147,6 +148,12 @@ class InferenceWorkload(Spec):
         "under the other's compute (SGLang's --enable-two-batch-overlap, vLLM's dual batch "
         "overlap); a step is split only when that is faster (vLLM splits above a token "
         "threshold)",
+    )
+    decode_moe_dispatcher: MoEDispatcher | None = Field(
+        None,
+        description="the MoE dispatcher of decode steps when it differs from prefill's "
+        "(parallel.moe_dispatcher): e.g. deepep in prefill and deepep_low_latency in decode, as "
+        "SGLang's --deepep-mode auto switches between DeepEP's normal and low-latency modes",
     )
     speculative: SpeculativeSpec | None = Field(
         None,

@@ -88,3 +88,24 @@ def test_pp_serving_reports_its_micro_batches():
     ctx = 32 * (512 + 8.0)
     assert r.step_time_s < e.cost.decode(32, ctx).total_s
     assert r.step_time_s == pytest.approx(e.decode_s(32, ctx), rel=0.05)
+
+
+def test_decode_dispatcher_switches_only_the_decode_steps():
+    # SGLang's --deepep-mode auto: DeepEP normal kernels in prefill, low-latency in decode
+    layout = {"tp": 1, "ep": 16, "moe_dispatcher": "deepep"}
+    both = serving("qwen3-30b-a3b", nodes=2, parallel=layout)
+    auto = serving(
+        "qwen3-30b-a3b", nodes=2, parallel=layout, decode_moe_dispatcher="deepep_low_latency"
+    )
+    ll = serving(
+        "qwen3-30b-a3b", nodes=2, parallel={**layout, "moe_dispatcher": "deepep_low_latency"}
+    )
+    e_both, e_auto, e_ll = (
+        build_engine_step(x, ReplicaCost(x), ReplicaCost) for x in (both, auto, ll)
+    )
+    chunks = [(0, 4096)]
+    assert e_auto.prefill_s(chunks, 1) == e_both.prefill_s(chunks, 1)
+    assert e_auto.decode_s(64, 64 * 600.0) == pytest.approx(e_ll.decode_s(64, 64 * 600.0))
+    assert e_auto.decode_s(64, 64 * 600.0) != e_both.decode_s(64, 64 * 600.0)
+    assert e_auto.decode_cost.ctx.dispatcher == "deepep_low_latency"
+    assert e_auto.decode_sm_slowdown == 1.0 and e_auto.sm_slowdown > 1.0  # LL takes no SMs

@@ -135,3 +135,18 @@ def test_schema_documents_the_new_fields():
             assert prop.get("description"), f"{name}.{field}"
     draft = defs["SpeculativeSpec"]["properties"]["draft_model"]
     assert "ModelId" in str(draft)
+
+
+def test_decode_dispatcher_must_agree_with_the_all_to_all_mode():
+    d = {
+        "name": "t",
+        "model": "mixtral-8x7b",
+        "cluster": {"gpu": "h100-sxm", "nodes": 1, "gpus_per_node": 8},
+        "parallel": {"ep": 8},
+        "simulation": {"all_to_all": "hierarchical"},
+        "workload": {"stage": "inference", "batch_size": 1, "decode_moe_dispatcher": "alltoall"},
+    }
+    with pytest.raises(ScenarioError, match="decode_moe_dispatcher"):
+        scenario_from_dict(d)
+    d["workload"]["decode_moe_dispatcher"] = "deepep"
+    assert scenario_from_dict(d).workload.decode_moe_dispatcher == "deepep"
