@@ -244,3 +244,27 @@ def test_comparison_report_details_each_training_scenario(tmp_path):
     assert f"All-to-all traffic of one MoE layer: {scenarios[1].name}" not in text  # dense
     verdict = comparison_verdict(scenarios, results)
     assert "MFU" in verdict and "exposed communication" in verdict
+
+
+def test_disaggregation_table_shows_both_pools_and_the_ttft_parts():
+    from types import SimpleNamespace
+
+    from moesim.report.serving import disaggregation_table
+
+    pool = {
+        "gpus": 16, "replicas": 16, "layout": {"tp": 1, "pp": 1, "ep": 16, "etp": 1, "dp": 16},
+        "dispatcher": "deepep", "utilization": 0.5, "capacity_requests_per_s": 95.0,
+        "memory_per_gpu_GB": {"total": 120.0},
+    }  # fmt: skip
+    d = {
+        "prefill": pool, "decode": {**pool, "gpus": 32, "dispatcher": "deepep_low_latency"},
+        "bottleneck": "prefill", "kv_link": "network", "kv_transfer_s": 0.003,
+        "ttft_parts_s_mean": {"prefill": 0.2, "kv_transfer": 0.003},
+    }  # fmt: skip
+    fig = disaggregation_table(SimpleNamespace(disaggregated=d))
+    cells = fig.data[0].cells.values
+    assert list(cells[0]) == ["prefill", "decode"]
+    assert "deepep_low_latency" in list(cells[4])
+    assert "bottleneck: prefill" in fig.layout.title.text
+    assert "kv transfer" in fig.layout.title.text
+    assert disaggregation_table(SimpleNamespace()) is None
