@@ -439,7 +439,7 @@ def tpot_lower_bound_s(s: Scenario) -> float | None:
     a tensor-parallel shard (every stage in turn) at the best HBM efficiency. None where the
     workload is not serving or a request has a single output token (no TPOT)."""
     w, m, p = s.workload, s.model, s.parallel
-    if not isinstance(w, InferenceWorkload) or w.output_len < 2:
+    if not isinstance(w, InferenceWorkload) or w.max_output_len < 2:
         return None
     dense = sum(
         x.attention + x.dense_ffn + x.shared_experts for x in count_params(m).decoder_layers

@@ -331,8 +331,8 @@ def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
             weights, grads, optim = params.total * wbytes, 0.0, 0.0
             batch = w.batch_size or w.max_batch_size
             kv = kv_cache_bytes_per_token(m, p, s.precision) * batch * w.seq_len
-            acts = batch * w.prompt_len / p.cp * m.d_model * 2 * s.precision.activation_bytes
-            tokens_per_mb = float(batch * w.prompt_len)
+            acts = batch * w.mean_prompt_len / p.cp * m.d_model * 2 * s.precision.activation_bytes
+            tokens_per_mb = float(batch * w.mean_prompt_len)
         else:
             weights, grads, optim = model_state_bytes(params, p, s.precision)
             seq = w.seq_len

@@ -25,6 +25,8 @@ class DecodeRequest:
     arrival_s: float  # at the prefill pool
     ready_s: float  # its KV cache has arrived at the decode replica
     prefilled_s: float = math.nan  # its prefill finished
+    prompt_tokens: int = 1
+    output_tokens: int = 1
     admitted_s: float = math.nan
     first_token_s: float = math.nan
     finish_s: float = math.nan
@@ -43,20 +45,25 @@ class DecodeLog:
 def serve_decode(
     engine,
     requests: list[DecodeRequest],
-    prompt_len: int,
-    output_len: int,
     slots: int,
     window_s: float = math.inf,
 ) -> DecodeLog:
-    """Run one decode replica over ``requests`` (any order) until all have finished."""
+    """Run one decode replica over ``requests`` (any order, each with its own prompt and
+    output length) until all have finished."""
     log = DecodeLog(requests)
     pending = deque(sorted(requests, key=lambda r: r.ready_s))
-    rounds = math.ceil((output_len - 1) / engine.tokens_per_step) if output_len > 1 else 0
-    # tokens a round gives each sequence: the expected yield, the last round's remainder spread
-    per_round = (output_len - 1) / rounds if rounds else 0.0
+
+    def rounds(r: DecodeRequest) -> int:
+        return math.ceil((r.output_tokens - 1) / engine.tokens_per_step)
+
+    def per_round(r: DecodeRequest) -> float:
+        """Tokens a round gives ``r``: the expected yield, its last round's remainder spread."""
+        return (r.output_tokens - 1) / rounds(r)
+
     running: list[tuple[int, int, DecodeRequest]] = []  # heap of (last round, id, request)
     step = 0
     context_sum = 0.0
+    yield_sum = 0.0  # tokens a round gives the running sequences
     t = 0.0
     fresh: list[DecodeRequest] = []  # admitted, first round not run yet
     while pending or running:
@@ -65,13 +72,14 @@ def serve_decode(
         while pending and pending[0].ready_s <= t and len(running) < slots:
             r = pending.popleft()
             r.admitted_s = t
-            if rounds == 0:
+            if r.output_tokens == 1:
                 r.first_token_s = r.finish_s = t
                 log.tokens_in_window += t <= window_s
                 continue
             fresh.append(r)
-            heapq.heappush(running, (step + rounds, id(r), r))
-            context_sum += prompt_len + 1
+            heapq.heappush(running, (step + rounds(r), id(r), r))
+            context_sum += r.prompt_tokens + 1
+            yield_sum += per_round(r)
         if not running:
             continue
         batch = len(running)
@@ -82,14 +90,15 @@ def serve_decode(
         t += dt
         log.busy_s += dt
         step += 1
-        context_sum += batch * per_round
+        context_sum += yield_sum
         if t <= window_s:
-            log.tokens_in_window += batch * per_round + len(fresh)
+            log.tokens_in_window += yield_sum + len(fresh)
         for r in fresh:
             r.first_token_s = t
         fresh.clear()
         while running and running[0][0] == step:
             _, _, r = heapq.heappop(running)
             r.finish_s = t
-            context_sum -= prompt_len + 1 + rounds * per_round
+            context_sum -= r.prompt_tokens + r.output_tokens
+            yield_sum -= per_round(r)
     return log

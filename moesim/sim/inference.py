@@ -27,14 +27,14 @@ from moesim.sim.engine import Rank
 from moesim.sim.engine_step import SchedulerView, build_engine_step, engine_extras
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
-from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_requests import workload_requests
 from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.specs import InferenceWorkload, ModelSpec, Result, Scenario
 
 
-def generated_token_flops(m: ModelSpec, prompt_len: int, output_len: int) -> float:
+def generated_token_flops(m: ModelSpec, prompt_len: float, output_len: float) -> float:
     """Forward FLOPs of one generated token: every decoder layer at the mean context a generated
     token attends (prompt_len + (output_len − 1)/2 keys: the first token's query attends the
     prompt, the j-th decode step's prompt_len + j) and the LM head. No MTP heads (not used to
@@ -54,16 +54,9 @@ def simulate_inference(
     replicas = p.dp_size * p.cp  # attention replicas (cp does not split decode)
     cost = ReplicaCost(s, base_dir)
     capacity = kv_capacity_sequences(s, inference_memory(s, 0))
-    if w.batch_size is not None:
-        slots = w.batch_size
-        arrivals = [0.0] * w.batch_size
-        window = math.inf
-    else:
-        slots = max(1, min(w.max_batch_size, capacity))
-        arrivals = poisson_arrivals_s(w.arrival_rate_per_s / replicas, w.duration_s, w.seed)
-        window = w.duration_s
+    requests, window = workload_requests(w, replicas)
+    slots = w.batch_size if w.batch_size is not None else max(1, min(w.max_batch_size, capacity))
     mem = inference_memory(s, slots)
-    requests = fixed_requests(arrivals, w.prompt_len, w.output_len)
     engine = EngineConfig(max_num_seqs=slots, max_num_batched_tokens=w.max_prefill_tokens)
     stepper = build_engine_step(s, cost, lambda x: ReplicaCost(x, base_dir))
     log = serve(SchedulerView(stepper), requests, engine, window)  # type: ignore[arg-type]
@@ -71,11 +64,11 @@ def simulate_inference(
     makespan = log.makespan_s
     ttft = np.array([r.ttft_s for r in reqs])
     tpot = np.array([r.tpot_s for r in reqs if r.output_tokens > 1])
-    if w.batch_size is not None or not reqs:
+    if math.isinf(window) or not reqs:
         out_tokens = sum(r.output_tokens for r in reqs)
         out_per_s = out_tokens / makespan if makespan > 0 else 0.0
     else:
-        out_per_s = log.tokens_in_window / w.duration_s
+        out_per_s = log.tokens_in_window / window
     out_per_s *= replicas
     mean_batch = log.decode_batch_sum / log.decode_steps if log.decode_steps else 0.0
     mean_ctx = log.decode_context_sum / log.decode_steps if log.decode_steps else 0.0
@@ -90,7 +83,7 @@ def simulate_inference(
         gpus=s.gpus,
         params_total=float(counts.total_main),
         params_active=float(counts.active_main),
-        model_flops_per_token=generated_token_flops(s.model, w.prompt_len, w.output_len),
+        model_flops_per_token=generated_token_flops(s.model, w.mean_prompt_len, w.mean_output_len),
         memory_per_gpu_GB=mem.as_GB(),
         fits_in_memory=mem.total <= s.cluster.gpu.hbm_GB * 1e9 and capacity >= 1,
         step_time_s=round_s,

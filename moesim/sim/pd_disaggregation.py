@@ -33,7 +33,7 @@ from moesim.sim.engine_step import EngineStep, SchedulerView, build_engine_step,
 from moesim.sim.kv_transfer import TransferQueue, kv_link, kv_transfer_s
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
-from moesim.sim.serving_requests import fixed_requests, poisson_arrivals_s
+from moesim.sim.serving_requests import Request, workload_requests
 from moesim.sim.serving_scheduler import EngineConfig, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.specs import InferenceWorkload, Result, Scenario
@@ -95,31 +95,38 @@ def decode_s_per_request(pool: Pool, prompt_len: int, output_len: int) -> float:
 def simulate_disaggregated(s: Scenario, base_dir: Path | None = None) -> Result:
     w = s.workload
     assert isinstance(w, InferenceWorkload) and w.disaggregated is not None
-    assert w.arrival_rate_per_s is not None
     pre, dec = build_pool(s, "prefill", base_dir), build_pool(s, "decode", base_dir)
     link = kv_link(s, pre.cost.cm, pre.scenario.gpus, dec.scenario.gpus)
-    xfer_s, xfer_b = kv_transfer_s(pre.scenario, dec.scenario, w.prompt_len, link)
-    arrivals = poisson_arrivals_s(w.arrival_rate_per_s, w.duration_s, w.seed)
+    every, window = workload_requests(w, 1)  # the whole deployment's requests, in order
     P, D = pre.replicas, dec.replicas
-    mine = [i for i in range(len(arrivals)) if i % D == 0]
+    mine = [i for i in range(len(every)) if i % D == 0]
     ready: dict[int, float] = {}  # KV cache at the decode replica
     done: dict[int, float] = {}  # prefill finished
+    xfer: dict[int, tuple[float, float]] = {}  # (seconds, bytes) of its KV transfer
     pre_busy = pre_span = 0.0
     pre_view = SchedulerView(pre.engine)
     config = EngineConfig(max_num_seqs=pre.slots, max_num_batched_tokens=w.max_prefill_tokens)
     for r in sorted({i % P for i in mine}):
-        idx = list(range(r, len(arrivals), P))
-        prompts = fixed_requests([arrivals[i] for i in idx], w.prompt_len, 1)
-        log = serve(pre_view, prompts, config, w.duration_s)  # type: ignore[arg-type]
+        idx = list(range(r, len(every), P))
+        prompts = [Request(every[i].arrival_s, every[i].prompt_tokens, 1) for i in idx]
+        log = serve(pre_view, prompts, config, window)  # type: ignore[arg-type]
         pre_busy += sum(b - a for _, a, b, _ in log.steps)
         pre_span += max((b for _, _, b, _ in log.steps), default=0.0)
         queue = TransferQueue()
         for i, req in zip(idx, log.requests, strict=True):
+            xfer[i] = kv_transfer_s(pre.scenario, dec.scenario, req.prompt_tokens, link)
             done[i] = req.first_token_s
-            ready[i] = queue.send(req.first_token_s, xfer_s)
-    reqs = [DecodeRequest(arrivals[i], ready[i], done[i]) for i in mine]
-    dlog = serve_decode(dec.engine, reqs, w.prompt_len, w.output_len, dec.slots, w.duration_s)
-    return _result(s, w, pre, dec, dlog, reqs, (pre_busy, pre_span), link, xfer_s, xfer_b)
+            ready[i] = queue.send(req.first_token_s, xfer[i][0])
+    reqs = [
+        DecodeRequest(
+            every[i].arrival_s, ready[i], done[i], every[i].prompt_tokens, every[i].output_tokens
+        )
+        for i in mine
+    ]
+    dlog = serve_decode(dec.engine, reqs, dec.slots, window)
+    xfer_s = float(np.mean([xfer[i][0] for i in mine])) if mine else 0.0
+    xfer_b = float(np.mean([xfer[i][1] for i in mine])) if mine else 0.0
+    return _result(s, w, pre, dec, dlog, reqs, (pre_busy, pre_span), link, (xfer_s, xfer_b), window)
 
 
 def _pool_summary(pool: Pool, utilization: float, capacity_rps: float) -> dict:
@@ -140,25 +147,32 @@ def _pool_summary(pool: Pool, utilization: float, capacity_rps: float) -> dict:
     }
 
 
-def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer_s, xfer_b) -> Result:
+def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
     from moesim.sim.inference import generated_token_flops
 
     D = dec.replicas
+    xfer_s, xfer_b = xfer
     ttft = np.array([r.first_token_s - r.arrival_s for r in reqs])
     tpot = np.array(
-        [(r.finish_s - r.admitted_s) / (w.output_len - 1) for r in reqs] if w.output_len > 1 else []
+        [(r.finish_s - r.admitted_s) / (r.output_tokens - 1) for r in reqs if r.output_tokens > 1]
     )
-    out_per_s = dlog.tokens_in_window / w.duration_s * D
+    span = max((b for _, b, _ in dlog.steps), default=0.0)
+    if math.isinf(window):  # a trace whose requests all arrive at once: timed to the last token
+        out_tokens = sum(r.output_tokens for r in reqs)
+        out_per_s = out_tokens / span * D if span > 0 else 0.0
+    else:
+        out_per_s = dlog.tokens_in_window / window * D
     steps = len(dlog.steps)
     mean_batch = dlog.decode_batch_sum / steps if steps else 0.0
     mean_ctx = dlog.decode_context_sum / steps if steps else 0.0
     mb = max(1, round(mean_batch))
-    typical = dec.engine.decode_forward(dec.engine.decode_microbatch(mb), mean_ctx / mb)
+    micro = dec.engine.decode_microbatch(mb)  # pp > 1: one micro-batch per stage
+    typical = dec.engine.decode_forward(micro, mean_ctx * micro / mb)
     round_s = dec.engine.decode_s(mb, mean_ctx)
-    pre_cap = pre.replicas / prefill_s_per_prompt(pre, w.prompt_len, w.max_prefill_tokens)
-    dec_per_req = decode_s_per_request(dec, w.prompt_len, w.output_len)
+    prompt, output = round(w.mean_prompt_len), round(w.mean_output_len)  # capacity at the means
+    pre_cap = pre.replicas / prefill_s_per_prompt(pre, max(1, prompt), w.max_prefill_tokens)
+    dec_per_req = decode_s_per_request(dec, prompt, output)
     dec_cap = D / dec_per_req if dec_per_req > 0 else math.inf
-    span = max((b for _, b, _ in dlog.steps), default=0.0)
     pre_busy, pre_span = pre_time
     counts = dec.cost.counts
     fits_pre = pre.memory.total <= s.cluster.gpu.hbm_GB * 1e9 and pre.capacity >= 1
@@ -169,7 +183,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer_s, xfer_b) -> Resul
         gpus=s.gpus,
         params_total=float(counts.total_main),
         params_active=float(counts.active_main),
-        model_flops_per_token=generated_token_flops(s.model, w.prompt_len, w.output_len),
+        model_flops_per_token=generated_token_flops(s.model, w.mean_prompt_len, w.mean_output_len),
         memory_per_gpu_GB=dec.memory.as_GB(),
         fits_in_memory=fits_pre and fits_dec,
         step_time_s=round_s,
@@ -207,7 +221,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer_s, xfer_b) -> Resul
         "decode": _pool_summary(dec, dlog.busy_s / span if span else 0.0, dec_cap),
         "bottleneck": "prefill" if pre_cap < dec_cap else "decode",
         "kv_link": link.kind,
-        "kv_transfer_s": xfer_s,
+        "kv_transfer_s": xfer_s,  # mean over the decode replica's requests
         "kv_transfer_GB_per_request": xfer_b / 1e9,
         "ttft_parts_s_mean": _ttft_parts(reqs),
     }

@@ -5,9 +5,11 @@ Batch sizes count sequences per optimizer step: pairs for DPO, prompts for GRPO/
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from moesim.specs.base import (
     Float,
@@ -17,8 +19,10 @@ from moesim.specs.base import (
     PositiveInt,
     Spec,
 )
+from moesim.specs.lengths import Length, max_length, mean_length
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import MoEDispatcher
+from moesim.specs.request_trace import read_request_trace
 from moesim.specs.serving import DisaggregatedSpec, SpeculativeSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
@@ -127,12 +131,34 @@ class PPOWorkload(_RL):
 
 
 class InferenceWorkload(Spec):
+    """Serving: a static batch, Poisson arrivals, or a replayed request trace (exactly one)."""
+
     stage: Literal["inference"] = "inference"
-    prompt_len: PositiveInt = 1024
-    output_len: PositiveInt = 256
-    batch_size: PositiveInt | None = Field(None, description="static batch")
-    arrival_rate_per_s: PositiveFloat | None = Field(None, description="Poisson request rate")
-    duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
+    prompt_len: Length = Field(
+        1024,
+        description="prompt tokens of a request: a number, or a distribution "
+        "({distribution: lognormal, mean: ..., p99: ...}, uniform, empirical)",
+    )
+    output_len: Length = Field(
+        256, description="output tokens of a request: a number or a distribution (as prompt_len)"
+    )
+    batch_size: PositiveInt | None = Field(
+        None, description="static batch: this many requests per replica, all at t=0"
+    )
+    arrival_rate_per_s: PositiveFloat | None = Field(
+        None, description="Poisson request rate of the whole deployment (split over replicas)"
+    )
+    trace: str | None = Field(
+        None,
+        description="replay a request trace: a CSV/JSONL file with arrival_s, prompt_len, "
+        "output_len (or Azure's TIMESTAMP, ContextTokens, GeneratedTokens), relative to the "
+        "scenario file; requests go round-robin to the replicas",
+    )
+    duration_s: PositiveFloat = Field(
+        60.0,
+        description="how long requests arrive (Poisson); with a trace, the throughput window "
+        "(default: the trace's span)",
+    )
     max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
     max_prefill_tokens: PositiveInt = Field(
         DEFAULT_MAX_PREFILL_TOKENS,
@@ -140,7 +166,7 @@ class InferenceWorkload(Spec):
         "prompts are chunked over steps",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: NonNegativeInt = 0
+    seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
     two_batch_overlap: bool = Field(
         False,
@@ -164,26 +190,59 @@ class InferenceWorkload(Spec):
         None,
         description="prefill/decode disaggregation: {prefill: {gpus | nodes, tp, pp, ep, etp, "
         "moe_dispatcher}, decode: {...}}: separate pools, the prompt's KV cache sent from the "
-        "prefill replica to the decode replica (needs arrival_rate_per_s)",
+        "prefill replica to the decode replica (needs arrival_rate_per_s or a trace)",
     )
+
+    @field_validator("trace")
+    @classmethod
+    def _absolute_trace(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir") if info.context else None
+        if value is None or Path(value).is_absolute() or base is None:
+            return value
+        return str(Path(base) / value)
 
     @model_validator(mode="after")
     def _check(self) -> InferenceWorkload:
-        if (self.batch_size is None) == (self.arrival_rate_per_s is None):
+        given = [self.batch_size, self.arrival_rate_per_s, self.trace]
+        if sum(x is not None for x in given) != 1:
             raise ValueError(
-                "inference needs exactly one of workload.batch_size (static batch) or "
-                "workload.arrival_rate_per_s (Poisson arrivals)"
+                "inference needs exactly one of workload.batch_size (static batch), "
+                "workload.arrival_rate_per_s (Poisson arrivals) or workload.trace (a request "
+                "trace file)"
             )
-        if self.disaggregated is not None and self.arrival_rate_per_s is None:
+        if self.disaggregated is not None and self.batch_size is not None:
             raise ValueError(
                 "workload.disaggregated serves a stream of requests: give "
-                "workload.arrival_rate_per_s (and duration_s) instead of batch_size"
+                "workload.arrival_rate_per_s (and duration_s) or a workload.trace instead of "
+                "batch_size"
             )
+        if self.trace is not None:
+            read_request_trace(self.trace)  # an unreadable trace is an error now
         return self
 
     @property
     def seq_len(self) -> int:
-        return self.prompt_len + self.output_len
+        """Tokens of a mean sequence (prompt + output; a trace's mean): what the KV capacity in
+        sequences counts. Fixed lengths: prompt_len + output_len."""
+        return math.ceil(self.mean_prompt_len + self.mean_output_len)
+
+    @property
+    def mean_prompt_len(self) -> float:
+        if self.trace is not None:
+            return float(read_request_trace(self.trace).prompt_tokens.mean())
+        return mean_length(self.prompt_len)
+
+    @property
+    def max_output_len(self) -> int:
+        if self.trace is not None:
+            return int(read_request_trace(self.trace).output_tokens.max())
+        return max_length(self.output_len)
+
+    @property
+    def mean_output_len(self) -> float:
+        if self.trace is not None:
+            return float(read_request_trace(self.trace).output_tokens.mean())
+        return mean_length(self.output_len)
 
 
 class MoELayerWorkload(Spec):

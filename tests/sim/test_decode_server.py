@@ -24,8 +24,10 @@ class Constant:
 
 
 def test_one_request_by_hand():
-    r = DecodeRequest(arrival_s=0.0, ready_s=2.0, prefilled_s=1.5)
-    log = serve_decode(Constant(0.1), [r], prompt_len=100, output_len=11, slots=4)
+    r = DecodeRequest(
+        arrival_s=0.0, ready_s=2.0, prefilled_s=1.5, prompt_tokens=100, output_tokens=11
+    )
+    log = serve_decode(Constant(0.1), [r], slots=4)
     assert r.admitted_s == 2.0
     assert r.first_token_s == pytest.approx(2.1)
     assert r.finish_s == pytest.approx(2.0 + 10 * 0.1)
@@ -34,22 +36,32 @@ def test_one_request_by_hand():
 
 
 def test_slots_make_later_requests_wait():
-    reqs = [DecodeRequest(0.0, 0.0), DecodeRequest(0.0, 0.0)]
-    serve_decode(Constant(1.0), reqs, prompt_len=10, output_len=3, slots=1)
+    reqs = [DecodeRequest(0.0, 0.0, 0.0, 10, 3), DecodeRequest(0.0, 0.0, 0.0, 10, 3)]
+    serve_decode(Constant(1.0), reqs, slots=1)
     assert reqs[0].finish_s == 2.0 and reqs[1].admitted_s == 2.0 and reqs[1].finish_s == 4.0
 
 
 def test_contexts_grow_by_the_tokens_of_a_round():
     e = Constant(1.0, tokens_per_step=2.0)
-    r = DecodeRequest(0.0, 0.0)
-    serve_decode(e, [r], prompt_len=10, output_len=7, slots=1)
+    r = DecodeRequest(0.0, 0.0, 0.0, 10, 7)
+    serve_decode(e, [r], slots=1)
     # 6 tokens after the prefill's: 3 rounds of 2; contexts 11, 13, 15
     assert [c for _, c in e.calls] == [11.0, 13.0, 15.0]
     assert r.finish_s == 3.0
 
 
 def test_one_token_requests_need_no_decode():
-    r = DecodeRequest(0.0, 1.25)
-    log = serve_decode(Constant(1.0), [r], prompt_len=10, output_len=1, slots=1)
+    r = DecodeRequest(0.0, 1.25, 1.0, 10, 1)
+    log = serve_decode(Constant(1.0), [r], slots=1)
     assert r.first_token_s == r.finish_s == 1.25 and not log.steps
     assert math.isclose(log.tokens_in_window, 1.0)
+
+
+def test_requests_of_different_lengths_leave_when_their_own_tokens_are_out():
+    e = Constant(1.0)
+    short, long = DecodeRequest(0.0, 0.0, 0.0, 10, 3), DecodeRequest(0.0, 0.0, 0.0, 20, 5)
+    log = serve_decode(e, [short, long], slots=2)
+    assert short.finish_s == 2.0 and long.finish_s == 4.0
+    # contexts: 11 + 21, then +2, then the short one leaves (its 10 + 3 keys)
+    assert [c for _, c in e.calls] == [32.0, 34.0, 23.0, 24.0]
+    assert log.tokens_in_window == pytest.approx(3 + 5)

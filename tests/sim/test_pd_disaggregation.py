@@ -75,3 +75,24 @@ def test_the_slower_pool_limits_the_throughput():
     delivered_rps = r.output_tokens_per_s / 32
     assert delivered_rps <= d["prefill"]["capacity_requests_per_s"] * 1.05
     assert d["prefill"]["utilization"] > 0.95
+
+
+def test_per_request_lengths_set_each_transfer():
+    from moesim.sim.kv_transfer import prompt_kv_bytes
+
+    s = pd(rate=6.0)
+    lengths = {"distribution": "uniform", "min": 256, "max": 2048}
+    varied = serving(
+        "mixtral-8x7b",
+        nodes=2,
+        arrival_rate_per_s=6.0,
+        duration_s=8.0,
+        prompt_len=lengths,
+        output_len={"distribution": "uniform", "min": 2, "max": 64},
+        disaggregated=s.workload.disaggregated.model_dump(),
+    )
+    r = simulate(varied)
+    per_token = prompt_kv_bytes(varied, 1)
+    mean_gb = r.disaggregated["kv_transfer_GB_per_request"]
+    assert 256 * per_token / 1e9 < mean_gb < 2048 * per_token / 1e9
+    assert r.tpot_s_p50 > 0 and r.ttft_s_p99 >= r.ttft_s_p50
