@@ -25,9 +25,9 @@ import simpy
 from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
 from moesim.sim.profile import profile_label
-from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
+from moesim.sim.serving_memory import memory_note, plan_engine, served_memory
 from moesim.sim.serving_requests import workload_requests
-from moesim.sim.serving_scheduler import EngineConfig, serve
+from moesim.sim.serving_scheduler import serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.specs import InferenceWorkload, ModelSpec, Result, Scenario
@@ -52,12 +52,11 @@ def simulate_inference(
     p = s.parallel
     replicas = p.dp_size * p.cp  # attention replicas (cp does not split decode)
     cost = ReplicaCost(s, base_dir)
-    capacity = kv_capacity_sequences(s, inference_memory(s, 0))
     requests, window = workload_requests(w, replicas)
-    slots = w.batch_size if w.batch_size is not None else max(1, min(w.max_batch_size, capacity))
-    mem = inference_memory(s, slots)
-    engine = EngineConfig(max_num_seqs=slots, max_num_batched_tokens=w.max_prefill_tokens)
-    log = serve(cost, requests, engine, window)
+    plan = plan_engine(s, requests)
+    log = serve(cost, requests, plan.engine, window)
+    mem = served_memory(s, plan, log)
+    capacity, slots = plan.capacity_sequences, plan.engine.max_num_seqs
     reqs = log.requests
     makespan = log.makespan_s
     ttft = np.array([r.ttft_s for r in reqs])
@@ -80,7 +79,7 @@ def simulate_inference(
         params_active=float(counts.active_main),
         model_flops_per_token=generated_token_flops(s.model, w.mean_prompt_len, w.mean_output_len),
         memory_per_gpu_GB=mem.as_GB(),
-        fits_in_memory=mem.total <= s.cluster.gpu.hbm_GB * 1e9 and capacity >= 1,
+        fits_in_memory=plan.fits,
         step_time_s=typical.total_s,
         tokens_per_s=out_per_s,
         tokens_per_s_per_gpu=out_per_s / s.gpus,
@@ -108,9 +107,14 @@ def simulate_inference(
         "requests": len(reqs) * replicas,
         "concurrency_limit": slots,
         "kv_capacity_sequences": capacity,
-        "memory_note": memory_note(s, mem, capacity),
+        "memory_note": plan.note or memory_note(s, mem, capacity),
+        "scheduler": w.scheduler,
+        "kv_capacity_tokens": plan.capacity_tokens,
+        "preemptions": log.preemptions * replicas,
+        "prefill_tokens_computed": log.prefill_tokens * replicas,
         "max_prefill_tokens": w.max_prefill_tokens,
-        "prefill_steps": sum(1 for st in log.steps if st[0] == "prefill"),
+        "prefill_steps": sum(1 for st in log.steps if st[0] != "decode"),
+        "mixed_steps": sum(1 for st in log.steps if st[0] == "mixed"),
         "mean_decode_batch": mean_batch,
         "makespan_s": makespan,
         "decode_step_parts_s": {

@@ -218,7 +218,15 @@ def test_a_small_prefill_budget_raises_ttft_at_high_load():
 
 
 def test_static_batch_beyond_the_kv_capacity_says_why_it_does_not_fit():
-    s = serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=128)
+    """prefill_first reserves every sequence's whole KV: a batch beyond it does not fit."""
+    s = serving(
+        "llama-2-13b",
+        gpus=1,
+        prompt_len=2048,
+        output_len=256,
+        batch_size=128,
+        scheduler="prefill_first",
+    )
     r = simulate(s)
     assert not r.fits_in_memory
     assert r.kv_capacity_sequences < 128 and r.concurrency_limit == 128
@@ -226,6 +234,20 @@ def test_static_batch_beyond_the_kv_capacity_says_why_it_does_not_fit():
     assert f"only {r.kv_capacity_sequences} fit" in r.memory_note
     ok = simulate(serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=4))
     assert ok.fits_in_memory and "memory_note" not in ok.to_json_dict()
+
+
+def test_static_batch_beyond_the_kv_pool_is_paged_and_preempted_under_vllm_v1():
+    """vllm_v1 pages the KV cache: a batch of 128 where ~27 fit runs, the engine never holds
+    more KV than its pool, and requests are queued or preempted (recomputed) to get there."""
+    r = simulate(serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=128))
+    assert r.fits_in_memory and r.scheduler == "vllm_v1"
+    assert r.kv_capacity_sequences < 128 and r.concurrency_limit == 128
+    per_token = kv_cache_bytes_per_token(
+        *(lambda s: (s.model, s.parallel, s.precision))(serving("llama-2-13b", gpus=1))
+    )
+    assert r.memory_per_gpu_GB["kv_cache"] * 1e9 <= r.kv_capacity_tokens * per_token + 1
+    assert r.mean_decode_batch <= r.kv_capacity_tokens / 2049
+    assert r.preemptions >= 0 and r.requests == 128
 
 
 def test_moe_decode_time_rises_with_batch_faster_than_dense():
@@ -291,6 +313,7 @@ def test_kv_capacity_limits_concurrency_under_load():
         arrival_rate_per_s=50.0,
         duration_s=20.0,
         max_batch_size=256,
+        scheduler="prefill_first",
     )
     r = simulate(s)
     # MHA 13B: 0.82 MB of KV per token; ~50 GB free → a few dozen sequences, not 256
