@@ -11,7 +11,12 @@ requests are split evenly over them (``arrival_rate_per_s / dp`` each).
 
 ``model_flops_per_token`` of a serving result is the forward of one generated token (2 FLOPs
 per active weight in a GEMM, the LM head, attention over the mean context a generated token
-sees: prompt_len + (output_len − 1)/2 keys), not training's 3× forward.
+sees: prompt_len + (output_len − 1)/2 keys), not training's 3× forward. ``mfu`` is that times
+the output tokens per second per GPU over the bf16 peak (prefill FLOPs not counted); ``mbu``
+is the bytes a typical decode step moves to and from HBM on the busiest GPU (weights read,
+KV cache read and written, activations) over the step time, as a fraction of the HBM peak.
+``goodput_requests_per_s``: requests meeting every ``workload.slo`` target per second (of the
+arrival window, or of the makespan for a static batch), all replicas.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
 from moesim.sim.profile import profile_label
 from moesim.sim.serving_memory import memory_note, plan_engine, served_memory
-from moesim.sim.serving_requests import workload_requests
+from moesim.sim.serving_requests import Request, workload_requests
 from moesim.sim.serving_scheduler import serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
@@ -41,6 +46,14 @@ def generated_token_flops(m: ModelSpec, prompt_len: float, output_len: float) ->
     ctx = prompt_len + (output_len - 1) / 2.0
     layers = sum(layer_flops(m, m.is_moe_layer(i), ctx).total for i in range(m.n_layers))
     return layers + 2.0 * m.vocab_size * m.d_model
+
+
+def meets_slo(r: Request, ttft_s: float | None, tpot_s: float | None) -> bool:
+    """A request meets its SLO when its TTFT and its TPOT (none for a one-token output) are
+    within the targets given."""
+    if ttft_s is not None and r.ttft_s > ttft_s:
+        return False
+    return tpot_s is None or r.output_tokens < 2 or r.tpot_s <= tpot_s
 
 
 def simulate_inference(
@@ -95,6 +108,11 @@ def simulate_inference(
             "expert_offload": typical.offload_s,
         },
     )
+    gpu = s.cluster.gpu
+    if typical.total_s > 0:
+        res.mbu = typical.hbm_bytes / typical.total_s / (gpu.hbm_TBps * 1e12)
+    res.model_tflops_per_gpu = res.model_flops_per_token * out_per_s / s.gpus / 1e12
+    res.mfu = res.model_tflops_per_gpu / gpu.peak_TFLOPS("bf16")
     if len(ttft):
         res.ttft_s_p50 = float(np.percentile(ttft, 50))
         res.ttft_s_p99 = float(np.percentile(ttft, 99))
@@ -137,6 +155,11 @@ def simulate_inference(
         if w.total_tokens:
             res.gpu_hours = w.total_tokens / out_per_s * s.gpus / 3600.0
             res.cost_usd = res.gpu_hours * s.cost.usd_per_gpu_hour
+    if w.slo is not None and reqs:
+        good = sum(meets_slo(r, w.slo.ttft_s, w.slo.tpot_s) for r in reqs)
+        span = window if not math.isinf(window) else makespan
+        extra["slo_attainment"] = good / len(reqs)
+        extra["goodput_requests_per_s"] = good * replicas / span if span > 0 else 0.0
     if len(ttft):
         extra["ttft_s_mean"] = float(np.mean(ttft))
     if len(tpot):

@@ -423,3 +423,46 @@ def test_poisson_serving_where_no_request_arrives_says_so():
     r = simulate(scenario_from_dict(data)).to_json_dict()
     assert r["requests"] == 0 and "ttft_s_p50" not in r
     assert "no request arrived" in r["note"] and "arrival_rate_per_s" in r["note"]
+
+
+def test_prefix_hits_never_add_prefill_work():
+    """More of each prompt found cached: never more prefill tokens run, and a cached prefix's
+    chunk (offset c, the rest) never costs more than the whole prompt."""
+    c = ReplicaCost(serving("llama-3-8b", gpus=1, prompt_len=2048))
+    whole = c.prefill_chunks([(0, 2048)], 1).total_s
+    rest = [c.prefill_chunks([(k, 2048 - k)], 1).total_s for k in (256, 1024, 2000)]
+    assert whole >= rest[0] >= rest[1] >= rest[2]
+    runs = [
+        simulate(
+            serving(
+                "llama-3-8b",
+                gpus=1,
+                prompt_len=1024,
+                output_len=16,
+                arrival_rate_per_s=20.0,
+                duration_s=5.0,
+                prefix_hit_rate=h,
+            )
+        )
+        for h in (0.0, 0.3, 0.7)
+    ]
+    tokens = [r.prefill_tokens_computed for r in runs]
+    assert tokens[0] == runs[0].requests * 1024
+    assert tokens[0] > tokens[1] > tokens[2]
+    ttft = [r.ttft_s_mean for r in runs]
+    assert ttft == sorted(ttft, reverse=True)
+
+
+def test_mbu_and_goodput():
+    """MBU is a fraction of the HBM peak; goodput counts the requests meeting both targets:
+    all of them under loose targets (the offered rate), none under impossible ones."""
+    wl = {"arrival_rate_per_s": 20.0, "duration_s": 5.0}
+    loose = simulate(serving("llama-3-8b", gpus=1, slo={"ttft_s": 10.0, "tpot_s": 1.0}, **wl))
+    tight = simulate(serving("llama-3-8b", gpus=1, slo={"ttft_s": 1e-6}, **wl))
+    assert 0 < loose.mbu <= 1 and 0 < loose.mfu < loose.mbu  # decode is bandwidth-bound
+    assert loose.slo_attainment == 1.0
+    assert loose.goodput_requests_per_s == pytest.approx(loose.requests / 5.0)
+    assert tight.goodput_requests_per_s == 0.0 and tight.slo_attainment == 0.0
+    assert (
+        "goodput_requests_per_s" not in simulate(serving("llama-3-8b", gpus=1, **wl)).to_json_dict()
+    )
