@@ -37,6 +37,8 @@ reports: setup
 	  --html reports/moe-post-training.html
 	$(BIN)/moesim plan scenarios/plans/mixtral-serving-slo.yaml \
 	  --html reports/mixtral-serving-plan.html
+	$(BIN)/moesim report scenarios/serving/mixtral-8x7b-trace-replay-2xh100.yaml \
+	  --no-sensitivity -o reports/mixtral-trace-replay.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.
