@@ -347,3 +347,26 @@ def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
     )  # fmt: skip
     assert "no configuration meets the constraints" in out.stdout
     assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout
+
+
+def test_serving_search_tries_the_engine_knobs():
+    """search.max_num_seqs / max_num_batched_tokens multiply the serving layouts: each candidate
+    carries its engine limits (moesim's names set, the vLLM aliases dropped) and says them."""
+    spec = plan_from_dict(
+        {
+            **SERVING_PLAN,
+            "workload": {**SERVING_PLAN["workload"], "max_num_seqs": 128},
+            "search": {
+                **SERVING_PLAN["search"],
+                "gpus": [2],
+                "ep": [1],
+                "max_num_seqs": [64, 256],
+                "max_num_batched_tokens": [2048, 8192],
+            },
+        }
+    )
+    _, cands = candidates(spec)
+    got = {(c.workload.max_batch_size, c.workload.max_prefill_tokens) for c in cands}
+    assert got == {(64, 2048), (64, 8192), (256, 2048), (256, 8192)}
+    assert all(c.name.endswith(f"tok{c.workload.max_prefill_tokens}]") for c in cands)
+    assert any(" seqs64 " in c.name for c in cands)
