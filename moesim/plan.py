@@ -47,6 +47,9 @@ A plan file::
 
 For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constraints take
 ``ttft_p99_s`` and ``tpot_p99_s``; the request rate is split over data-parallel replicas.
+``search.max_num_seqs`` and ``search.max_num_batched_tokens`` (lists) also try the engine's
+concurrency limit and per-step token budget: a smaller budget shortens the steps decodes share
+with prefill chunks (TPOT) and lengthens a prompt's prefill (TTFT).
 ``search.two_batch_overlap: [false, true]`` tries serving with and without two-batch overlap.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
@@ -109,6 +112,16 @@ class SearchSpace(Spec):
         default_factory=lambda: [False],
         description="serving: try each (workload.two_batch_overlap), e.g. [false, true]",
     )
+    max_num_seqs: list[int] | None = Field(
+        None,
+        description="serving: engine concurrency limits to try (workload.max_batch_size); "
+        "default the workload's",
+    )
+    max_num_batched_tokens: list[int] | None = Field(
+        None,
+        description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
+        "default the workload's",
+    )
 
 
 class Constraints(Spec):
@@ -164,6 +177,8 @@ class Candidate:
                 "tpot_s_p99": r.tpot_s_p99,
                 "replicas": getattr(r, "replicas", None),
                 "concurrency_limit": getattr(r, "concurrency_limit", None),
+                "max_num_seqs": getattr(s.workload, "max_batch_size", None),
+                "max_num_batched_tokens": getattr(s.workload, "max_prefill_tokens", None),
                 "output_tokens_per_s": r.output_tokens_per_s,
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
@@ -339,9 +354,11 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         sp.microbatch_size[:1] if serving else sp.microbatch_size,  # the server sets batches
         ["none"] if serving else sp.recompute,
         sp.schedule[:1] if serving else sp.schedule,
+        (sp.max_num_seqs or [None]) if serving else [None],
+        (sp.max_num_batched_tokens or [None]) if serving else [None],
         sp.two_batch_overlap if serving else [None],
     )  # fmt: skip
-    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, tbo in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo in axes:
         considered += 1
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
@@ -354,14 +371,33 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
             "microbatch_size": mbs, "recompute": rc, "schedule": sched,
         }  # fmt: skip
         d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
+        d["workload"], engine = _engine_knobs(spec.base["workload"], seqs, budget)
         if tbo is not None:
-            d["workload"] = {**spec.base["workload"], "two_batch_overlap": tbo}
-            d["name"] += " tbo" if tbo else ""
+            d["workload"]["two_batch_overlap"] = tbo
+            engine += " tbo" if tbo else ""
+        d["name"] = d["name"][:-1] + engine + "]" if engine else d["name"]
         try:
             out.append(scenario_from_dict(d, base=spec.base_dir))
         except ScenarioError:
             continue
     return considered, out
+
+
+def _engine_knobs(
+    workload: dict[str, Any], seqs: int | None, budget: int | None
+) -> tuple[dict[str, Any], str]:
+    """A serving workload with the searched engine limits set (under moesim's names; the
+    vLLM aliases dropped so the two cannot disagree) and the name suffix that says them."""
+    wl, suffix = dict(workload), ""
+    if seqs is not None:
+        wl.pop("max_num_seqs", None)
+        wl["max_batch_size"] = seqs
+        suffix += f" seqs{seqs}"
+    if budget is not None:
+        wl.pop("max_num_batched_tokens", None)
+        wl["max_prefill_tokens"] = budget
+        suffix += f" tok{budget}"
+    return wl, suffix
 
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:

@@ -295,7 +295,8 @@ def _miss_ratio(r: dict[str, Any], constraints: dict[str, Any]) -> float:
 def _layout_cell(b: dict[str, Any]) -> str:
     etp = f" · etp {b['etp']}" if b.get("etp") else ""
     pp = f" · pp {b['pp']}" if b["pp"] > 1 else ""
-    return f"{b['gpus']} GPUs: tp {b['tp']}{pp} · ep {b['ep']}{etp}"
+    budget = f" · {b['max_num_batched_tokens']} tok/step" if b.get("max_num_batched_tokens") else ""
+    return f"{b['gpus']} GPUs: tp {b['tp']}{pp} · ep {b['ep']}{etp}{budget}"
 
 
 def best_table(rows: Sequence[dict[str, Any]]) -> go.Figure:

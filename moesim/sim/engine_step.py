@@ -97,6 +97,31 @@ class EngineStep:
             self.sm_slowdown,
         )
 
+    def mixed_s(
+        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+    ) -> float:
+        """Seconds of one vLLM V1 step of ``decodes`` decode tokens and prefill ``chunks``
+        (``ReplicaCost.mixed_step``): a decode-only step is a decode round, a prefill-only one
+        a prefill step; a mixed one traverses the stages once (not pipelined) and, with
+        two-batch overlap, is split into halves of decodes and chunks."""
+        if not chunks:
+            return self.decode_s(decodes, decode_context_sum)
+        if not decodes:
+            return self.prefill_s(chunks, finished)
+        full = self.cost.mixed_step(decodes, decode_context_sum, chunks, finished)
+        if not self.two_batch_overlap:
+            return full.total_s
+        (da, ca), (db, cb) = split_batch(decodes, decode_context_sum)
+        a, b = split_chunks(chunks)
+        fa = min(finished, len(a))
+        return tbo_step_s(
+            full,
+            self.cost.mixed_step(da, ca, a, fa),
+            self.cost.mixed_step(db, cb, b, finished - fa),
+            self.moe_layer_fraction,
+            self.sm_slowdown,
+        )
+
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
     """The engine of scenario ``s`` around its replica cost ``cost``; ``make_cost(scenario)``
@@ -147,6 +172,11 @@ class SchedulerView:
 
     def decode(self, batch: int, context_sum: float) -> StepTime:
         return StepTime(self.engine.decode_s(batch, context_sum))
+
+    def mixed_step(
+        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+    ) -> StepTime:
+        return StepTime(self.engine.mixed_s(decodes, decode_context_sum, chunks, finished))
 
 
 def engine_extras(e: EngineStep, batch: int, context_sum: float) -> dict[str, object]:

@@ -85,8 +85,17 @@ def workload_requests(w: InferenceWorkload, replicas: int) -> tuple[list[Request
       span (a trace whose requests all arrive at once is timed like a static batch).
 
     Lengths are the trace's, or drawn per request from ``prompt_len`` / ``output_len`` (seeded
-    by ``seed``: a number gives every request that length).
+    by ``seed``: a number gives every request that length). ``prefix_hit_rate`` of each prompt
+    (all but its last token at most) is found in the prefix cache.
     """
+    reqs, window = _requests(w, replicas)
+    if w.prefix_hit_rate > 0:
+        for r in reqs:
+            r.cached_tokens = min(int(w.prefix_hit_rate * r.prompt_tokens), r.prompt_tokens - 1)
+    return reqs, window
+
+
+def _requests(w: InferenceWorkload, replicas: int) -> tuple[list[Request], float]:
     if w.trace is not None:
         tr = read_request_trace(w.trace)
         sl = slice(0, None, replicas)

@@ -249,10 +249,14 @@ def pool_scenario(s: Scenario, which: Literal["prefill", "decode"]) -> Scenario:
         parallel = _serving_parallel(
             s, tp=pool.tp, pp=pool.pp, ep=pool.ep, etp=pool.etp, moe_dispatcher=pool.moe_dispatcher
         )
+        # the decode pool's engine is moesim.sim.decode_server (no scheduler to choose); the
+        # prefill pool drafts nothing
+        extra = {"scheduler": "prefill_first"} if which == "decode" else {"speculative": None}
         workload = w.model_copy(
             update={
                 "disaggregated": None,
                 "max_batch_size": pool.max_batch_size or w.max_batch_size,
+                **extra,
             }
         )
         return Scenario(
@@ -318,6 +322,12 @@ def _check_serving_options(s: Scenario) -> None:
             "set simulation.all_to_all: auto, or drop decode_moe_dispatcher"
         )
     if w.speculative is not None:
+        if w.disaggregated is None and w.scheduler != "prefill_first":
+            raise ValueError(
+                "workload.speculative runs under workload.scheduler: prefill_first (the vllm_v1 "
+                "engine here schedules one token per decode): set scheduler: prefill_first, or "
+                "serve it disaggregated"
+            )
         if w.speculative.method == "mtp" and s.model.mtp_depth < 1:
             raise ValueError(
                 f"workload.speculative.method is 'mtp' but {s.model.name} has no MTP module "

@@ -130,6 +130,15 @@ class PPOWorkload(_RL):
     gamma: Float = Field(1.0, ge=0, le=1)
 
 
+class ServingSLO(Spec):
+    """Per-request latency targets of a serving deployment."""
+
+    ttft_s: PositiveFloat | None = Field(None, description="time to first token at most")
+    tpot_s: PositiveFloat | None = Field(
+        None, description="time per output token (after the first) at most"
+    )
+
+
 class InferenceWorkload(Spec):
     """Serving: a static batch, Poisson arrivals, or a replayed request trace (exactly one)."""
 
@@ -159,11 +168,50 @@ class InferenceWorkload(Spec):
         description="how long requests arrive (Poisson); with a trace, the throughput window "
         "(default: the trace's span)",
     )
-    max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
+    max_batch_size: PositiveInt = Field(
+        256,
+        description="continuous-batching slot limit: sequences started and not finished "
+        "(vLLM's max_num_seqs; that name is accepted too)",
+    )
     max_prefill_tokens: PositiveInt = Field(
         DEFAULT_MAX_PREFILL_TOKENS,
-        description="prompt tokens per prefill step (vLLM's max_num_batched_tokens); longer "
-        "prompts are chunked over steps",
+        description="tokens per engine step (vLLM's max_num_batched_tokens; that name is "
+        "accepted too): decodes and prompt chunks under vllm_v1, prompt tokens per prefill step "
+        "under prefill_first; longer prompts are chunked over steps",
+    )
+    max_num_seqs: PositiveInt | None = Field(
+        None, description="vLLM's name of max_batch_size (give one of the two)"
+    )
+    max_num_batched_tokens: PositiveInt | None = Field(
+        None, description="vLLM's name of max_prefill_tokens (give one of the two)"
+    )
+    scheduler: Literal["vllm_v1", "prefill_first"] = Field(
+        "vllm_v1",
+        description="vllm_v1: a token budget per step shared by running decodes (first) and "
+        "chunked prefills, paged KV cache, preemption (recompute) when it runs out; "
+        "prefill_first: prefill and decode steps alternate, each request reserves its whole KV "
+        "at admission (moesim's earlier engine)",
+    )
+    gpu_memory_utilization: Fraction | None = Field(
+        None,
+        description="fraction of HBM the engine may use (vLLM's flag); the KV pool is that "
+        "minus weights, activations and the reserve. Default: all of HBM (the reserve, "
+        "cluster.gpu_memory_reserve_GB, is still taken out)",
+    )
+    block_size: PositiveInt = Field(
+        16, description="tokens per KV-cache block (vLLM's block_size; vllm_v1 pages by it)"
+    )
+    prefix_hit_rate: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of each prompt's tokens found in the prefix cache: not "
+        "recomputed, their KV shared (vllm_v1 and prefill_first)",
+    )
+    slo: ServingSLO | None = Field(
+        None,
+        description="latency targets; the result counts goodput_requests_per_s, the requests "
+        "meeting all of them per second",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
     seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
@@ -200,6 +248,27 @@ class InferenceWorkload(Spec):
         if value is None or Path(value).is_absolute() or base is None:
             return value
         return str(Path(base) / value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_names(cls, data: object) -> object:
+        """vLLM's max_num_seqs / max_num_batched_tokens fill max_batch_size /
+        max_prefill_tokens (one name of each pair)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for engine, ours in (
+            ("max_num_seqs", "max_batch_size"),
+            ("max_num_batched_tokens", "max_prefill_tokens"),
+        ):
+            if out.get(engine) is not None:
+                if out.get(ours) is not None and out[ours] != out[engine]:
+                    raise ValueError(
+                        f"workload.{engine} ({out[engine]}) and workload.{ours} ({out[ours]}) "
+                        "name the same limit: give one of them"
+                    )
+                out[ours] = out[engine]
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> InferenceWorkload:
