@@ -393,6 +393,7 @@ def test_tpot_bound_holds_under_speculative_decoding():
     spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3,
             "acceptance_rate": 1.0}  # fmt: skip
     wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 2}
+    wl["scheduler"] = "prefill_first"
     _, scenarios = candidates(plan_from_dict({**SERVING_PLAN, "workload": wl}))
     s = next(x for x in scenarios if x.gpus == 2)
     plain = next(

@@ -58,11 +58,12 @@ def _run(**wl):
 def test_speculative_serving_takes_fewer_steps_and_acceptance_zero_only_costs():
     plain = _run()
     sp = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3}
-    zero = _run(speculative={**sp, "acceptance_rate": 0.0})
+    plain = _run(scheduler="prefill_first")  # the engine speculative decoding runs under
+    zero = _run(speculative={**sp, "acceptance_rate": 0.0}, scheduler="prefill_first")
     assert zero.tpot_s_p50 > plain.tpot_s_p50
     assert zero.output_tokens_per_s < plain.output_tokens_per_s
     assert zero.speculative["tokens_per_step"] == 1.0
-    full = _run(speculative={**sp, "acceptance_rate": 1.0})
+    full = _run(speculative={**sp, "acceptance_rate": 1.0}, scheduler="prefill_first")
     # 32 tokens after the first in 8 verify steps of 4
     assert full.speculative["tokens_per_step"] == 4.0
     assert full.tpot_s_p50 == pytest.approx(
@@ -80,7 +81,13 @@ def test_two_batch_overlap_never_slows_serving():
 def test_pp_serving_reports_its_micro_batches():
     from moesim.sim.run import simulate
 
-    s = serving("llama-3-70b", parallel={"tp": 2, "pp": 4}, batch_size=32, output_len=17)
+    s = serving(
+        "llama-3-70b",
+        parallel={"tp": 2, "pp": 4},
+        batch_size=32,
+        output_len=17,
+        scheduler="prefill_first",  # every decode step runs all 32
+    )
     r = simulate(s)
     assert r.decode_microbatches == 4 and r.decode_microbatch_size == 8
     e = _engine(4)
@@ -109,3 +116,20 @@ def test_decode_dispatcher_switches_only_the_decode_steps():
     assert e_auto.decode_s(64, 64 * 600.0) != e_both.decode_s(64, 64 * 600.0)
     assert e_auto.decode_cost.ctx.dispatcher == "deepep_low_latency"
     assert e_auto.decode_sm_slowdown == 1.0 and e_auto.sm_slowdown > 1.0  # LL takes no SMs
+
+
+def test_vllm_v1_mixed_steps_go_through_the_engine():
+    from moesim.sim.run import simulate
+
+    e = _engine(1, two_batch_overlap=True)
+    chunks = [(0, 512)]
+    assert e.mixed_s(0, 0.0, chunks, 1) == e.prefill_s(chunks, 1)
+    assert e.mixed_s(8, 8 * 700.0, [], 0) == e.decode_s(8, 8 * 700.0)
+    mixed = e.cost.mixed_step(8, 8 * 700.0, chunks, 1).total_s
+    assert e.mixed_s(8, 8 * 700.0, chunks, 1) <= mixed + 1e-15
+    # the default engine (vllm_v1) serves with the overlap on, never slower
+    kw = {"parallel": {"tp": 1, "ep": 8}, "arrival_rate_per_s": 8.0, "duration_s": 3.0}
+    plain = simulate(serving("mixtral-8x7b", **kw))
+    tbo = simulate(serving("mixtral-8x7b", two_batch_overlap=True, **kw))
+    assert tbo.ttft_s_p50 <= plain.ttft_s_p50 + 1e-12
+    assert tbo.tpot_s_p50 <= plain.tpot_s_p50 + 1e-12

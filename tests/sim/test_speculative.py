@@ -42,7 +42,7 @@ def _engines(
     sp = {"method": "draft", "num_speculative_tokens": k, "acceptance_rate": a}
     sp["draft_model"] = draft
     layout = parallel or {"tp": 2, "etp": 2}
-    s = serving(model, parallel=layout, speculative=sp)
+    s = serving(model, parallel=layout, speculative=sp, scheduler="prefill_first")
     plain = serving(model, parallel=layout)
     cost = ReplicaCost(s)
     return (
@@ -102,7 +102,16 @@ def test_mtp_drafter_is_one_moe_layer_of_the_model():
         gpu="h200-sxm",
         parallel={"tp": 1, "ep": 16},
         speculative={"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": 0.8},
+        scheduler="prefill_first",
     )
     d = draft_scenario(s)
     assert d.model.n_layers == 1 and d.model.n_moe_layers == 1
     assert d.parallel.ep == 16
+
+
+def test_speculative_needs_the_prefill_first_engine_when_colocated():
+    from moesim.scenario_io import ScenarioError
+
+    sp = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2}
+    with pytest.raises(ScenarioError, match="scheduler: prefill_first"):
+        serving(speculative={**sp, "acceptance_rate": 0.5}, scheduler="vllm_v1")

@@ -11,6 +11,8 @@ from moesim.specs.scenario import draft_scenario, pool_scenario
 
 def scenario(model: str = "mixtral-8x7b", nodes: int = 2, **wl):
     base = {"stage": "inference", "prompt_len": 256, "output_len": 16}
+    if "speculative" in wl:
+        base["scheduler"] = "prefill_first"
     if "batch_size" not in wl:
         base["arrival_rate_per_s"] = 1.0
     return scenario_from_dict(
@@ -99,6 +101,7 @@ def test_draft_model_layout_errors_name_the_draft_model():
                 "workload": {
                     "stage": "inference",
                     "batch_size": 1,
+                    "scheduler": "prefill_first",
                     "speculative": {
                         "method": "draft",
                         "draft_model": "tiny-dense",
