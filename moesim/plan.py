@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ class Candidate:
                 "concurrency_limit": getattr(r, "concurrency_limit", None),
                 "max_num_seqs": getattr(s.workload, "max_batch_size", None),
                 "max_num_batched_tokens": getattr(s.workload, "max_prefill_tokens", None),
+                "engine_searched": bool(re.search(r" (seqs|tok)\d+\]$", s.name)),
                 "output_tokens_per_s": r.output_tokens_per_s,
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
