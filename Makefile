@@ -43,6 +43,10 @@ reports: setup
 	  --html reports/llama-405b-goodput-plan.html
 	$(BIN)/moesim compare scenarios/compare-deepseek-v3-gb200-nvl72-vs-h100.yaml \
 	  --html reports/deepseek-v3-gb200-nvl72-vs-h100.html
+	$(BIN)/moesim report scenarios/serving/deepseek-v3-pd-disaggregated-48xh200.yaml \
+	  -o reports/deepseek-v3-pd-disaggregated.html
+	$(BIN)/moesim report scenarios/serving/mixtral-8x7b-trace-replay-2xh100.yaml \
+	  --no-sensitivity -o reports/mixtral-trace-replay.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.

@@ -22,7 +22,8 @@ sample of layouts), because each leaves out only time the simulator adds:
 - serving p99 TPOT: every decode step reads the dense weights (attention, dense FFN, shared
   experts, LM head) of a tensor-parallel shard, through every pipeline stage in turn, at no
   more than the profile's best HBM efficiency; a request's TPOT spans output_len − 1 decode
-  steps, so its p99 is at least one step. Routed experts and the KV cache are left out.
+  steps, so its p99 is at least one step (over the tokens per step of speculative decoding).
+  Routed experts and the KV cache are left out.
 
 A plan file::
 
@@ -53,6 +54,10 @@ goodput beside throughput.
 
 For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constraints take
 ``ttft_p99_s`` and ``tpot_p99_s``; the request rate is split over data-parallel replicas.
+``search.max_num_seqs`` and ``search.max_num_batched_tokens`` (lists) also try the engine's
+concurrency limit and per-step token budget: a smaller budget shortens the steps decodes share
+with prefill chunks (TPOT) and lengthens a prompt's prefill (TTFT).
+``search.two_batch_overlap: [false, true]`` tries serving with and without two-batch overlap.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
 serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
@@ -113,6 +118,20 @@ class SearchSpace(Spec):
     microbatch_size: list[PositiveInt] = Field(default_factory=lambda: [1, 2])
     recompute: list[str] = Field(default_factory=lambda: ["selective", "full"])
     schedule: list[str] = Field(default_factory=lambda: ["1f1b"])
+    two_batch_overlap: list[bool] = Field(
+        default_factory=lambda: [False],
+        description="serving: try each (workload.two_batch_overlap), e.g. [false, true]",
+    )
+    max_num_seqs: list[int] | None = Field(
+        None,
+        description="serving: engine concurrency limits to try (workload.max_batch_size); "
+        "default the workload's",
+    )
+    max_num_batched_tokens: list[int] | None = Field(
+        None,
+        description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
+        "default the workload's",
+    )
 
 
 class Constraints(Spec):
@@ -180,6 +199,9 @@ class Candidate:
                 "tpot_s_p99": r.tpot_s_p99,
                 "replicas": getattr(r, "replicas", None),
                 "concurrency_limit": getattr(r, "concurrency_limit", None),
+                "max_num_seqs": getattr(s.workload, "max_batch_size", None),
+                "max_num_batched_tokens": getattr(s.workload, "max_prefill_tokens", None),
+                "engine_searched": bool(re.search(r" (seqs|tok)\d+\]$", s.name)),
                 "output_tokens_per_s": r.output_tokens_per_s,
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
@@ -310,6 +332,12 @@ def plan_from_dict(
             problems.append(format_validation_error(e, source, lines, (), _WorkloadBox))
         except ScenarioError as e:
             problems.append(str(e))
+    if isinstance(workload, dict) and workload.get("disaggregated"):
+        problems.append(
+            f"{at('workload', 'disaggregated')}workload.disaggregated: a plan searches one "
+            "layout for every GPU; the pools of a disaggregated deployment set their own: "
+            "simulate or sweep them instead"
+        )
     if constraints is not None:
         slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
         if slos and stage != "inference":
@@ -432,8 +460,11 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         sp.microbatch_size[:1] if serving else sp.microbatch_size,  # the server sets batches
         ["none"] if serving else sp.recompute,
         sp.schedule[:1] if serving else sp.schedule,
+        (sp.max_num_seqs or [None]) if serving else [None],
+        (sp.max_num_batched_tokens or [None]) if serving else [None],
+        sp.two_batch_overlap if serving else [None],
     )  # fmt: skip
-    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo in axes:
         considered += 1
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
@@ -446,11 +477,33 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
             "microbatch_size": mbs, "recompute": rc, "schedule": sched,
         }  # fmt: skip
         d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
+        d["workload"], engine = _engine_knobs(spec.base["workload"], seqs, budget)
+        if tbo is not None:
+            d["workload"]["two_batch_overlap"] = tbo
+            engine += " tbo" if tbo else ""
+        d["name"] = d["name"][:-1] + engine + "]" if engine else d["name"]
         try:
             out.append(scenario_from_dict(d, base=spec.base_dir))
         except ScenarioError:
             continue
     return considered, out
+
+
+def _engine_knobs(
+    workload: dict[str, Any], seqs: int | None, budget: int | None
+) -> tuple[dict[str, Any], str]:
+    """A serving workload with the searched engine limits set (under moesim's names; the
+    vLLM aliases dropped so the two cannot disagree) and the name suffix that says them."""
+    wl, suffix = dict(workload), ""
+    if seqs is not None:
+        wl.pop("max_num_seqs", None)
+        wl["max_batch_size"] = seqs
+        suffix += f" seqs{seqs}"
+    if budget is not None:
+        wl.pop("max_num_batched_tokens", None)
+        wl["max_prefill_tokens"] = budget
+        suffix += f" tok{budget}"
+    return wl, suffix
 
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:
@@ -529,14 +582,17 @@ def tpot_lower_bound_s(s: Scenario) -> float | None:
     a tensor-parallel shard (every stage in turn) at the best HBM efficiency. None where the
     workload is not serving or a request has a single output token (no TPOT)."""
     w, m, p = s.workload, s.model, s.parallel
-    if not isinstance(w, InferenceWorkload) or w.output_len < 2:
+    if not isinstance(w, InferenceWorkload) or w.max_output_len < 2:
         return None
     dense = sum(
         x.attention + x.dense_ffn + x.shared_experts for x in count_params(m).decoder_layers
     )
     dense += m.vocab_size * m.d_model  # the LM head, read for every step's logits
     bytes_per_gpu = dense * BYTES_PER_ELEMENT[s.precision.weights_inference] / p.tp
-    return bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
+    step_s = bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
+    # speculative decoding: a step (at least one weight read) yields tokens_per_step tokens
+    per_step = w.speculative.tokens_per_step if w.speculative is not None else 1.0
+    return step_s / per_step
 
 
 def _bound(c: Candidate) -> None:

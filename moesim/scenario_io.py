@@ -58,8 +58,13 @@ ID_FIELDS: dict[tuple[str, ...], Literal["models", "gpus"]] = {
     ("cluster", "gpu"): "gpus",
     ("workload", "reward_model"): "models",
     ("workload", "critic_model"): "models",
+    ("workload", "speculative", "draft_model"): "models",
 }
-_OPTIONAL_ID_FIELDS = {("workload", "reward_model"), ("workload", "critic_model")}
+_OPTIONAL_ID_FIELDS = {
+    ("workload", "reward_model"),
+    ("workload", "critic_model"),
+    ("workload", "speculative", "draft_model"),
+}
 _KIND_WORDS = {"models": ("model", "mixtral-8x7b"), "gpus": ("GPU", "h100-sxm")}
 
 

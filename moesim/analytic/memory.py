@@ -302,6 +302,16 @@ def _other_bytes(s: Scenario, tokens_per_mb: float) -> float:
     return other
 
 
+def serving_step_tokens(w: InferenceWorkload, batch: int) -> float:
+    """Tokens of a serving engine's largest step, what its activations and all-to-all buffers
+    hold: prompts are prefilled in chunks of at most ``max_prefill_tokens`` (vLLM's
+    max_num_batched_tokens) per step, and a decode step has one token per sequence. vLLM sizes
+    the same memory by a profile run of max_num_batched_tokens tokens before it gives the rest to
+    the KV cache (vllm/v1/worker/gpu_worker.py, ``determine_available_memory``:
+    ``profile_run(max_num_tokens)``, then gpu_memory_utilization × HBM minus the peak)."""
+    return float(max(min(batch * w.mean_prompt_len, w.max_prefill_tokens), batch))
+
+
 def memory_per_gpu(s: Scenario) -> MemoryEstimate:
     """Per-GPU memory of the worst pipeline stage of a scenario."""
     if isinstance(s.workload, MoELayerWorkload):
@@ -331,8 +341,8 @@ def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
             weights, grads, optim = params.total * wbytes, 0.0, 0.0
             batch = w.batch_size or w.max_batch_size
             kv = kv_cache_bytes_per_token(m, p, s.precision) * batch * w.seq_len
-            acts = batch * w.prompt_len / p.cp * m.d_model * 2 * s.precision.activation_bytes
-            tokens_per_mb = float(batch * w.prompt_len)
+            tokens_per_mb = serving_step_tokens(w, batch)
+            acts = tokens_per_mb / p.cp * m.d_model * 2 * s.precision.activation_bytes
         else:
             weights, grads, optim = model_state_bytes(params, p, s.precision)
             seq = w.seq_len

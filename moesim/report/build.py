@@ -271,6 +271,9 @@ def scenario_report(s: Scenario, base_dir: Path | None = None, sensitivity: bool
     rep = Report(f"moesim: {s.name}", verdict(s, r))
     rep.add(Section("Summary", kv_table(_summary_rows(s, r))))
     rep.add(Section("Where the step time goes", figures=[figures.step_breakdown([r])]))
+    pools = serving.disaggregation_table(r)
+    if pools is not None:
+        rep.add(Section("Prefill and decode pools", figures=[pools]))
     phases = phase_section([r])
     if phases is not None:
         rep.add(phases)

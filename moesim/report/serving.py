@@ -295,7 +295,10 @@ def _miss_ratio(r: dict[str, Any], constraints: dict[str, Any]) -> float:
 def _layout_cell(b: dict[str, Any]) -> str:
     etp = f" · etp {b['etp']}" if b.get("etp") else ""
     pp = f" · pp {b['pp']}" if b["pp"] > 1 else ""
-    return f"{b['gpus']} GPUs: tp {b['tp']}{pp} · ep {b['ep']}{etp}"
+    budget = ""
+    if b.get("engine_searched"):
+        budget = f" · {b['max_num_seqs']} seqs · {b['max_num_batched_tokens']} tok/step"
+    return f"{b['gpus']} GPUs: tp {b['tp']}{pp} · ep {b['ep']}{etp}{budget}"
 
 
 def best_table(rows: Sequence[dict[str, Any]]) -> go.Figure:
@@ -367,3 +370,30 @@ def serving_plan_report(plan: Any, base_dir: Path | None = None) -> Report:
                 )
             )
     return rep
+
+
+# -- prefill/decode disaggregation ---------------------------------------------------------------
+def disaggregation_table(r: Result) -> go.Figure | None:
+    """The two pools of a disaggregated deployment side by side, and where TTFT goes."""
+    d = getattr(r, "disaggregated", None)
+    if not d:
+        return None
+    header = ["pool", "GPUs", "replicas", "layout", "dispatcher", "utilization",
+              "capacity (requests/s)", "memory/GPU (GB)"]  # fmt: skip
+    rows = []
+    for which in ("prefill", "decode"):
+        p = d[which]
+        lay = p["layout"]
+        rows.append(
+            [which, str(p["gpus"]), str(p["replicas"]),
+             f"tp {lay['tp']} · pp {lay['pp']} · ep {lay['ep']} · dp {lay['dp']}",
+             str(p.get("dispatcher") or "—"), f"{p['utilization']:.0%}",
+             num(p["capacity_requests_per_s"], ",.1f"), num(p["memory_per_gpu_GB"]["total"], ".1f")]
+        )  # fmt: skip
+    parts = d.get("ttft_parts_s_mean", {})
+    words = ", ".join(f"{k.replace('_', ' ')} {ms(v)}" for k, v in parts.items())
+    title = (
+        f"Prefill/decode pools (bottleneck: {d['bottleneck']}; KV {d['kv_link']} "
+        f"{ms(d['kv_transfer_s'])} per request; mean TTFT = {words})"
+    )
+    return figures.table(header, rows, title)

@@ -93,6 +93,10 @@ def simulate(
         from moesim.sim.collective_stage import simulate_collective
 
         return simulate_collective(scenario)
+    if stage == "inference" and scenario.workload.disaggregated is not None:
+        from moesim.sim.pd_disaggregation import simulate_disaggregated
+
+        return simulate_disaggregated(scenario, base_dir=base_dir)
     if stage == "inference":  # serving: its own server process (moesim.sim.inference)
         from moesim.sim.inference import simulate_inference
 

@@ -3,21 +3,44 @@ beside the rest, and why a configuration does not fit."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+from dataclasses import dataclass, replace
 
 from moesim.analytic.memory import MemoryEstimate, kv_cache_bytes_per_token, memory_per_gpu
 from moesim.analytic.params import count_params
+from moesim.sim.serving_requests import Request
+from moesim.sim.serving_scheduler import EngineConfig, ServerLog
 from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Scenario
 
 
+def usable_hbm_bytes(s: Scenario) -> float:
+    """HBM per GPU the engine may use: ``gpu_memory_utilization`` × HBM (vLLM's flag), all
+    of it when unset (the reserve is booked inside the estimate's 'other' either way)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload)
+    return s.cluster.gpu.hbm_GB * 1e9 * (w.gpu_memory_utilization or 1.0)
+
+
+def kv_pool_bytes(s: Scenario, mem: MemoryEstimate) -> float:
+    """Bytes per GPU left for the KV cache: usable HBM minus weights, activations of the
+    largest step, all-to-all buffers and the reserve (at least 0)."""
+    return max(0.0, usable_hbm_bytes(s) - (mem.total - mem.kv_cache))
+
+
+def kv_capacity_tokens(s: Scenario, mem: MemoryEstimate) -> int:
+    """Tokens whose KV cache fits in the pool (every GPU of a replica holds its share of each
+    token's KV)."""
+    per_token = kv_cache_bytes_per_token(s.model, s.parallel, s.precision)
+    return int(kv_pool_bytes(s, mem) // per_token)
+
+
 def kv_capacity_sequences(s: Scenario, mem: MemoryEstimate) -> int:
-    """Sequences of prompt_len + output_len whose KV cache fits beside the weights, workspace
-    and reserve of one GPU (every GPU of a replica holds its share of each sequence)."""
+    """Sequences of the mean prompt + output length (``seq_len``) whose KV cache fits in the
+    pool."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
     per_seq = kv_cache_bytes_per_token(s.model, s.parallel, s.precision) * w.seq_len
-    free = s.cluster.gpu.hbm_GB * 1e9 - (mem.total - mem.kv_cache)
-    return max(0, int(free // per_seq))
+    return max(0, int(kv_pool_bytes(s, mem) // per_seq))
 
 
 def inference_memory(s: Scenario, concurrent: int) -> MemoryEstimate:
@@ -43,8 +66,14 @@ def memory_note(s: Scenario, mem: MemoryEstimate, capacity: int) -> str | None:
     """Why a serving configuration does not fit (None when it does)."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
-    hbm = s.cluster.gpu.hbm_GB * 1e9
+    hbm = usable_hbm_bytes(s)
     seq = f"sequences of {w.seq_len} tokens"
+    if w.scheduler == "vllm_v1":  # a paged pool: a batch beyond it is preempted, not refused
+        return (
+            f"needs {mem.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB per GPU"
+            if mem.total > hbm
+            else None
+        )
     if capacity < 1:
         return (
             f"the weights and reserve take {(mem.total - mem.kv_cache) / 1e9:,.1f} GB of "
@@ -59,3 +88,68 @@ def memory_note(s: Scenario, mem: MemoryEstimate, capacity: int) -> str | None:
     if mem.total > hbm:
         return f"needs {mem.total / 1e9:,.1f} GB of {hbm / 1e9:g} GB per GPU"
     return None
+
+
+@dataclass(frozen=True)
+class EnginePlan:
+    """The engine a serving scenario runs and the memory it was sized from."""
+
+    engine: EngineConfig
+    base: MemoryEstimate  # weights, activations, buffers, reserve; no KV cache
+    capacity_tokens: int  # KV tokens the pool holds
+    capacity_sequences: int  # sequences of seq_len tokens the pool holds
+    fits: bool
+    note: str | None = None
+
+
+def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
+    """The engine of a serving scenario: its limits (vLLM's names), scheduler and KV pool.
+
+    vllm_v1: a static batch runs ``batch_size`` sequences at once (``max_batch_size`` when
+    given and smaller); arrivals up to ``max_batch_size``; the KV pool is paged, so a batch
+    beyond it is preempted and queued rather than refused. A pool that cannot hold the longest
+    request runs unbounded and the result says it does not fit. prefill_first: concurrency is
+    capped at the sequences whose whole KV fits (a static batch runs as given)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload)
+    base = inference_memory(s, 0)
+    tokens = kv_capacity_tokens(s, base)
+    capacity = kv_capacity_sequences(s, base)
+    usable = usable_hbm_bytes(s)
+    if w.scheduler == "prefill_first":
+        slots = (
+            w.batch_size if w.batch_size is not None else max(1, min(w.max_batch_size, capacity))
+        )
+        engine = EngineConfig(slots, w.max_prefill_tokens, "prefill_first")
+        fits = inference_memory(s, slots).total <= usable and capacity >= 1
+        return EnginePlan(engine, base, tokens, capacity, fits)
+    slots = w.max_batch_size
+    if w.batch_size is not None:
+        explicit = "max_batch_size" in w.model_fields_set
+        slots = min(w.batch_size, w.max_batch_size) if explicit else w.batch_size
+    longest = max(
+        (r.prompt_tokens + r.output_tokens - r.cached_tokens for r in requests), default=0
+    )
+    blocks = -(-longest // w.block_size)
+    fits_kv = blocks * w.block_size <= tokens
+    note = None
+    if not fits_kv:
+        note = (
+            f"the KV pool holds {tokens:,} tokens per replica ({kv_pool_bytes(s, base) / 1e9:,.1f}"
+            f" GB per GPU beside {base.total / 1e9:,.1f} GB of weights, activations and "
+            f"reserve): the longest request ({longest:,} tokens) does not fit; run as if it did"
+        )
+    pool = float(tokens) if fits_kv else math.inf
+    engine = EngineConfig(slots, w.max_prefill_tokens, "vllm_v1", pool, w.block_size)
+    return EnginePlan(engine, base, tokens, capacity, fits_kv and base.total <= usable, note)
+
+
+def served_memory(s: Scenario, plan: EnginePlan, log: ServerLog) -> MemoryEstimate:
+    """Memory per GPU of the run: under vllm_v1 the KV cache the engine held at its peak (the
+    pool is preallocated, but what it held is what a deployment needs); under prefill_first
+    every slot's whole sequence."""
+    if plan.engine.policy == "prefill_first":
+        return inference_memory(s, plan.engine.max_num_seqs)
+    per_token = kv_cache_bytes_per_token(s.model, s.parallel, s.precision)
+    held = log.peak_kv_blocks * plan.engine.block_size * per_token
+    return replace(plan.base, kv_cache=held)

@@ -22,11 +22,12 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
   routing distribution (seeded top-k sampling without replacement), so one expert per rank at
   batch 1 costs a whole expert read on the rank that got it;
 - TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
-  all-to-alls; PP: a send per stage boundary. **Limitation: with pp > 1 the stages of a step
-  run one after another** (the step is the sum over stages, each stage idle (pp − 1)/pp of the
-  time): decode is not pipelined — vLLM/TensorRT-LLM keep pp micro-batches of the running
-  batch in flight, one per stage, for up to pp× the throughput at the same TPOT. Serving
-  results for pp > 1 are therefore a lower bound on throughput;
+  all-to-alls; PP: a send per stage boundary. A step here is one traversal of every stage
+  (the sum over stages); the engine (``moesim.sim.engine_step``) pipelines decode over pp
+  micro-batches of the running batch, one per stage (vLLM's virtual engines), so a decode
+  round is the traversal of a micro-batch of ⌈B/pp⌉ sequences: up to pp× the throughput of
+  the whole batch's traversal, TPOT the traversal. Prefill chunks still traverse the stages
+  alone;
 - expert offloading (``expert_offload``): touched experts come over PCIe from host memory,
   before their GEMM (routing is known only at the layer, so the copy cannot be prefetched).
 """
@@ -70,6 +71,7 @@ class StepCost:
     offload_s: float = 0.0  # experts fetched over PCIe
     experts_touched: float = 0.0  # expected distinct experts per MoE layer (whole EP group)
     expert_bytes_read: float = 0.0  # bytes of routed-expert weights the busiest GPU reads
+    hbm_bytes: float = 0.0  # bytes the busiest GPU moves to and from HBM (weights, KV, I/O)
 
     @property
     def compute_s(self) -> float:
@@ -125,7 +127,7 @@ class ReplicaCost:
         if m.moe is not None:
             self.probs_E = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
             self.expert_params = ffn_params(m, m.moe.expert_hidden) / p.etp  # one expert shard
-        self._base: dict[tuple[int, int, int], StepCost] = {}
+        self._base: dict[int, StepCost] = {}
         self._loads: dict[int, tuple[float, float, np.ndarray]] = {}
 
     # -- routed-expert load -------------------------------------------------------------------
@@ -172,7 +174,10 @@ class ReplicaCost:
         from HBM serves ``queries_per_kv_read`` queries."""
         base = self._base_cost(tokens, logits)
         attn = self._attention_core_s(tokens, attended_keys, queries_per_kv_read)
-        return replace(base, attention_s=base.attention_s + attn)
+        kv_bytes = self._attention_core_bytes(tokens, attended_keys, queries_per_kv_read)
+        return replace(
+            base, attention_s=base.attention_s + attn, hbm_bytes=base.hbm_bytes + kv_bytes
+        )
 
     def decode(self, batch: int, context_sum: float) -> StepCost:
         """A decode step of ``batch`` sequences whose contexts sum to ``context_sum`` keys
@@ -194,6 +199,35 @@ class ReplicaCost:
         total = sum(keys)
         return self.step(tokens, total, finished, queries_per_kv_read=total / reads)
 
+    def mixed_step(
+        self,
+        decodes: int,
+        decode_context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+    ) -> StepCost:
+        """One step of ``decodes`` decode tokens (their contexts summing to
+        ``decode_context_sum`` keys, each read once) and prefill ``chunks`` (offset, length),
+        ``finished`` of which end their prompt: vLLM V1's batch of both kinds. The weights are
+        read once for all the step's tokens; each decode and chunk reads its own KV cache."""
+        if not chunks:
+            return self.decode(decodes, decode_context_sum)
+        if not decodes:
+            return self.prefill_chunks(chunks, finished)
+        tokens = decodes + sum(c for _, c in chunks)
+        keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
+        reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
+        total = decode_context_sum + sum(keys)
+        reads += decode_context_sum
+        return self.step(tokens, total, decodes + finished, queries_per_kv_read=total / reads)
+
+    def _attention_core_bytes(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
+        """HBM bytes of every layer's attention core (KV read and written, queries, output)."""
+        m, p = self.m, self.p
+        kv_per_token = self.kv_bytes_per_token_layer / self.kv_heads_split
+        kv_read = keys * kv_per_token / queries_per_kv_read + tokens * kv_per_token
+        return m.n_layers * (kv_read + 2 * tokens * m.q_dim * self.ab / p.tp)
+
     def _attention_core_s(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
         """QKᵀ and AV of every layer: FLOPs per attended key, KV bytes per key read, the KV
         cache written once per new token."""
@@ -207,8 +241,23 @@ class ReplicaCost:
         return n_layers * self.cm.time_s(op)
 
     def _base_cost(self, tokens: int, logits: int) -> StepCost:
-        key = (tokens, logits, 0)
-        hit = self._base.get(key)
+        """Every part of a step but the attention core: the layers' GEMMs and communication
+        (cached per token count) and the LM head of ``logits`` rows."""
+        m, p, wb = self.m, self.p, self.wb
+        layers = self._layers_cost(tokens)
+        head = OpWork(
+            "lm_head",
+            "gemm",
+            logits * 2.0 * m.vocab_size * m.d_model / p.tp,
+            m.vocab_size * m.d_model * wb / p.tp + logits * m.vocab_size * 4 / p.tp,
+            fp8=False,
+        )
+        return replace(
+            layers, lm_head_s=self.cm.time_s(head), hbm_bytes=layers.hbm_bytes + head.bytes
+        )
+
+    def _layers_cost(self, tokens: int) -> StepCost:
+        hit = self._base.get(tokens)
         if hit is not None:
             return hit
         m, p, cm, wb, ab = self.m, self.p, self.cm, self.wb, self.ab
@@ -217,7 +266,7 @@ class ReplicaCost:
             ("attention_s", "dense_ffn_s", "experts_s", "tp_comm_s", "all_to_all_s", "offload_s"),
             0.0,
         )
-        touched_group = expert_bytes = 0.0
+        touched_group = expert_bytes = hbm = 0.0
         tp_ar = self.ctx.all_reduce_s(self.tp_group, io) if p.tp > 1 else 0.0
         for (lp, moe), n in self.kinds.items():
             fl = self.flops[moe]
@@ -237,6 +286,7 @@ class ReplicaCost:
             )
             norms = OpWork("norms", "memory_bound", 0.0, 12 * io / p.tp)
             dense = cm.time_s(ffn) + cm.time_s(norms)
+            hbm += n * (proj.bytes + ffn.bytes + norms.bytes)
             parts["tp_comm_s"] += n * 2 * tp_ar
             if moe:
                 t_group = self.tokens_per_ep_group(tokens)
@@ -248,37 +298,31 @@ class ReplicaCost:
                     fp8=False,
                 )
                 dense += cm.time_s(router)
-                ex_s, off_s, a2a_s, touched, ebytes = self._experts(t_group)
+                ex_s, off_s, a2a_s, touched, ebytes, op_bytes = self._experts(t_group)
+                hbm += n * (router.bytes + op_bytes)
                 parts["experts_s"] += n * ex_s
                 parts["offload_s"] += n * off_s
                 parts["all_to_all_s"] += n * a2a_s
                 touched_group = touched
                 expert_bytes += n * ebytes
             parts["dense_ffn_s"] += n * dense
-        head = OpWork(
-            "lm_head",
-            "gemm",
-            logits * 2.0 * m.vocab_size * m.d_model / p.tp,
-            m.vocab_size * m.d_model * wb / p.tp + logits * m.vocab_size * 4 / p.tp,
-            fp8=False,
-        )
         pp_s = 0.0
         if p.pp > 1:
             g0 = self.ctx.grid.gpu(0, 0)
             pp_s = (p.pp - 1) * self.ctx.p2p_s(g0, self.ctx.grid.pp_peer(g0, +1), io / p.tp)
         out = StepCost(
-            lm_head_s=cm.time_s(head),
             pp_comm_s=pp_s,
             experts_touched=touched_group,
             expert_bytes_read=expert_bytes,
+            hbm_bytes=hbm,
             **parts,
         )
-        self._base[key] = out
+        self._base[tokens] = out
         return out
 
-    def _experts(self, tokens_group: float) -> tuple[float, float, float, float, float]:
+    def _experts(self, tokens_group: float) -> tuple[float, float, float, float, float, float]:
         """(expert GEMMs, PCIe fetch, all-to-all, distinct experts touched in the group,
-        expert weight bytes the busiest rank reads) of one MoE layer."""
+        expert weight bytes the busiest rank reads, its HBM bytes) of one MoE layer."""
         m, p, cm = self.m, self.p, self.cm
         assert m.moe is not None
         k = m.moe.top_k
@@ -307,4 +351,4 @@ class ReplicaCost:
                 )
             )
         touched = expected_experts_touched(self.probs_E, k, t)
-        return cm.time_s(op), offload_s, a2a_s, touched, weight_bytes
+        return cm.time_s(op), offload_s, a2a_s, touched, weight_bytes, op.bytes

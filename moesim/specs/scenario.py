@@ -7,8 +7,9 @@ Catalog ids in the file (``model: mixtral-8x7b``, ``cluster.gpu: h100-sxm``) are
 from __future__ import annotations
 
 import math
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from moesim.specs.base import Spec
 from moesim.specs.cost import Cost
@@ -63,6 +64,7 @@ class Scenario(Spec):
         _check_precision(self)
         _check_dispatcher(self)
         _check_faults(self)
+        _check_serving_options(self)
         return self
 
     @property
@@ -248,3 +250,144 @@ def _check_faults(s: Scenario) -> None:
             f"reliability: goodput is for training runs, not workload.stage {stage}: remove "
             "reliability"
         )
+
+
+# -- serving: speculative decoding and disaggregated pools ------------------------------------
+def _sub_error(field: str, e: Exception) -> ValueError:
+    """A nested scenario's validation error, named after the field that built it."""
+    if isinstance(e, ValidationError):
+        msgs = "; ".join(str(x["msg"]).removeprefix("Value error, ") for x in e.errors())
+    else:
+        msgs = str(e)
+    return ValueError(f"{field}: {msgs}")
+
+
+def _serving_parallel(s: Scenario, **fields) -> ParallelSpec:
+    """A serving layout (no pipeline options, no recompute) keeping the scenario's dispatcher
+    fields, with ``fields`` set."""
+    p = s.parallel
+    base = {
+        "zero_stage": 0,
+        "recompute": "none",
+        "moe_dispatcher": p.moe_dispatcher,
+        "moe_comm_sms": p.moe_comm_sms,
+    }
+    return ParallelSpec(**{**base, **{k: v for k, v in fields.items() if v is not None}})
+
+
+def pool_scenario(s: Scenario, which: Literal["prefill", "decode"]) -> Scenario:
+    """The scenario of one pool of ``workload.disaggregated``: its GPUs (whole nodes, or part
+    of one node), its layout, the rest of ``s``; a plain (colocated) serving workload."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload) and w.disaggregated is not None
+    pool = getattr(w.disaggregated, which)
+    field = f"workload.disaggregated.{which}"
+    gpn = s.cluster.gpus_per_node
+    gpus = pool.gpus if pool.gpus is not None else pool.nodes * gpn
+    if gpus < gpn:
+        cluster = s.cluster.model_copy(update={"nodes": 1, "gpus_per_node": gpus})
+    elif gpus % gpn:
+        raise ValueError(
+            f"{field}.gpus ({gpus}) spans nodes of {gpn} GPUs unevenly: use fewer than {gpn} "
+            f"or a multiple of {gpn}"
+        )
+    else:
+        cluster = s.cluster.model_copy(update={"nodes": gpus // gpn})
+    try:
+        parallel = _serving_parallel(
+            s, tp=pool.tp, pp=pool.pp, ep=pool.ep, etp=pool.etp, moe_dispatcher=pool.moe_dispatcher
+        )
+        # the decode pool's engine is moesim.sim.decode_server (no scheduler to choose); the
+        # prefill pool drafts nothing
+        extra = {"scheduler": "prefill_first"} if which == "decode" else {"speculative": None}
+        workload = w.model_copy(
+            update={
+                "disaggregated": None,
+                "max_batch_size": pool.max_batch_size or w.max_batch_size,
+                **extra,
+            }
+        )
+        return Scenario(
+            name=f"{s.name} [{which}]",
+            model=s.model,
+            cluster=cluster,
+            parallel=parallel,
+            precision=s.precision,
+            routing=s.routing,
+            workload=workload,
+            cost=s.cost,
+            simulation=s.simulation,
+        )
+    except (ValueError, ValidationError) as e:
+        raise _sub_error(field, e) from None
+
+
+def draft_scenario(s: Scenario) -> Scenario:
+    """The scenario the drafter of ``workload.speculative`` runs as: the draft model (method
+    draft) or one layer of the model's own MTP module (method mtp: an MoE layer when the model
+    has experts), on one replica's tensor-parallel GPUs without pipeline stages (a drafter is
+    a few layers: engines run it on the target's TP group, the MTP module on the last stage)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload) and w.speculative is not None
+    spec, m, p = w.speculative, s.model, s.parallel
+    if spec.method == "mtp":
+        update: dict = {"n_layers": 1, "n_encoder_layers": 0, "mtp_depth": 0}
+        if m.moe is not None:
+            update["moe"] = m.moe.model_copy(update={"first_k_dense": 0, "moe_every": 1})
+        draft = m.model_copy(update={**update, "name": f"{m.name} MTP layer"})
+        layout = {"tp": p.tp, "cp": p.cp, "ep": p.ep, "etp": p.etp}
+    else:
+        assert spec.draft_model is not None
+        draft = spec.draft_model
+        dense = draft.moe is None
+        layout = {"tp": p.tp, "ep": 1 if dense else p.ep, "etp": 1 if dense else p.etp}
+    field = "workload.speculative" + (".draft_model" if spec.method == "draft" else "")
+    try:
+        return Scenario(
+            name=f"{s.name} [draft]",
+            model=draft,
+            cluster=s.cluster,
+            parallel=_serving_parallel(s, **layout),
+            precision=s.precision,
+            routing=s.routing,
+            workload=w.model_copy(update={"speculative": None, "disaggregated": None}),
+            cost=s.cost,
+            simulation=s.simulation,
+        )
+    except (ValueError, ValidationError) as e:
+        raise _sub_error(field, e) from None
+
+
+def _check_serving_options(s: Scenario) -> None:
+    w = s.workload
+    if not isinstance(w, InferenceWorkload):
+        return
+    mode = s.simulation.all_to_all
+    d = w.decode_moe_dispatcher
+    if d is not None and d != "auto" and mode not in _DISPATCHER_ALL_TO_ALL[d]:
+        raise ValueError(
+            f"workload.decode_moe_dispatcher {d!r} contradicts simulation.all_to_all {mode!r}: "
+            "set simulation.all_to_all: auto, or drop decode_moe_dispatcher"
+        )
+    if w.speculative is not None:
+        if w.disaggregated is None and w.scheduler != "prefill_first":
+            raise ValueError(
+                "workload.speculative runs under workload.scheduler: prefill_first (the vllm_v1 "
+                "engine here schedules one token per decode): set scheduler: prefill_first, or "
+                "serve it disaggregated"
+            )
+        if w.speculative.method == "mtp" and s.model.mtp_depth < 1:
+            raise ValueError(
+                f"workload.speculative.method is 'mtp' but {s.model.name} has no MTP module "
+                "(model.mtp_depth is 0): use method: draft with a draft_model"
+            )
+        draft_scenario(s)
+    if w.disaggregated is not None:
+        pools = [pool_scenario(s, "prefill"), pool_scenario(s, "decode")]
+        total = sum(x.gpus for x in pools)
+        if total != s.gpus:
+            raise ValueError(
+                f"workload.disaggregated: the prefill ({pools[0].gpus}) and decode "
+                f"({pools[1].gpus}) pools hold {total} GPUs but the cluster has {s.gpus}: "
+                "make the pools add up to cluster.nodes × gpus_per_node"
+            )

@@ -5,9 +5,11 @@ Batch sizes count sequences per optimizer step: pairs for DPO, prompts for GRPO/
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from moesim.specs.base import (
     NO_BOOL_INT,
@@ -20,6 +22,9 @@ from moesim.specs.base import (
 )
 from moesim.specs.lengths import Length, max_length, mean_length
 from moesim.specs.model import ModelSpec
+from moesim.specs.parallel import MoEDispatcher
+from moesim.specs.request_trace import read_request_trace
+from moesim.specs.serving import DisaggregatedSpec, SpeculativeSpec
 
 #: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
 #: OpenAI server on GPUs of >= 70 GiB other than the A100 (vllm/engine/arg_utils.py,
@@ -201,38 +206,160 @@ class PPOWorkload(_RL):
     gamma: Float = Field(1.0, ge=0, le=1)
 
 
+class ServingSLO(Spec):
+    """Per-request latency targets of a serving deployment."""
+
+    ttft_s: PositiveFloat | None = Field(None, description="time to first token at most")
+    tpot_s: PositiveFloat | None = Field(
+        None, description="time per output token (after the first) at most"
+    )
+
+
 class InferenceWorkload(Spec):
+    """Serving: a static batch, Poisson arrivals, or a replayed request trace (exactly one)."""
+
     stage: Literal["inference"] = "inference"
-    prompt_len: PositiveInt = 1024
-    output_len: PositiveInt = 256
+    prompt_len: Length = Field(
+        1024,
+        description="prompt tokens of a request: a number, or a distribution "
+        "({distribution: lognormal, mean: ..., p99: ...}, uniform, empirical)",
+    )
+    output_len: Length = Field(
+        256, description="output tokens of a request: a number or a distribution (as prompt_len)"
+    )
     batch_size: PositiveInt | None = Field(
         None,
         le=MAX_SERVING_BATCH,
-        description=f"static batch: concurrent sequences per replica (at most "
+        description=f"static batch: this many requests per replica, all at t=0 (at most "
         f"{MAX_SERVING_BATCH:,}; each sequence's routing is drawn, ~5 s at the limit)",
     )
     arrival_rate_per_s: PositiveFloat | None = Field(
         None,
-        description=f"Poisson request rate over all replicas (rate × duration_s at most "
-        f"{MAX_POISSON_REQUESTS:,} requests: each is simulated, ~15 s at the limit)",
+        description=f"Poisson request rate of the whole deployment, split over replicas (rate "
+        f"× duration_s at most {MAX_POISSON_REQUESTS:,} requests: each is simulated, ~15 s at "
+        "the limit)",
     )
-    duration_s: PositiveFloat = Field(60.0, description="how long requests arrive")
-    max_batch_size: PositiveInt = Field(256, description="continuous-batching slot limit")
+    trace: str | None = Field(
+        None,
+        description="replay a request trace: a CSV/JSONL file with arrival_s, prompt_len, "
+        "output_len (or Azure's TIMESTAMP, ContextTokens, GeneratedTokens), relative to the "
+        "scenario file; requests go round-robin to the replicas",
+    )
+    duration_s: PositiveFloat = Field(
+        60.0,
+        description="how long requests arrive (Poisson); with a trace, the throughput window "
+        "(default: the trace's span)",
+    )
+    max_batch_size: PositiveInt = Field(
+        256,
+        description="continuous-batching slot limit: sequences started and not finished "
+        "(vLLM's max_num_seqs; that name is accepted too)",
+    )
     max_prefill_tokens: PositiveInt = Field(
         DEFAULT_MAX_PREFILL_TOKENS,
-        description="prompt tokens per prefill step (vLLM's max_num_batched_tokens); longer "
-        "prompts are chunked over steps",
+        description="tokens per engine step (vLLM's max_num_batched_tokens; that name is "
+        "accepted too): decodes and prompt chunks under vllm_v1, prompt tokens per prefill step "
+        "under prefill_first; longer prompts are chunked over steps",
+    )
+    max_num_seqs: PositiveInt | None = Field(
+        None, description="vLLM's name of max_batch_size (give one of the two)"
+    )
+    max_num_batched_tokens: PositiveInt | None = Field(
+        None, description="vLLM's name of max_prefill_tokens (give one of the two)"
+    )
+    scheduler: Literal["vllm_v1", "prefill_first"] = Field(
+        "vllm_v1",
+        description="vllm_v1: a token budget per step shared by running decodes (first) and "
+        "chunked prefills, paged KV cache, preemption (recompute) when it runs out; "
+        "prefill_first: prefill and decode steps alternate, each request reserves its whole KV "
+        "at admission (moesim's earlier engine)",
+    )
+    gpu_memory_utilization: Fraction | None = Field(
+        None,
+        description="fraction of HBM the engine may use (vLLM's flag); the KV pool is that "
+        "minus weights, activations and the reserve. Default: all of HBM (the reserve, "
+        "cluster.gpu_memory_reserve_GB, is still taken out)",
+    )
+    block_size: PositiveInt = Field(
+        16, description="tokens per KV-cache block (vLLM's block_size; vllm_v1 pages by it)"
+    )
+    prefix_hit_rate: Float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="fraction of each prompt's tokens found in the prefix cache: not "
+        "recomputed, their KV shared (vllm_v1 and prefill_first)",
+    )
+    slo: ServingSLO | None = Field(
+        None,
+        description="latency targets; the result counts goodput_requests_per_s, the requests "
+        "meeting all of them per second",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: NonNegativeInt = 0
+    seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
+    two_batch_overlap: bool = Field(
+        False,
+        description="split each step in two micro-batches so one's MoE dispatch/combine runs "
+        "under the other's compute (SGLang's --enable-two-batch-overlap, vLLM's dual batch "
+        "overlap); a step is split only when that is faster (vLLM splits above a token "
+        "threshold)",
+    )
+    decode_moe_dispatcher: MoEDispatcher | None = Field(
+        None,
+        description="the MoE dispatcher of decode steps when it differs from prefill's "
+        "(parallel.moe_dispatcher): e.g. deepep in prefill and deepep_low_latency in decode, as "
+        "SGLang's --deepep-mode auto switches between DeepEP's normal and low-latency modes",
+    )
+    speculative: SpeculativeSpec | None = Field(
+        None,
+        description="speculative decoding: {method: mtp | draft, draft_model, "
+        "num_speculative_tokens, acceptance_rate}",
+    )
+    disaggregated: DisaggregatedSpec | None = Field(
+        None,
+        description="prefill/decode disaggregation: {prefill: {gpus | nodes, tp, pp, ep, etp, "
+        "moe_dispatcher}, decode: {...}}: separate pools, the prompt's KV cache sent from the "
+        "prefill replica to the decode replica (needs arrival_rate_per_s or a trace)",
+    )
+
+    @field_validator("trace")
+    @classmethod
+    def _absolute_trace(cls, value: str | None, info: ValidationInfo) -> str | None:
+        base = (info.context or {}).get("base_dir") if info.context else None
+        if value is None or Path(value).is_absolute() or base is None:
+            return value
+        return str(Path(base) / value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _engine_names(cls, data: object) -> object:
+        """vLLM's max_num_seqs / max_num_batched_tokens fill max_batch_size /
+        max_prefill_tokens (one name of each pair)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for engine, ours in (
+            ("max_num_seqs", "max_batch_size"),
+            ("max_num_batched_tokens", "max_prefill_tokens"),
+        ):
+            if out.get(engine) is not None:
+                if out.get(ours) is not None and out[ours] != out[engine]:
+                    raise ValueError(
+                        f"workload.{engine} ({out[engine]}) and workload.{ours} ({out[ours]}) "
+                        "name the same limit: give one of them"
+                    )
+                out[ours] = out[engine]
+        return out
 
     @model_validator(mode="after")
     def _check(self) -> InferenceWorkload:
-        if (self.batch_size is None) == (self.arrival_rate_per_s is None):
+        given = [self.batch_size, self.arrival_rate_per_s, self.trace]
+        if sum(x is not None for x in given) != 1:
             raise ValueError(
-                "inference needs exactly one of workload.batch_size (static batch) or "
-                "workload.arrival_rate_per_s (Poisson arrivals)"
+                "inference needs exactly one of workload.batch_size (static batch), "
+                "workload.arrival_rate_per_s (Poisson arrivals) or workload.trace (a request "
+                "trace file)"
             )
         if self.arrival_rate_per_s is not None:
             expected = self.arrival_rate_per_s * self.duration_s
@@ -242,11 +369,39 @@ class InferenceWorkload(Spec):
                     f"the limit of {MAX_POISSON_REQUESTS:,} (each request is simulated): "
                     "shorten duration_s (a steady state shows within seconds of arrivals)"
                 )
+        if self.disaggregated is not None and self.batch_size is not None:
+            raise ValueError(
+                "workload.disaggregated serves a stream of requests: give "
+                "workload.arrival_rate_per_s (and duration_s) or a workload.trace instead of "
+                "batch_size"
+            )
+        if self.trace is not None:
+            read_request_trace(self.trace)  # an unreadable trace is an error now
         return self
 
     @property
     def seq_len(self) -> int:
-        return self.prompt_len + self.output_len
+        """Tokens of a mean sequence (prompt + output; a trace's mean): what the KV capacity in
+        sequences counts. Fixed lengths: prompt_len + output_len."""
+        return math.ceil(self.mean_prompt_len + self.mean_output_len)
+
+    @property
+    def mean_prompt_len(self) -> float:
+        if self.trace is not None:
+            return float(read_request_trace(self.trace).prompt_tokens.mean())
+        return mean_length(self.prompt_len)
+
+    @property
+    def max_output_len(self) -> int:
+        if self.trace is not None:
+            return int(read_request_trace(self.trace).output_tokens.max())
+        return max_length(self.output_len)
+
+    @property
+    def mean_output_len(self) -> float:
+        if self.trace is not None:
+            return float(read_request_trace(self.trace).output_tokens.mean())
+        return mean_length(self.output_len)
 
 
 class MoELayerWorkload(Spec):

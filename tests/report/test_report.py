@@ -205,7 +205,7 @@ SERVING_PLAN = {
     "workload": {"stage": "inference", "prompt_len": 512, "output_len": 64,
                  "arrival_rate_per_s": 60, "duration_s": 10},
     "search": {"gpus": [2, 4], "tp": [2], "pp": [1], "ep": [2, 4]},
-    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.05},
+    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.02},
 }  # fmt: skip
 
 
@@ -217,7 +217,7 @@ def serving_plan_report(tmp_path_factory) -> Path:
 
 def test_serving_plan_report_explains_the_choice(serving_plan_report):
     html = serving_plan_report.read_text()
-    assert "Serving 60 requests/s (Poisson) under p99 TTFT ≤ 1 s and p99 TPOT ≤ 50 ms" in html
+    assert "Serving 60 requests/s (Poisson) under p99 TTFT ≤ 1 s and p99 TPOT ≤ 20 ms" in html
     assert "The cheapest that meets the SLOs is <b>4 GPUs: tp 2 · ep 4</b>" in html
     assert "The closest cheaper layout, 2 GPUs: tp 2 · ep 2" in html
     for heading in ("Why the others were rejected", "p99 time per output token vs cost per hour",
@@ -296,3 +296,27 @@ def test_phase_table_gives_each_rl_phase_its_mfu_and_mbu_and_counts_rollout_gpus
     assert seconds[1] == pytest.approx(r.rollout_time_s, abs=1e-3)  # the whole generation
     assert compare_rows([s], [r])["GPUs"] == ["16"]  # 8 training + 8 rollout
     assert figures.phase_utilization_table([simulate(load_scenario(MIXTRAL))]) is None
+
+
+def test_disaggregation_table_shows_both_pools_and_the_ttft_parts():
+    from types import SimpleNamespace
+
+    from moesim.report.serving import disaggregation_table
+
+    pool = {
+        "gpus": 16, "replicas": 16, "layout": {"tp": 1, "pp": 1, "ep": 16, "etp": 1, "dp": 16},
+        "dispatcher": "deepep", "utilization": 0.5, "capacity_requests_per_s": 95.0,
+        "memory_per_gpu_GB": {"total": 120.0},
+    }  # fmt: skip
+    d = {
+        "prefill": pool, "decode": {**pool, "gpus": 32, "dispatcher": "deepep_low_latency"},
+        "bottleneck": "prefill", "kv_link": "network", "kv_transfer_s": 0.003,
+        "ttft_parts_s_mean": {"prefill": 0.2, "kv_transfer": 0.003},
+    }  # fmt: skip
+    fig = disaggregation_table(SimpleNamespace(disaggregated=d))
+    cells = fig.data[0].cells.values
+    assert list(cells[0]) == ["prefill", "decode"]
+    assert "deepep_low_latency" in list(cells[4])
+    assert "bottleneck: prefill" in fig.layout.title.text
+    assert "kv transfer" in fig.layout.title.text
+    assert disaggregation_table(SimpleNamespace()) is None

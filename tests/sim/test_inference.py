@@ -218,7 +218,15 @@ def test_a_small_prefill_budget_raises_ttft_at_high_load():
 
 
 def test_static_batch_beyond_the_kv_capacity_says_why_it_does_not_fit():
-    s = serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=128)
+    """prefill_first reserves every sequence's whole KV: a batch beyond it does not fit."""
+    s = serving(
+        "llama-2-13b",
+        gpus=1,
+        prompt_len=2048,
+        output_len=256,
+        batch_size=128,
+        scheduler="prefill_first",
+    )
     r = simulate(s)
     assert not r.fits_in_memory
     assert r.kv_capacity_sequences < 128 and r.concurrency_limit == 128
@@ -226,6 +234,20 @@ def test_static_batch_beyond_the_kv_capacity_says_why_it_does_not_fit():
     assert f"only {r.kv_capacity_sequences} fit" in r.memory_note
     ok = simulate(serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=4))
     assert ok.fits_in_memory and "memory_note" not in ok.to_json_dict()
+
+
+def test_static_batch_beyond_the_kv_pool_is_paged_and_preempted_under_vllm_v1():
+    """vllm_v1 pages the KV cache: a batch of 128 where ~27 fit runs, the engine never holds
+    more KV than its pool, and requests are queued or preempted (recomputed) to get there."""
+    r = simulate(serving("llama-2-13b", gpus=1, prompt_len=2048, output_len=256, batch_size=128))
+    assert r.fits_in_memory and r.scheduler == "vllm_v1"
+    assert r.kv_capacity_sequences < 128 and r.concurrency_limit == 128
+    per_token = kv_cache_bytes_per_token(
+        *(lambda s: (s.model, s.parallel, s.precision))(serving("llama-2-13b", gpus=1))
+    )
+    assert r.memory_per_gpu_GB["kv_cache"] * 1e9 <= r.kv_capacity_tokens * per_token + 1
+    assert r.mean_decode_batch <= r.kv_capacity_tokens / 2049
+    assert r.preemptions >= 0 and r.requests == 128
 
 
 def test_moe_decode_time_rises_with_batch_faster_than_dense():
@@ -291,6 +313,7 @@ def test_kv_capacity_limits_concurrency_under_load():
         arrival_rate_per_s=50.0,
         duration_s=20.0,
         max_batch_size=256,
+        scheduler="prefill_first",
     )
     r = simulate(s)
     # MHA 13B: 0.82 MB of KV per token; ~50 GB free → a few dozen sequences, not 256
@@ -400,3 +423,46 @@ def test_poisson_serving_where_no_request_arrives_says_so():
     r = simulate(scenario_from_dict(data)).to_json_dict()
     assert r["requests"] == 0 and "ttft_s_p50" not in r
     assert "no request arrived" in r["note"] and "arrival_rate_per_s" in r["note"]
+
+
+def test_prefix_hits_never_add_prefill_work():
+    """More of each prompt found cached: never more prefill tokens run, and a cached prefix's
+    chunk (offset c, the rest) never costs more than the whole prompt."""
+    c = ReplicaCost(serving("llama-3-8b", gpus=1, prompt_len=2048))
+    whole = c.prefill_chunks([(0, 2048)], 1).total_s
+    rest = [c.prefill_chunks([(k, 2048 - k)], 1).total_s for k in (256, 1024, 2000)]
+    assert whole >= rest[0] >= rest[1] >= rest[2]
+    runs = [
+        simulate(
+            serving(
+                "llama-3-8b",
+                gpus=1,
+                prompt_len=1024,
+                output_len=16,
+                arrival_rate_per_s=20.0,
+                duration_s=5.0,
+                prefix_hit_rate=h,
+            )
+        )
+        for h in (0.0, 0.3, 0.7)
+    ]
+    tokens = [r.prefill_tokens_computed for r in runs]
+    assert tokens[0] == runs[0].requests * 1024
+    assert tokens[0] > tokens[1] > tokens[2]
+    ttft = [r.ttft_s_mean for r in runs]
+    assert ttft == sorted(ttft, reverse=True)
+
+
+def test_mbu_and_goodput():
+    """MBU is a fraction of the HBM peak; goodput counts the requests meeting both targets:
+    all of them under loose targets (the offered rate), none under impossible ones."""
+    wl = {"arrival_rate_per_s": 20.0, "duration_s": 5.0}
+    loose = simulate(serving("llama-3-8b", gpus=1, slo={"ttft_s": 10.0, "tpot_s": 1.0}, **wl))
+    tight = simulate(serving("llama-3-8b", gpus=1, slo={"ttft_s": 1e-6}, **wl))
+    assert 0 < loose.mbu <= 1 and 0 < loose.mfu < loose.mbu  # decode is bandwidth-bound
+    assert loose.slo_attainment == 1.0
+    assert loose.goodput_requests_per_s == pytest.approx(loose.requests / 5.0)
+    assert tight.goodput_requests_per_s == 0.0 and tight.slo_attainment == 0.0
+    assert (
+        "goodput_requests_per_s" not in simulate(serving("llama-3-8b", gpus=1, **wl)).to_json_dict()
+    )

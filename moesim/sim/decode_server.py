@@ -1,0 +1,104 @@
+"""The engine loop of a decode-only replica (the decode pool of prefill/decode disaggregation):
+requests arrive with their prompt's KV cache in place and only decode.
+
+At each step boundary the replica admits the requests that have arrived, oldest first, up to
+its slots (``max_batch_size`` capped by its KV capacity; a request holds its slot until it
+finishes), then runs one decode round of every running sequence (``EngineStep.decode_s``:
+pipelined over pp stages, two-batch overlap, speculative). A request's first token reaches the
+client at the end of its first decode round (the prefill's token is streamed with it), so
+TTFT = queue + prefill + KV transfer + decode queue + first decode round; it then needs
+⌈(output_len − 1) / tokens_per_step⌉ rounds, and its TPOT is the mean round time it saw:
+(finish − admission) / (output_len − 1). A request of one output token needs no decode: its
+token leaves when its KV cache has arrived.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class DecodeRequest:
+    arrival_s: float  # at the prefill pool
+    ready_s: float  # its KV cache has arrived at the decode replica
+    prefilled_s: float = math.nan  # its prefill finished
+    prompt_tokens: int = 1
+    output_tokens: int = 1
+    admitted_s: float = math.nan
+    first_token_s: float = math.nan
+    finish_s: float = math.nan
+
+
+@dataclass
+class DecodeLog:
+    requests: list[DecodeRequest]
+    steps: list[tuple[float, float, int]] = field(default_factory=list)  # start, end, batch
+    busy_s: float = 0.0
+    tokens_in_window: float = 0.0
+    decode_batch_sum: float = 0.0
+    decode_context_sum: float = 0.0
+
+
+def serve_decode(
+    engine,
+    requests: list[DecodeRequest],
+    slots: int,
+    window_s: float = math.inf,
+) -> DecodeLog:
+    """Run one decode replica over ``requests`` (any order, each with its own prompt and
+    output length) until all have finished."""
+    log = DecodeLog(requests)
+    pending = deque(sorted(requests, key=lambda r: r.ready_s))
+
+    def rounds(r: DecodeRequest) -> int:
+        return math.ceil((r.output_tokens - 1) / engine.tokens_per_step)
+
+    def per_round(r: DecodeRequest) -> float:
+        """Tokens a round gives ``r``: the expected yield, its last round's remainder spread."""
+        return (r.output_tokens - 1) / rounds(r)
+
+    running: list[tuple[int, int, DecodeRequest]] = []  # heap of (last round, id, request)
+    step = 0
+    context_sum = 0.0
+    yield_sum = 0.0  # tokens a round gives the running sequences
+    t = 0.0
+    fresh: list[DecodeRequest] = []  # admitted, first round not run yet
+    while pending or running:
+        if not running and pending[0].ready_s > t:
+            t = pending[0].ready_s
+        while pending and pending[0].ready_s <= t and len(running) < slots:
+            r = pending.popleft()
+            r.admitted_s = t
+            if r.output_tokens == 1:
+                r.first_token_s = r.finish_s = t
+                log.tokens_in_window += t <= window_s
+                continue
+            fresh.append(r)
+            heapq.heappush(running, (step + rounds(r), id(r), r))
+            context_sum += r.prompt_tokens + 1
+            yield_sum += per_round(r)
+        if not running:
+            continue
+        batch = len(running)
+        dt = engine.decode_s(batch, context_sum)
+        log.steps.append((t, t + dt, batch))
+        log.decode_batch_sum += batch
+        log.decode_context_sum += context_sum
+        t += dt
+        log.busy_s += dt
+        step += 1
+        context_sum += yield_sum
+        if t <= window_s:
+            log.tokens_in_window += yield_sum + len(fresh)
+        for r in fresh:
+            r.first_token_s = t
+        fresh.clear()
+        while running and running[0][0] == step:
+            _, _, r = heapq.heappop(running)
+            r.finish_s = t
+            context_sum -= r.prompt_tokens + r.output_tokens
+            yield_sum -= per_round(r)
+    return log

@@ -1,0 +1,72 @@
+"""Speculative decoding (``workload.speculative``): what one draft-and-verify step costs and
+how many tokens it yields.
+
+Leviathan, Kalman & Matias 2023 ("Fast Inference from Transformers via Speculative Decoding",
+arXiv 2211.17192): a drafter proposes k tokens, the target scores all of them in one forward,
+the accepted prefix is kept and the target's own sample at the first rejection (or after the
+k-th draft) is added; with each draft accepted with probability a, a step yields
+(1 − a^(k+1)) / (1 − a) tokens in expectation (``SpeculativeSpec.tokens_per_step``).
+
+Costs of one step of a batch of B sequences:
+
+- verify: one forward of the target over B·(k+1) tokens (each sequence's last token and its k
+  drafts); query j of a sequence attends its context plus j keys; the k+1 queries of a
+  sequence read its KV cache once (one query tile of the attention kernel, as a prefill chunk
+  of k+1 tokens does); every position goes through the LM head (each is scored).
+- draft: k forwards of the drafter over B tokens, one per drafted token: one layer of the MTP
+  module (DeepSeek-V3's: "a shared embedding layer, a projection matrix, a Transformer block,
+  and a shared output head", Megatron-Core developer guide, multi_token_prediction; SGLang and
+  vLLM run it once per drafted token) or the whole draft model. The MTP module's projection
+  (2d → d per token) is left out, small beside its MoE block.
+
+The drafter's own KV cache and weights are not added to the memory estimate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from moesim.specs.serving import SpeculativeSpec
+
+# the k+1 queries of a sequence share one read of its KV cache as long as they fit one query
+# tile of the attention kernel (FlashAttention-2/3: 128-row tiles; moesim.sim.inference)
+QUERY_TILE = 128
+
+
+class _Replica(Protocol):
+    def step(
+        self, tokens: int, attended_keys: float, logits: int, queries_per_kv_read: float = 1.0
+    ): ...
+
+    def decode(self, batch: int, context_sum: float): ...
+
+
+@dataclass(frozen=True)
+class Speculator:
+    """Draft-and-verify steps of ``spec`` on a target replica ``target`` with drafter
+    ``drafter`` (a replica cost of the draft model or of one MTP layer)."""
+
+    spec: SpeculativeSpec
+    target: _Replica
+    drafter: _Replica
+
+    @property
+    def tokens_per_step(self) -> float:
+        return self.spec.tokens_per_step
+
+    def verify(self, batch: int, context_sum: float):
+        """The target's forward over each sequence's last token and its k drafts (a StepCost)."""
+        q = self.spec.num_speculative_tokens + 1
+        keys = q * context_sum + batch * q * (q - 1) / 2.0
+        return self.target.step(batch * q, keys, batch * q, queries_per_kv_read=min(QUERY_TILE, q))
+
+    def draft_s(self, batch: int, context_sum: float) -> float:
+        """k drafter forwards of one token per sequence."""
+        if batch == 0:
+            return 0.0
+        k = self.spec.num_speculative_tokens
+        return k * self.drafter.decode(batch, context_sum).total_s
+
+    def step_s(self, batch: int, context_sum: float) -> float:
+        return self.verify(batch, context_sum).total_s + self.draft_s(batch, context_sum)

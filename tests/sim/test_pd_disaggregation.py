@@ -1,0 +1,98 @@
+"""Prefill/decode disaggregation end to end: TTFT holds the KV transfer (a slower network
+never lowers it), the result shows both pools, the slower pool limits the throughput."""
+
+from __future__ import annotations
+
+import pytest
+from serving_scale_scenarios import serving
+
+from moesim.sim.run import simulate
+
+
+def pd(nic_Gbps: float = 400.0, rate: float = 4.0, prefill: dict | None = None, **kw):
+    return serving(
+        "mixtral-8x7b",
+        nodes=2,
+        cluster={"inter_node": {"nics_per_node": 8, "nic_Gbps": nic_Gbps, "latency_us": 5}},
+        arrival_rate_per_s=rate,
+        duration_s=8.0,
+        prompt_len=1024,
+        output_len=32,
+        disaggregated={
+            "prefill": prefill or {"nodes": 1, "tp": 2, "etp": 2},
+            "decode": {"nodes": 1, "tp": 2, "etp": 2},
+        },
+        **kw,
+    )
+
+
+def test_ttft_holds_the_transfer_and_a_slower_network_never_lowers_it():
+    fast, slow = simulate(pd(400.0)), simulate(pd(1.0))
+    d = fast.disaggregated
+    assert d["kv_link"] == "network"
+    parts = d["ttft_parts_s_mean"]
+    assert parts["kv_transfer"] >= d["kv_transfer_s"] - 1e-12
+    assert fast.ttft_s_mean == pytest.approx(sum(parts.values()))
+    assert slow.disaggregated["kv_transfer_s"] > 100 * d["kv_transfer_s"]
+    for key in ("ttft_s_p50", "ttft_s_p99", "ttft_s_mean"):
+        assert getattr(slow, key) >= getattr(fast, key)
+    assert slow.ttft_s_mean - fast.ttft_s_mean >= 0.9 * (
+        slow.disaggregated["kv_transfer_s"] - d["kv_transfer_s"]
+    )
+
+
+def test_result_shows_both_pools():
+    r = simulate(pd())
+    for which in ("prefill", "decode"):
+        pool = r.disaggregated[which]
+        assert pool["gpus"] == 8 and pool["replicas"] == 4
+        assert 0.0 < pool["utilization"] <= 1.0
+        assert pool["capacity_requests_per_s"] > 0
+        assert pool["fits_in_memory"]
+    assert r.gpus == 16 and r.output_tokens_per_s > 0
+    assert r.disaggregated["bottleneck"] in ("prefill", "decode")
+
+
+def test_the_slower_pool_limits_the_throughput():
+    # long prompts on one TP-8 prefill replica, 60 requests/s: prefill cannot keep up, so the
+    # decode pool starves and delivers at most what prefill lets through
+    s = serving(
+        "mixtral-8x7b",
+        nodes=2,
+        arrival_rate_per_s=60.0,
+        duration_s=8.0,
+        prompt_len=4096,
+        output_len=32,
+        disaggregated={
+            "prefill": {"gpus": 8, "tp": 8, "etp": 8},
+            "decode": {"gpus": 8, "tp": 2, "etp": 2},
+        },
+    )
+    r = simulate(s)
+    d = r.disaggregated
+    assert d["bottleneck"] == "prefill"
+    assert d["prefill"]["capacity_requests_per_s"] < 60.0
+    delivered_rps = r.output_tokens_per_s / 32
+    assert delivered_rps <= d["prefill"]["capacity_requests_per_s"] * 1.05
+    assert d["prefill"]["utilization"] > 0.95
+
+
+def test_per_request_lengths_set_each_transfer():
+    from moesim.sim.kv_transfer import prompt_kv_bytes
+
+    s = pd(rate=6.0)
+    lengths = {"distribution": "uniform", "min": 256, "max": 2048}
+    varied = serving(
+        "mixtral-8x7b",
+        nodes=2,
+        arrival_rate_per_s=6.0,
+        duration_s=8.0,
+        prompt_len=lengths,
+        output_len={"distribution": "uniform", "min": 2, "max": 64},
+        disaggregated=s.workload.disaggregated.model_dump(),
+    )
+    r = simulate(varied)
+    per_token = prompt_kv_bytes(varied, 1)
+    mean_gb = r.disaggregated["kv_transfer_GB_per_request"]
+    assert 256 * per_token / 1e9 < mean_gb < 2048 * per_token / 1e9
+    assert r.tpot_s_p50 > 0 and r.ttft_s_p99 >= r.ttft_s_p50
