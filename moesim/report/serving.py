@@ -106,8 +106,9 @@ class BatchCurve:
 def decode_batch_curve(
     s: Scenario, base_dir: Path | None = None, batches: Sequence[int] = DECODE_BATCHES
 ) -> BatchCurve:
-    """Simulate ``s`` at each static batch size. A batch whose KV cache does not fit in HBM keeps
-    its point with ``fits`` False (the curves leave it out)."""
+    """Simulate ``s`` at each static batch size. A batch whose KV cache does not fit in HBM (or,
+    under a paged engine, in its pool at once) keeps its point with ``fits`` False (the curves
+    leave it out)."""
     curve = BatchCurve(s.name)
     for b in batches:
         sb = variant(s, workload__batch_size=b, workload__arrival_rate_per_s=None)
@@ -118,7 +119,10 @@ def decode_batch_curve(
         curve.tpot_s.append(r.tpot_s_p50)
         curve.tokens_per_s_per_gpu.append(r.tokens_per_s_per_gpu)
         curve.usd_per_million_tokens.append(usd_per_million_tokens(r))
-        curve.fits.append(bool(r.fits_in_memory))
+        # a batch the KV pool cannot hold at once is queued or preempted by a paged engine,
+        # not decoded together: not a point of the curve
+        held = getattr(r, "kv_capacity_sequences", b) >= b
+        curve.fits.append(bool(r.fits_in_memory) and held)
     return curve
 
 
