@@ -14,6 +14,7 @@ from moesim.cli.app import (
     UserError,
     app,
     console,
+    err_console,
     print_json,
     refuse_overwriting_inputs,
 )
@@ -96,6 +97,7 @@ def simulate(
         s = s.model_copy(
             update={"simulation": s.simulation.model_copy(update={"profile": profile})}
         )
+    _announce_long_run(s, fidelity)
     try:
         result = run_simulation(s, fidelity=fidelity, trace_path=trace, base_dir=file.parent)
     except (UnsupportedStage, FileNotFoundError) as e:
@@ -113,6 +115,21 @@ def simulate(
     finally:
         if expect is not None:
             _print_comparison(d, expect)
+
+
+def _announce_long_run(s: Scenario, fidelity: str | None) -> None:
+    """A run expected to take over half a minute says so first, on stderr, with the estimate
+    (``moesim.sim.limits``): a long wait is then not taken for a hang."""
+    from moesim.sim.limits import estimated_cpu_s, layer_passes
+
+    fidelity = fidelity or s.simulation.fidelity
+    est_s = estimated_cpu_s(s, fidelity)
+    if est_s > 30:
+        err_console.print(
+            f"simulating {layer_passes(s, fidelity):,} layer passes at {fidelity} fidelity: "
+            f"about {est_s / 60:.0f} CPU minutes",
+            highlight=False,
+        )
 
 
 def _print_comparison(d: dict, expect: Expect) -> None:

@@ -270,6 +270,41 @@ def all_to_all_unit_link_loads(
     return links, [[r.get(link, 0.0) for link in links] for r in rows]
 
 
+def all_to_all_pair_link_loads(
+    topo: Topology,
+    group: tuple[int, ...],
+    hierarchical: bool,
+    gpu_bytes: float,
+    node_bytes: float,
+    reverse: bool = False,
+) -> list[tuple[int, int, int, float]]:
+    """Link loads of an all-to-all per copy that member i routes to member j, as legs
+    ``(i, j, link, bytes)``: the legs the builders above lay down (``gpu_bytes`` per copy on
+    the GPU legs, ``node_bytes`` on the RDMA leg; ``reverse``: combine). A builder is linear
+    in its byte matrix, so a copy matrix C puts Σ C[i, j] · bytes of the (i, j) legs on each
+    link: any pattern's link loads without building its flows (full fidelity's draws)."""
+    members_on = _members_on(topo, group)
+    legs: list[tuple[int, int, int, float]] = []
+
+    def leg(i: int, j: int, a: int, b: int, nbytes: float) -> None:
+        for link in topo.route(b, a)[0] if reverse else topo.route(a, b)[0]:
+            legs.append((i, j, link, nbytes))
+
+    for i, s in enumerate(group):
+        ns = topo.node_of(s)
+        for j, d in enumerate(group):
+            if i == j:
+                continue
+            if not hierarchical or topo.node_of(d) == ns:
+                leg(i, j, s, d, gpu_bytes)
+                continue
+            relay = _relay(topo, members_on, s, topo.node_of(d))
+            leg(i, j, s, relay, node_bytes)
+            if d != relay:
+                leg(i, j, relay, d, gpu_bytes)
+    return legs
+
+
 def reversed_collective(c: Collective, kind: str) -> Collective:
     """The same traffic in the opposite direction (combine after dispatch)."""
     return Collective(

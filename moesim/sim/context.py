@@ -31,6 +31,7 @@ from moesim.sim.costmodel import CostModel
 from moesim.sim.dispatch_traffic import DispatchPattern, allgather_bytes_per_token, dispatch_pattern
 from moesim.sim.engine import Rank, Rendezvous
 from moesim.sim.faults import fault_label, rank_faults
+from moesim.sim.full_draws import group_draws
 from moesim.sim.grid import Grid
 from moesim.sim.layer_costs import ExpertCost, ExpertElementwise, LayerCosts, layer_costs
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
@@ -107,6 +108,8 @@ class SimContext:
         self._draws: dict[tuple, object] = {}
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
+        self._groups: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._shapes: dict[tuple[int, ...], tuple] = {}
         self._patterns: dict[tuple[int, ...], DispatchPattern] = {}
         self._load_matrices: dict[tuple, np.ndarray] = {}
         if self.moe is not None:
@@ -154,15 +157,37 @@ class SimContext:
             g = self._ep_groups[gpu] = self.grid.ep_group(gpu)
         return g
 
+    def dp_group(self, gpu: int) -> tuple[int, ...]:
+        """``grid.dp_group``, built once per rank: it has dp·cp members, and every gradient
+        bucket asks for it (at 131,072 GPUs, 8,192 members built ~120 times a step)."""
+        key = ("dp", gpu)
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = self.grid.dp_group(gpu)
+        return g
+
+    def edp_group(self, gpu: int) -> tuple[int, ...]:
+        """``grid.edp_group``, built once per rank (see ``dp_group``)."""
+        key = ("edp", gpu)
+        g = self._groups.get(key)
+        if g is None:
+            g = self._groups[key] = self.grid.edp_group(gpu)
+        return g
+
     # -- collective times (alone on the links) ----------------------------------------------
     def shape(self, group: tuple[int, ...]) -> tuple:
         """A group's place on the cluster up to a shift by whole periods (a node; with larger
         NVLink domains or a tiered fabric, whole domains or pods: ``Topology.period_gpus``):
         shifted groups are alike, so collectives of groups with the same shape take the same
-        time (one flow simulation for the EP groups of all pipeline stages)."""
-        period = self.topo.period_gpus
-        base = group[0] // period
-        return tuple((g // period - base, g % period) for g in group)
+        time (one flow simulation for the EP groups of all pipeline stages). Cached: every
+        collective asks."""
+        hit = self._shapes.get(group)
+        if hit is None:
+            period = self.topo.period_gpus
+            base = group[0] // period
+            hit = tuple((g // period - base, g % period) for g in group)
+            self._shapes[group] = hit
+        return hit
 
     def all_reduce_s(self, group: tuple[int, ...], nbytes: float) -> float:
         """All-reduce of ``nbytes`` per rank as NCCL runs it: ``simulation.all_reduce`` auto
@@ -338,7 +363,6 @@ class SimContext:
         for microbatch ``mb``, as rank ``gpu`` sees them."""
         stage, _ = self.grid.coords(gpu)
         group = self.ep_group(gpu)
-        ep = len(group)
         n = n_moe_on_stage * self.microbatches
         idx = moe_index * self.microbatches + mb
         disp_b = self.model.d_model * self.precision.dispatch_bytes
@@ -350,28 +374,13 @@ class SimContext:
                     group, n, stage, disp_b, comb_b
                 )
             return table[idx]
-        key = ("full", group)
-        per_src = self._draws.get(key)
-        if per_src is None:
-            per_src = self.sampler.draw_per_source(n, self.tokens_moe, stage, group[0])
-            self._draws[key] = per_src
-            total = per_src.sum(axis=1)
-            self.offered_copies += float(n * ep * self.tokens_moe * self.moe.top_k)
-            self.dropped_copies += float(n * ep * self.tokens_moe * self.moe.top_k - total.sum())
-        counts = per_src[idx]  # (R_src, E)
-        copies = counts.reshape(ep, ep, -1).sum(axis=2).astype(float)  # (R_src, R_dst)
-        me = self.grid.ep_rank(gpu)
-        if self.pattern(group).allgather:
-            t = self.tokens_moe
-            return MoEDraw(
-                expert_copies=float(copies[:, me].sum()),
-                dispatch_s=self.allgather_s(group, t, disp_b / self.model.d_model, "dispatch"),
-                combine_s=self.allgather_s(group, t, comb_b / self.model.d_model, "combine"),
+        table = self._draws.get(("full", group))
+        if table is None:
+            table = self._draws[("full", group)] = group_draws(
+                self, group, n, stage, disp_b, comb_b
             )
-        off_diag = copies.copy()
-        np.fill_diagonal(off_diag, 0.0)
         return MoEDraw(
-            expert_copies=float(copies[:, me].sum()),
-            dispatch_s=self.a2a_s(group, off_diag, disp_b, "dispatch"),
-            combine_s=self.a2a_s(group, off_diag, comb_b, "combine"),
+            expert_copies=float(table.received_NR[idx, self.grid.ep_rank(gpu)]),
+            dispatch_s=float(table.dispatch_N[idx]),
+            combine_s=float(table.combine_N[idx]),
         )

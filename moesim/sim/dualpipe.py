@@ -136,7 +136,8 @@ class ChunkView:
         wait = stream.acquire()
         if wait is not None:
             yield wait
-        f = self.rank.comm_sm_slowdown if self.busy[0] else 1.0
+        # a slow GPU (faults) stretches DualPipe's kernels as it does every other schedule's
+        f = (self.rank.comm_sm_slowdown if self.busy[0] else 1.0) * self.rank.compute_factor
         t = self.env.now
         yield self.env.timeout(total_s * f)
         stream.release()

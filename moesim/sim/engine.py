@@ -23,8 +23,11 @@ that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity
   while one is in flight runs ``comm_sm_slowdown`` times longer (SMs / (SMs − comm SMs)),
   decided at its start, as DualPipe's chunk pairs do (``moesim.sim.dualpipe``).
 
-Every op appends ``(stream, name, category, start_s, end_s)`` to its rank's ``intervals``; the
-step's time breakdown and the Chrome trace are both read from them.
+Every op is logged on its rank: a collective or a single kernel as an interval
+``(stream, name, category, start_s, end_s)``, a hold of the compute stream by several kernels
+as one ``Hold`` (its kernels' intervals are contiguous). The step's time breakdown is read from
+the log (a hold is one span: a 2048-GPU DeepSeek-V3 step has 3·10⁵ kernels in 1.1·10⁵ holds);
+``Rank.intervals`` expands the holds into one interval per kernel for the Chrome trace.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ import simpy
 COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp", "d2h", "h2d")
 LINK_CLASSES = ("nvlink", "network", "pcie_d2h", "pcie_h2d")
 Interval = tuple[str, str, str, float, float]  # stream, op name, category, start_s, end_s
+# "compute", the kernels (name, seconds alone), category, start_s, end_s, stretch factor; end_s
+# is the last kernel's end as the expanded intervals have it (each one starts where the last
+# ended, at start_s + Σ seconds·factor)
+Hold = tuple[str, list[tuple[str, float]], str, float, float, float]
 
 
 class Stream:
@@ -154,7 +161,12 @@ class Rendezvous:
         self._open: dict[tuple, tuple[simpy.Event, list[float]]] = {}
 
     def arrive(self, key: tuple, size: int, factor: float = 1.0) -> simpy.Event:
-        ev, state = self._open.setdefault(key, (self.env.event(), [0, 1.0]))
+        """The barrier event of ``key``; it fires, with the slowest member's link factor, once
+        ``size`` members arrived."""
+        entry = self._open.get(key)
+        if entry is None:  # the first member (setdefault would build an event for every one)
+            entry = self._open[key] = (self.env.event(), [0, 1.0])
+        ev, state = entry
         state[0] += 1
         if factor > state[1]:
             state[1] = factor
@@ -172,7 +184,7 @@ class Rank:
     gpu: int
     label: str
     rendezvous: Rendezvous | None = None
-    intervals: list[Interval] = field(default_factory=list)
+    log: list[Interval | Hold] = field(default_factory=list)
     comm_sm_slowdown: float = 1.0  # compute time factor while an EP all-to-all holds SMs
     compute_factor: float = 1.0  # a slow GPU: every kernel this many times as long (faults)
     link_factor: dict[str, float] = field(default_factory=dict)  # a slow link, per link class
@@ -182,6 +194,37 @@ class Rank:
         self.compute_stream = Stream(self.env)
         self.streams = {s: Stream(self.env) for s in COMM_STREAMS}
         self.links = {c: SharedLink(self.env) for c in LINK_CLASSES}
+
+    @property
+    def intervals(self) -> list[Interval]:
+        """Every op as ``(stream, name, category, start_s, end_s)``, holds expanded into their
+        kernels (positive times only), in log order."""
+        out: list[Interval] = []
+        for entry in self.log:
+            if len(entry) == 5:
+                out.append(entry)  # type: ignore[arg-type]
+                continue
+            _, ops, category, t, _, f = entry
+            for name, d in ops:  # type: ignore[union-attr]
+                if d > 0:
+                    out.append(("compute", name, category, t, t + d * f))
+                    t += d * f
+        return out
+
+    @intervals.setter
+    def intervals(self, value: list[Interval]) -> None:
+        self.log = list(value)
+
+    def record_hold(
+        self, ops: list[tuple[str, float]], category: str, start_s: float, factor: float
+    ) -> None:
+        """Log a hold of the compute stream by ``ops`` that began at ``start_s``, each kernel
+        stretched by ``factor``."""
+        t = start_s
+        for _, d in ops:
+            if d > 0:
+                t += d * factor
+        self.log.append(("compute", ops, category, start_s, t, factor))
 
     def compute(self, name: str, duration_s: float, category: str = "compute"):
         """Run a kernel on the compute stream."""
@@ -196,7 +239,7 @@ class Rank:
             duration_s *= self.comm_sm_slowdown
         yield self.env.timeout(duration_s)
         self.compute_stream.release()
-        self.intervals.append(("compute", name, category, start, self.env.now))
+        self.log.append(("compute", name, category, start, self.env.now))
 
     def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute"):
         """Run consecutive kernels with one hold of the compute stream (one event for all);
@@ -211,10 +254,7 @@ class Rank:
         t = self.env.now
         yield self.env.timeout(total_s * f)
         self.compute_stream.release()
-        for name, d in ops:
-            if d > 0:
-                self.intervals.append(("compute", name, category, t, t + d * f))
-                t += d * f
+        self.record_hold(ops, category, t, f)
 
     def comm(
         self,
@@ -249,7 +289,7 @@ class Rank:
         yield from self.links[link].transfer(alone_s)
         self.ep_in_flight -= holds_sms
         st.release()
-        self.intervals.append((stream, name, category, start, self.env.now))
+        self.log.append((stream, name, category, start, self.env.now))
 
     def start(self, gen) -> simpy.Process:
         """Launch a generator concurrently (an asynchronous collective)."""

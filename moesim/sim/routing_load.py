@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,17 +134,44 @@ class RoutingSampler:
         counts = self.rng(*stream).multinomial(copies, self.probs_E, size=n)
         return self._cap(counts, copies)
 
-    def draw_per_source(self, n: int, tokens_per_rank: int, *stream: int) -> np.ndarray:
+    def draw_per_source(
+        self, n: int, tokens_per_rank: int, *stream: int, chunk: int | None = None
+    ) -> Iterator[np.ndarray]:
         """Copies from each source rank to each expert, shape (N, R_src, E), capacity applied
-        to the group total and shared among sources in proportion."""
+        to the group total and shared among sources in proportion; yielded in blocks of
+        ``chunk`` draws (all at once when None) from one generator, so the values do not
+        depend on the block size and a caller keeps only what it reduces them to (full
+        fidelity at EP 64: 960 draws are 126 MB per group at once)."""
         copies = tokens_per_rank * self.top_k
-        counts = self.rng(*stream).multinomial(copies, self.probs_E, size=(n, self.ranks))
-        if self.capacity_factor is None:
-            return counts
-        total = counts.sum(axis=1)  # (N, E)
-        kept = self._cap(total, copies * self.ranks).copies_NE
-        scale = np.where(total > 0, kept / np.maximum(total, 1), 1.0)
-        return np.floor(counts * scale[:, None, :])
+        rng = self.rng(*stream)
+        step = chunk or max(n, 1)
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            counts = rng.multinomial(copies, self.probs_E, size=(size, self.ranks))
+            if self.capacity_factor is None:
+                yield counts
+                continue
+            total = counts.sum(axis=1)  # (N, E)
+            kept = self._cap(total, copies * self.ranks).copies_NE
+            scale = np.where(total > 0, kept / np.maximum(total, 1), 1.0)
+            yield np.floor(counts * scale[:, None, :])
+
+    def draw_source_to_rank(
+        self, n: int, tokens_per_rank: int, *stream: int, chunk: int | None = None
+    ) -> Iterator[np.ndarray]:
+        """Copies from each source rank to each destination rank, shape (N, R_src, R_dst),
+        without a capacity factor: the sums of a multinomial's counts over the experts of a
+        rank follow the multinomial over ranks, which draws E/R times fewer categories (full
+        fidelity at EP 64 on 256 experts: 0.26 s instead of 1.36 s per 960 draws of a
+        group). Blocks as in ``draw_per_source``."""
+        assert self.capacity_factor is None, "a capacity applies per expert: draw_per_source"
+        copies = tokens_per_rank * self.top_k
+        probs_R = self.probs_E.reshape(self.ranks, -1).sum(axis=1)
+        rng = self.rng(*stream)
+        step = chunk or max(n, 1)
+        for start in range(0, n, step):
+            size = min(step, n - start)
+            yield rng.multinomial(copies, probs_R, size=(size, self.ranks))
 
     def _cap(self, counts_NE: np.ndarray, offered: int) -> LoadDraws:
         n = counts_NE.shape[0]

@@ -27,6 +27,7 @@ from moesim.analytic.memory import memory_per_gpu, memory_per_stage
 from moesim.analytic.microbatches import capped_microbatches, n_microbatches, sequences_per_step
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, exposed_length_s, run_to_completion, union_length_s
+from moesim.sim.limits import check_simulation_size
 from moesim.sim.moe_layer import moe_backward, moe_forward
 from moesim.sim.placement import placement
 from moesim.sim.profile import profile_label, resolve_profile
@@ -89,6 +90,7 @@ def simulate(
             f"workload.stage '{stage}' is not simulated yet (simulated: "
             f"{', '.join(SIMULATED_STAGES)})"
         )
+    check_simulation_size(scenario, fidelity)
     if stage == "collective":  # one collective alone (moesim.sim.collective_stage)
         from moesim.sim.collective_stage import simulate_collective
 
@@ -225,12 +227,13 @@ def _start_moe_layer(ctx: SimContext) -> dict[int, simpy.Process]:
 
 
 def _compute_spans(rank: Rank) -> list[tuple[float, float]]:
-    """The compute intervals, each run of back-to-back ones (the named kernels of one hold of
-    the stream, appended in order) merged into one span: the same union, a shorter sort."""
+    """The compute intervals, each run of back-to-back ones (a hold of the stream is one
+    already) merged into one span: the same union, a shorter sort."""
     spans: list[tuple[float, float]] = []
-    for st, _, _, a, b in rank.intervals:
-        if st != "compute":
+    for entry in rank.log:
+        if entry[0] != "compute":
             continue
+        a, b = entry[3], entry[4]
         if spans and spans[-1][1] == a:
             spans[-1] = (spans[-1][0], b)
         else:
@@ -240,7 +243,7 @@ def _compute_spans(rank: Rank) -> list[tuple[float, float]]:
 
 def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
     compute = _compute_spans(rank)
-    comm = [(a, b) for st, _, _, a, b in rank.intervals if st != "compute"]
+    comm = [(e[3], e[4]) for e in rank.log if e[0] != "compute"]
     busy_s = union_length_s(compute)
     exposed_s = exposed_length_s(comm, compute)
     out = {
@@ -249,8 +252,16 @@ def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
         "bubble": max(step_s - busy_s - exposed_s, 0.0),
     }
     per_cat: dict[str, float] = defaultdict(float)
-    for _, _, cat, a, b in rank.intervals:
-        per_cat[cat] += b - a
+    for entry in rank.log:
+        cat = entry[2]
+        if len(entry) == 5:
+            per_cat[cat] += entry[4] - entry[3]
+        elif cat != "compute":  # a hold outside plain compute (the optimizer): per kernel
+            _, ops, _, t, _, f = entry
+            for _, d in ops:
+                if d > 0:
+                    per_cat[cat] += (t + d * f) - t
+                    t += d * f
     for cat in COMM_CATEGORIES:
         out[cat] = per_cat[cat]
     out["optimizer"] = per_cat["optimizer"]
@@ -282,7 +293,7 @@ def measure(
     """Step time (the last interval's end) and the mean per-rank breakdown; with
     ``stage_of``, also each pipeline stage's mean compute, exposed communication and idle
     time (keys ``stage.<r>.compute|exposed_comm|idle``)."""
-    step_s = max((iv[4] for r in ranks for iv in r.intervals), default=0.0)
+    step_s = max((e[4] for r in ranks for e in r.log), default=0.0)
     per_rank = [rank_breakdown(r, step_s) for r in ranks]
     split_idle(per_rank)
     keys = ("compute", *COMM_CATEGORIES, "bubble", "imbalance", "exposed_comm", "optimizer")

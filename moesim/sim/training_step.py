@@ -264,7 +264,7 @@ class GradBuckets:
     def _launch(self, kind: str) -> None:
         ctx, g = self.ctx, self.rank.gpu
         nbytes, self.pending[kind] = self.pending[kind], 0.0
-        group = ctx.grid.dp_group(g) if kind == "dense" else ctx.grid.edp_group(g)
+        group = ctx.dp_group(g) if kind == "dense" else ctx.edp_group(g)
         if len(group) == 1:
             return
         zero = ctx.parallel.zero_stage >= 1
@@ -304,8 +304,8 @@ def param_all_gather(ctx: SimContext, rank: Rank, dense: float, expert: float, t
     """ZeRO ≥ 1: updated parameter shards gathered back (bf16), dense and expert groups."""
     pb = ctx.precision.param_bytes
     for kind, n, group in (
-        ("dense", dense, ctx.grid.dp_group(rank.gpu)),
-        ("expert", expert, ctx.grid.edp_group(rank.gpu)),
+        ("dense", dense, ctx.dp_group(rank.gpu)),
+        ("expert", expert, ctx.edp_group(rank.gpu)),
     ):
         if n <= 0 or len(group) == 1:
             continue

@@ -151,3 +151,14 @@ def test_a_slow_link_stretches_a_collective_for_every_member() -> None:
         env.process(r.comm("dp", "ar", "dp_comm", 1.0, "network", ("k",), 2))
     env.run()
     assert [r.intervals[0][4] for r in ranks] == [3.0, 3.0]
+
+
+@pytest.mark.parametrize("fidelity", ["symmetric", "full"])
+def test_a_slow_gpu_slows_a_dualpipe_step(fidelity: str) -> None:
+    """DualPipe runs its kernels through its own chunk views: the slow GPU must stretch them
+    too (it once did not: the step was as fast as a healthy one)."""
+    dual = {**DENSE, "parallel": {**DENSE["parallel"], "schedule": "dualpipe"}}
+    dual["workload"] = {**DENSE["workload"], "global_batch": 32}
+    healthy = step_s(dual, fidelity, [])
+    slow = step_s(dual, fidelity, [{"kind": "slow_gpu", "rank": 5, "factor": 2.0}])
+    assert slow > healthy * 1.7  # 1.86× here; 1.37× when its chunk kernels were not stretched

@@ -68,3 +68,19 @@ def test_an_enormous_zipf_skew_is_one_hot_without_overflow():
     assert sorted(mild, reverse=True) == pytest.approx(
         [1 / k / sum(1 / j for j in range(1, 9)) for k in range(1, 9)]
     )
+
+
+def test_source_to_rank_draws_follow_the_summed_expert_law():
+    # 16 experts on 4 ranks, skewed: each source's copies per destination rank are a
+    # multinomial over the ranks' summed probabilities (mean T·k·P_r), and sum to T·k
+    probs = expert_probabilities(Routing(distribution="zipf", skew=1.5, seed=2), 16)
+    sampler = RoutingSampler(probs, top_k=2, ranks=4, seed=7)
+    draws = np.concatenate(list(sampler.draw_source_to_rank(500, 100, 0, 0, chunk=64)))
+    assert draws.shape == (500, 4, 4)
+    assert (draws.sum(axis=2) == 200).all()
+    p_rank = probs.reshape(4, 4).sum(axis=1)
+    mean = draws.mean(axis=(0, 1))
+    sd = np.sqrt(200 * p_rank * (1 - p_rank) / 2000)
+    assert np.all(np.abs(mean - 200 * p_rank) < 5 * sd)
+    again = np.concatenate(list(sampler.draw_source_to_rank(500, 100, 0, 0, chunk=500)))
+    assert np.array_equal(draws, again)  # blocks do not change the values
