@@ -152,6 +152,13 @@ def validate(
 
 
 def _scenario_summary(s: Scenario) -> dict:
+    # a run `simulate` would refuse for its size is not "ok" (moesim.sim.limits)
+    from moesim.sim.limits import SimulationTooLarge, check_simulation_size
+
+    try:
+        check_simulation_size(s)
+    except SimulationTooLarge as e:
+        raise UserError(f"{s.name}: {e}") from None
     p = s.parallel
     return {
         "name": s.name,

@@ -23,6 +23,14 @@ def test_a_billion_nodes(moesim, tmp_path: Path) -> None:
     assert "cluster.nodes" in r.stderr and "1,048,576" in r.stderr
 
 
+def test_validate_refuses_what_simulate_refuses(moesim, tmp_path: Path) -> None:
+    path = tmp_path / "billion.yaml"
+    path.write_text(BILLION_NODES)
+    r = moesim("validate", path)
+    assert r.returncode == 2 and "Traceback" not in r.output
+    assert "cluster.nodes" in r.stderr and "ok" not in r.stdout
+
+
 def test_full_fidelity_with_100k_microbatches_on_8192_gpus(moesim) -> None:
     scenario = Path(__file__).resolve().parents[2] / "scenarios"
     r = moesim(
