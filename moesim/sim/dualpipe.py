@@ -117,7 +117,6 @@ class ChunkView:
     def __init__(self, rank: Rank, alias: dict[str, str], busy: list[int]):
         self.rank, self.alias, self.busy = rank, alias, busy
         self.env, self.gpu, self.label = rank.env, rank.gpu, rank.label
-        self.intervals = rank.intervals
         for name in alias.values():
             if name not in rank.streams:
                 rank.streams[name] = Stream(rank.env)
@@ -141,10 +140,7 @@ class ChunkView:
         t = self.env.now
         yield self.env.timeout(total_s * f)
         stream.release()
-        for name, d in ops:
-            if d > 0:
-                self.intervals.append(("compute", name, category, t, t + d * f))
-                t += d * f
+        self.rank.record_hold(ops, category, t, f)
 
     def comm(self, stream: str, name: str, category: str, alone_s: float, link: str,
              group_key: tuple | None = None, group_size: int = 1):  # fmt: skip
