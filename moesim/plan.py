@@ -69,77 +69,68 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError
-
-from moesim.analytic.flops import token_flops
 from moesim.analytic.goodput import goodput_of
-from moesim.analytic.memory import memory_per_gpu
-from moesim.analytic.microbatches import effective_schedule, n_microbatches, sequences_per_step
-from moesim.analytic.params import count_params
+from moesim.analytic.microbatches import sequences_per_step
+from moesim.plan_bounds import (
+    best_compute_efficiency,
+    best_hbm_efficiency,
+    least_memory_per_gpu_B,
+    pipeline_stretch,
+    step_time_lower_bound_s,
+    tpot_lower_bound_s,
+    training_flops_lower_bound,
+)
+from moesim.plan_file import (
+    MAX_PLAN_SIMULATIONS,
+    MAX_TOP,
+    Constraints,
+    PlanSpec,
+    SearchSpace,
+    _gpus_per_node,
+    load_plan,
+    plan_from_dict,
+)
 from moesim.scenario_io import (
     ScenarioError,
-    apply_overrides,
-    format_validation_error,
-    load_yaml,
-    resolve_ids,
     scenario_from_dict,
 )
 from moesim.specs import (
-    BYTES_PER_ELEMENT,
-    DPOWorkload,
     InferenceWorkload,
-    PretrainWorkload,
     Result,
     Scenario,
-    SFTWorkload,
-    Spec,
-    Workload,
 )
 
 SECONDS_PER_DAY = 86_400.0
 
-
-class SearchSpace(Spec):
-    nodes: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    tp: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8])
-    pp: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8])
-    cp: list[PositiveInt] = Field(default_factory=lambda: [1])
-    ep: list[PositiveInt] = Field(default_factory=lambda: [1, 2, 4, 8, 16, 32, 64])
-    etp: list[PositiveInt] = Field(default_factory=lambda: [1])
-    gpus: list[PositiveInt] | None = Field(
-        None, description="total GPUs (replaces nodes): a slice of a node when below its size"
-    )
-    zero_stage: list[NonNegativeInt] = Field(default_factory=lambda: [1])
-    microbatch_size: list[PositiveInt] = Field(default_factory=lambda: [1, 2])
-    recompute: list[str] = Field(default_factory=lambda: ["selective", "full"])
-    schedule: list[str] = Field(default_factory=lambda: ["1f1b"])
-    two_batch_overlap: list[bool] = Field(
-        default_factory=lambda: [False],
-        description="serving: try each (workload.two_batch_overlap), e.g. [false, true]",
-    )
-    max_num_seqs: list[int] | None = Field(
-        None,
-        description="serving: engine concurrency limits to try (workload.max_batch_size); "
-        "default the workload's",
-    )
-    max_num_batched_tokens: list[int] | None = Field(
-        None,
-        description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
-        "default the workload's",
-    )
-
-
-class Constraints(Spec):
-    deadline_days: float | None = Field(None, gt=0, description="the run must finish in time")
-    budget_usd: float | None = Field(None, gt=0)
-    max_gpus: int | None = Field(None, gt=0)
-    ttft_p99_s: float | None = Field(None, gt=0, description="serving SLO")
-    tpot_p99_s: float | None = Field(None, gt=0, description="serving SLO")
+# the plan's API: the search (here), its file (plan_file) and its bounds (plan_bounds)
+__all__ = [
+    "MAX_PLAN_SIMULATIONS",
+    "MAX_TOP",
+    "Candidate",
+    "Constraints",
+    "PlanResult",
+    "PlanSpec",
+    "SearchSpace",
+    "best_compute_efficiency",
+    "best_hbm_efficiency",
+    "bound_misses",
+    "candidates",
+    "cluster_sizes",
+    "cost_and_time",
+    "least_memory_per_gpu_B",
+    "load_plan",
+    "pareto_front",
+    "pipeline_stretch",
+    "plan_from_dict",
+    "run_plan",
+    "step_time_lower_bound_s",
+    "tpot_lower_bound_s",
+    "training_flops_lower_bound",
+]
 
 
 @dataclass
@@ -261,184 +252,7 @@ class PlanResult:
         }
 
 
-@dataclass(frozen=True)
-class PlanSpec:
-    name: str
-    base: dict[str, Any]  # scenario dict without cluster size and parallel layout
-    search: SearchSpace
-    constraints: Constraints
-    objective: str
-    top: int
-    simulate_max: int
-    base_dir: Path | None
-
-    @property
-    def serving(self) -> bool:
-        return self.base["workload"].get("stage") == "inference"
-
-
-def load_plan(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> PlanSpec:
-    """A plan file; ``overrides`` (``--set``) replace its fields first."""
-    path = Path(path)
-    data, lines = load_yaml(path)
-    apply_overrides(data, overrides)
-    return plan_from_dict(data, path.parent, str(path), lines)
-
-
-def plan_from_dict(
-    data: dict[str, Any], base_dir: Path | None = None, source: str = "", lines: dict | None = None
-) -> PlanSpec:
-    """A PlanSpec; every problem of the file is reported at once, each with its line."""
-    known = {"name", "description", "model", "gpu", "gpus_per_node", "workload", "cost"}
-    known |= {"search", "constraints", "objective", "top", "simulate_max", "precision", "routing"}
-    known |= {"simulation", "intra_node", "inter_node", "reliability"}
-    known |= {"nvlink_domain_gpus", "fabric"}
-    problems: list[str] = []
-
-    def at(*loc: Any) -> str:
-        line = _line_of(loc, lines)
-        where = f"{source}:{line}" if source and line else source
-        return f"{where}: " if where else ""
-
-    unknown = sorted(set(data) - known, key=str)
-    if unknown:
-        problems.append(f"{at(unknown[0])}unknown plan keys {unknown}: allowed {sorted(known)}")
-    for key in ("model", "gpu", "workload"):
-        if key not in data:
-            problems.append(f"{at()}{key}: required and missing: add it")
-    search = constraints = None
-    for key, model in (("search", SearchSpace), ("constraints", Constraints)):
-        try:
-            value = model.model_validate(data.get(key) or {})
-        except ValidationError as e:
-            problems.append(format_validation_error(e, source, lines, (key,), model))
-            continue
-        if key == "search":
-            search = value
-        else:
-            constraints = value
-    objective = data.get("objective", "cost")
-    if objective not in ("cost", "time"):
-        problems.append(f"{at('objective')}objective: '{objective}' is not cost or time")
-    top = _count(data, "top", 10, MAX_TOP, problems, at)
-    simulate_max = _count(data, "simulate_max", 64, MAX_PLAN_SIMULATIONS, problems, at)
-    workload = data.get("workload")
-    stage = workload.get("stage") if isinstance(workload, dict) else None
-    if isinstance(workload, dict):  # checked alone, so its errors come before the search's
-        try:
-            resolved = _resolved_workload(workload, base_dir, source, lines)
-            _WorkloadBox.model_validate({"workload": resolved})
-        except ValidationError as e:
-            problems.append(format_validation_error(e, source, lines, (), _WorkloadBox))
-        except ScenarioError as e:
-            problems.append(str(e))
-    if isinstance(workload, dict) and workload.get("disaggregated"):
-        problems.append(
-            f"{at('workload', 'disaggregated')}workload.disaggregated: a plan searches one "
-            "layout for every GPU; the pools of a disaggregated deployment set their own: "
-            "simulate or sweep them instead"
-        )
-    if constraints is not None:
-        slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
-        if slos and stage != "inference":
-            problems.append(
-                f"{at('constraints', slos[0])}constraints.{slos[0]}: a serving SLO needs "
-                f"workload.stage: inference (this plan's stage is {stage})"
-            )
-    if problems:
-        raise ScenarioError(_by_line(problems))
-    assert search is not None and constraints is not None
-    cluster = {"gpu": data["gpu"]}
-    for key in ("gpus_per_node", "intra_node", "inter_node", "nvlink_domain_gpus", "fabric"):
-        if key in data:
-            cluster[key] = data[key]
-    base = {
-        "name": data.get("name", "plan"),
-        "model": data["model"],
-        "cluster": cluster,
-        "workload": data["workload"],
-    }
-    for key in ("cost", "precision", "routing", "simulation", "reliability"):
-        if key in data:
-            base[key] = data[key]
-    base = resolve_ids(base, base_dir, source, lines)
-    gpn = _gpus_per_node(base)
-    for g in search.gpus or []:
-        if g > gpn and g % gpn:
-            problems.append(
-                f"{at('search', 'gpus')}search.gpus: {g} is neither a slice of one {gpn}-GPU "
-                f"node nor whole nodes: use at most {gpn} or a multiple of {gpn}"
-            )
-    if problems:
-        raise ScenarioError("\n".join(problems))
-    return PlanSpec(
-        name=data.get("name", "plan"),
-        base=base,
-        search=search,
-        constraints=constraints,
-        objective=objective,
-        top=top,
-        simulate_max=simulate_max,
-        base_dir=base_dir,
-    )
-
-
-#: the most layouts a plan simulates (``simulate_max``): each takes 0.3-2 s on one core, so 512
-#: is minutes already; the analytic bound ranks the rest
-MAX_PLAN_SIMULATIONS = 512
-MAX_TOP = 1000
-
-
-class _WorkloadBox(Spec):
-    """The workload field alone, for its errors' fixes (``_bound_fix`` walks a model)."""
-
-    workload: Workload
-
-
-def _resolved_workload(
-    workload: dict[str, Any], base_dir: Path | None, source: str, lines: dict | None
-) -> dict[str, Any]:
-    """The workload with its catalog ids (reward_model, critic_model) resolved."""
-    return resolve_ids({"workload": workload}, base_dir, source, lines)["workload"]
-
-
-def _by_line(problems: list[str]) -> str:
-    """The problems in the file's order (``file:LINE: ...``; those without a line first)."""
-    lines = [line for p in problems for line in p.split("\n")]
-
-    def line_no(text: str) -> int:
-        m = re.match(r"[^\n]*?:(\d+): ", text)
-        return int(m.group(1)) if m else 0
-
-    return "\n".join(sorted(lines, key=line_no))
-
-
-def _line_of(loc: tuple, lines: dict | None) -> int | None:
-    for n in range(len(loc), 0, -1):
-        if lines and loc[:n] in lines:
-            return lines[loc[:n]]
-    return None
-
-
-def _count(
-    data: dict[str, Any], key: str, default: int, most: int, problems: list[str], at: Any
-) -> int:
-    """``top`` / ``simulate_max``: an integer in [1, most], else a problem naming the key."""
-    value = data.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
-        problems.append(
-            f"{at(key)}{key}: {value!r} is not an integer in [1, {most:,}]: set it to one"
-            + (" (each simulation takes 0.3-2 s on a core)" if key == "simulate_max" else "")
-        )
-        return default
-    return value
-
-
 # -- the search -----------------------------------------------------------------------------
-def _gpus_per_node(base: dict[str, Any]) -> int:
-    return base["cluster"].get("gpus_per_node") or base["cluster"]["gpu"].get("gpus_per_node", 8)
-
-
 def cluster_sizes(spec: PlanSpec) -> list[tuple[int, int]]:
     """(nodes, GPUs per node) of every cluster size searched: ``search.gpus`` as slices of a
     node (or whole nodes beyond one), else ``search.nodes`` full nodes."""
@@ -515,84 +329,6 @@ def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str,
         f"{spec.name}[n{nodes} tp{p['tp']} pp{p['pp']} ep{p['ep']}{etp} z{p['zero_stage']} "
         f"mb{p['microbatch_size']} {p['recompute']}]"
     )
-
-
-def _profile_of(s: Scenario):
-    from moesim.sim.profile import resolve_profile
-
-    return resolve_profile(s.simulation.profile, s.cluster.gpu.name)  # as the simulator does
-
-
-def best_compute_efficiency(s: Scenario) -> float:
-    """The highest efficiency any compute curve of the scenario's profile reaches: no op of the
-    simulation runs its FLOPs faster than peak × this (curves are flat beyond their ends)."""
-    prof = _profile_of(s)
-    return max(e for c in ("gemm", "grouped_gemm", "attention") for _, e in prof.compute[c].points)
-
-
-def best_hbm_efficiency(s: Scenario) -> float:
-    """The highest HBM efficiency of the profile: the bytes of a GEMM move no faster."""
-    return max(e for _, e in _profile_of(s).hbm.points)
-
-
-def training_flops_lower_bound(s: Scenario) -> float | None:
-    """FLOPs one training step executes at the least, over all GPUs (see the module docstring);
-    None for stages without a bound (RL, serving, one MoE layer)."""
-    w, p, m = s.workload, s.parallel, s.model
-    if not isinstance(w, PretrainWorkload | SFTWorkload | DPOWorkload):
-        return None
-    tf = token_flops(m, w.seq_len)
-    lora = getattr(w, "lora", None) is not None
-    passes = 2.0 if lora else 3.0  # frozen weights: no weight gradients
-    per_token = passes * tf.forward + (
-        0.0 if lora else tf.recompute(p.recompute, p.recompute_modules)
-    )
-    if m.moe is not None and m.moe.capacity_factor is not None:  # dropped copies do no work
-        routed = sum(x.routed_experts for x in tf.layers)
-        recomputed = p.recompute == "full" or "moe" in p.recomputed_modules
-        per_token -= passes * routed + (routed if recomputed and not lora else 0.0)
-    return max(per_token, 0.0) * sequences_per_step(s) * w.seq_len
-
-
-def pipeline_stretch(s: Scenario) -> float:
-    """Step time over per-GPU work with equal stages: (m + pp − 1)/m for 1F1B and GPipe,
-    (m + (pp − 1)/v)/m interleaved, 1 for DualPipe (whose overlap the bound does not model)."""
-    p = s.parallel
-    m = n_microbatches(s)
-    schedule = effective_schedule(p, m)  # a dualpipe whose layout does not apply runs 1F1B
-    if p.pp == 1 or schedule == "dualpipe":
-        return 1.0
-    v = p.virtual_stages if schedule == "interleaved_1f1b" else 1
-    return 1.0 + (p.pp - 1) / (m * v)
-
-
-def step_time_lower_bound_s(s: Scenario) -> float:
-    """A training step's time at the least (no simulation): its FLOPs at the GPU's peak × the
-    profile's best efficiency, stretched by the pipeline bubble. 0 where there is no bound
-    (serving layouts are ranked by GPU count alone)."""
-    flops = training_flops_lower_bound(s)
-    if not flops:
-        return 0.0
-    peak = s.cluster.gpu.peak_TFLOPS(s.precision.compute) * 1e12
-    return flops / (s.gpus * peak * best_compute_efficiency(s)) * pipeline_stretch(s)
-
-
-def tpot_lower_bound_s(s: Scenario) -> float | None:
-    """p99 time per output token at the least: one decode step's read of the dense weights of
-    a tensor-parallel shard (every stage in turn) at the best HBM efficiency. None where the
-    workload is not serving or a request has a single output token (no TPOT)."""
-    w, m, p = s.workload, s.model, s.parallel
-    if not isinstance(w, InferenceWorkload) or w.max_output_len < 2:
-        return None
-    dense = sum(
-        x.attention + x.dense_ffn + x.shared_experts for x in count_params(m).decoder_layers
-    )
-    dense += m.vocab_size * m.d_model  # the LM head, read for every step's logits
-    bytes_per_gpu = dense * BYTES_PER_ELEMENT[s.precision.weights_inference] / p.tp
-    step_s = bytes_per_gpu / (s.cluster.gpu.hbm_TBps * 1e12 * best_hbm_efficiency(s))
-    # speculative decoding: a step (at least one weight read) yields tokens_per_step tokens
-    per_step = w.speculative.tokens_per_step if w.speculative is not None else 1.0
-    return step_s / per_step
 
 
 def _bound(c: Candidate) -> None:
@@ -685,17 +421,6 @@ def run_plan(
         pruned_by=pruned_by,
         not_simulated=len(survivors) - len(chosen),
     )
-
-
-def least_memory_per_gpu_B(s: Scenario) -> float:
-    """Bytes per GPU the layout needs at the least: a server under Poisson arrivals shrinks its
-    batch to the KV cache that fits (one sequence at the least); anything else needs all of it."""
-    w = s.workload
-    if isinstance(w, InferenceWorkload) and w.arrival_rate_per_s is not None:
-        from moesim.sim.serving_memory import inference_memory
-
-        return inference_memory(s, 1).total
-    return memory_per_gpu(s).total
 
 
 def _objective(step_s: float, s: Scenario, objective: str) -> float:
