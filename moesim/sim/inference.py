@@ -102,16 +102,7 @@ def simulate_inference(
         tokens_per_s=out_per_s,
         tokens_per_s_per_gpu=out_per_s / s.gpus,
         output_tokens_per_s=out_per_s,
-        time_breakdown_s={
-            "compute": typical.compute_s,
-            "all_to_all": typical.all_to_all_s,
-            "tp_comm": typical.tp_comm_s,
-            "dp_comm": 0.0,
-            "pp_comm": typical.pp_comm_s,
-            "bubble": 0.0,
-            "exposed_comm": typical.comm_s,
-            "expert_offload": typical.offload_s,
-        },
+        time_breakdown_s=typical.time_breakdown_s(),
     )
     gpu = s.cluster.gpu
     if typical.total_s > 0:

@@ -190,16 +190,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
         tokens_per_s=out_per_s,
         tokens_per_s_per_gpu=out_per_s / s.gpus,
         output_tokens_per_s=out_per_s,
-        time_breakdown_s={
-            "compute": typical.compute_s,
-            "all_to_all": typical.all_to_all_s,
-            "tp_comm": typical.tp_comm_s,
-            "dp_comm": 0.0,
-            "pp_comm": typical.pp_comm_s,
-            "bubble": 0.0,
-            "exposed_comm": typical.comm_s,
-            "expert_offload": typical.offload_s,
-        },
+        time_breakdown_s=typical.time_breakdown_s(),
     )
     if len(ttft):
         res.ttft_s_p50 = float(np.percentile(ttft, 50))

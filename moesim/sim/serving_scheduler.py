@@ -104,6 +104,12 @@ class ServerLog:
     prefill_tokens: int = 0  # prompt (and recomputed) tokens run through prefill chunks
     peak_kv_blocks: int = 0  # most KV blocks held at once (vllm_v1)
 
+    def count_decodes(self, batch: int, context: float) -> None:
+        """Count a step that decoded ``batch`` sequences attending ``context`` keys in all."""
+        self.decode_steps += 1
+        self.decode_batch_sum += batch
+        self.decode_context_sum += context
+
     @property
     def makespan_s(self) -> float:
         """When the last request finished (0 without requests)."""
@@ -198,9 +204,7 @@ def _serve_prefill_first(
             start = env.now
             yield env.timeout(cost.decode(batch, context_sum).total_s)
             log.steps.append(("decode", start, env.now, batch))
-            log.decode_steps += 1
-            log.decode_batch_sum += batch
-            log.decode_context_sum += context_sum
+            log.count_decodes(batch, context_sum)
             if env.now <= window_s:
                 log.tokens_in_window += yield_sum
             step += 1
@@ -282,9 +286,7 @@ def _serve_vllm_v1(
                     start = env.now
                     yield env.timeout(cost.decode(n, context).total_s)
                     log.steps.append(("decode", start, env.now, n))
-                    log.decode_steps += 1
-                    log.decode_batch_sum += n
-                    log.decode_context_sum += context
+                    log.count_decodes(n, context)
                     if env.now <= window_s:
                         log.tokens_in_window += n
                     ran += 1
@@ -358,9 +360,7 @@ def _serve_vllm_v1(
             kind = "decode" if not chunks else "prefill" if not decodes else "mixed"
             log.steps.append((kind, start, env.now, len(scheduled)))
             if decodes:
-                log.decode_steps += 1
-                log.decode_batch_sum += decodes
-                log.decode_context_sum += context
+                log.count_decodes(decodes, context)
             emitted = 0
             for seq, new in scheduled:
                 caught_up = new == seq.to_compute

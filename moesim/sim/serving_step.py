@@ -81,6 +81,19 @@ class StepCost:
     def comm_s(self) -> float:
         return self.tp_comm_s + self.all_to_all_s + self.pp_comm_s
 
+    def time_breakdown_s(self) -> dict[str, float]:
+        """The result's ``time_breakdown_s`` of a serving run: this (typical) step's parts."""
+        return {
+            "compute": self.compute_s,
+            "all_to_all": self.all_to_all_s,
+            "tp_comm": self.tp_comm_s,
+            "dp_comm": 0.0,
+            "pp_comm": self.pp_comm_s,
+            "bubble": 0.0,
+            "exposed_comm": self.comm_s,
+            "expert_offload": self.offload_s,
+        }
+
     @property
     def total_s(self) -> float:
         return self.compute_s + self.comm_s + self.offload_s
