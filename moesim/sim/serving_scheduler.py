@@ -143,12 +143,6 @@ def _serve_prefill_first(
         """Decode steps that give ``r`` its tokens after the first."""
         return math.ceil((r.output_tokens - 1) / per_step)
 
-    def arrivals():
-        for r in log.requests:
-            if r.arrival_s > env.now:
-                yield env.timeout(r.arrival_s - env.now)
-            queue.put(r)
-
     def server():
         waiting: deque[Request] = deque()
         prefilling: deque[list] = deque()  # [request, prompt tokens done] of started prompts
@@ -216,7 +210,7 @@ def _serve_prefill_first(
                 yield_sum -= (r.output_tokens - 1) / rounds(r)
                 done += 1
 
-    env.process(arrivals())
+    env.process(_arrivals(env, log.requests, queue))
     env.process(server())
     env.run()
     return log
@@ -256,12 +250,6 @@ def _serve_vllm_v1(
             f"tokens; the pool holds {total_blocks:g}: it can never finish (more KV memory, or "
             "shorter requests)"
         )
-
-    def arrivals():
-        for r in log.requests:
-            if r.arrival_s > env.now:
-                yield env.timeout(r.arrival_s - env.now)
-            queue.put(r)
 
     def server():
         waiting: deque[_Seq] = deque()
@@ -382,10 +370,18 @@ def _serve_vllm_v1(
             if env.now <= window_s:
                 log.tokens_in_window += emitted
 
-    env.process(arrivals())
+    env.process(_arrivals(env, log.requests, queue))
     env.process(server())
     env.run()
     return log
+
+
+def _arrivals(env: simpy.Environment, requests: list[Request], queue: simpy.Store):
+    """Put each request on the engine's queue at its arrival time (both engines' feed)."""
+    for r in requests:
+        if r.arrival_s > env.now:
+            yield env.timeout(r.arrival_s - env.now)
+        queue.put(r)
 
 
 def _decode_run_length(
