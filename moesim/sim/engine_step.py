@@ -1,16 +1,18 @@
 """How a serving engine runs one step of a replica: the plain forward of ``ReplicaCost``,
-pipelined over pp stages in decode, split in two overlapped micro-batches
-(``moesim.sim.two_batch_overlap``), and speculative (``moesim.sim.speculative``).
+pipelined over pp stages (``moesim.sim.serving_pipeline``), split in two overlapped
+micro-batches (``moesim.sim.two_batch_overlap``), and speculative (``moesim.sim.speculative``).
 
-Decode with pp > 1: the engine keeps pp micro-batches of the running batch in flight, one per
-stage (vLLM's virtual engines, one scheduler per pipeline stage "so that they can schedule
-multiple batches simultaneously ... saturating all pipeline stages", vllm-project/vllm RFC
-#11945; TensorRT-LLM likewise). In the steady state every stage runs each micro-batch's slice
-of layers once per round, so a round lasts one traversal of a micro-batch of ⌈B/pp⌉ sequences
-through all stages (its compute over the stages plus pp − 1 sends), every sequence gains a
-token per round, and TPOT is that traversal. With fewer sequences than stages the micro-batches
-hold one sequence each and stages idle. Prefill steps still traverse the stages one after
-another (a chunk's stages are not overlapped with the decode micro-batches).
+With pp > 1 a step of the scheduler is a round of pp micro-batches in flight, as vLLM V1's batch
+queue runs them (``max_concurrent_batches`` = pp scheduled batches, each with its own token
+budget; vllm/v1/engine/core.py ``step_with_batch_queue``; the virtual engines of vLLM RFC
+#11945 and TensorRT-LLM likewise keep every stage busy): decodes, prompt chunks and mixed
+steps alike. The round's work is split into micro-batches (``split_round``: decodes evenly,
+chunks in order up to ``batch_tokens`` each) and the round lasts as long as the longest
+traversal of one of them or the slowest stage's work over all of them (``round_s``). So a
+decode round of B sequences is the traversal of a micro-batch of ⌈B/pp⌉ (or the last stage's
+pp micro-batches with its LM head, when that is longer), a prefill-heavy round runs pp batches
+of prompt tokens in about one traversal, and a lone request's prompt pays its whole traversal
+(TTFT exactly the unpipelined step's).
 """
 
 from __future__ import annotations
@@ -18,9 +20,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from moesim.sim.serving_pipeline import MicroBatch, round_s, split_round
 from moesim.sim.speculative import Speculator
 from moesim.sim.two_batch_overlap import split_batch, split_chunks, tbo_step_s
 from moesim.specs.scenario import draft_scenario
+from moesim.specs.workload import DEFAULT_MAX_PREFILL_TOKENS
+
+
+def step_token_budget(s) -> int:
+    """Tokens the scheduler may place in one step of a replica of ``s``: one batch's
+    ``max_prefill_tokens`` (vLLM's max_num_batched_tokens, a budget per ``schedule()`` call)
+    for each of the pp batches of a round in flight."""
+    return s.workload.max_prefill_tokens * s.parallel.pp
 
 
 @dataclass
@@ -35,6 +46,7 @@ class EngineStep:
     speculator: Speculator | None = None
     decode_cost: object = None  # decode steps' replica cost when their dispatcher differs
     decode_sm_slowdown: float | None = None  # the decode dispatcher's (default sm_slowdown)
+    batch_tokens: int = DEFAULT_MAX_PREFILL_TOKENS  # one micro-batch's token budget (pp > 1)
 
     def __post_init__(self) -> None:
         if self.decode_cost is None:
@@ -70,57 +82,72 @@ class EngineStep:
             self.decode_sm_slowdown,
         )
 
+    # -- one micro-batch's traversal of every stage ---------------------------------------------
+    def _traversal_s(self, mb: MicroBatch) -> float:
+        """Seconds of one micro-batch through every stage: a decode (or verify and draft) pass,
+        a prefill of prompt chunks, or vLLM V1's mix of both (``ReplicaCost.mixed_step``);
+        with two-batch overlap, split into halves of decodes and chunks."""
+        d, ctx, chunks, fin = mb.decodes, mb.context_sum, list(mb.chunks), mb.finished
+        if not chunks:
+            t = self._decode_forward_s(d, ctx)
+            return t + (self.speculator.draft_s(d, ctx) if self.speculator is not None else 0.0)
+        full = self.cost.mixed_step(d, ctx, chunks, fin)
+        if not self.two_batch_overlap or (not d and mb.tokens < 2):
+            return full.total_s
+        a, b = split_chunks(chunks)
+        fa = min(fin, len(a))
+        (da, ca), (db, cb) = split_batch(d, ctx) if d else ((0, 0.0), (0, 0.0))
+        return tbo_step_s(
+            full,
+            self.cost.mixed_step(da, ca, a, fa),
+            self.cost.mixed_step(db, cb, b, fin - fa),
+            self.moe_layer_fraction,
+            self.sm_slowdown,
+        )
+
+    def _stage_busy_s(self, mb: MicroBatch, traversal_s: float) -> list[float]:
+        """Seconds each stage works on ``mb`` (its layers, not the send to the next stage):
+        the plain forward's stages, scaled to the traversal the engine's options give it."""
+        cost = self.cost if mb.chunks else self.decode_cost
+        args = (mb.decodes, mb.context_sum, list(mb.chunks), mb.finished)
+        stages = [cost.mixed_step(*args, stage=s) for s in range(self.pp)]
+        work = [st.total_s - st.pp_comm_s for st in stages]
+        sends = sum(st.pp_comm_s for st in stages)
+        plain = sum(work)
+        scale = (traversal_s - sends) / plain if plain > 0 else 1.0
+        return [w * scale for w in work]
+
+    def round_s(self, decodes: int, context_sum: float, chunks, finished: int) -> float:
+        """Seconds of one step of the scheduler: ``decodes`` decode tokens and prompt
+        ``chunks`` (offset, tokens), ``finished`` of which end their prompt, run as pp
+        micro-batches in flight (one batch when pp = 1)."""
+        if self.pp == 1:
+            return self._traversal_s(MicroBatch(decodes, context_sum, tuple(chunks), finished))
+        mbs = split_round(decodes, context_sum, chunks, finished, self.pp, self.batch_tokens)
+        seen: dict[MicroBatch, tuple[float, list[float]]] = {}
+        for mb in mbs:
+            if mb not in seen:
+                t = self._traversal_s(mb)
+                seen[mb] = (t, self._stage_busy_s(mb, t))
+        return round_s([seen[mb][0] for mb in mbs], [seen[mb][1] for mb in mbs])
+
     def decode_s(self, batch: int, context_sum: float) -> float:
         """Seconds of one decode round of ``batch`` running sequences whose contexts sum to
         ``context_sum`` keys: every sequence gains ``tokens_per_step`` tokens (expected)."""
-        mb = self.decode_microbatch(batch)
-        ctx = context_sum * mb / batch if batch else 0.0
-        t = self._decode_forward_s(mb, ctx)
-        if self.speculator is not None:
-            t += self.speculator.draft_s(mb, ctx)
-        return t
+        return self.round_s(batch, context_sum, [], 0)
 
     def prefill_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
         """Seconds of one prefill step of prompt ``chunks`` (offset, tokens), ``finished`` of
         which end their prompt."""
-        full = self.cost.prefill_chunks(chunks, finished)
-        tokens = sum(c for _, c in chunks)
-        if not self.two_batch_overlap or tokens < 2:
-            return full.total_s
-        a, b = split_chunks(chunks)
-        fa = min(finished, len(a))
-        return tbo_step_s(
-            full,
-            self.cost.prefill_chunks(a, fa),
-            self.cost.prefill_chunks(b, finished - fa),
-            self.moe_layer_fraction,
-            self.sm_slowdown,
-        )
+        return self.round_s(0, 0.0, chunks, finished)
 
     def mixed_s(
         self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
     ) -> float:
         """Seconds of one vLLM V1 step of ``decodes`` decode tokens and prefill ``chunks``
         (``ReplicaCost.mixed_step``): a decode-only step is a decode round, a prefill-only one
-        a prefill step; a mixed one traverses the stages once (not pipelined) and, with
-        two-batch overlap, is split into halves of decodes and chunks."""
-        if not chunks:
-            return self.decode_s(decodes, decode_context_sum)
-        if not decodes:
-            return self.prefill_s(chunks, finished)
-        full = self.cost.mixed_step(decodes, decode_context_sum, chunks, finished)
-        if not self.two_batch_overlap:
-            return full.total_s
-        (da, ca), (db, cb) = split_batch(decodes, decode_context_sum)
-        a, b = split_chunks(chunks)
-        fa = min(finished, len(a))
-        return tbo_step_s(
-            full,
-            self.cost.mixed_step(da, ca, a, fa),
-            self.cost.mixed_step(db, cb, b, finished - fa),
-            self.moe_layer_fraction,
-            self.sm_slowdown,
-        )
+        a prefill step."""
+        return self.round_s(decodes, decode_context_sum, chunks, finished)
 
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
@@ -146,6 +173,7 @@ def build_engine_step(s, cost, make_cost) -> EngineStep:
         speculator=speculator,
         decode_cost=decode_cost,
         decode_sm_slowdown=decode_cost.ctx.comm_sm_slowdown,
+        batch_tokens=w.max_prefill_tokens,
     )
 
 

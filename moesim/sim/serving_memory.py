@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 
 from moesim.analytic.memory import MemoryEstimate, kv_cache_bytes_per_token, memory_per_gpu
 from moesim.analytic.params import count_params
+from moesim.sim.engine_step import step_token_budget
 from moesim.sim.serving_requests import Request
 from moesim.sim.serving_scheduler import EngineConfig, ServerLog
 from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Scenario
@@ -109,7 +110,8 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
     given and smaller); arrivals up to ``max_batch_size``; the KV pool is paged, so a batch
     beyond it is preempted and queued rather than refused. A pool that cannot hold the longest
     request runs unbounded and the result says it does not fit. prefill_first: concurrency is
-    capped at the sequences whose whole KV fits (a static batch runs as given)."""
+    capped at the sequences whose whole KV fits (a static batch runs as given). A step's token
+    budget is ``max_prefill_tokens`` per batch in flight (``step_token_budget``: pp of them)."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
     base = inference_memory(s, 0)
@@ -120,7 +122,7 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
         slots = (
             w.batch_size if w.batch_size is not None else max(1, min(w.max_batch_size, capacity))
         )
-        engine = EngineConfig(slots, w.max_prefill_tokens, "prefill_first")
+        engine = EngineConfig(slots, step_token_budget(s), "prefill_first")
         fits = inference_memory(s, slots).total <= usable and capacity >= 1
         return EnginePlan(engine, base, tokens, capacity, fits)
     slots = w.max_batch_size
@@ -140,7 +142,7 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
             f"reserve): the longest request ({longest:,} tokens) does not fit; run as if it did"
         )
     pool = float(tokens) if fits_kv else math.inf
-    engine = EngineConfig(slots, w.max_prefill_tokens, "vllm_v1", pool, w.block_size)
+    engine = EngineConfig(slots, step_token_budget(s), "vllm_v1", pool, w.block_size)
     return EnginePlan(engine, base, tokens, capacity, fits_kv and base.total <= usable, note)
 
 

@@ -23,11 +23,10 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
   batch 1 costs a whole expert read on the rank that got it;
 - TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
   all-to-alls; PP: a send per stage boundary. A step here is one traversal of every stage
-  (the sum over stages); the engine (``moesim.sim.engine_step``) pipelines decode over pp
-  micro-batches of the running batch, one per stage (vLLM's virtual engines), so a decode
-  round is the traversal of a micro-batch of ⌈B/pp⌉ sequences: up to pp× the throughput of
-  the whole batch's traversal, TPOT the traversal. Prefill chunks still traverse the stages
-  alone;
+  (the sum over stages); ``stage=s`` costs stage s alone (its layers, the LM head on the last,
+  its send to the next), so the stages of a traversal sum to it. The engine
+  (``moesim.sim.engine_step``) pipelines steps over pp micro-batches in flight (vLLM's batch
+  queue): its round is set by the slowest stage and by each micro-batch's traversal;
 - expert offloading (``expert_offload``): touched experts come over PCIe from host memory,
   before their GEMM (routing is known only at the layer, so the copy cannot be prefetched).
 """
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from moesim.analytic.flops import attention_core_flops, layer_flops
+from moesim.analytic.layout import stage_layouts
 from moesim.analytic.params import count_params, ffn_params
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
@@ -128,6 +128,15 @@ class ReplicaCost:
         # identical layers are costed once: (layer params, is_moe) -> how many
         self.kinds = Counter((lp, m.is_moe_layer(i)) for i, lp in enumerate(counts.decoder_layers))
         self.flops = {moe: layer_flops(m, moe, 0.0) for moe in {k[1] for k in self.kinds}}
+        # each pipeline stage's decoder layers by kind (encoder layers come first in the
+        # layout's numbering and are not served here)
+        self.stage_kinds = [self.kinds]
+        if p.pp > 1:
+            enc, dec = m.n_encoder_layers, counts.decoder_layers
+            self.stage_kinds = [
+                Counter((dec[i - enc], m.is_moe_layer(i - enc)) for i in st.layers if i >= enc)
+                for st in stage_layouts(m, p)
+            ]
         self.kv_heads_split = 1 if m.mla is not None else min(p.tp, m.kv_heads)
         if m.mla is not None:  # the compressed latent and the RoPE key (DeepSeek-V2 §2.1.2)
             self.kv_bytes_per_token_layer = (m.mla.kv_lora_rank + m.mla.qk_rope_head_dim) * self.kvb
@@ -140,7 +149,7 @@ class ReplicaCost:
         if m.moe is not None:
             self.probs_E = expert_probabilities(s.routing, m.moe.n_routed_experts, base_dir)
             self.expert_params = ffn_params(m, m.moe.expert_hidden) / p.etp  # one expert shard
-        self._base: dict[int, StepCost] = {}
+        self._base: dict[tuple[int, int | None], StepCost] = {}
         self._loads: dict[int, tuple[float, float, np.ndarray]] = {}
 
     # -- routed-expert load -------------------------------------------------------------------
@@ -179,29 +188,42 @@ class ReplicaCost:
         return hit
 
     # -- one step -----------------------------------------------------------------------------
+    def stage_layers(self, stage: int | None) -> int:
+        """Decoder layers of pipeline stage ``stage`` (all of them for None)."""
+        return self.m.n_layers if stage is None else sum(self.stage_kinds[stage].values())
+
     def step(
-        self, tokens: int, attended_keys: float, logits: int, queries_per_kv_read: float = 1.0
+        self,
+        tokens: int,
+        attended_keys: float,
+        logits: int,
+        queries_per_kv_read: float = 1.0,
+        stage: int | None = None,
     ) -> StepCost:
         """One forward step of ``tokens`` new tokens whose queries attend ``attended_keys`` keys
         in all (summed over tokens), with ``logits`` rows through the LM head; each key read
-        from HBM serves ``queries_per_kv_read`` queries."""
-        base = self._base_cost(tokens, logits)
-        attn = self._attention_core_s(tokens, attended_keys, queries_per_kv_read)
-        kv_bytes = self._attention_core_bytes(tokens, attended_keys, queries_per_kv_read)
+        from HBM serves ``queries_per_kv_read`` queries. ``stage``: that pipeline stage alone
+        (None: the traversal of every stage)."""
+        base = self._base_cost(tokens, logits, stage)
+        share = self.stage_layers(stage) / self.m.n_layers  # the attention core is per layer
+        attn = share * self._attention_core_s(tokens, attended_keys, queries_per_kv_read)
+        kv_bytes = share * self._attention_core_bytes(tokens, attended_keys, queries_per_kv_read)
         return replace(
             base, attention_s=base.attention_s + attn, hbm_bytes=base.hbm_bytes + kv_bytes
         )
 
-    def decode(self, batch: int, context_sum: float) -> StepCost:
+    def decode(self, batch: int, context_sum: float, stage: int | None = None) -> StepCost:
         """A decode step of ``batch`` sequences whose contexts sum to ``context_sum`` keys
         (each sequence's one query reads its whole KV cache)."""
-        return self.step(batch, context_sum, batch)
+        return self.step(batch, context_sum, batch, stage=stage)
 
     def prefill(self, n_seqs: int, prompt_len: int) -> StepCost:
         """A prefill step of ``n_seqs`` whole prompts (causal: token i attends i keys)."""
         return self.prefill_chunks([(0, prompt_len)] * n_seqs, n_seqs)
 
-    def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepCost:
+    def prefill_chunks(
+        self, chunks: list[tuple[int, int]], finished: int, stage: int | None = None
+    ) -> StepCost:
         """A prefill step of prompt chunks ``(offset, length)``: a chunk's token i attends the
         offset earlier tokens (in the KV cache) and i of its own; ``finished`` chunks end their
         prompt and go through the LM head. Each chunk's keys are read once per FlashAttention
@@ -210,7 +232,7 @@ class ReplicaCost:
         keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
         reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
         total = sum(keys)
-        return self.step(tokens, total, finished, queries_per_kv_read=total / reads)
+        return self.step(tokens, total, finished, total / reads, stage)
 
     def mixed_step(
         self,
@@ -218,21 +240,22 @@ class ReplicaCost:
         decode_context_sum: float,
         chunks: list[tuple[int, int]],
         finished: int,
+        stage: int | None = None,
     ) -> StepCost:
         """One step of ``decodes`` decode tokens (their contexts summing to
         ``decode_context_sum`` keys, each read once) and prefill ``chunks`` (offset, length),
         ``finished`` of which end their prompt: vLLM V1's batch of both kinds. The weights are
         read once for all the step's tokens; each decode and chunk reads its own KV cache."""
         if not chunks:
-            return self.decode(decodes, decode_context_sum)
+            return self.decode(decodes, decode_context_sum, stage)
         if not decodes:
-            return self.prefill_chunks(chunks, finished)
+            return self.prefill_chunks(chunks, finished, stage)
         tokens = decodes + sum(c for _, c in chunks)
         keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
         reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
         total = decode_context_sum + sum(keys)
         reads += decode_context_sum
-        return self.step(tokens, total, decodes + finished, queries_per_kv_read=total / reads)
+        return self.step(tokens, total, decodes + finished, total / reads, stage)
 
     def _attention_core_bytes(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
         """HBM bytes of every layer's attention core (KV read and written, queries, output)."""
@@ -253,11 +276,13 @@ class ReplicaCost:
         op = OpWork("attn_core", "attention", flops, kv_read + q_and_out)
         return n_layers * self.cm.time_s(op)
 
-    def _base_cost(self, tokens: int, logits: int) -> StepCost:
+    def _base_cost(self, tokens: int, logits: int, stage: int | None = None) -> StepCost:
         """Every part of a step but the attention core: the layers' GEMMs and communication
-        (cached per token count) and the LM head of ``logits`` rows."""
+        (cached per token count) and the LM head of ``logits`` rows (on the last stage)."""
         m, p, wb = self.m, self.p, self.wb
-        layers = self._layers_cost(tokens)
+        layers = self._layers_cost(tokens, stage)
+        if stage is not None and stage < p.pp - 1:
+            return layers
         head = OpWork(
             "lm_head",
             "gemm",
@@ -269,10 +294,11 @@ class ReplicaCost:
             layers, lm_head_s=self.cm.time_s(head), hbm_bytes=layers.hbm_bytes + head.bytes
         )
 
-    def _layers_cost(self, tokens: int) -> StepCost:
-        hit = self._base.get(tokens)
+    def _layers_cost(self, tokens: int, stage: int | None = None) -> StepCost:
+        hit = self._base.get((tokens, stage))
         if hit is not None:
             return hit
+        kinds = self.kinds if stage is None else self.stage_kinds[stage]
         m, p, cm, wb, ab = self.m, self.p, self.cm, self.wb, self.ab
         io = tokens * m.d_model * ab  # one (T, d) activation
         parts = dict.fromkeys(
@@ -281,7 +307,7 @@ class ReplicaCost:
         )
         touched_group = expert_bytes = hbm = 0.0
         tp_ar = self.ctx.all_reduce_s(self.tp_group, io) if p.tp > 1 else 0.0
-        for (lp, moe), n in self.kinds.items():
+        for (lp, moe), n in kinds.items():
             fl = self.flops[moe]
             proj = OpWork(
                 "attn_proj",
@@ -320,9 +346,10 @@ class ReplicaCost:
                 expert_bytes += n * ebytes
             parts["dense_ffn_s"] += n * dense
         pp_s = 0.0
-        if p.pp > 1:
+        sends = p.pp - 1 if stage is None else int(stage < p.pp - 1)  # to the next stage
+        if sends:
             g0 = self.ctx.grid.gpu(0, 0)
-            pp_s = (p.pp - 1) * self.ctx.p2p_s(g0, self.ctx.grid.pp_peer(g0, +1), io / p.tp)
+            pp_s = sends * self.ctx.p2p_s(g0, self.ctx.grid.pp_peer(g0, +1), io / p.tp)
         out = StepCost(
             pp_comm_s=pp_s,
             experts_touched=touched_group,
@@ -330,7 +357,7 @@ class ReplicaCost:
             hbm_bytes=hbm,
             **parts,
         )
-        self._base[tokens] = out
+        self._base[(tokens, stage)] = out
         return out
 
     def _experts(self, tokens_group: float) -> tuple[float, float, float, float, float, float]:

@@ -1,5 +1,6 @@
-"""The engine's step: pp > 1 decode pipelined over micro-batches (throughput at least the
-sequential one's, TPOT one traversal of a micro-batch), and the scheduler's view of it."""
+"""The engine's step: pp > 1 steps pipelined over micro-batches in flight (a round between the
+longest micro-batch's traversal and the micro-batches one after another; prefill throughput up
+to pp×; a lone prompt pays its whole traversal), and the scheduler's view of it."""
 
 from __future__ import annotations
 
@@ -17,24 +18,76 @@ def _engine(pp: int, **wl) -> EngineStep:
     return build_engine_step(s, ReplicaCost(s), ReplicaCost)
 
 
+def _stage_busy(cost, pp: int, *args) -> list[float]:
+    """Each stage's work on one micro-batch (ReplicaCost's own per-stage route)."""
+    out = []
+    for s in range(pp):
+        st = cost.mixed_step(*args, stage=s)
+        out.append(st.total_s - st.pp_comm_s)
+    return out
+
+
 @pytest.mark.parametrize("pp", [2, 4])
 @pytest.mark.parametrize("batch", [1, 3, 8, 64, 256])
-def test_pipelined_decode_throughput_is_at_least_the_sequential_one(pp, batch):
+def test_a_decode_round_lies_between_its_longest_micro_batch_and_all_in_turn(pp, batch):
     e = _engine(pp)
     ctx = batch * 700.0
-    sequential_s = e.cost.decode(batch, ctx).total_s  # every stage in turn, one batch
+    sizes = [batch // pp + (i < batch % pp) for i in range(pp)]
+    alone = [e.cost.decode(n, ctx * n / batch).total_s for n in sizes if n]
     pipelined_s = e.decode_s(batch, ctx)
-    assert batch / pipelined_s >= batch / sequential_s * (1 - 1e-12)
+    assert max(alone) * (1 - 1e-12) <= pipelined_s <= sum(alone) * (1 + 1e-12)
+    sequential_s = e.cost.decode(batch, ctx).total_s  # every stage in turn, one batch
     assert batch / pipelined_s <= pp * batch / sequential_s * (1 + 1e-9)  # at most pp×
 
 
-def test_a_round_is_one_traversal_of_a_micro_batch():
+def test_a_round_is_the_longest_traversal_or_the_busiest_stage():
     e = _engine(4)
     mb = math.ceil(10 / 4)
     assert e.decode_microbatch(10) == mb
-    assert e.decode_s(10, 7000.0) == pytest.approx(e.cost.decode(mb, 7000.0 * mb / 10).total_s)
+    sizes = [3, 3, 2, 2]
+    traversal = e.cost.decode(3, 7000.0 * 3 / 10).total_s
+    busy = [_stage_busy(e.cost, 4, n, 7000.0 * n / 10, [], 0) for n in sizes]
+    busiest = max(sum(b[s] for b in busy) for s in range(4))
+    assert e.decode_s(10, 7000.0) == pytest.approx(max(traversal, busiest), rel=1e-12)
     # batch 1: one micro-batch, the stages take turns: the sequential step
     assert e.decode_s(1, 700.0) == pytest.approx(e.cost.decode(1, 700.0).total_s)
+
+
+@pytest.mark.parametrize("model", ["llama-3-70b", "qwen3-30b-a3b"])
+@pytest.mark.parametrize("pp", [2, 4])
+def test_the_stages_of_a_step_sum_to_its_traversal(model, pp):
+    s = serving(model, parallel={"tp": 2, "pp": pp})
+    cost = ReplicaCost(s)
+    for args in ((16, 16 * 900.0, [], 0), (0, 0.0, [(0, 2048), (512, 300)], 1)):
+        whole = cost.mixed_step(*args)
+        parts = [cost.mixed_step(*args, stage=k) for k in range(pp)]
+        assert sum(x.total_s for x in parts) == pytest.approx(whole.total_s, rel=1e-12)
+        assert sum(x.pp_comm_s for x in parts) == pytest.approx(whole.pp_comm_s, rel=1e-12)
+        assert parts[-1].lm_head_s == whole.lm_head_s and parts[0].lm_head_s == 0.0
+    mixed = (8, 8 * 900.0, [(0, 1000)], 1)
+    whole = cost.mixed_step(*mixed).total_s
+    assert sum(cost.mixed_step(*mixed, stage=k).total_s for k in range(pp)) == pytest.approx(whole)
+
+
+@pytest.mark.parametrize("pp", [2, 4])
+@pytest.mark.parametrize("chunk", [512, 8192])
+def test_pipelined_prefill_throughput_is_at_least_the_unpipelined_one(pp, chunk):
+    e = _engine(pp, max_prefill_tokens=chunk)
+    alone_s = e.cost.prefill_chunks([(0, chunk)], 1).total_s  # one batch through every stage
+    round_s = e.prefill_s([(0, chunk)] * pp, pp)  # pp batches in flight
+    assert pp * chunk / round_s >= chunk / alone_s * (1 - 1e-12)
+    assert round_s >= alone_s * (1 - 1e-12)  # no batch comes back before its traversal
+    if chunk == 8192:  # compute-bound: close to pp× (the stages split the work)
+        assert pp * chunk / round_s > 0.9 * pp * chunk / alone_s
+
+
+def test_a_long_prompt_rides_consecutive_micro_batches():
+    e = _engine(2, max_prefill_tokens=1024)
+    one = e.prefill_s([(0, 2048)], 1)  # cut at the batch budget: (0, 1024) and (1024, 1024)
+    first = e.cost.prefill_chunks([(0, 1024)], 0).total_s
+    second = e.cost.prefill_chunks([(1024, 1024)], 1).total_s
+    assert one == pytest.approx(max(first, second), rel=1e-12)
+    assert one < e.cost.prefill_chunks([(0, 2048)], 1).total_s
 
 
 def test_pp_one_is_the_plain_step():
@@ -133,3 +186,33 @@ def test_vllm_v1_mixed_steps_go_through_the_engine():
     tbo = simulate(serving("mixtral-8x7b", two_batch_overlap=True, **kw))
     assert tbo.ttft_s_p50 <= plain.ttft_s_p50 + 1e-12
     assert tbo.tpot_s_p50 <= plain.tpot_s_p50 + 1e-12
+
+
+def test_a_lone_request_pays_the_whole_traversal_of_its_prompt():
+    from moesim.sim.run import simulate
+
+    s = serving("llama-3-8b", parallel={"tp": 2, "pp": 2}, prompt_len=2048, output_len=8)
+    r = simulate(s)
+    unpipelined = ReplicaCost(s).prefill_chunks([(0, 2048)], 1).total_s
+    assert r.ttft_s_p50 == pytest.approx(unpipelined, rel=1e-12)
+
+
+def test_a_pipelined_replica_prefills_faster_than_one_of_its_stages_alone():
+    # prefill-heavy (one output token): pp 2 on 2 × 2 GPUs against pp 1 on 2 GPUs; before
+    # prefill was pipelined the two stages took turns and pp 2 came out slower (the sends)
+    from moesim.sim.run import simulate
+
+    def run(pp: int):
+        s = serving(
+            "llama-3-8b",
+            cluster={"gpus_per_node": 2 * pp},
+            parallel={"tp": 2, "pp": pp},
+            batch_size=32,
+            prompt_len=4096,
+            output_len=1,
+        )
+        return simulate(s)
+
+    one, two = run(1), run(2)
+    assert two.output_tokens_per_s > 1.5 * one.output_tokens_per_s
+    assert two.prefill_tokens_computed == one.prefill_tokens_computed
