@@ -1,6 +1,19 @@
 """The engine loop of a decode-only replica (the decode pool of prefill/decode disaggregation):
 requests arrive with their prompt's KV cache in place and only decode.
 
+Two engines, as the scenario's ``workload.scheduler`` says:
+
+**vllm_v1** (the default; ``serve_decode_paged``): the colocated vllm_v1 engine
+(``serving_scheduler``) over *prefilled* requests: a request is admitted when the blocks of its
+prompt's KV cache and its next token are free in the replica's paged pool (``block_size``
+tokens a block; the pool is usable HBM left after weights and the step's activations,
+``serving_memory.plan_engine``), grows a block at a time, and when a running request needs a
+block and none is free the newest running request is preempted: its blocks are freed and, when
+readmitted, it recomputes its prompt and the tokens it had generated on this replica (vLLM
+V1's recompute; its KV is not sent again), in steps mixed with the running decodes. Speculative
+decoding keeps the slots below (the vllm_v1 engine schedules one token per decode).
+
+**Whole-sequence slots** (``serve_decode``; prefill_first, or speculative decoding):
 At each step boundary the replica admits the requests that have arrived, oldest first, up to
 its slots (``max_batch_size`` capped by its KV capacity; a request holds its slot until it
 finishes), then runs one decode round of every running sequence (``EngineStep.decode_s``:
@@ -18,6 +31,9 @@ import heapq
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+from moesim.sim.serving_requests import Request
+from moesim.sim.serving_scheduler import EngineConfig, serve
 
 
 @dataclass
@@ -40,6 +56,9 @@ class DecodeLog:
     tokens_in_window: float = 0.0
     decode_batch_sum: float = 0.0
     decode_context_sum: float = 0.0
+    decode_steps: int = 0
+    preemptions: int = 0  # paged: requests whose KV cache was freed to make room
+    peak_kv_blocks: int = 0  # paged: most KV blocks held at once
 
 
 def serve_decode(
@@ -87,6 +106,7 @@ def serve_decode(
         log.steps.append((t, t + dt, batch))
         log.decode_batch_sum += batch
         log.decode_context_sum += context_sum
+        log.decode_steps += 1
         t += dt
         log.busy_s += dt
         step += 1
@@ -101,4 +121,34 @@ def serve_decode(
             r.finish_s = t
             context_sum -= r.prompt_tokens + r.output_tokens
             yield_sum -= per_round(r)
+    return log
+
+
+def serve_decode_paged(
+    view, requests: list[DecodeRequest], engine: EngineConfig, window_s: float = math.inf
+) -> DecodeLog:
+    """Run one decode replica's vllm_v1 engine (``view``: the scheduler's view of its
+    ``EngineStep``) with a paged KV pool over ``requests``; fills their times as
+    ``serve_decode`` does: admission is the start of the step that gave a request its first
+    token (the decode queue ends there), the first token leaves at that step's end."""
+    log = DecodeLog(requests)
+    going = [r for r in requests if r.output_tokens > 1]
+    for r in requests:
+        if r.output_tokens == 1:  # no decode: its token leaves with its KV cache
+            r.admitted_s = r.first_token_s = r.finish_s = r.ready_s
+    order = sorted(going, key=lambda r: r.ready_s)
+    mine = [Request(r.ready_s, r.prompt_tokens, r.output_tokens, prefilled=True) for r in order]
+    out = serve(view, mine, engine, window_s)
+    started = {end: start for _, start, end, _ in out.steps}
+    for r, q in zip(order, mine, strict=True):
+        r.first_token_s, r.finish_s = q.first_token_s, q.finish_s
+        r.admitted_s = started[q.first_token_s]
+    log.steps = [(a, b, n) for _, a, b, n in out.steps]
+    log.busy_s = sum(b - a for a, b, _ in log.steps)
+    # the prefill's token leaves with a request's first decode (or its KV cache)
+    firsts = sum(r.first_token_s <= window_s for r in requests)
+    log.tokens_in_window = out.tokens_in_window + firsts
+    log.decode_batch_sum, log.decode_context_sum = out.decode_batch_sum, out.decode_context_sum
+    log.decode_steps, log.preemptions = out.decode_steps, out.preemptions
+    log.peak_kv_blocks = out.peak_kv_blocks
     return log

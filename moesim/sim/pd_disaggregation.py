@@ -12,6 +12,15 @@ that finishes its prompt), then each request's KV cache crosses to the decode re
 (``decode_server``). TTFT = queue + prefill + KV transfer + decode queue + first decode round;
 TPOT is the decode replica's round time.
 
+Both pools size their engines as colocated serving does (``serving_memory.plan_engine``): under
+``workload.scheduler: vllm_v1`` (the default) each replica's KV cache is a paged pool of
+``block_size``-token blocks, usable HBM left after its weights and its step's activations;
+a prefill replica holds a prompt's blocks until its prefill ends (not while its KV is sent), a
+decode replica allocates a request's prompt blocks when it admits it and preempts the newest
+request when a block runs out (recomputed on the decode replica, counted in ``preemptions``).
+Under prefill_first, or with speculative decoding, the decode replica reserves every admitted
+request's whole sequence (slots capped by the KV capacity in sequences).
+
 The throughput is what the decode replicas deliver inside the arrival window; a slow prefill
 pool starves them, a slow decode pool queues its arrivals, so the slower pool limits it. The
 result also gives each pool's capacity (requests/s it sustains alone: prefill from its step
@@ -28,13 +37,25 @@ from pathlib import Path
 import numpy as np
 
 from moesim.analytic.memory import MemoryEstimate
-from moesim.sim.decode_server import DecodeRequest, serve_decode
-from moesim.sim.engine_step import EngineStep, SchedulerView, build_engine_step, engine_extras
+from moesim.sim.decode_server import DecodeLog, DecodeRequest, serve_decode, serve_decode_paged
+from moesim.sim.engine_step import (
+    EngineStep,
+    SchedulerView,
+    build_engine_step,
+    engine_extras,
+    step_token_budget,
+)
 from moesim.sim.kv_transfer import TransferQueue, kv_link, kv_transfer_s
 from moesim.sim.profile import profile_label
-from moesim.sim.serving_memory import inference_memory, kv_capacity_sequences, memory_note
+from moesim.sim.serving_memory import (
+    EnginePlan,
+    memory_note,
+    plan_engine,
+    served_memory,
+    usable_hbm_bytes,
+)
 from moesim.sim.serving_requests import Request, workload_requests
-from moesim.sim.serving_scheduler import EngineConfig, serve
+from moesim.sim.serving_scheduler import ServerLog, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.specs import InferenceWorkload, Result, Scenario
 from moesim.specs.scenario import pool_scenario
@@ -42,33 +63,48 @@ from moesim.specs.scenario import pool_scenario
 
 @dataclass
 class Pool:
-    """One pool: its scenario, step costs, replicas and slots per replica."""
+    """One pool: its scenario, step costs and replicas; its engine and memory once its
+    requests are known (``size``)."""
 
     which: str
     scenario: Scenario
     cost: ReplicaCost
     engine: EngineStep
     replicas: int
-    capacity: int  # sequences whose KV cache fits on a replica
-    slots: int
-    memory: MemoryEstimate
+    plan: EnginePlan | None = None
+    memory: MemoryEstimate | None = None  # what a replica held at its peak
+    preemptions: float = 0.0  # per replica
+
+    def size(self, requests: list[Request]) -> EnginePlan:
+        """Its engine for ``requests`` (one replica's): limits, scheduler and KV pool."""
+        self.plan = plan_engine(self.scenario, requests)
+        return self.plan
+
+    @property
+    def slots(self) -> int:
+        """Sequences a full replica runs at once: its limit, or the mean sequences whose KV
+        fits when fewer (at least one)."""
+        assert self.plan is not None
+        return max(1, min(self.plan.engine.max_num_seqs, self.plan.capacity_sequences))
+
+    @property
+    def fits(self) -> bool:
+        assert self.plan is not None and self.memory is not None
+        return self.plan.fits and self.memory.total <= usable_hbm_bytes(self.scenario)
 
 
 def build_pool(s: Scenario, which: str, base_dir: Path | None) -> Pool:
     ps = pool_scenario(s, which)  # type: ignore[arg-type]
-    w = ps.workload
-    assert isinstance(w, InferenceWorkload)
     cost = ReplicaCost(ps, base_dir)
     engine = build_engine_step(ps, cost, lambda x: ReplicaCost(x, base_dir))
-    capacity = kv_capacity_sequences(ps, inference_memory(ps, 0))
-    slots = max(1, min(w.max_batch_size, capacity))
     replicas = ps.parallel.dp_size * ps.parallel.cp
-    return Pool(which, ps, cost, engine, replicas, capacity, slots, inference_memory(ps, slots))
+    return Pool(which, ps, cost, engine, replicas)
 
 
 def prefill_s_per_prompt(pool: Pool, prompt_len: int, max_prefill_tokens: int) -> float:
     """Seconds of prefill one prompt costs a replica running full steps: whole prompts packed
-    into a step of ``max_prefill_tokens`` when they fit, else the prompt's chunks."""
+    into a step of ``max_prefill_tokens`` (``step_token_budget``: pp batches in flight) when
+    they fit, else the prompt's chunks."""
     if prompt_len <= max_prefill_tokens:
         n = max_prefill_tokens // prompt_len
         return pool.engine.prefill_s([(0, prompt_len)] * n, n) / n
@@ -105,43 +141,69 @@ def simulate_disaggregated(s: Scenario, base_dir: Path | None = None) -> Result:
     xfer: dict[int, tuple[float, float]] = {}  # (seconds, bytes) of its KV transfer
     pre_busy = pre_span = 0.0
     pre_view = SchedulerView(pre.engine)
-    config = EngineConfig(max_num_seqs=pre.slots, max_num_batched_tokens=w.max_prefill_tokens)
-    for r in sorted({i % P for i in mine}):
+    peak: ServerLog | None = None
+    simulated = sorted({i % P for i in mine})
+    pre_engine = pre.size([Request(x.arrival_s, x.prompt_tokens, 1) for x in every]).engine
+    for r in simulated:
         idx = list(range(r, len(every), P))
         prompts = [Request(every[i].arrival_s, every[i].prompt_tokens, 1) for i in idx]
-        log = serve(pre_view, prompts, config, window)  # type: ignore[arg-type]
+        log = serve(pre_view, prompts, pre_engine, window)  # type: ignore[arg-type]
         pre_busy += sum(b - a for _, a, b, _ in log.steps)
         pre_span += max((b for _, _, b, _ in log.steps), default=0.0)
+        pre.preemptions += log.preemptions / len(simulated)
+        if peak is None or log.peak_kv_blocks >= peak.peak_kv_blocks:
+            peak = log
         queue = TransferQueue()
         for i, req in zip(idx, log.requests, strict=True):
             xfer[i] = kv_transfer_s(pre.scenario, dec.scenario, req.prompt_tokens, link)
             done[i] = req.first_token_s
             ready[i] = queue.send(req.first_token_s, xfer[i][0])
+    assert pre.plan is not None and peak is not None
+    pre.memory = served_memory(pre.scenario, pre.plan, peak)
     reqs = [
         DecodeRequest(
             every[i].arrival_s, ready[i], done[i], every[i].prompt_tokens, every[i].output_tokens
         )
         for i in mine
     ]
-    dlog = serve_decode(dec.engine, reqs, dec.slots, window)
+    dlog = _decode(dec, reqs, window)
     xfer_s = float(np.mean([xfer[i][0] for i in mine])) if mine else 0.0
     xfer_b = float(np.mean([xfer[i][1] for i in mine])) if mine else 0.0
     return _result(s, w, pre, dec, dlog, reqs, (pre_busy, pre_span), link, (xfer_s, xfer_b), window)
 
 
+def _decode(dec: Pool, reqs: list[DecodeRequest], window: float) -> DecodeLog:
+    """Run decode replica 0 over its requests with the pool's engine (paged under vllm_v1,
+    whole-sequence slots otherwise) and record its memory and preemptions."""
+    plan = dec.size([Request(r.ready_s, r.prompt_tokens, r.output_tokens) for r in reqs])
+    if plan.engine.policy == "vllm_v1":
+        dlog = serve_decode_paged(SchedulerView(dec.engine), reqs, plan.engine, window)
+        held = ServerLog(requests=[], peak_kv_blocks=dlog.peak_kv_blocks)
+        dec.memory = served_memory(dec.scenario, plan, held)
+    else:
+        dlog = serve_decode(dec.engine, reqs, dec.slots, window)
+        dec.memory = served_memory(dec.scenario, plan, ServerLog(requests=[]))
+    dec.preemptions = dlog.preemptions
+    return dlog
+
+
 def _pool_summary(pool: Pool, utilization: float, capacity_rps: float) -> dict:
-    p = pool.scenario.parallel
+    p, plan = pool.scenario.parallel, pool.plan
+    assert plan is not None and pool.memory is not None
     return {
         "gpus": pool.scenario.gpus,
         "replicas": pool.replicas,
         "layout": {"tp": p.tp, "pp": p.pp, "ep": p.ep, "etp": p.etp, "dp": p.dp_size},
         "dispatcher": pool.cost.ctx.dispatcher if pool.scenario.model.moe else None,
+        "scheduler": plan.engine.policy,
         "slots_per_replica": pool.slots,
-        "kv_capacity_sequences": pool.capacity,
+        "kv_capacity_sequences": plan.capacity_sequences,
+        "kv_capacity_tokens": plan.capacity_tokens,
+        "preemptions_per_replica": pool.preemptions,
         "memory_per_gpu_GB": pool.memory.as_GB(),
-        "fits_in_memory": pool.memory.total <= pool.scenario.cluster.gpu.hbm_GB * 1e9
-        and pool.capacity >= 1,
-        "memory_note": memory_note(pool.scenario, pool.memory, pool.capacity),
+        "fits_in_memory": pool.fits,
+        "memory_note": plan.note
+        or memory_note(pool.scenario, pool.memory, plan.capacity_sequences),
         "utilization": utilization,
         "capacity_requests_per_s": capacity_rps,
     }
@@ -162,7 +224,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
         out_per_s = out_tokens / span * D if span > 0 else 0.0
     else:
         out_per_s = dlog.tokens_in_window / window * D
-    steps = len(dlog.steps)
+    steps = dlog.decode_steps
     mean_batch = dlog.decode_batch_sum / steps if steps else 0.0
     mean_ctx = dlog.decode_context_sum / steps if steps else 0.0
     mb = max(1, round(mean_batch))
@@ -170,13 +232,12 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
     typical = dec.engine.decode_forward(micro, mean_ctx * micro / mb)
     round_s = dec.engine.decode_s(mb, mean_ctx)
     prompt, output = round(w.mean_prompt_len), round(w.mean_output_len)  # capacity at the means
-    pre_cap = pre.replicas / prefill_s_per_prompt(pre, max(1, prompt), w.max_prefill_tokens)
+    budget = step_token_budget(pre.scenario)
+    pre_cap = pre.replicas / prefill_s_per_prompt(pre, max(1, prompt), budget)
     dec_per_req = decode_s_per_request(dec, prompt, output)
     dec_cap = D / dec_per_req if dec_per_req > 0 else math.inf
     pre_busy, pre_span = pre_time
     counts = dec.cost.counts
-    fits_pre = pre.memory.total <= s.cluster.gpu.hbm_GB * 1e9 and pre.capacity >= 1
-    fits_dec = dec.memory.total <= s.cluster.gpu.hbm_GB * 1e9 and dec.capacity >= 1
     res = Result(
         name=s.name,
         stage="inference",
@@ -185,7 +246,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
         params_active=float(counts.active_main),
         model_flops_per_token=generated_token_flops(s.model, w.mean_prompt_len, w.mean_output_len),
         memory_per_gpu_GB=dec.memory.as_GB(),
-        fits_in_memory=fits_pre and fits_dec,
+        fits_in_memory=pre.fits and dec.fits,
         step_time_s=round_s,
         tokens_per_s=out_per_s,
         tokens_per_s_per_gpu=out_per_s / s.gpus,
@@ -201,6 +262,7 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
         res.tpot_s_p99 = float(np.percentile(tpot, 99))
         res.tpot_s_mean = float(np.mean(tpot))
     res.requests = len(reqs) * D
+    res.preemptions = round(dlog.preemptions * D + pre.preemptions * pre.replicas)
     res.replicas = pre.replicas + D
     res.mean_decode_batch = mean_batch
     res.makespan_s = span

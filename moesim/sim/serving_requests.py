@@ -20,6 +20,9 @@ class Request:
     engine gives it (first token and finish times, how often it was preempted).
 
     ``cached_tokens`` of the prompt are found in the prefix cache: their KV is not recomputed.
+    A ``prefilled`` request (the decode pool of PD disaggregation) arrives with its whole
+    prompt's KV cache, sent by a prefill replica, and its first token: the KV is its own
+    (charged to its blocks) and is recomputed, with its generated tokens, if it is preempted.
     """
 
     arrival_s: float
@@ -29,6 +32,7 @@ class Request:
     first_token_s: float = math.nan
     finish_s: float = math.nan
     preemptions: int = 0
+    prefilled: bool = False
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.output_tokens < 1:

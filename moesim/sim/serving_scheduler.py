@@ -19,7 +19,9 @@ queue; when readmitted it recomputes its prompt and the tokens it had generated.
 request is admitted only when its first chunk's blocks are free. Decodes ride along in prefill
 steps (one forward over both: ``ReplicaCost.mixed_step``). A prompt's ``cached_tokens``
 (prefix-cache hits) start computed: not recomputed, and their KV is shared (held by the
-cache, not charged to the request's blocks).
+cache, not charged to the request's blocks). A ``prefilled`` request (the decode pool of PD
+disaggregation) starts with its prompt computed and its first token generated; its blocks are
+allocated at admission and lost, like any other, when it is preempted.
 
 **prefill_first** (moesim's earlier scheduler, kept for comparison): while a prompt is
 part-way through its prefill, or requests wait and slots are free, it runs a prefill step of at
@@ -225,6 +227,14 @@ class _Seq:
     generated: int = 0  # output tokens sampled so far
     blocks: int = 0  # KV blocks held
 
+    @classmethod
+    def arriving(cls, r: Request) -> _Seq:
+        """``r`` as it enters the engine: its prefix-cache hits computed, or, prefilled
+        elsewhere, its whole prompt and its first token."""
+        if r.prefilled:
+            return cls(r, r.prompt_tokens, generated=1)
+        return cls(r, r.cached_tokens)
+
     @property
     def to_compute(self) -> int:
         """Tokens the engine must still run before it samples the next one."""
@@ -260,10 +270,10 @@ def _serve_vllm_v1(
         while done < len(log.requests):
             if not waiting and not running:
                 r = yield queue.get()
-                waiting.append(_Seq(r, r.cached_tokens))
+                waiting.append(_Seq.arriving(r))
             while queue.items:
                 r = yield queue.get()
-                waiting.append(_Seq(r, r.cached_tokens))
+                waiting.append(_Seq.arriving(r))
             steps = _decode_run_length(running, waiting, free, engine)
             if steps > 1:  # a run of decode-only steps: no admission, finish or preemption
                 n = len(running)
@@ -358,7 +368,7 @@ def _serve_vllm_v1(
                 seq.generated += 1
                 emitted += 1
                 r = seq.req
-                if seq.generated == 1 and math.isnan(r.first_token_s):
+                if math.isnan(r.first_token_s):  # its first token out of this engine
                     r.first_token_s = env.now
                 if seq.generated >= r.output_tokens:
                     r.finish_s = env.now

@@ -297,9 +297,11 @@ def pool_scenario(s: Scenario, which: Literal["prefill", "decode"]) -> Scenario:
         parallel = _serving_parallel(
             s, tp=pool.tp, pp=pool.pp, ep=pool.ep, etp=pool.etp, moe_dispatcher=pool.moe_dispatcher
         )
-        # the decode pool's engine is moesim.sim.decode_server (no scheduler to choose); the
-        # prefill pool drafts nothing
-        extra = {"scheduler": "prefill_first"} if which == "decode" else {"speculative": None}
+        # the prefill pool drafts nothing; a speculative decode pool keeps whole-sequence slots
+        # (moesim.sim.decode_server: the vllm_v1 engine schedules one token per decode)
+        extra: dict = {"speculative": None}
+        if which == "decode":
+            extra = {"scheduler": "prefill_first"} if w.speculative is not None else {}
         workload = w.model_copy(
             update={
                 "disaggregated": None,

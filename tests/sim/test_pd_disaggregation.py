@@ -96,3 +96,48 @@ def test_per_request_lengths_set_each_transfer():
     mean_gb = r.disaggregated["kv_transfer_GB_per_request"]
     assert 256 * per_token / 1e9 < mean_gb < 2048 * per_token / 1e9
     assert r.tpot_s_p50 > 0 and r.ttft_s_p99 >= r.ttft_s_p50
+
+
+def _tight(util: float, scheduler: str = "vllm_v1"):
+    # long outputs at 40 requests/s keep ~40 sequences per decode replica; the memory
+    # utilization leaves KV for 160 (0.8), 49 (0.66) or 33 (0.64) whole sequences
+    return serving(
+        "mixtral-8x7b",
+        nodes=2,
+        arrival_rate_per_s=40.0,
+        duration_s=8.0,
+        prompt_len=1024,
+        output_len=512,
+        gpu_memory_utilization=util,
+        scheduler=scheduler,
+        disaggregated={
+            "prefill": {"gpus": 8, "tp": 2, "etp": 2},
+            "decode": {"gpus": 8, "tp": 2, "etp": 2},
+        },
+    )
+
+
+def test_the_pools_are_paged_and_the_decode_pool_preempts_when_its_kv_runs_out():
+    roomy = simulate(_tight(0.8))
+    d = roomy.disaggregated
+    assert d["prefill"]["scheduler"] == d["decode"]["scheduler"] == "vllm_v1"
+    assert roomy.preemptions == 0
+    # a paged pool holds what its requests have computed, never more than the pool that whole
+    # sequences per slot reserve
+    whole = simulate(_tight(0.8, "prefill_first")).disaggregated["decode"]
+    held_GB = d["decode"]["memory_per_gpu_GB"]["kv_cache"]
+    assert 0 < held_GB <= whole["memory_per_gpu_GB"]["kv_cache"]
+    assert d["prefill"]["memory_per_gpu_GB"]["kv_cache"] < held_GB  # prompts leave when done
+    tight = simulate(_tight(0.64))
+    assert tight.preemptions > 0
+    assert tight.disaggregated["decode"]["preemptions_per_replica"] > 0
+    assert tight.disaggregated["decode"]["fits_in_memory"]
+
+
+def test_paging_serves_more_than_whole_sequence_slots_in_the_same_memory():
+    paged, whole = simulate(_tight(0.64)), simulate(_tight(0.64, "prefill_first"))
+    assert whole.disaggregated["decode"]["scheduler"] == "prefill_first"
+    assert whole.preemptions == 0
+    assert paged.mean_decode_batch >= whole.mean_decode_batch
+    assert paged.output_tokens_per_s >= whole.output_tokens_per_s
+    assert paged.ttft_s_p99 <= whole.ttft_s_p99
