@@ -94,6 +94,7 @@ from moesim.plan_file import (
     load_plan,
     plan_from_dict,
 )
+from moesim.plan_pd import pd_layouts, pool_rows
 from moesim.scenario_io import (
     ScenarioError,
     scenario_from_dict,
@@ -173,6 +174,8 @@ class Candidate:
         }
         if p.etp > 1:
             out["etp"] = p.etp
+        if getattr(s.workload, "disaggregated", None) is not None:
+            out |= pool_rows(s, r)
         if p.cp > 1:
             out["cp"] = p.cp
         if s.reliability is not None:  # failures over the run: goodput beside throughput
@@ -264,6 +267,8 @@ def cluster_sizes(spec: PlanSpec) -> list[tuple[int, int]]:
 
 def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
     """Every buildable scenario of the search space (and how many points were considered)."""
+    if spec.disaggregated:
+        return _pd_candidates(spec)
     sp, considered, out = spec.search, 0, []
     moe = spec.base["model"].get("moe") is not None
     serving = spec.serving
@@ -301,6 +306,29 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         except ScenarioError:
             continue
     return considered, out
+
+
+def _pd_candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
+    """Every buildable pairing of a prefill and a decode pool (``moesim.plan_pd``), with the
+    engine knobs searched as for colocated serving."""
+    sp, out = spec.search, []
+    considered, layouts = pd_layouts(spec)
+    knobs = list(itertools.product(sp.max_num_seqs or [None], sp.max_num_batched_tokens or [None]))
+    for (nodes, gpn, pools, name), (seqs, budget), tbo in itertools.product(
+        layouts, knobs, sp.two_batch_overlap
+    ):
+        d = dict(spec.base)
+        d["cluster"] = {**spec.base["cluster"], "nodes": nodes, "gpus_per_node": gpn}
+        d["parallel"] = {"zero_stage": 0, "recompute": "none"}
+        wl, engine = _engine_knobs(spec.base["workload"], seqs, budget)
+        d["workload"] = {**wl, "disaggregated": pools, "two_batch_overlap": tbo}
+        engine += " tbo" if tbo else ""
+        d["name"] = name[:-1] + engine + "]" if engine else name
+        try:
+            out.append(scenario_from_dict(d, base=spec.base_dir))
+        except ScenarioError:
+            continue
+    return considered * len(knobs) * len(sp.two_batch_overlap), out
 
 
 def _engine_knobs(

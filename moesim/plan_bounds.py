@@ -85,6 +85,10 @@ def tpot_lower_bound_s(s: Scenario) -> float | None:
     w, m, p = s.workload, s.model, s.parallel
     if not isinstance(w, InferenceWorkload) or w.max_output_len < 2:
         return None
+    if w.disaggregated is not None:  # the decode pool's replicas decode
+        from moesim.specs.scenario import pool_scenario
+
+        return tpot_lower_bound_s(pool_scenario(s, "decode"))
     dense = sum(
         x.attention + x.dense_ffn + x.shared_experts for x in count_params(m).decoder_layers
     )
@@ -97,9 +101,17 @@ def tpot_lower_bound_s(s: Scenario) -> float | None:
 
 
 def least_memory_per_gpu_B(s: Scenario) -> float:
-    """Bytes per GPU the layout needs at the least: a server under Poisson arrivals shrinks its
-    batch to the KV cache that fits (one sequence at the least); anything else needs all of it."""
+    """Bytes per GPU the layout needs at the least: a server under Poisson arrivals shrinks
+    its batch to the KV cache that fits (one sequence at the least); each pool of a
+    disaggregated one its weights and workspace (a paged prefill pool holds only prompts, for
+    a while); anything else needs all of it."""
     w = s.workload
+    if isinstance(w, InferenceWorkload) and w.disaggregated is not None:
+        from moesim.sim.serving_memory import inference_memory
+        from moesim.specs.scenario import pool_scenario
+
+        pools = (pool_scenario(s, k) for k in ("prefill", "decode"))
+        return max(inference_memory(ps, 0).total for ps in pools)
     if isinstance(w, InferenceWorkload) and w.arrival_rate_per_s is not None:
         from moesim.sim.serving_memory import inference_memory
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError
+from pydantic import Field, NonNegativeInt, PositiveInt, ValidationError, model_validator
 
 from moesim.scenario_io import (
     ScenarioError,
@@ -23,6 +23,31 @@ from moesim.specs import (
     Spec,
     Workload,
 )
+
+
+class PoolSearch(Spec):
+    """The values one pool of ``workload.disaggregated`` may take in a serving plan: each a
+    list to try; a field left out keeps the base scenario's pool value."""
+
+    gpus: list[PositiveInt] | None = Field(None, description="GPUs of the pool (or nodes)")
+    nodes: list[PositiveInt] | None = Field(None, description="whole nodes of the pool")
+    tp: list[PositiveInt] | None = Field(None, description="tensor parallel per replica")
+    pp: list[PositiveInt] | None = Field(None, description="pipeline stages per replica")
+    ep: list[PositiveInt] | None = Field(None, description="expert parallel over the pool")
+    etp: list[PositiveInt] | None = Field(None, description="expert tensor parallel")
+    max_num_seqs: list[PositiveInt] | None = Field(
+        None, description="sequences per replica of the pool (its max_batch_size)"
+    )
+
+    @model_validator(mode="after")
+    def _one_size(self) -> PoolSearch:
+        if self.gpus is not None and self.nodes is not None:
+            raise ValueError("a pool's search takes gpus or nodes, not both: drop one")
+        return self
+
+
+#: the colocated layout's axes: a disaggregated plan varies its pools' instead
+COLOCATED_AXES = ("nodes", "gpus", "tp", "pp", "cp", "ep", "etp")
 
 
 class SearchSpace(Spec):
@@ -53,6 +78,14 @@ class SearchSpace(Spec):
         description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
         "default the workload's",
     )
+    prefill: PoolSearch | None = Field(
+        None,
+        description="serving with workload.disaggregated: the prefill pool's gpus | nodes, tp, "
+        "pp, ep, etp, max_num_seqs to try (replaces the colocated nodes/gpus/tp/pp/cp/ep/etp)",
+    )
+    decode: PoolSearch | None = Field(
+        None, description="serving with workload.disaggregated: the decode pool's, as prefill"
+    )
 
 
 class Constraints(Spec):
@@ -77,6 +110,11 @@ class PlanSpec:
     @property
     def serving(self) -> bool:
         return self.base["workload"].get("stage") == "inference"
+
+    @property
+    def disaggregated(self) -> bool:
+        """A serving plan whose candidates vary the pools of ``workload.disaggregated``."""
+        return self.serving and bool(self.base["workload"].get("disaggregated"))
 
 
 def load_plan(path: str | Path, overrides: Sequence[tuple[str, Any]] = ()) -> PlanSpec:
@@ -134,12 +172,8 @@ def plan_from_dict(
             problems.append(format_validation_error(e, source, lines, (), _WorkloadBox))
         except ScenarioError as e:
             problems.append(str(e))
-    if isinstance(workload, dict) and workload.get("disaggregated"):
-        problems.append(
-            f"{at('workload', 'disaggregated')}workload.disaggregated: a plan searches one "
-            "layout for every GPU; the pools of a disaggregated deployment set their own: "
-            "simulate or sweep them instead"
-        )
+    if search is not None:
+        problems += _pool_search_problems(search, workload, at)
     if constraints is not None:
         slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
         if slos and stage != "inference":
@@ -195,6 +229,33 @@ class _WorkloadBox(Spec):
     """The workload field alone, for its errors' fixes (``_bound_fix`` walks a model)."""
 
     workload: Workload
+
+
+def _pool_search_problems(search: SearchSpace, workload: Any, at: Any) -> list[str]:
+    """A disaggregated plan varies its pools (search.prefill / search.decode), a colocated one
+    its layout: each knob given on the other kind of plan is a problem naming the fix."""
+    disaggregated = isinstance(workload, dict) and bool(workload.get("disaggregated"))
+    out = []
+    for which in ("prefill", "decode"):
+        if getattr(search, which) is not None and not disaggregated:
+            out.append(
+                f"{at('search', which)}search.{which}: varies a pool of workload.disaggregated, "
+                f"but this workload is colocated: add workload.disaggregated (the pools to "
+                f"start from) or drop search.{which}"
+            )
+    for key in COLOCATED_AXES:
+        if disaggregated and key in search.model_fields_set:
+            pool_key = None if key == "cp" else key  # a serving pool has no context parallel
+            fix = (
+                f"search.prefill.{pool_key} / search.decode.{pool_key}"
+                if pool_key
+                else "the pools' own layouts"
+            )
+            out.append(
+                f"{at('search', key)}search.{key}: a disaggregated deployment's layout is its "
+                f"pools': vary {fix} instead"
+            )
+    return out
 
 
 def _resolved_workload(

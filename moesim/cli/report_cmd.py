@@ -412,6 +412,10 @@ def _serving_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
     for b in rows:
         etp = f" etp{b['etp']}" if b.get("etp") else ""
         layout = f"tp{b['tp']} pp{b['pp']} ep{b['ep']}{etp} ×{b.get('replicas')}"
+        if b.get("disaggregated"):  # its pools' layouts
+            from moesim.plan_pd import pd_layout_text
+
+            layout = pd_layout_text(b)
         if b.get("engine_searched"):
             layout += f" {b['max_num_seqs']} seqs {b['max_num_batched_tokens']} tok/step"
         cells = [

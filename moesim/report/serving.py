@@ -297,11 +297,15 @@ def _miss_ratio(r: dict[str, Any], constraints: dict[str, Any]) -> float:
 
 
 def _layout_cell(b: dict[str, Any]) -> str:
-    etp = f" · etp {b['etp']}" if b.get("etp") else ""
-    pp = f" · pp {b['pp']}" if b["pp"] > 1 else ""
     budget = ""
     if b.get("engine_searched"):
         budget = f" · {b['max_num_seqs']} seqs · {b['max_num_batched_tokens']} tok/step"
+    if b.get("disaggregated"):  # a prefill and a decode pool
+        from moesim.plan_pd import pd_layout_text
+
+        return f"{b['gpus']} GPUs: {pd_layout_text(b)}{budget}"
+    etp = f" · etp {b['etp']}" if b.get("etp") else ""
+    pp = f" · pp {b['pp']}" if b["pp"] > 1 else ""
     return f"{b['gpus']} GPUs: tp {b['tp']}{pp} · ep {b['ep']}{etp}{budget}"
 
 
