@@ -61,7 +61,11 @@ with prefill chunks (TPOT) and lengthens a prompt's prefill (TTFT).
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
 serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
-at the offered rate); ``objective: time`` minimises p99 TPOT instead.
+at the offered rate); ``objective: time`` minimises p99 TPOT instead. A disaggregated base
+(``workload.disaggregated``) is searched over its pools instead (``search.prefill`` and
+``search.decode``: gpus or nodes, tp, pp, ep, etp, max_num_seqs; ``moesim.plan_pd``): every
+pairing, the cluster being both pools' GPUs, its memory bound each pool's weights and its TPOT
+bound the decode pool's; the colocated axes (nodes, gpus, tp, pp, cp, ep, etp) are refused there.
 """
 
 from __future__ import annotations

@@ -259,7 +259,8 @@ class InferenceWorkload(Spec):
         DEFAULT_MAX_PREFILL_TOKENS,
         description="tokens per engine step (vLLM's max_num_batched_tokens; that name is "
         "accepted too): decodes and prompt chunks under vllm_v1, prompt tokens per prefill step "
-        "under prefill_first; longer prompts are chunked over steps",
+        "under prefill_first; longer prompts are chunked over steps. With pp > 1 each of the pp "
+        "batches in flight has this budget",
     )
     max_num_seqs: PositiveInt | None = Field(
         None, description="vLLM's name of max_batch_size (give one of the two)"
@@ -272,7 +273,8 @@ class InferenceWorkload(Spec):
         description="vllm_v1: a token budget per step shared by running decodes (first) and "
         "chunked prefills, paged KV cache, preemption (recompute) when it runs out; "
         "prefill_first: prefill and decode steps alternate, each request reserves its whole KV "
-        "at admission (moesim's earlier engine)",
+        "at admission (moesim's earlier engine). Both pools of workload.disaggregated run it "
+        "(a speculative decode pool reserves whole sequences)",
     )
     gpu_memory_utilization: Fraction | None = Field(
         None,
@@ -320,7 +322,9 @@ class InferenceWorkload(Spec):
         None,
         description="prefill/decode disaggregation: {prefill: {gpus | nodes, tp, pp, ep, etp, "
         "moe_dispatcher}, decode: {...}}: separate pools, the prompt's KV cache sent from the "
-        "prefill replica to the decode replica (needs arrival_rate_per_s or a trace)",
+        "prefill replica to the decode replica (needs arrival_rate_per_s or a trace); each "
+        "pool's KV cache is paged under scheduler vllm_v1, the decode pool preempting when it "
+        "runs out",
     )
 
     @field_validator("trace")
