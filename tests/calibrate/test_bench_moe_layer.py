@@ -11,6 +11,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from moesim.calibrate.moe_layer_bench_checks import rel_max_err  # noqa: E402
+from moesim.calibrate.moe_layer_bench_modules import KERNEL_NAMES  # noqa: E402
 from moesim.nn import moe as moe_module  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[2] / "calibration" / "bench_moe_layer.py"
@@ -57,7 +59,7 @@ def test_quick_run_writes_every_key(quick):
         layer = bench.build_layer(bench.layer_spec(name, quick=True), "cpu", torch.float32)
         probe = torch.empty(0, layer.experts.d_model)
         kernel = layer.experts.kernel(probe, bounded=layer.capacity(64) is not None)
-        assert shape["fast_path_kernel"] == bench.KERNEL_NAMES[kernel]
+        assert shape["fast_path_kernel"] == KERNEL_NAMES[kernel]
         if grouped_mm_runs(layer.experts):  # fp32 on the CPU in torch 2.13
             assert kernel == "grouped_mm"
     cases = {(c["shape"], c["tokens"], c["routing"]) for c in result["cases"]}
@@ -98,7 +100,7 @@ def test_the_reported_kernel_is_asked_with_the_bound_the_layer_runs_with(
         layer(torch.randn(64, spec.d_model))
     in_forward, asked[:] = set(asked), []
     assert len(in_forward) == 1  # one bound throughout the forward
-    assert bench.fast_path_kernel(layer) == bench.KERNEL_NAMES[real(torch.empty(0, spec.d_model))]
+    assert bench.fast_path_kernel(layer) == KERNEL_NAMES[real(torch.empty(0, spec.d_model))]
     assert set(asked) == in_forward
     assert in_forward == {router != "expert_choice" and capacity_factor is not None}
 
@@ -214,7 +216,7 @@ def test_transformers_block_gets_the_layers_weights():
     assert info["weights"] == "copied from the moesim layer"
     x = torch.randn(48, spec.d_model)
     with torch.no_grad():
-        assert bench.rel_max_err(bench.hf_forward(block, x), layer(x).out) < 1e-5
+        assert rel_max_err(bench.hf_forward(block, x), layer(x).out) < 1e-5
 
 
 @pytest.mark.gpu
