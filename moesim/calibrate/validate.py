@@ -8,7 +8,7 @@
    depends on comes from the fitting rows: on the CPU the device spec too (its peak is the
    best GEMM rate measured and its "HBM" the best d2d copy, so a spec from all rows would let a
    held-out GEMM or copy set the scale of its own prediction); a GPU's spec is its datasheet.
-3. Predict each held-out measurement with that profile:
+3. Predict each held-out measurement with that profile (``moesim.calibrate.predict``):
    - op classes through the cost model (``moesim.sim.costmodel.CostModel``): forward + a
      backward of twice the FLOPs and bytes (the simulator's convention) for ``fwd_bwd`` rows;
      copies as bytes over the fitted HBM bandwidth plus the launch overhead, host copies as
