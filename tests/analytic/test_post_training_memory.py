@@ -46,7 +46,7 @@ def test_sleep_frees_the_engine_for_training_and_activations_for_the_rollout():
     base = awake.estimate.total - awake.estimate.kv_cache  # training states + engine weights
     assert training == pytest.approx(base - engine)
     act = awake.estimate.activations
-    kv = asleep.rollout_slots * asleep.rollout_kv_per_sequence
+    kv = asleep.rollout_kv_capacity * asleep.rollout_kv_per_sequence  # what the pool holds
     assert rollout == pytest.approx(base - act + kv)
     assert asleep.estimate.total == pytest.approx(max(training, rollout))
     # levels 1 and 2 hold the same in HBM (they differ in what crosses PCIe)
