@@ -173,7 +173,7 @@ def test_both_engines_equal_the_hand_computed_rollout_when_kv_is_ample():
     assert v1.rollout_kv_pool_tokens >= v1.rollout_peak_kv_tokens == 8 * 512
 
 
-def _disaggregated(gpu_memory_utilization=None, **engine):
+def _disaggregated(gpu_memory_utilization=None, workload=None, **engine):
     if gpu_memory_utilization is not None:
         engine["gpu_memory_utilization"] = gpu_memory_utilization
     return scenario_from_dict(
@@ -184,7 +184,7 @@ def _disaggregated(gpu_memory_utilization=None, **engine):
             "parallel": {"tp": 2, "pp": 1, "zero_stage": 1},
             "workload": {**GRPO, "global_batch": 16, "group_size": 16, "prompt_len": 512,
                          "response_len": 1024, "rollout": "disaggregated", "rollout_gpus": 8,
-                         "rollout_engine": engine},
+                         "rollout_engine": engine, **(workload or {})},
         }
     )  # fmt: skip
 
@@ -235,3 +235,15 @@ def test_pipelined_rollout_decode_is_never_slower_than_traversing_the_batch():
     assert piped.makespan_s < whole.makespan_s
     for a, b in zip(piped.steps, whole.steps, strict=True):  # round by round
         assert a[2] - a[1] <= (b[2] - b[1]) * (1 + 1e-12)
+
+
+def test_a_drawn_sequence_longer_than_the_pool_is_run_and_reported_as_not_fitting():
+    """vLLM V1 could never finish a sequence its pool cannot hold: the rollout runs as if it
+    fitted (as serving does) and the step says it does not fit."""
+    # a pool of ~34,000 tokens per replica, one response of 40,000
+    r = simulate(_disaggregated(0.35, {"response_len": empirical(*SHORT, 40000)}))
+    assert r.rollout_response_tokens_max == 40000
+    assert r.rollout_kv_pool_tokens < 40000 + 512
+    assert r.fits_in_memory is False and r.fits_in_memory_parts["rollout_kv_pool"] is False
+    assert "does not fit" in r.memory_note and r.rollout_kv_capacity_sequences >= 1
+    assert simulate(_disaggregated(0.35)).fits_in_memory  # the same pool, shorter responses
