@@ -367,6 +367,9 @@ def phase_section(results: Sequence[Result]) -> Section | None:
     util = figures.phase_utilization_table(results)
     if util is not None:
         figs.append(util)
+    engine = figures.rollout_engine_table(results)
+    if engine is not None:
+        figs.append(engine)
     return Section(
         "Where the step time goes, phase by phase",
         "<p class='note'>A post-training step runs its phases one after another (each needs "
@@ -376,6 +379,8 @@ def phase_section(results: Sequence[Result]) -> Section | None:
         "rollout GPUs the next step's rollout runs beside this step's training: its bar is "
         "only the part training did not hide. The table gives each phase's MFU (model FLOPs "
         "over the phase's own time × the bf16 peak) and MBU (weight and KV bytes it must read "
-        "over its time × HBM bandwidth): decode is memory-bound, training compute-bound.</p>",
+        "over its time × HBM bandwidth): decode is memory-bound, training compute-bound. The "
+        "rollout engine's table gives its scheduler, its paged KV pool and what it held at its "
+        "peak, and the sequences it preempted (recomputed) when the pool ran out.</p>",
         figures=figs,
     )

@@ -195,6 +195,7 @@ def test_post_training_comparison_reads_as_a_pipeline(tmp_path):
     assert "rollout" in verdict and "All stages: $" in verdict
     html = comparison_report(scenarios, results, name, desc).render()
     assert "Where the step time goes, phase by phase" in html and "Step time by phase" in html
+    assert "The rollout engine of each replica" in html  # GRPO's engine, pool, preemptions
 
 
 # -- a serving plan ---------------------------------------------------------------------------
