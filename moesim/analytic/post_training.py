@@ -32,7 +32,8 @@
   of the engine's usable HBM (``rollout_kv_pool_bytes``): HBM beside everything resident
   during the rollout (above), and at most ``gpu_memory_utilization`` × HBM minus the engine's
   weights and the reserve when that is given (vLLM sizes its pool inside that fraction,
-  vllm/v1/worker/gpu_worker.py ``determine_available_memory``). ``vllm_v1`` pages the pool
+  vllm/v1/worker/gpu_worker.py ``determine_available_memory``; the activations of its
+  profiled step, which vLLM also takes out, are not modelled here). ``vllm_v1`` pages the pool
   (``rollout_kv_pool_tokens``) and runs up to ``max_num_seqs`` sequences, preempting when it
   runs out; ``prefill_first`` runs as many as fit whole (at most ``max_num_seqs``). The
   memory reports the KV of the sequences the pool holds at once (at least one, at most
