@@ -44,11 +44,32 @@ class _Seq:
     computed: int  # tokens whose KV is in the cache (prefix-cache hits count)
     generated: int = 0  # output tokens sampled so far
     blocks: int = 0  # KV blocks held
+    drafts: int = 0  # speculative: drafts proposed for the next step
+    rng: np.random.Generator | None = None  # speculative: this request's acceptance draws
 
     @property
     def to_compute(self) -> int:
         """Tokens the engine must still run before it samples the next one."""
         return self.req.prompt_tokens + self.generated - self.computed
+
+
+class _Acceptance:
+    """Seeded draws of how many of a sequence's drafts the target accepts: each draft is
+    accepted with probability a given the ones before it, up to the first rejection
+    (Leviathan et al. 2023), so a verify of j drafts accepts i < j with probability
+    a^i·(1 − a) and all j with a^j. Each request draws its own stream of uniforms (seeded by
+    the workload seed and its index), k per verify step: the draws are the same whatever
+    else the engine runs, and a higher a accepts at least as many drafts on the same draws."""
+
+    def __init__(self, rate: float, k: int, seed: int):
+        self.rate, self.k, self.seed = rate, k, seed
+
+    def stream(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, 0x5BEC, index])
+
+    def accepted(self, rng: np.random.Generator, drafts: int) -> int:
+        u = rng.random(self.k)[:drafts] < self.rate
+        return drafts if u.all() else int(np.argmin(u))
 
 
 def serve_vllm_v1(
@@ -62,14 +83,24 @@ def serve_vllm_v1(
         engine.max_num_batched_tokens,
         engine.max_num_seqs,
     )
+    k = engine.num_speculative_tokens
+    acceptance = _Acceptance(engine.acceptance_rate, k, engine.seed)
+    index = {id(r): i for i, r in enumerate(requests)}
     total_blocks = engine.kv_blocks
-    need_most = max((r.prompt_tokens + r.output_tokens for r in requests), default=0)
+    # a decode schedules its token and k drafts and reserves k lookahead slots beyond them
+    need_most = max((r.prompt_tokens + r.output_tokens for r in requests), default=0) + 2 * k
     if -(-need_most // bs) > total_blocks:
         raise ValueError(
             f"a request of {need_most} tokens needs {-(-need_most // bs)} KV blocks of {bs} "
             f"tokens; the pool holds {total_blocks:g}: it can never finish (more KV memory, or "
             "shorter requests)"
         )
+
+    def admit(r: Request) -> _Seq:
+        seq = _Seq(r, r.cached_tokens)
+        if k:
+            seq.rng = acceptance.stream(index[id(r)])
+        return seq
 
     def server():
         waiting: deque[_Seq] = deque()
@@ -79,11 +110,9 @@ def serve_vllm_v1(
         done = 0
         while done < len(log.requests):
             if not waiting and not running:
-                r = yield queue.get()
-                waiting.append(_Seq(r, r.cached_tokens))
+                waiting.append(admit((yield queue.get())))
             while queue.items:
-                r = yield queue.get()
-                waiting.append(_Seq(r, r.cached_tokens))
+                waiting.append(admit((yield queue.get())))
             steps = _decode_run_length(running, waiting, free, engine)
             if steps > 1:  # a run of decode-only steps: no admission, finish or preemption
                 n = len(running)
@@ -100,6 +129,7 @@ def serve_vllm_v1(
                     ran += 1
                     if queue.items and len(running) < max_seqs:
                         break  # an arrival can be admitted: back to the full scheduler
+                log.batched_tokens += ran * n
                 for seq in running:
                     seq.computed += ran
                     seq.generated += ran
@@ -115,14 +145,19 @@ def serve_vllm_v1(
             i = 0
             while i < len(running) and budget > 0:
                 seq = running[i]
-                new = min(seq.to_compute, budget)
-                need = -(-(seq.computed + new - seq.req.cached_tokens) // bs) - seq.blocks
+                # a decode: its token and its drafts (vLLM's num_tokens_with_spec −
+                # num_computed_tokens), cut to the budget left; KV slots for them and for k
+                # lookahead tokens (allocate_slots(..., num_lookahead_tokens))
+                new = min(seq.to_compute + seq.drafts, budget)
+                slots = seq.computed + new + k - seq.req.cached_tokens
+                need = max(0, -(-slots // bs) - seq.blocks)
                 lost = False
                 while need > free:
                     victim = running.pop()
                     free += victim.blocks
                     held -= victim.blocks
                     victim.blocks, victim.computed = 0, victim.req.cached_tokens
+                    victim.drafts = 0
                     victim.req.preemptions += 1
                     log.preemptions += 1
                     waiting.appendleft(victim)
@@ -141,6 +176,8 @@ def serve_vllm_v1(
             while not preempted and waiting and budget > 0 and len(running) < max_seqs:
                 seq = waiting[0]
                 new = min(seq.to_compute, budget)
+                # no lookahead for a request not yet started (vLLM: effective_lookahead_tokens
+                # is 0 while num_computed_tokens is 0)
                 need = -(-(seq.computed + new - seq.req.cached_tokens) // bs) - seq.blocks
                 if need > free:
                     break
@@ -155,30 +192,49 @@ def serve_vllm_v1(
                 raise RuntimeError("vllm_v1 engine: nothing could be scheduled")
             log.peak_kv_blocks = max(log.peak_kv_blocks, held)
             decodes, context, chunks, emitting = 0, 0.0, [], 0
+            verifies: list[tuple[int, int]] = []
             for seq, new in scheduled:
-                if new == 1 and seq.computed > 0:
+                if seq.to_compute == 1 and seq.computed > 0 and new > 1:
+                    verifies.append((seq.computed, new))
+                elif new == 1 and seq.computed > 0:
                     decodes += 1
                     context += seq.computed + 1
                 else:
                     chunks.append((seq.computed, new))
                     emitting += new == seq.to_compute
             log.prefill_tokens += sum(c for _, c in chunks)
+            log.batched_tokens += sum(new for _, new in scheduled)
             start = env.now
-            yield env.timeout(cost.mixed_step(decodes, context, chunks, emitting).total_s)
-            kind = "decode" if not chunks else "prefill" if not decodes else "mixed"
+            step = cost.mixed_step(decodes, context, chunks, emitting, verifies)
+            yield env.timeout(step.total_s)
+            kind = "decode" if not chunks else "prefill" if not decodes + len(verifies) else "mixed"
             log.steps.append((kind, start, env.now, len(scheduled)))
-            if decodes:
-                log.count_decodes(decodes, context)
+            if decodes or verifies:
+                log.count_decodes(
+                    decodes + len(verifies), context + sum(o + 1 for o, _ in verifies)
+                )
             emitted = 0
             for seq, new in scheduled:
-                caught_up = new == seq.to_compute
+                caught_up = new >= seq.to_compute
+                drafts = new - seq.to_compute  # drafts verified in this step
                 seq.computed += new
                 if not caught_up:
                     continue
-                seq.generated += 1
-                emitted += 1
+                gained = 1
+                if drafts > 0:
+                    assert seq.rng is not None
+                    accepted = acceptance.accepted(seq.rng, drafts)
+                    seq.computed -= drafts - accepted  # rejected drafts' slots are rewritten
+                    gained += accepted
+                    log.draft_tokens += drafts
+                    log.accepted_tokens += accepted
+                    log.verify_steps += 1
                 r = seq.req
-                if seq.generated == 1 and math.isnan(r.first_token_s):
+                gained = min(gained, r.output_tokens - seq.generated)
+                seq.generated += gained
+                seq.drafts = k  # the drafter proposes for the next step
+                emitted += gained
+                if seq.generated == gained and math.isnan(r.first_token_s):
                     r.first_token_s = env.now
                 if seq.generated >= r.output_tokens:
                     r.finish_s = env.now
@@ -203,6 +259,8 @@ def _decode_run_length(
     no request finishing, none admitted and no KV block short (0 when the next step is not
     one): such a run is stepped without per-sequence bookkeeping, to the same times."""
     n = len(running)
+    if engine.num_speculative_tokens:  # every decode verifies drafts: stepped one by one
+        return 0
     if not n or n > engine.max_num_batched_tokens or (waiting and n < engine.max_num_seqs):
         return 0
     if any(seq.to_compute != 1 or seq.computed == 0 for seq in running):

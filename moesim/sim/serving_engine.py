@@ -26,13 +26,19 @@ class EngineConfig:
     """How one replica's engine schedules (vLLM's names): at most ``max_num_seqs`` sequences
     started and not finished, at most ``max_num_batched_tokens`` tokens per step (prompt tokens
     per prefill step under prefill_first), a paged KV pool of ``kv_capacity_tokens`` tokens in
-    blocks of ``block_size`` (vllm_v1 only; inf: unbounded)."""
+    blocks of ``block_size`` (vllm_v1 only; inf: unbounded). Speculative decoding under
+    vllm_v1: ``num_speculative_tokens`` drafts per decode, each accepted with probability
+    ``acceptance_rate``, the draws seeded by ``seed`` (prefill_first takes tokens per step from
+    the step cost instead)."""
 
     max_num_seqs: int
     max_num_batched_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
     policy: str = "prefill_first"
     kv_capacity_tokens: float = math.inf
     block_size: int = DEFAULT_BLOCK_SIZE
+    num_speculative_tokens: int = 0
+    acceptance_rate: float = 0.0
+    seed: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
@@ -43,6 +49,11 @@ class EngineConfig:
             )
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r}: use one of {', '.join(POLICIES)}")
+        if self.num_speculative_tokens < 0 or not 0.0 <= self.acceptance_rate <= 1.0:
+            raise ValueError(
+                f"num_speculative_tokens ({self.num_speculative_tokens}) must be at least 0 and "
+                f"acceptance_rate ({self.acceptance_rate}) in [0, 1]"
+            )
 
     @property
     def kv_blocks(self) -> float:
@@ -65,6 +76,10 @@ class ServerLog:
     preemptions: int = 0  # requests whose KV cache was freed to make room (recomputed later)
     prefill_tokens: int = 0  # prompt (and recomputed) tokens run through prefill chunks
     peak_kv_blocks: int = 0  # most KV blocks held at once (vllm_v1)
+    batched_tokens: int = 0  # tokens the steps ran, drafts verified included (vllm_v1)
+    draft_tokens: int = 0  # drafts verified (vllm_v1 speculative)
+    accepted_tokens: int = 0  # drafts accepted (vllm_v1 speculative)
+    verify_steps: int = 0  # a sequence's verify of its drafts, one per sequence and step
 
     def count_decodes(self, batch: int, context: float) -> None:
         """Count a step that decoded ``batch`` sequences attending ``context`` keys in all."""

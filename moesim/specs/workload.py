@@ -296,7 +296,10 @@ class InferenceWorkload(Spec):
         "meeting all of them per second",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
+    seed: NonNegativeInt = Field(
+        0,
+        description="seeds arrivals, length draws and (vllm_v1) the speculative acceptance draws",
+    )
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
     two_batch_overlap: bool = Field(
         False,
