@@ -12,8 +12,8 @@ keep arriving. No KV paging: the caller caps ``max_num_seqs`` at the sequences w
 Chunk tokens attend the prompt's earlier tokens (read from the KV cache) and their own causally.
 
 A decode step of a speculative engine (``cost.tokens_per_step`` > 1, ``moesim.sim.engine_step``)
-gives each sequence that many tokens in expectation (prefill_first only; the scenario refuses
-speculative decoding under vllm_v1): a request then needs ⌈(output tokens − 1) /
+gives each sequence that many tokens in expectation (the vllm_v1 engine draws them instead,
+``moesim.sim.scheduler_vllm_v1``): a request then needs ⌈(output tokens − 1) /
 tokens_per_step⌉ decode steps, its context growing by its share of tokens per step.
 """
 

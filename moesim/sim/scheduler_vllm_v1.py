@@ -20,6 +20,32 @@ steps (one forward over both: ``ReplicaCost.mixed_step``). A prompt's ``cached_t
 cache, not charged to the request's blocks).
 
 Chunk tokens attend the prompt's earlier tokens (read from the KV cache) and their own causally.
+
+**Speculative decoding** (``EngineConfig.num_speculative_tokens`` k > 0), as V1's scheduler runs
+it ("each request just has the num_computed_tokens and num_tokens_with_spec ... general enough
+to cover chunked prefills, prefix caching, speculative decoding", ``Scheduler.schedule``): once
+a request has sampled a token the drafter has proposed k drafts for it, so its next decode
+schedules 1 + k tokens (``num_tokens_with_spec − num_computed_tokens``), cut to the budget left
+(the drafts past it are dropped). Its KV blocks cover those tokens and k lookahead slots beyond
+them (``allocate_slots(..., num_lookahead_tokens=k)`` for running requests; none for a waiting
+request whose computed tokens are 0). The step verifies them in the same forward as the other
+decodes and the prompt chunks (``ReplicaCost.mixed_step`` ``verifies``); the drafter's passes
+come after it (``moesim.sim.speculative``). The target accepts a prefix of the drafts and adds
+its own token: the sequence gains 1 + accepted tokens and its computed tokens fall back by the
+rejected drafts (``update_from_output``: ``num_computed_tokens -= num_rejected``); the blocks
+stay allocated. A preempted request loses its drafts.
+
+How many drafts are accepted is drawn, not averaged: each request has its own seeded stream of
+uniforms (the workload seed and its index), k per verify, and accepts drafts up to the first
+uniform ≥ a (Leviathan et al. 2023's accept-until-first-reject; the truncated geometric with
+mean ``SpeculativeSpec.tokens_per_step`` − 1). Drawn, because vLLM's rejection sampler decides
+per request and per step, and the engine's state is whole tokens: a request's KV blocks, the
+token budget of the next step and the step at which it finishes all depend on how many tokens
+it actually gained; an expected 1.85 tokens per step has no block boundary or last step. The
+draws give requests different TPOTs (a p99 above the p50, a static batch that ends with its
+unluckiest request) and are the same on every run with the same seed; on the same draws a
+higher a accepts at least as many drafts. Speculative decodes are stepped one at a time (no
+decode-only fast path).
 """
 
 from __future__ import annotations

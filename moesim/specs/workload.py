@@ -317,7 +317,9 @@ class InferenceWorkload(Spec):
     speculative: SpeculativeSpec | None = Field(
         None,
         description="speculative decoding: {method: mtp | draft, draft_model, "
-        "num_speculative_tokens, acceptance_rate}",
+        "num_speculative_tokens, acceptance_rate}; under either scheduler (vllm_v1: drafts in "
+        "the token budget and KV, acceptances drawn per request and step) and on a "
+        "disaggregated decode pool",
     )
     disaggregated: DisaggregatedSpec | None = Field(
         None,
