@@ -435,7 +435,8 @@ def test_serving_plan_searches_two_batch_overlap():
     assert sum(s.name.endswith(" tbo]") for s in scenarios) == len(scenarios) // 2
 
 
-def test_tpot_bound_holds_under_speculative_decoding():
+@pytest.mark.parametrize("scheduler", ["prefill_first", "vllm_v1"])
+def test_tpot_bound_holds_under_speculative_decoding(scheduler):
     """With a speculative step yielding up to k+1 tokens the weights-read bound shrinks by the
     expected tokens per step and stays below the simulated TPOT."""
     from moesim.sim.run import simulate
@@ -443,7 +444,7 @@ def test_tpot_bound_holds_under_speculative_decoding():
     spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3,
             "acceptance_rate": 1.0}  # fmt: skip
     wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 2}
-    wl["scheduler"] = "prefill_first"
+    wl["scheduler"] = scheduler
     _, scenarios = candidates(plan_from_dict({**SERVING_PLAN, "workload": wl}))
     s = next(x for x in scenarios if x.gpus == 2)
     plain = next(
