@@ -58,6 +58,9 @@ For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constra
 concurrency limit and per-step token budget: a smaller budget shortens the steps decodes share
 with prefill chunks (TPOT) and lengthens a prompt's prefill (TTFT).
 ``search.two_batch_overlap: [false, true]`` tries serving with and without two-batch overlap.
+``search.num_speculative_tokens`` (a list; needs ``workload.speculative``) tries each number of
+drafts per step: more drafts yield more tokens per step at a given acceptance, and cost a longer
+verify, more drafter passes and more of the token budget.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
 serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
@@ -197,6 +200,8 @@ class Candidate:
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
             }
+            if _drafts(s) is not None:
+                out["num_speculative_tokens"] = _drafts(s)
         return out
 
     @property
@@ -277,8 +282,9 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         (sp.max_num_seqs or [None]) if serving else [None],
         (sp.max_num_batched_tokens or [None]) if serving else [None],
         sp.two_batch_overlap if serving else [None],
+        (sp.num_speculative_tokens or [None]) if serving else [None],
     )  # fmt: skip
-    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo, k in axes:
         considered += 1
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
@@ -292,6 +298,12 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         }  # fmt: skip
         d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
         d["workload"], engine = _engine_knobs(spec.base["workload"], seqs, budget)
+        if k is not None:
+            d["workload"]["speculative"] = {
+                **d["workload"]["speculative"],
+                "num_speculative_tokens": k,
+            }
+            engine += f" k{k}"
         if tbo is not None:
             d["workload"]["two_batch_overlap"] = tbo
             engine += " tbo" if tbo else ""
@@ -318,6 +330,12 @@ def _engine_knobs(
         wl["max_prefill_tokens"] = budget
         suffix += f" tok{budget}"
     return wl, suffix
+
+
+def _drafts(s: Scenario) -> int | None:
+    """Drafts per step of a serving candidate (None without speculative decoding)."""
+    sp = getattr(s.workload, "speculative", None)
+    return sp.num_speculative_tokens if sp is not None else None
 
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:

@@ -53,6 +53,12 @@ class SearchSpace(Spec):
         description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
         "default the workload's",
     )
+    num_speculative_tokens: list[PositiveInt] | None = Field(
+        None,
+        description="serving with workload.speculative: drafts per step to try "
+        "(workload.speculative.num_speculative_tokens), e.g. [1, 2, 3, 4]; default the "
+        "workload's",
+    )
 
 
 class Constraints(Spec):
@@ -139,6 +145,14 @@ def plan_from_dict(
             f"{at('workload', 'disaggregated')}workload.disaggregated: a plan searches one "
             "layout for every GPU; the pools of a disaggregated deployment set their own: "
             "simulate or sweep them instead"
+        )
+    speculative = isinstance(workload, dict) and bool(workload.get("speculative"))
+    if search is not None and search.num_speculative_tokens is not None and not speculative:
+        problems.append(
+            f"{at('search', 'num_speculative_tokens')}search.num_speculative_tokens: the "
+            "plan's workload has no speculative decoding to tune: add workload.speculative "
+            "({method: mtp | draft, acceptance_rate, num_speculative_tokens}) or drop "
+            "search.num_speculative_tokens"
         )
     if constraints is not None:
         slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]

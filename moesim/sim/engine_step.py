@@ -82,7 +82,10 @@ class EngineStep:
 
     def prefill_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
         """Seconds of one prefill step of prompt ``chunks`` (offset, tokens), ``finished`` of
-        which end their prompt."""
+        which end their prompt (and, speculative, the drafter's passes over them)."""
+        return self._prefill_forward_s(chunks, finished) + self._draft_s(0, 0.0, chunks, finished)
+
+    def _prefill_forward_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
         full = self.cost.prefill_chunks(chunks, finished)
         tokens = sum(c for _, c in chunks)
         if not self.two_batch_overlap or tokens < 2:
@@ -97,30 +100,53 @@ class EngineStep:
             self.sm_slowdown,
         )
 
-    def mixed_s(
-        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+    def _draft_s(
+        self, batch: int, context_sum: float, chunks: list[tuple[int, int]], finished: int
     ) -> float:
-        """Seconds of one vLLM V1 step of ``decodes`` decode tokens and prefill ``chunks``
-        (``ReplicaCost.mixed_step``): a decode-only step is a decode round, a prefill-only one
-        a prefill step; a mixed one traverses the stages once (not pipelined) and, with
-        two-batch overlap, is split into halves of decodes and chunks."""
-        if not chunks:
+        if self.speculator is None:
+            return 0.0
+        return self.speculator.draft_s(batch, context_sum, chunks, finished)
+
+    def mixed_s(
+        self,
+        decodes: int,
+        decode_context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+        verifies: list[tuple[int, int]] | None = None,
+    ) -> float:
+        """Seconds of one vLLM V1 step of ``decodes`` plain decode tokens, speculative
+        ``verifies`` (offset, q: a sequence's last token and q − 1 drafts) and prefill
+        ``chunks`` (``ReplicaCost.mixed_step``). A step of decodes alone, or of full verifies
+        alone (q = k + 1 each), is a decode round (pipelined over pp, verify and drafts); a
+        prefill-only one a prefill step; any other traverses the stages once (not pipelined),
+        with two-batch overlap split into halves of decodes, verifies and chunks, and the
+        drafter's passes over its verified sequences and chunks."""
+        verifies = verifies or []
+        q_full = 1 + (self.speculator.spec.num_speculative_tokens if self.speculator else 0)
+        if not chunks and not verifies and self.speculator is None:
             return self.decode_s(decodes, decode_context_sum)
-        if not decodes:
+        if not chunks and not decodes and verifies and all(q == q_full for _, q in verifies):
+            return self.decode_s(len(verifies), float(sum(o + 1 for o, _ in verifies)))
+        if not decodes and not verifies:
             return self.prefill_s(chunks, finished)
-        full = self.cost.mixed_step(decodes, decode_context_sum, chunks, finished)
-        if not self.two_batch_overlap:
-            return full.total_s
-        (da, ca), (db, cb) = split_batch(decodes, decode_context_sum)
-        a, b = split_chunks(chunks)
-        fa = min(finished, len(a))
-        return tbo_step_s(
-            full,
-            self.cost.mixed_step(da, ca, a, fa),
-            self.cost.mixed_step(db, cb, b, finished - fa),
-            self.moe_layer_fraction,
-            self.sm_slowdown,
-        )
+        full = self.cost.mixed_step(decodes, decode_context_sum, chunks, finished, verifies)
+        forward = full.total_s
+        if self.two_batch_overlap:
+            (da, ca), (db, cb) = split_batch(decodes, decode_context_sum)
+            a, b = split_chunks(chunks) if chunks else ([], [])
+            fa = min(finished, len(a))
+            half = (len(verifies) + 1) // 2
+            va, vb = verifies[:half], verifies[half:]
+            forward = tbo_step_s(
+                full,
+                self.cost.mixed_step(da, ca, a, fa, va),
+                self.cost.mixed_step(db, cb, b, finished - fa, vb),
+                self.moe_layer_fraction,
+                self.sm_slowdown,
+            )
+        ctx = float(sum(o + 1 for o, _ in verifies))
+        return forward + self._draft_s(len(verifies), ctx, chunks, finished)
 
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
@@ -174,9 +200,15 @@ class SchedulerView:
         return StepTime(self.engine.decode_s(batch, context_sum))
 
     def mixed_step(
-        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+        self,
+        decodes: int,
+        decode_context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+        verifies: list[tuple[int, int]] | None = None,
     ) -> StepTime:
-        return StepTime(self.engine.mixed_s(decodes, decode_context_sum, chunks, finished))
+        t = self.engine.mixed_s(decodes, decode_context_sum, chunks, finished, verifies)
+        return StepTime(t)
 
 
 def engine_extras(e: EngineStep, batch: int, context_sum: float) -> dict[str, object]:

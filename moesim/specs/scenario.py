@@ -370,12 +370,6 @@ def _check_serving_options(s: Scenario) -> None:
             "set simulation.all_to_all: auto, or drop decode_moe_dispatcher"
         )
     if w.speculative is not None:
-        if w.disaggregated is None and w.scheduler != "prefill_first":
-            raise ValueError(
-                "workload.speculative runs under workload.scheduler: prefill_first (the vllm_v1 "
-                "engine here schedules one token per decode): set scheduler: prefill_first, or "
-                "serve it disaggregated"
-            )
         if w.speculative.method == "mtp" and s.model.mtp_depth < 1:
             raise ValueError(
                 f"workload.speculative.method is 'mtp' but {s.model.name} has no MTP module "

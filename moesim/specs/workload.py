@@ -273,7 +273,10 @@ class InferenceWorkload(EngineKnobs):
         "meeting all of them per second",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
+    seed: NonNegativeInt = Field(
+        0,
+        description="seeds arrivals, length draws and (vllm_v1) the speculative acceptance draws",
+    )
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
     two_batch_overlap: bool = Field(
         False,
@@ -291,7 +294,9 @@ class InferenceWorkload(EngineKnobs):
     speculative: SpeculativeSpec | None = Field(
         None,
         description="speculative decoding: {method: mtp | draft, draft_model, "
-        "num_speculative_tokens, acceptance_rate}",
+        "num_speculative_tokens, acceptance_rate}; under either scheduler (vllm_v1: drafts in "
+        "the token budget and KV, acceptances drawn per request and step) and on a "
+        "disaggregated decode pool",
     )
     disaggregated: DisaggregatedSpec | None = Field(
         None,
