@@ -58,6 +58,9 @@ For serving (``workload.stage: inference`` with ``arrival_rate_per_s``), constra
 concurrency limit and per-step token budget: a smaller budget shortens the steps decodes share
 with prefill chunks (TPOT) and lengthens a prompt's prefill (TTFT).
 ``search.two_batch_overlap: [false, true]`` tries serving with and without two-batch overlap.
+``search.num_speculative_tokens`` (a list; needs ``workload.speculative``) tries each number of
+drafts per step: more drafts yield more tokens per step at a given acceptance, and cost a longer
+verify, more drafter passes and more of the token budget.
 ``search.gpus`` (total GPUs, e.g. ``[1, 2, 4, 8, 16]``) replaces ``nodes`` where a deployment
 may be a slice of a node, and ``search.etp`` shards experts over tensor ranks as vLLM does. A
 serving layout's cost is its price per hour (``usd_per_hour``, and ``cost_per_million_tokens_usd``
@@ -204,6 +207,8 @@ class Candidate:
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
             }
+            if _drafts(s) is not None:
+                out["num_speculative_tokens"] = _drafts(s)
         return out
 
     @property
@@ -286,8 +291,9 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
         (sp.max_num_seqs or [None]) if serving else [None],
         (sp.max_num_batched_tokens or [None]) if serving else [None],
         sp.two_batch_overlap if serving else [None],
+        (sp.num_speculative_tokens or [None]) if serving else [None],
     )  # fmt: skip
-    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo in axes:
+    for (nodes, gpn), tp, pp, cp, ep, etp, zero, mbs, rc, sched, seqs, budget, tbo, k in axes:
         considered += 1
         if spec.constraints.max_gpus and nodes * gpn > spec.constraints.max_gpus:
             continue
@@ -300,7 +306,7 @@ def candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
             "microbatch_size": mbs, "recompute": rc, "schedule": sched,
         }  # fmt: skip
         d["name"] = _candidate_name(spec, nodes, gpn, d["parallel"])
-        d["workload"], engine = _engine_knobs(spec.base["workload"], seqs, budget)
+        d["workload"], engine = _engine_knobs(spec.base["workload"], seqs, budget, k)
         if tbo is not None:
             d["workload"]["two_batch_overlap"] = tbo
             engine += " tbo" if tbo else ""
@@ -317,14 +323,20 @@ def _pd_candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
     engine knobs searched as for colocated serving."""
     sp, out = spec.search, []
     considered, layouts = pd_layouts(spec)
-    knobs = list(itertools.product(sp.max_num_seqs or [None], sp.max_num_batched_tokens or [None]))
-    for (nodes, gpn, pools, name), (seqs, budget), tbo in itertools.product(
+    knobs = list(
+        itertools.product(
+            sp.max_num_seqs or [None],
+            sp.max_num_batched_tokens or [None],
+            sp.num_speculative_tokens or [None],
+        )
+    )
+    for (nodes, gpn, pools, name), (seqs, budget, k), tbo in itertools.product(
         layouts, knobs, sp.two_batch_overlap
     ):
         d = dict(spec.base)
         d["cluster"] = {**spec.base["cluster"], "nodes": nodes, "gpus_per_node": gpn}
         d["parallel"] = {"zero_stage": 0, "recompute": "none"}
-        wl, engine = _engine_knobs(spec.base["workload"], seqs, budget)
+        wl, engine = _engine_knobs(spec.base["workload"], seqs, budget, k)
         d["workload"] = {**wl, "disaggregated": pools, "two_batch_overlap": tbo}
         engine += " tbo" if tbo else ""
         d["name"] = name[:-1] + engine + "]" if engine else name
@@ -336,10 +348,11 @@ def _pd_candidates(spec: PlanSpec) -> tuple[int, list[Scenario]]:
 
 
 def _engine_knobs(
-    workload: dict[str, Any], seqs: int | None, budget: int | None
+    workload: dict[str, Any], seqs: int | None, budget: int | None, drafts: int | None = None
 ) -> tuple[dict[str, Any], str]:
     """A serving workload with the searched engine limits set (under moesim's names; the
-    vLLM aliases dropped so the two cannot disagree) and the name suffix that says them."""
+    vLLM aliases dropped so the two cannot disagree) and the speculative drafts per step, and
+    the name suffix that says them."""
     wl, suffix = dict(workload), ""
     if seqs is not None:
         wl.pop("max_num_seqs", None)
@@ -349,7 +362,16 @@ def _engine_knobs(
         wl.pop("max_num_batched_tokens", None)
         wl["max_prefill_tokens"] = budget
         suffix += f" tok{budget}"
+    if drafts is not None:
+        wl["speculative"] = {**wl["speculative"], "num_speculative_tokens": drafts}
+        suffix += f" k{drafts}"
     return wl, suffix
+
+
+def _drafts(s: Scenario) -> int | None:
+    """Drafts per step of a serving candidate (None without speculative decoding)."""
+    sp = getattr(s.workload, "speculative", None)
+    return sp.num_speculative_tokens if sp is not None else None
 
 
 def _candidate_name(spec: PlanSpec, nodes: int, gpus_per_node: int, p: dict[str, Any]) -> str:

@@ -78,6 +78,12 @@ class SearchSpace(Spec):
         description="serving: tokens-per-step budgets to try (workload.max_prefill_tokens); "
         "default the workload's",
     )
+    num_speculative_tokens: list[PositiveInt] | None = Field(
+        None,
+        description="serving with workload.speculative: drafts per step to try "
+        "(workload.speculative.num_speculative_tokens), e.g. [1, 2, 3, 4]; default the "
+        "workload's",
+    )
     prefill: PoolSearch | None = Field(
         None,
         description="serving with workload.disaggregated: the prefill pool's gpus | nodes, tp, "
@@ -174,6 +180,14 @@ def plan_from_dict(
             problems.append(str(e))
     if search is not None:
         problems += _pool_search_problems(search, workload, at)
+    speculative = isinstance(workload, dict) and bool(workload.get("speculative"))
+    if search is not None and search.num_speculative_tokens is not None and not speculative:
+        problems.append(
+            f"{at('search', 'num_speculative_tokens')}search.num_speculative_tokens: the "
+            "plan's workload has no speculative decoding to tune: add workload.speculative "
+            "({method: mtp | draft, acceptance_rate, num_speculative_tokens}) or drop "
+            "search.num_speculative_tokens"
+        )
     if constraints is not None:
         slos = [k for k in ("ttft_p99_s", "tpot_p99_s") if getattr(constraints, k) is not None]
         if slos and stage != "inference":

@@ -435,7 +435,8 @@ def test_serving_plan_searches_two_batch_overlap():
     assert sum(s.name.endswith(" tbo]") for s in scenarios) == len(scenarios) // 2
 
 
-def test_tpot_bound_holds_under_speculative_decoding():
+@pytest.mark.parametrize("scheduler", ["prefill_first", "vllm_v1"])
+def test_tpot_bound_holds_under_speculative_decoding(scheduler):
     """With a speculative step yielding up to k+1 tokens the weights-read bound shrinks by the
     expected tokens per step and stays below the simulated TPOT."""
     from moesim.sim.run import simulate
@@ -443,7 +444,7 @@ def test_tpot_bound_holds_under_speculative_decoding():
     spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3,
             "acceptance_rate": 1.0}  # fmt: skip
     wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 2}
-    wl["scheduler"] = "prefill_first"
+    wl["scheduler"] = scheduler
     _, scenarios = candidates(plan_from_dict({**SERVING_PLAN, "workload": wl}))
     s = next(x for x in scenarios if x.gpus == 2)
     plain = next(
@@ -507,3 +508,47 @@ def test_pool_knobs_need_a_disaggregated_workload_and_colocated_knobs_a_colocate
         plan_from_dict({**PD_PLAN, "search": {**PD_PLAN["search"], "tp": [1, 2]}})
     with pytest.raises(ScenarioError, match="gpus or nodes"):
         plan_from_dict({**PD_PLAN, "search": {"decode": {"gpus": [2], "nodes": [1]}}})
+
+
+# -- speculative decoding's drafts per step in a serving plan ------------------------------------
+def _speculative_plan(acceptance: float, ks: list[int] | None) -> dict:
+    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2,
+            "acceptance_rate": acceptance}  # fmt: skip
+    wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 1}
+    search = {**SERVING_PLAN["search"], "gpus": [2], "ep": [2]}
+    if ks is not None:
+        search["num_speculative_tokens"] = ks
+    return {**SERVING_PLAN, "workload": wl, "search": search, "objective": "time",
+            "constraints": {}}  # fmt: skip
+
+
+def test_serving_plan_searches_the_drafts_per_step():
+    considered, cands = candidates(plan_from_dict(_speculative_plan(0.0, [1, 3, 5])))
+    assert considered == 3
+    assert sorted(c.workload.speculative.num_speculative_tokens for c in cands) == [1, 3, 5]
+    assert all(
+        c.name.endswith(f" k{c.workload.speculative.num_speculative_tokens}]") for c in cands
+    )
+    assert all(c.workload.speculative.acceptance_rate == 0.0 for c in cands)
+    # left out, the workload's own k
+    _, one = candidates(plan_from_dict(_speculative_plan(0.0, None)))
+    assert [c.workload.speculative.num_speculative_tokens for c in one] == [2]
+
+
+def test_with_every_draft_rejected_the_plan_picks_the_fewest_drafts():
+    # acceptance 0: each step yields one token whatever k, and more drafts only cost
+    result = run_plan(plan_from_dict(_speculative_plan(0.0, [3, 1, 5])))
+    rows = [c.row() for c in result.best]
+    assert {r["num_speculative_tokens"] for r in rows} == {1, 3, 5}
+    assert rows[0]["num_speculative_tokens"] == 1
+    tpot = [r["tpot_s_p99"] for r in sorted(rows, key=lambda r: r["num_speculative_tokens"])]
+    assert tpot == sorted(tpot)
+
+
+def test_searching_drafts_needs_speculative_decoding():
+    plan = {**SERVING_PLAN, "search": {**SERVING_PLAN["search"], "num_speculative_tokens": [1, 2]}}
+    with pytest.raises(ScenarioError, match=r"search\.num_speculative_tokens: .*speculative"):
+        plan_from_dict(plan)
+    bad = _speculative_plan(0.5, [0, 2])
+    with pytest.raises(ScenarioError, match="num_speculative_tokens"):
+        plan_from_dict(bad)

@@ -55,6 +55,7 @@ class MemoryEstimate:
     kv_cache: float
     other: float
     stage: int = 0
+    drafter: float = 0.0  # serving: a speculative drafter's weights (its KV is in kv_cache)
 
     @property
     def total(self) -> float:
@@ -65,12 +66,16 @@ class MemoryEstimate:
             + self.activations
             + self.kv_cache
             + self.other
+            + self.drafter
         )
 
     def as_GB(self) -> dict[str, float]:
-        """The contract's ``memory_per_gpu_GB`` (1 GB = 1e9 bytes)."""
+        """The contract's ``memory_per_gpu_GB`` (1 GB = 1e9 bytes); ``drafter`` only when a
+        speculative drafter is held."""
         keys = ("weights", "gradients", "optimizer", "activations", "kv_cache", "other")
         out = {k: getattr(self, k) / 1e9 for k in keys}
+        if self.drafter:
+            out["drafter"] = self.drafter / 1e9
         out["total"] = self.total / 1e9
         return out
 
@@ -332,7 +337,11 @@ def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
             out.append(replace(out[p.pp - 1 - stage.rank], stage=stage.rank))
             continue
         mirror = stages[dualpipe_positions(p.pp, stage.rank)[1]] if dual else None
-        params = stage_params(m, p, stage)
+        # a serving engine does not load the MTP modules as part of the model (vLLM's
+        # DeepseekV2ForCausalLM.load_weights skips them: "skip spec decode layers for main
+        # model"); a speculative MTP drafter adds them back (moesim.sim.serving_memory)
+        held = replace(stage, mtp_layers=0) if inference else stage
+        params = stage_params(m, p, held)
         if mirror is not None:  # DualPipe: two positions, two copies of parameters
             other = stage_params(m, p, mirror)
             params = StageParams(params.non_expert + other.non_expert, params.expert + other.expert)

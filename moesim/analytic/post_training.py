@@ -28,6 +28,16 @@
 - A memory that does not fit is reported, never rounded up: ``rollout_kv_capacity`` is the
   sequences whose KV cache fits (0 when none does); the simulator still times one per replica
   and the result says it does not fit.
+- The rollout engine (``workload.rollout_engine``, vLLM's knobs): its KV pool is what is left
+  of the engine's usable HBM (``rollout_kv_pool_bytes``): HBM beside everything resident
+  during the rollout (above), and at most ``gpu_memory_utilization`` × HBM minus the engine's
+  weights and the reserve when that is given (vLLM sizes its pool inside that fraction,
+  vllm/v1/worker/gpu_worker.py ``determine_available_memory``; the activations of its
+  profiled step, which vLLM also takes out, are not modelled here). ``vllm_v1`` pages the pool
+  (``rollout_kv_pool_tokens``) and runs up to ``max_num_seqs`` sequences, preempting when it
+  runs out; ``prefill_first`` runs as many as fit whole (at most ``max_num_seqs``). The
+  memory reports the KV of the sequences the pool holds at once (at least one, at most
+  ``max_num_seqs``), at the mean length.
 
 Frozen copies are stored in ``precision.params`` (bf16), sharded like the policy's weights; they
 are added on the policy's worst pipeline stage.
@@ -84,11 +94,12 @@ class PostTrainingMemory:
     estimate: MemoryEstimate  # the worst stage, every copy and the KV pool included
     copies: list[ModelCopy]  # on that stage
     rollout_sequences: int = 0  # sequences each rollout replica generates per step
-    rollout_slots: int = 0  # of which the KV pool holds at once (at least 1: what is timed)
+    rollout_slots: int = 0  # the engine's max_num_seqs (prefill_first: what fits, at least 1)
     rollout_kv_per_sequence: float = 0.0  # bytes per GPU
     rollout_kv_capacity: int = 0  # sequences whose KV cache fits (0: not even one)
     phase_totals: dict[str, float] | None = None  # bytes per GPU in training and in rollout
     offloaded_optimizer: float = 0.0  # optimizer bytes per GPU sent to host for the rollout
+    rollout_kv_pool_tokens: int = 0  # tokens whose KV the rollout engine's pool holds
 
     def copies_GB(self) -> dict[str, float]:
         return {c.role: c.total / 1e9 for c in self.copies}
@@ -228,6 +239,49 @@ def rollout_kv_per_sequence(s: Scenario) -> float:
     return kv_cache_bytes_per_token(s.model, rollout_layout(s), s.precision) * s.workload.seq_len
 
 
+def rollout_kv_per_token(s: Scenario) -> float:
+    """KV-cache bytes one token of a rollout sequence takes on one rollout GPU."""
+    return kv_cache_bytes_per_token(s.model, rollout_layout(s), s.precision)
+
+
+def rollout_kv_pool_bytes(s: Scenario, left_bytes: float) -> float:
+    """The rollout engine's KV pool on one GPU: ``left_bytes`` (HBM beside everything resident
+    during the rollout, the engine's weights included), and at most
+    ``rollout_engine.gpu_memory_utilization`` × HBM minus the engine's weights and the reserve
+    when that is given (at least 0)."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    share = w.rollout_engine.gpu_memory_utilization
+    if share is not None:
+        hbm = s.cluster.gpu.hbm_GB * 1e9
+        budget = share * hbm - inference_weight_bytes(s) - reserve_bytes(s)
+        left_bytes = min(left_bytes, budget)
+    return max(left_bytes, 0.0)
+
+
+def rollout_engine_slots(s: Scenario, sequences: int, capacity: int) -> int:
+    """The sequences a rollout replica's engine runs at once (its max_num_seqs): vllm_v1 up to
+    ``rollout_engine.max_num_seqs`` of its ``sequences`` (the paged pool preempts when short);
+    prefill_first only as many as fit whole (``capacity``), at least one (what is timed)."""
+    w = s.workload
+    assert isinstance(w, GRPOWorkload | PPOWorkload)
+    limit = w.rollout_engine.max_batch_size
+    if w.rollout_engine.scheduler == "prefill_first":
+        return max(1, min(capacity, limit))
+    return max(1, min(sequences, limit))
+
+
+def _rollout_pool(s: Scenario, left_bytes: float, n_roll: int) -> tuple[int, int, int, float]:
+    """(slots, capacity in mean-length sequences, pool tokens, KV bytes held at once) of the
+    rollout engine with ``left_bytes`` free beside what is resident."""
+    pool = rollout_kv_pool_bytes(s, left_bytes)
+    kv_seq = rollout_kv_per_sequence(s)
+    capacity = min(n_roll, int(pool // kv_seq))
+    slots = rollout_engine_slots(s, n_roll, capacity)
+    held = max(1, min(capacity, s.workload.rollout_engine.max_batch_size)) * kv_seq
+    return slots, capacity, int(pool // rollout_kv_per_token(s)), held
+
+
 def post_training_memory(s: Scenario) -> PostTrainingMemory:
     """The policy's training memory (``memory.memory_per_gpu``, its worst stage) plus, on that
     stage, the other models' copies and the colocated rollout's KV pool; LoRA replaces the
@@ -265,27 +319,26 @@ def post_training_memory(s: Scenario) -> PostTrainingMemory:
         return PostTrainingMemory(est, copies, n_roll, 0, kv_seq)
     hbm = s.cluster.gpu.hbm_GB * 1e9
     if w.sleep_level == 0:  # the pool lives beside training's peak
-        fit = int(max(hbm - est.total, 0.0) // kv_seq)
-        capacity = min(n_roll, fit)
-        slots = max(1, capacity)  # timed with one sequence when none fits; fits_in_memory says no
+        # timed with one sequence when none fits; fits_in_memory says no
+        slots, capacity, tokens, held = _rollout_pool(s, hbm - est.total, n_roll)
         offloaded = sum(c.optimizer for c in copies) if w.offload_optimizer else 0.0
-        est = replace(est, kv_cache=slots * kv_seq)
+        est = replace(est, kv_cache=held)
         return PostTrainingMemory(
-            est, copies, n_roll, slots, kv_seq, capacity, offloaded_optimizer=offloaded
+            est, copies, n_roll, slots, kv_seq, capacity, None, offloaded, tokens
         )
     # sleep mode: the engine is resident only for the rollout, training states without their
     # activations (and without optimizer states when offloaded) only beside it
     engine = next(c.weights for c in copies if c.role == "rollout_engine")
     offloaded = sum(c.optimizer for c in copies) if w.offload_optimizer else 0.0
     at_rollout = replace(est, activations=0.0, optimizer=est.optimizer - offloaded)
-    fit = int(max(hbm - at_rollout.total, 0.0) // kv_seq)
-    capacity = min(n_roll, fit)
-    slots = max(1, capacity)
-    at_rollout = replace(at_rollout, kv_cache=slots * kv_seq)
+    slots, capacity, tokens, held = _rollout_pool(s, hbm - at_rollout.total, n_roll)
+    at_rollout = replace(at_rollout, kv_cache=held)
     at_training = replace(est, weights=est.weights - engine)
     peak = at_rollout if at_rollout.total > at_training.total else at_training
     totals = {"training": at_training.total, "rollout": at_rollout.total}
-    return PostTrainingMemory(peak, copies, n_roll, slots, kv_seq, capacity, totals, offloaded)
+    return PostTrainingMemory(
+        peak, copies, n_roll, slots, kv_seq, capacity, totals, offloaded, tokens
+    )
 
 
 def shard_params(s: Scenario, p: ParallelSpec) -> tuple[float, float]:
@@ -306,29 +359,29 @@ def inference_weight_bytes(s: Scenario) -> float:
 
 @dataclass(frozen=True)
 class RolloutMemory:
-    """A disaggregated rollout GPU: its memory (KV pool of ``slots`` sequences), the sequences
-    whose KV fits (``capacity``, 0 when none does) and whether it all fits."""
+    """A disaggregated rollout GPU: its memory (the KV its concurrent sequences hold), the
+    engine's max_num_seqs (``slots``), the sequences whose KV fits (``capacity``, 0 when none
+    does), the pool's tokens and whether it all fits."""
 
     estimate: MemoryEstimate
     slots: int
     capacity: int
     fits: bool
+    pool_tokens: int = 0
 
 
 def rollout_gpu_memory(s: Scenario) -> RolloutMemory:
-    """Disaggregated rollout GPUs: inference weights (rollout layout) and the KV pool for as
-    many of each replica's sequences as fit, at least one (what the simulator times)."""
+    """Disaggregated rollout GPUs: inference weights (rollout layout) and the KV pool of what
+    is left (``rollout_kv_pool_bytes``); the memory holds the KV of the sequences the pool
+    holds at once, at least one (what the simulator times)."""
     w = s.workload
     assert isinstance(w, GRPOWorkload | PPOWorkload)
     weights = inference_weight_bytes(s)
-    kv_seq = rollout_kv_per_sequence(s)
     hbm = s.cluster.gpu.hbm_GB * 1e9
     reserve = reserve_bytes(s)
-    free = hbm - weights - reserve
-    capacity = min(rollout_sequences(s), int(max(free, 0.0) // kv_seq))
-    slots = max(1, capacity)
-    est = MemoryEstimate(weights, 0.0, 0.0, 0.0, slots * kv_seq, reserve)
-    return RolloutMemory(est, slots, capacity, capacity >= 1)  # capacity is what fits
+    slots, capacity, tokens, held = _rollout_pool(s, hbm - weights - reserve, rollout_sequences(s))
+    est = MemoryEstimate(weights, 0.0, 0.0, 0.0, held, reserve)
+    return RolloutMemory(est, slots, capacity, capacity >= 1, tokens)  # capacity is what fits
 
 
 @dataclass(frozen=True)

@@ -25,11 +25,11 @@ from moesim.scenario_io import (
     EXPECT_KEY,
     ScenarioError,
     file_kind,
-    file_schema,
     load_model_arg,
     load_scenario,
     load_yaml,
 )
+from moesim.scenario_schema import file_schema
 from moesim.specs import ModelSpec, Scenario
 
 

@@ -418,6 +418,8 @@ def _serving_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
             layout = pd_layout_text(b)
         if b.get("engine_searched"):
             layout += f" {b['max_num_seqs']} seqs {b['max_num_batched_tokens']} tok/step"
+        if b.get("num_speculative_tokens"):
+            layout += f" k{b['num_speculative_tokens']}"
         cells = [
             str(b["gpus"]), layout, _ms(b.get("ttft_s_p99")), _ms(b.get("tpot_s_p99")),
             _fmt(b.get("usd_per_hour"), ",.0f"), _fmt(b.get("cost_per_million_tokens_usd"), ",.2f"),

@@ -245,6 +245,8 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
         for k, v in phases.items():
             ph.add_row(k, _fmt_s(v), f"{v / step:.1%}" if step else "")
         console.print(ph)
+    if "rollout_scheduler" in d:  # GRPO/PPO: the rollout engine (moesim.sim.rl_rollout)
+        console.print(_rollout_line(d), highlight=False)
     if d.get("stages"):
         console.print(_stage_table(d))
     mt = Table(title="memory per GPU (GB, worst stage)")
@@ -254,6 +256,19 @@ def _print_tables(s: Scenario, d: dict, trace: Path | None) -> None:
     console.print(mt)
     if trace is not None:
         console.print(f"wrote trace {escape(str(trace))} (open in https://ui.perfetto.dev)")
+
+
+def _rollout_line(d: dict) -> str:
+    """The rollout engine of the replica timed: scheduler, KV pool, max_num_seqs, the decode
+    batch it ran and the sequences it preempted."""
+    peak = d.get("rollout_peak_kv_tokens")
+    held = f", peak {peak:,}" if peak is not None else ""
+    return escape(
+        f"rollout engine: {d['rollout_scheduler']}, KV pool {d['rollout_kv_pool_tokens']:,} "
+        f"tokens{held}, max_num_seqs {d['rollout_concurrency']}, mean decode batch "
+        f"{d['rollout_mean_decode_batch']:.1f}, {d['rollout_preemptions']} preemptions "
+        "(one replica)"
+    )
 
 
 def _replica_line(s: Scenario, d: dict) -> str:

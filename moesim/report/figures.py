@@ -117,6 +117,27 @@ def phase_utilization_table(results: Sequence[Result]) -> go.Figure | None:
     return table(header, rows, "Each phase's MFU (of the bf16 peak) and MBU (of HBM bandwidth)")
 
 
+def rollout_engine_table(results: Sequence[Result]) -> go.Figure | None:
+    """The rollout engine of every GRPO/PPO result: its scheduler, KV pool and what it held at
+    its peak, its max_num_seqs and the decode batch it ran, preemptions (recomputed sequences)
+    and the tail; None when no result has a rollout."""
+    rows = []
+    for r in results:
+        engine = getattr(r, "rollout_scheduler", None)
+        if engine is None:
+            continue
+        peak = getattr(r, "rollout_peak_kv_tokens", None)
+        rows.append([r.name, engine, f"{r.rollout_kv_pool_tokens:,}",
+                     "—" if peak is None else f"{peak:,}", r.rollout_concurrency,
+                     f"{r.rollout_mean_decode_batch:.1f}", r.rollout_preemptions,
+                     f"{100 * r.rollout_tail_fraction:.0f}%"])  # fmt: skip
+    if not rows:
+        return None
+    header = ["scenario", "engine", "KV pool (tokens)", "KV peak (tokens)", "max_num_seqs",
+              "mean decode batch", "preemptions", "tail"]  # fmt: skip
+    return table(header, rows, "The rollout engine of each replica (the one timed)")
+
+
 def phase_breakdown(results: Sequence[Result]) -> go.Figure:
     """Where each post-training step's time goes, phase by phase (rollout, reference, training,
     weight sync, ...): the phases run one after another and stack to the step time."""

@@ -300,6 +300,8 @@ def _layout_cell(b: dict[str, Any]) -> str:
     budget = ""
     if b.get("engine_searched"):
         budget = f" · {b['max_num_seqs']} seqs · {b['max_num_batched_tokens']} tok/step"
+    if b.get("num_speculative_tokens"):
+        budget += f" · k {b['num_speculative_tokens']}"
     if b.get("disaggregated"):  # a prefill and a decode pool
         from moesim.plan_pd import pd_layout_text
 

@@ -6,16 +6,16 @@ nccl-tests times it, with nccl-tests' bandwidth definitions (its doc/PERFORMANCE
   reduce-scatter and all-to-all.
 
 All-reduce, all-gather and reduce-scatter go through NCCL's own algorithm/protocol choice and
-model (``collectives.nccl_time_s``; ``simulation.all_reduce`` forces the all-reduce's algorithm);
-the all-to-all is NCCL's grouped point-to-point (size/n to every peer) on the flow or alpha-beta
-machinery of ``collectives``, each flow paying its route's latency.
-"""
+model (``collective_timing.nccl_time_s``; ``simulation.all_reduce`` forces the all-reduce's
+algorithm); the all-to-all is NCCL's grouped point-to-point (size/n to every peer) on the flow
+or alpha-beta machinery of ``collectives``, each flow paying its route's latency."""
 
 from __future__ import annotations
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.params import count_params
-from moesim.sim.collectives import CollectiveTimer, all_to_all_direct, nccl_time_s
+from moesim.sim.collective_timing import CollectiveTimer, nccl_time_s
+from moesim.sim.collectives import all_to_all_direct
 from moesim.sim.costmodel import CostModel
 from moesim.sim.nccl_tuning import ALGORITHMS, arch_of, has_nvls
 from moesim.sim.network import Topology

@@ -17,9 +17,9 @@ from moesim.analytic.dispatch import comm_sm_slowdown, resolve_dispatcher
 from moesim.analytic.flops import token_flops
 from moesim.analytic.layout import StageLayout, stage_layouts
 from moesim.analytic.params import count_params
+from moesim.sim.collective_timing import CollectiveTimer
 from moesim.sim.collectives import (
     Collective,
-    CollectiveTimer,
     all_gather,
     all_to_all_direct,
     all_to_all_hierarchical,

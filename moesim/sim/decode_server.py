@@ -10,10 +10,11 @@ tokens a block; the pool is usable HBM left after weights and the step's activat
 ``serving_memory.plan_engine``), grows a block at a time, and when a running request needs a
 block and none is free the newest running request is preempted: its blocks are freed and, when
 readmitted, it recomputes its prompt and the tokens it had generated on this replica (vLLM
-V1's recompute; its KV is not sent again), in steps mixed with the running decodes. Speculative
-decoding keeps the slots below (the vllm_v1 engine schedules one token per decode).
+V1's recompute; its KV is not sent again), in steps mixed with the running decodes. With
+speculative decoding each decode schedules its token and its drafts (none in a request's first
+step here: the drafter proposes after it), acceptances drawn per request as colocated.
 
-**Whole-sequence slots** (``serve_decode``; prefill_first, or speculative decoding):
+**Whole-sequence slots** (``serve_decode``; prefill_first):
 At each step boundary the replica admits the requests that have arrived, oldest first, up to
 its slots (``max_batch_size`` capped by its KV capacity; a request holds its slot until it
 finishes), then runs one decode round of every running sequence (``EngineStep.decode_s``:
@@ -33,7 +34,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from moesim.sim.serving_requests import Request
-from moesim.sim.serving_scheduler import EngineConfig, serve
+from moesim.sim.serving_scheduler import EngineConfig, ServerLog, serve
 
 
 @dataclass
@@ -59,6 +60,7 @@ class DecodeLog:
     decode_steps: int = 0
     preemptions: int = 0  # paged: requests whose KV cache was freed to make room
     peak_kv_blocks: int = 0  # paged: most KV blocks held at once
+    engine_log: ServerLog | None = None  # paged: the vllm_v1 engine's own log
 
 
 def serve_decode(
@@ -151,4 +153,5 @@ def serve_decode_paged(
     log.decode_batch_sum, log.decode_context_sum = out.decode_batch_sum, out.decode_context_sum
     log.decode_steps, log.preemptions = out.decode_steps, out.preemptions
     log.peak_kv_blocks = out.peak_kv_blocks
+    log.engine_log = out
     return log

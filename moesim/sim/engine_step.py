@@ -6,13 +6,18 @@ With pp > 1 a step of the scheduler is a round of pp micro-batches in flight, as
 queue runs them (``max_concurrent_batches`` = pp scheduled batches, each with its own token
 budget; vllm/v1/engine/core.py ``step_with_batch_queue``; the virtual engines of vLLM RFC
 #11945 and TensorRT-LLM likewise keep every stage busy): decodes, prompt chunks and mixed
-steps alike. The round's work is split into micro-batches (``split_round``: decodes evenly,
-chunks in order up to ``batch_tokens`` each) and the round lasts as long as the longest
-traversal of one of them or the slowest stage's work over all of them (``round_s``). So a
-decode round of B sequences is the traversal of a micro-batch of ⌈B/pp⌉ (or the last stage's
-pp micro-batches with its LM head, when that is longer), a prefill-heavy round runs pp batches
-of prompt tokens in about one traversal, and a lone request's prompt pays its whole traversal
-(TTFT exactly the unpipelined step's).
+steps alike, speculative verifies too. The round's work is split into micro-batches
+(``split_round``: decodes and verifies evenly, chunks in order up to ``batch_tokens`` each)
+and the round lasts as long as the longest traversal of one of them or the slowest stage's
+work over all of them (``round_s``). So a decode round of B sequences is the traversal of a
+micro-batch of ⌈B/pp⌉ (or the last stage's pp micro-batches with its LM head, when that is
+longer), a prefill-heavy round runs pp batches of prompt tokens in about one traversal, and a
+lone request's prompt pays its whole traversal (TTFT exactly the unpipelined step's).
+
+Speculative decoding: a decode round of ``decode_s`` (prefill_first, the whole-sequence decode
+server) verifies every sequence's k drafts (tokens per step expected); vllm_v1 steps pass their
+drawn ``verifies`` (offset, q) to ``mixed_s``, a step of full verifies alone being such a round.
+Each micro-batch's traversal adds the drafter's passes over its sequences and chunks.
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from dataclasses import dataclass
 from moesim.sim.serving_pipeline import MicroBatch, round_s, split_round
 from moesim.sim.speculative import Speculator
 from moesim.sim.two_batch_overlap import split_batch, split_chunks, tbo_step_s
+from moesim.specs.engine import DEFAULT_MAX_PREFILL_TOKENS
 from moesim.specs.scenario import draft_scenario
-from moesim.specs.workload import DEFAULT_MAX_PREFILL_TOKENS
 
 
 def step_token_budget(s) -> int:
@@ -83,47 +88,102 @@ class EngineStep:
         )
 
     # -- one micro-batch's traversal of every stage ---------------------------------------------
+    def _is_decode_round(self, mb: MicroBatch) -> bool:
+        """Decodes alone, each a plain token (no drafter) or a full verify of its drafts."""
+        return not mb.chunks and not mb.verifies and (self.speculator is None or mb.speculative)
+
     def _traversal_s(self, mb: MicroBatch) -> float:
         """Seconds of one micro-batch through every stage: a decode (or verify and draft) pass,
-        a prefill of prompt chunks, or vLLM V1's mix of both (``ReplicaCost.mixed_step``);
-        with two-batch overlap, split into halves of decodes and chunks."""
+        a prefill of prompt chunks, or vLLM V1's mix of decodes, verifies and chunks
+        (``ReplicaCost.mixed_step``); with two-batch overlap, split into halves; speculative,
+        with the drafter's passes over its verified sequences and chunks."""
         d, ctx, chunks, fin = mb.decodes, mb.context_sum, list(mb.chunks), mb.finished
-        if not chunks:
-            t = self._decode_forward_s(d, ctx)
-            return t + (self.speculator.draft_s(d, ctx) if self.speculator is not None else 0.0)
-        full = self.cost.mixed_step(d, ctx, chunks, fin)
-        if not self.two_batch_overlap or (not d and mb.tokens < 2):
+        verifies = list(mb.verifies)
+        if self._is_decode_round(mb):
+            return self._decode_forward_s(d, ctx) + self._draft_s(d, ctx, [], 0)
+        if not d and not verifies:
+            return self._prefill_forward_s(chunks, fin) + self._draft_s(0, 0.0, chunks, fin)
+        full = self.cost.mixed_step(d, ctx, chunks, fin, verifies)
+        forward = full.total_s
+        if self.two_batch_overlap:
+            (da, ca), (db, cb) = split_batch(d, ctx)
+            a, b = split_chunks(chunks) if chunks else ([], [])
+            fa = min(fin, len(a))
+            half = (len(verifies) + 1) // 2
+            va, vb = verifies[:half], verifies[half:]
+            forward = tbo_step_s(
+                full,
+                self.cost.mixed_step(da, ca, a, fa, va),
+                self.cost.mixed_step(db, cb, b, fin - fa, vb),
+                self.moe_layer_fraction,
+                self.sm_slowdown,
+            )
+        vctx = float(sum(o + 1 for o, _ in verifies))
+        return forward + self._draft_s(len(verifies), vctx, chunks, fin)
+
+    def _prefill_forward_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
+        full = self.cost.prefill_chunks(chunks, finished)
+        tokens = sum(c for _, c in chunks)
+        if not self.two_batch_overlap or tokens < 2:
             return full.total_s
         a, b = split_chunks(chunks)
-        fa = min(fin, len(a))
-        (da, ca), (db, cb) = split_batch(d, ctx) if d else ((0, 0.0), (0, 0.0))
+        fa = min(finished, len(a))
         return tbo_step_s(
             full,
-            self.cost.mixed_step(da, ca, a, fa),
-            self.cost.mixed_step(db, cb, b, fin - fa),
+            self.cost.prefill_chunks(a, fa),
+            self.cost.prefill_chunks(b, finished - fa),
             self.moe_layer_fraction,
             self.sm_slowdown,
         )
 
+    def _draft_s(
+        self, batch: int, context_sum: float, chunks: list[tuple[int, int]], finished: int
+    ) -> float:
+        if self.speculator is None:
+            return 0.0
+        return self.speculator.draft_s(batch, context_sum, chunks, finished)
+
     def _stage_busy_s(self, mb: MicroBatch, traversal_s: float) -> list[float]:
         """Seconds each stage works on ``mb`` (its layers, not the send to the next stage):
-        the plain forward's stages, scaled to the traversal the engine's options give it."""
-        cost = self.cost if mb.chunks else self.decode_cost
-        args = (mb.decodes, mb.context_sum, list(mb.chunks), mb.finished)
-        stages = [cost.mixed_step(*args, stage=s) for s in range(self.pp)]
+        the plain forward's stages, scaled to the traversal the engine's options give it
+        (two-batch overlap, the drafter's passes)."""
+        d, ctx = mb.decodes, mb.context_sum
+        if self._is_decode_round(mb) and self.speculator is not None:
+            stages = [self.speculator.verify(d, ctx, stage=s) for s in range(self.pp)]
+        elif self._is_decode_round(mb):
+            stages = [self.decode_cost.decode(d, ctx, stage=s) for s in range(self.pp)]
+        else:
+            args = (d, ctx, list(mb.chunks), mb.finished, list(mb.verifies))
+            stages = [self.cost.mixed_step(*args, stage=s) for s in range(self.pp)]
         work = [st.total_s - st.pp_comm_s for st in stages]
         sends = sum(st.pp_comm_s for st in stages)
         plain = sum(work)
         scale = (traversal_s - sends) / plain if plain > 0 else 1.0
         return [w * scale for w in work]
 
-    def round_s(self, decodes: int, context_sum: float, chunks, finished: int) -> float:
-        """Seconds of one step of the scheduler: ``decodes`` decode tokens and prompt
+    def round_s(
+        self,
+        decodes: int,
+        context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+        verifies: list[tuple[int, int]] | None = None,
+        speculative: bool = False,
+    ) -> float:
+        """Seconds of one step of the scheduler: ``decodes`` decode tokens (``speculative``:
+        each verifying all its drafts), speculative ``verifies`` (offset, q) and prompt
         ``chunks`` (offset, tokens), ``finished`` of which end their prompt, run as pp
         micro-batches in flight (one batch when pp = 1)."""
+        verifies = verifies or []
         if self.pp == 1:
-            return self._traversal_s(MicroBatch(decodes, context_sum, tuple(chunks), finished))
-        mbs = split_round(decodes, context_sum, chunks, finished, self.pp, self.batch_tokens)
+            mb = MicroBatch(
+                decodes, context_sum, tuple(chunks), finished, tuple(verifies), speculative
+            )
+            return self._traversal_s(mb)
+        mbs = split_round(
+            decodes, context_sum, chunks, finished, self.pp, self.batch_tokens, verifies,
+            speculative,
+        )  # fmt: skip
         seen: dict[MicroBatch, tuple[float, list[float]]] = {}
         for mb in mbs:
             if mb not in seen:
@@ -134,20 +194,30 @@ class EngineStep:
     def decode_s(self, batch: int, context_sum: float) -> float:
         """Seconds of one decode round of ``batch`` running sequences whose contexts sum to
         ``context_sum`` keys: every sequence gains ``tokens_per_step`` tokens (expected)."""
-        return self.round_s(batch, context_sum, [], 0)
+        return self.round_s(batch, context_sum, [], 0, speculative=self.speculator is not None)
 
     def prefill_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
         """Seconds of one prefill step of prompt ``chunks`` (offset, tokens), ``finished`` of
-        which end their prompt."""
+        which end their prompt (and, speculative, the drafter's passes over them)."""
         return self.round_s(0, 0.0, chunks, finished)
 
     def mixed_s(
-        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+        self,
+        decodes: int,
+        decode_context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+        verifies: list[tuple[int, int]] | None = None,
     ) -> float:
-        """Seconds of one vLLM V1 step of ``decodes`` decode tokens and prefill ``chunks``
-        (``ReplicaCost.mixed_step``): a decode-only step is a decode round, a prefill-only one
-        a prefill step."""
-        return self.round_s(decodes, decode_context_sum, chunks, finished)
+        """Seconds of one vLLM V1 step of ``decodes`` plain decode tokens, speculative
+        ``verifies`` (offset, q: a sequence's last token and q − 1 drafts) and prefill
+        ``chunks`` (``ReplicaCost.mixed_step``): a step of full verifies alone (q = k + 1
+        each) is a decode round (``decode_s``); any other is a round of its micro-batches."""
+        verifies = verifies or []
+        q_full = 1 + (self.speculator.spec.num_speculative_tokens if self.speculator else 0)
+        if not chunks and not decodes and verifies and all(q == q_full for _, q in verifies):
+            return self.decode_s(len(verifies), float(sum(o + 1 for o, _ in verifies)))
+        return self.round_s(decodes, decode_context_sum, chunks, finished, verifies)
 
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
@@ -202,9 +272,15 @@ class SchedulerView:
         return StepTime(self.engine.decode_s(batch, context_sum))
 
     def mixed_step(
-        self, decodes: int, decode_context_sum: float, chunks: list[tuple[int, int]], finished: int
+        self,
+        decodes: int,
+        decode_context_sum: float,
+        chunks: list[tuple[int, int]],
+        finished: int,
+        verifies: list[tuple[int, int]] | None = None,
     ) -> StepTime:
-        return StepTime(self.engine.mixed_s(decodes, decode_context_sum, chunks, finished))
+        t = self.engine.mixed_s(decodes, decode_context_sum, chunks, finished, verifies)
+        return StepTime(t)
 
 
 def engine_extras(e: EngineStep, batch: int, context_sum: float) -> dict[str, object]:

@@ -31,9 +31,16 @@ from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
 from moesim.sim.engine_step import SchedulerView, build_engine_step, engine_extras
 from moesim.sim.profile import profile_label
-from moesim.sim.serving_memory import memory_note, plan_engine, served_memory
+from moesim.sim.serving_memory import (
+    drafter_kv_bytes_per_token,
+    drafter_weights_bytes,
+    kv_bytes_per_token,
+    memory_note,
+    plan_engine,
+    served_memory,
+)
 from moesim.sim.serving_requests import Request, workload_requests
-from moesim.sim.serving_scheduler import serve
+from moesim.sim.serving_scheduler import ServerLog, serve
 from moesim.sim.serving_step import ReplicaCost
 from moesim.sim.trace import write_trace
 from moesim.specs import InferenceWorkload, ModelSpec, Result, Scenario
@@ -47,6 +54,25 @@ def generated_token_flops(m: ModelSpec, prompt_len: float, output_len: float) ->
     ctx = prompt_len + (output_len - 1) / 2.0
     layers = sum(layer_flops(m, m.is_moe_layer(i), ctx).total for i in range(m.n_layers))
     return layers + 2.0 * m.vocab_size * m.d_model
+
+
+def speculative_extras(s: Scenario, log: ServerLog) -> dict[str, float]:
+    """The drafter's memory (its weights per GPU, its and the target's KV bytes per token) and,
+    under vllm_v1, what the seeded acceptance draws gave: drafts verified and accepted, and
+    the tokens a sequence gained per verify step (the draws' mean of tokens_per_step)."""
+    out = {
+        "drafter_weights_GB": drafter_weights_bytes(s) / 1e9,
+        "drafter_kv_bytes_per_token": drafter_kv_bytes_per_token(s),
+        "kv_bytes_per_token": kv_bytes_per_token(s),
+    }
+    if log.verify_steps:
+        out["draft_tokens"] = log.draft_tokens
+        out["accepted_tokens"] = log.accepted_tokens
+        # vLLM's spec-decode acceptance rate (accepted / drafted): below a, as the drafts
+        # after a sequence's first rejection are rejected with it
+        out["draft_acceptance_rate"] = log.accepted_tokens / log.draft_tokens
+        out["tokens_per_verify_step"] = 1.0 + log.accepted_tokens / log.verify_steps
+    return out
 
 
 def meets_slo(r: Request, ttft_s: float | None, tpot_s: float | None) -> bool:
@@ -140,6 +166,10 @@ def simulate_inference(
         "profile": profile_label(cost.ctx.profile),
         **engine_extras(stepper, typical_batch, mean_ctx),
     }
+    if w.speculative is not None:
+        engine_spec = extra["speculative"]
+        assert isinstance(engine_spec, dict)
+        extra["speculative"] = {**engine_spec, **speculative_extras(s, log)}
     if not reqs:  # Poisson arrivals that produced no request in the window
         rate, window = w.arrival_rate_per_s, w.duration_s
         extra["note"] = (

@@ -18,7 +18,9 @@ Both pools size their engines as colocated serving does (``serving_memory.plan_e
 a prefill replica holds a prompt's blocks until its prefill ends (not while its KV is sent), a
 decode replica allocates a request's prompt blocks when it admits it and preempts the newest
 request when a block runs out (recomputed on the decode replica, counted in ``preemptions``).
-Under prefill_first, or with speculative decoding, the decode replica reserves every admitted
+With speculative decoding the decode pool's vllm_v1 engine schedules each decode's drafts in its
+token budget and KV blocks and draws their acceptances (``moesim.sim.scheduler_vllm_v1``); the
+prefill pool drafts nothing. Under prefill_first the decode replica reserves every admitted
 request's whole sequence (slots capped by the KV capacity in sequences).
 
 The throughput is what the decode replicas deliver inside the arrival window; a slow prefill
@@ -269,6 +271,12 @@ def _result(s, w, pre, dec, dlog, reqs, pre_time, link, xfer, window) -> Result:
     res.profile = profile_label(dec.cost.ctx.profile)
     for k, v in engine_extras(dec.engine, mb, mean_ctx).items():
         setattr(res, k, v)
+    spec = getattr(res, "speculative", None)
+    if spec is not None:  # the decode pool's drafter memory and acceptance draws
+        from moesim.sim.inference import speculative_extras
+
+        log = dlog.engine_log or ServerLog(requests=[])
+        res.speculative = {**spec, **speculative_extras(dec.scenario, log)}
     res.disaggregated = {
         "prefill": _pool_summary(pre, pre_busy / pre_span if pre_span else 0.0, pre_cap),
         "decode": _pool_summary(dec, dlog.busy_s / span if span else 0.0, dec_cap),

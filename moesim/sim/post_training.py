@@ -172,6 +172,10 @@ def simulate_post_training(
         note = longest_sequence_note(s)
         if note:
             notes.append(note)
+        roll = next(ph for ph in measured if ph.name == "rollout")
+        if "rollout_memory_note" in roll.extra:  # a drawn sequence the pool cannot hold
+            notes.append(str(roll.extra["rollout_memory_note"]))
+            fit_parts["rollout_kv_pool"] = False
     res = Result(
         name=s.name,
         stage=w.stage,
@@ -225,7 +229,7 @@ def simulate_post_training(
                 f"the rollout GPUs hold {roll.estimate.weights / 1e9:,.1f} GB of weights and "
                 f"no sequence's KV cache fits in {hbm / 1e9:g} GB (timed as one per replica)"
             )
-        res.fits_in_memory = all(fit_parts.values())
+    res.fits_in_memory = all(fit_parts.values())
     if len(fit_parts) > 1 or not res.fits_in_memory:
         extra["fits_in_memory_parts"] = fit_parts
     if notes:
@@ -249,20 +253,20 @@ def simulate_post_training(
 
 
 def longest_sequence_note(s: Scenario) -> str | None:
-    """A word when the KV pool, sized in mean-length sequences, cannot hold the longest one a
-    length distribution allows (the engine would preempt or cut it; timed as drawn)."""
+    """A word when the rollout's KV pool cannot hold the longest sequence a length
+    distribution allows (such a sequence could never finish: timed as drawn, as if it fitted)."""
     w = s.workload
     if w.max_seq_tokens <= w.seq_len:
         return None
     if w.rollout == "colocated":
-        slots = post_training_memory(s).rollout_slots
+        tokens = post_training_memory(s).rollout_kv_pool_tokens
     else:
-        slots = rollout_gpu_memory(s).slots
-    if slots * w.seq_len >= w.max_seq_tokens:  # the pool's tokens hold the longest sequence
+        tokens = rollout_gpu_memory(s).pool_tokens
+    if tokens >= w.max_seq_tokens:
         return None
     return (
-        f"the rollout KV pool holds {slots} mean-length sequences, less than one of the longest "
-        f"{w.max_seq_tokens} tokens the lengths allow (timed as drawn, without preemption)"
+        f"the rollout KV pool holds {tokens:,} tokens, less than the longest sequence of "
+        f"{w.max_seq_tokens} tokens the lengths allow (timed as drawn, as if it fitted)"
     )
 
 

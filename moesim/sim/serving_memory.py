@@ -1,17 +1,72 @@
 """Serving memory: one GPU's weights, workspace and KV cache, how many sequences' KV cache fits
-beside the rest, and why a configuration does not fit."""
+beside the rest, and why a configuration does not fit.
+
+A speculative drafter (``workload.speculative``) adds its weights (``MemoryEstimate.drafter``)
+and its KV cache per token. Its KV sits in the same paged pool as the target's: vLLM V1
+registers the drafter's attention layers in the same forward context as the target's (the
+proposers find them as ``get_layers_from_vllm_config(...) − target_attn_layer_names``,
+vllm/v1/spec_decode/eagle.py ``load_model``), and the model runner gives every attention layer
+of that context a KV-cache spec (vllm/v1/worker/gpu_model_runner.py ``get_kv_cache_spec``), so
+a block holds every layer's KV, target's and drafter's: each token of the pool costs both.
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
 
-from moesim.analytic.memory import MemoryEstimate, kv_cache_bytes_per_token, memory_per_gpu
+from moesim.analytic.layout import stage_layouts
+from moesim.analytic.memory import (
+    MemoryEstimate,
+    kv_cache_bytes_per_token,
+    memory_per_gpu,
+    stage_params,
+)
 from moesim.analytic.params import count_params
 from moesim.sim.engine_step import step_token_budget
 from moesim.sim.serving_requests import Request
 from moesim.sim.serving_scheduler import EngineConfig, ServerLog
 from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Scenario
+from moesim.specs.scenario import draft_scenario
+
+
+def drafter_weights_bytes(s: Scenario) -> float:
+    """Bytes per GPU of the speculative drafter's weights (0 without one). method mtp: the
+    model's ``mtp_depth`` MTP modules (DeepSeek-V3 §2.2: projection, one block, norms; the
+    embedding and head shared with the model), held by the last pipeline stage, sharded as its
+    layers are (tp, experts over ep·etp); method draft: the draft model's weights as the
+    drafter runs it (``draft_scenario``: the target's tp, ep for an MoE draft, no pp)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload)
+    if w.speculative is None:
+        return 0.0
+    if w.speculative.method == "mtp":
+        m, p = s.model, s.parallel
+        last = stage_layouts(m, p)[-1]
+        with_mtp = stage_params(m, p, last).total
+        without = stage_params(m, p, replace(last, mtp_layers=0)).total
+        return (with_mtp - without) * BYTES_PER_ELEMENT[s.precision.weights_inference]
+    return memory_per_gpu(draft_scenario(s)).weights
+
+
+def drafter_kv_bytes_per_token(s: Scenario) -> float:
+    """KV-cache bytes per token per GPU of the drafter (0 without one): the draft model's
+    layers, or one attention layer per MTP module (vLLM's DeepSeekMultiTokenPredictor builds
+    ``num_nextn_predict_layers`` layers, each with its own attention)."""
+    w = s.workload
+    assert isinstance(w, InferenceWorkload)
+    if w.speculative is None:
+        return 0.0
+    d = draft_scenario(s)
+    per = kv_cache_bytes_per_token(d.model, d.parallel, d.precision)
+    return per * s.model.mtp_depth if w.speculative.method == "mtp" else per
+
+
+def kv_bytes_per_token(s: Scenario) -> float:
+    """KV-cache bytes per token of the pool on one GPU: the target's and the drafter's."""
+    return kv_cache_bytes_per_token(s.model, s.parallel, s.precision) + drafter_kv_bytes_per_token(
+        s
+    )
 
 
 def usable_hbm_bytes(s: Scenario) -> float:
@@ -31,8 +86,7 @@ def kv_pool_bytes(s: Scenario, mem: MemoryEstimate) -> float:
 def kv_capacity_tokens(s: Scenario, mem: MemoryEstimate) -> int:
     """Tokens whose KV cache fits in the pool (every GPU of a replica holds its share of each
     token's KV)."""
-    per_token = kv_cache_bytes_per_token(s.model, s.parallel, s.precision)
-    return int(kv_pool_bytes(s, mem) // per_token)
+    return int(kv_pool_bytes(s, mem) // kv_bytes_per_token(s))
 
 
 def kv_capacity_sequences(s: Scenario, mem: MemoryEstimate) -> int:
@@ -40,7 +94,7 @@ def kv_capacity_sequences(s: Scenario, mem: MemoryEstimate) -> int:
     pool."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
-    per_seq = kv_cache_bytes_per_token(s.model, s.parallel, s.precision) * w.seq_len
+    per_seq = kv_bytes_per_token(s) * w.seq_len
     return max(0, int(kv_pool_bytes(s, mem) // per_seq))
 
 
@@ -50,8 +104,8 @@ def inference_memory(s: Scenario, concurrent: int) -> MemoryEstimate:
     w = s.workload
     assert isinstance(w, InferenceWorkload)
     mem = memory_per_gpu(s)
-    per_seq = kv_cache_bytes_per_token(s.model, s.parallel, s.precision) * w.seq_len
-    mem = replace(mem, kv_cache=per_seq * concurrent)
+    per_seq = kv_bytes_per_token(s) * w.seq_len
+    mem = replace(mem, kv_cache=per_seq * concurrent, drafter=drafter_weights_bytes(s))
     if w.expert_offload and s.model.moe is not None:
         counts = count_params(s.model)
         routed = sum(x.routed_experts for x in counts.decoder_layers)
@@ -132,7 +186,9 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
     longest = max(
         (r.prompt_tokens + r.output_tokens - r.cached_tokens for r in requests), default=0
     )
-    blocks = -(-longest // w.block_size)
+    k = w.speculative.num_speculative_tokens if w.speculative is not None else 0
+    # a speculative decode's drafts and its lookahead slots (moesim.sim.scheduler_vllm_v1)
+    blocks = -(-(longest + 2 * k) // w.block_size)
     fits_kv = blocks * w.block_size <= tokens
     note = None
     if not fits_kv:
@@ -142,7 +198,10 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
             f"reserve): the longest request ({longest:,} tokens) does not fit; run as if it did"
         )
     pool = float(tokens) if fits_kv else math.inf
-    engine = EngineConfig(slots, step_token_budget(s), "vllm_v1", pool, w.block_size)
+    rate = w.speculative.acceptance_rate if w.speculative is not None else 0.0
+    engine = EngineConfig(
+        slots, step_token_budget(s), "vllm_v1", pool, w.block_size, k, rate, w.seed
+    )
     return EnginePlan(engine, base, tokens, capacity, fits_kv and base.total <= usable, note)
 
 
@@ -152,6 +211,5 @@ def served_memory(s: Scenario, plan: EnginePlan, log: ServerLog) -> MemoryEstima
     every slot's whole sequence."""
     if plan.engine.policy == "prefill_first":
         return inference_memory(s, plan.engine.max_num_seqs)
-    per_token = kv_cache_bytes_per_token(s.model, s.parallel, s.precision)
-    held = log.peak_kv_blocks * plan.engine.block_size * per_token
+    held = log.peak_kv_blocks * plan.engine.block_size * kv_bytes_per_token(s)
     return replace(plan.base, kv_cache=held)

@@ -13,8 +13,9 @@ again until its output returns, except a prompt's next chunk (vllm/v1/core/sched
 tokens but they are not finished yet"): a running request's decode joins one micro-batch per
 round, and a long prompt's chunks ride consecutive micro-batches.
 
-The split (``split_round``): the round's decodes spread evenly over the pp micro-batches (in
-the steady state every in-flight batch carries its share of the running requests), the prompt
+The split (``split_round``): the round's decodes, and its speculative verifies (a request's
+token and its drafts, never cut), spread evenly over the pp micro-batches (in the steady state
+every in-flight batch carries its share of the running requests), the prompt
 chunks fill the micro-batches in order up to the per-batch budget, a chunk cut where a batch
 is full (its next tokens in the next batch, as vLLM schedules a long prompt's next chunk).
 
@@ -39,17 +40,23 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class MicroBatch:
     """One scheduled batch of a round: decode tokens (their contexts summing to
-    ``context_sum`` keys) and prompt chunks (offset, tokens), ``finished`` of which end their
-    prompt (the LM head runs for them)."""
+    ``context_sum`` keys), prompt chunks (offset, tokens), ``finished`` of which end their
+    prompt (the LM head runs for them), and speculative ``verifies`` (offset, q: a request's
+    token and q − 1 drafts). ``speculative``: the decodes are a speculative engine's decode
+    round, each verifying all its drafts (``EngineStep.decode_s``, tokens per step expected),
+    not plain one-token decodes."""
 
     decodes: int = 0
     context_sum: float = 0.0
     chunks: tuple[tuple[int, int], ...] = ()
     finished: int = 0
+    verifies: tuple[tuple[int, int], ...] = ()
+    speculative: bool = False
 
     @property
     def tokens(self) -> int:
-        return self.decodes + sum(c for _, c in self.chunks)
+        """Tokens scheduled (a speculative decode counted once, as a plain one)."""
+        return self.decodes + sum(c for _, c in self.chunks) + sum(q for _, q in self.verifies)
 
 
 def split_round(
@@ -59,15 +66,21 @@ def split_round(
     finished: int,
     pp: int,
     batch_tokens: int,
+    verifies: list[tuple[int, int]] | tuple[tuple[int, int], ...] = (),
+    speculative: bool = False,
 ) -> list[MicroBatch]:
     """The pp micro-batches of a round (empty ones left out; at least one). The first
     ``finished`` chunks are those ending their prompt (the scheduler's convention for the
     count); a cut chunk ends in its last piece. ``batch_tokens``: one batch's budget (raised to
-    ⌈tokens / pp⌉ when the round holds more, so every token has a batch)."""
-    total = decodes + sum(c for _, c in chunks)
+    ⌈tokens / pp⌉ when the round holds more, so every token has a batch). ``verifies`` go
+    whole, in order, evenly by count; ``speculative`` marks every batch's decodes as such."""
+    total = decodes + sum(c for _, c in chunks) + sum(q for _, q in verifies)
     cap = max(batch_tokens, math.ceil(total / pp))
     n_dec = [decodes // pp + (1 if i < decodes % pp else 0) for i in range(pp)]
-    room = [cap - d for d in n_dec]
+    n_ver = [len(verifies) // pp + (1 if i < len(verifies) % pp else 0) for i in range(pp)]
+    cuts = [sum(n_ver[:i]) for i in range(pp + 1)]
+    ver = [tuple(verifies[cuts[i] : cuts[i + 1]]) for i in range(pp)]
+    room = [cap - d - sum(q for _, q in v) for d, v in zip(n_dec, ver, strict=True)]
     pieces: list[list[tuple[int, int]]] = [[] for _ in range(pp)]
     ends = [0] * pp
     i = 0
@@ -87,10 +100,12 @@ def split_round(
             context_sum * n_dec[k] / decodes if decodes else 0.0,
             tuple(pieces[k]),
             ends[k],
+            ver[k],
+            speculative,
         )
         for k in range(pp)
     ]
-    return [mb for mb in out if mb.tokens] or [MicroBatch()]
+    return [mb for mb in out if mb.tokens] or [MicroBatch(speculative=speculative)]
 
 
 def round_s(traversals_s: list[float], stage_busy_s: list[list[float]]) -> float:

@@ -240,22 +240,31 @@ class ReplicaCost:
         decode_context_sum: float,
         chunks: list[tuple[int, int]],
         finished: int,
+        verifies: list[tuple[int, int]] | None = None,
         stage: int | None = None,
     ) -> StepCost:
         """One step of ``decodes`` decode tokens (their contexts summing to
         ``decode_context_sum`` keys, each read once) and prefill ``chunks`` (offset, length),
         ``finished`` of which end their prompt: vLLM V1's batch of both kinds. The weights are
-        read once for all the step's tokens; each decode and chunk reads its own KV cache."""
-        if not chunks:
-            return self.decode(decodes, decode_context_sum, stage)
-        if not decodes:
-            return self.prefill_chunks(chunks, finished, stage)
-        tokens = decodes + sum(c for _, c in chunks)
-        keys = [c * o + c * (c + 1) / 2.0 for o, c in chunks]
-        reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, chunks, strict=True))
+        read once for all the step's tokens; each decode and chunk reads its own KV cache.
+        ``verifies`` (offset, q): speculative decodes, each a sequence of ``offset`` cached
+        tokens scoring its last token and q − 1 drafts: attended as a chunk of q tokens (one
+        KV read per query tile), every position through the LM head. ``stage``: that pipeline
+        stage's part alone (None: the traversal of every stage)."""
+        verifies = verifies or []
+        if not verifies:
+            if not chunks:
+                return self.decode(decodes, decode_context_sum, stage)
+            if not decodes:
+                return self.prefill_chunks(chunks, finished, stage)
+        spans = chunks + verifies
+        tokens = decodes + sum(c for _, c in spans)
+        keys = [c * o + c * (c + 1) / 2.0 for o, c in spans]
+        reads = sum(k / min(FLASH_QUERY_TILE, c) for k, (_, c) in zip(keys, spans, strict=True))
         total = decode_context_sum + sum(keys)
         reads += decode_context_sum
-        return self.step(tokens, total, decodes + finished, total / reads, stage)
+        logits = decodes + finished + sum(q for _, q in verifies)
+        return self.step(tokens, total, logits, total / reads, stage)
 
     def _attention_core_bytes(self, tokens: int, keys: float, queries_per_kv_read: float) -> float:
         """HBM bytes of every layer's attention core (KV read and written, queries, output)."""

@@ -297,11 +297,9 @@ def pool_scenario(s: Scenario, which: Literal["prefill", "decode"]) -> Scenario:
         parallel = _serving_parallel(
             s, tp=pool.tp, pp=pool.pp, ep=pool.ep, etp=pool.etp, moe_dispatcher=pool.moe_dispatcher
         )
-        # the prefill pool drafts nothing; a speculative decode pool keeps whole-sequence slots
-        # (moesim.sim.decode_server: the vllm_v1 engine schedules one token per decode)
-        extra: dict = {"speculative": None}
-        if which == "decode":
-            extra = {"scheduler": "prefill_first"} if w.speculative is not None else {}
+        # the prefill pool drafts nothing; the decode pool runs the workload's scheduler, its
+        # drafts (speculative) included (moesim.sim.decode_server)
+        extra: dict = {"speculative": None} if which == "prefill" else {}
         workload = w.model_copy(
             update={
                 "disaggregated": None,
@@ -372,12 +370,6 @@ def _check_serving_options(s: Scenario) -> None:
             "set simulation.all_to_all: auto, or drop decode_moe_dispatcher"
         )
     if w.speculative is not None:
-        if w.disaggregated is None and w.scheduler != "prefill_first":
-            raise ValueError(
-                "workload.speculative runs under workload.scheduler: prefill_first (the vllm_v1 "
-                "engine here schedules one token per decode): set scheduler: prefill_first, or "
-                "serve it disaggregated"
-            )
         if w.speculative.method == "mtp" and s.model.mtp_depth < 1:
             raise ValueError(
                 f"workload.speculative.method is 'mtp' but {s.model.name} has no MTP module "

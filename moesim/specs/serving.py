@@ -23,24 +23,30 @@ class SpeculativeSpec(Spec):
 
     method: Literal["mtp", "draft"] = Field(
         description="mtp: the model's own multi-token-prediction module drafts (DeepSeek-V3; "
-        "needs model.mtp_depth ≥ 1; one MTP layer forward per drafted token); draft: a "
-        "separate draft model (workload.speculative.draft_model; its whole forward per drafted "
-        "token)"
+        "needs model.mtp_depth ≥ 1; one MTP layer forward per drafted token; the MTP modules' "
+        "weights and one KV layer each are held only then); draft: a separate draft model "
+        "(workload.speculative.draft_model; its whole forward per drafted token)"
     )
     draft_model: ModelSpec | None = Field(
         None,
         description="method: draft: the draft model (a catalog id, a model YAML or an inline "
-        "spec); it runs on the target's GPUs with the target's tp, no pp or ep",
+        "spec); it runs on the target's GPUs with the target's tp, no pp or ep; its weights "
+        "and KV cache per token count in the memory (memory_per_gpu_GB.drafter, the KV pool)",
     )
     num_speculative_tokens: PositiveInt = Field(
         description="k: tokens drafted per step (vLLM's num_speculative_tokens, SGLang's "
-        "speculative-num-steps); the verify step is a (k+1)-token forward per sequence"
+        "speculative-num-steps); the verify step is a (k+1)-token forward per sequence; under "
+        "scheduler vllm_v1 the k drafts take k tokens of the step's max_num_batched_tokens "
+        "and KV slots (with k lookahead slots); the plan can search it "
+        "(search.num_speculative_tokens)"
     )
     acceptance_rate: Float = Field(
         ge=0.0,
         le=1.0,
         description="a: probability that a drafted token is accepted (given the ones before it "
-        "were); 0 = every draft rejected (only costs), 1 = every draft accepted",
+        "were); 0 = every draft rejected (only costs), 1 = every draft accepted; vllm_v1 draws "
+        "each request's acceptances per step (seeded by workload.seed), prefill_first uses the "
+        "expected tokens per step",
     )
 
     @model_validator(mode="after")

@@ -20,16 +20,16 @@ from moesim.specs.base import (
     PositiveInt,
     Spec,
 )
+from moesim.specs.engine import (
+    DEFAULT_MAX_PREFILL_TOKENS,  # noqa: F401  (imported from here)
+    EngineKnobs,
+    RolloutEngineSpec,
+)
 from moesim.specs.lengths import Length, max_length, mean_length
 from moesim.specs.model import ModelSpec
 from moesim.specs.parallel import MoEDispatcher
 from moesim.specs.request_trace import read_request_trace
 from moesim.specs.serving import DisaggregatedSpec, SpeculativeSpec
-
-#: prompt tokens one prefill step takes by default: vLLM V1's max_num_batched_tokens for its
-#: OpenAI server on GPUs of >= 70 GiB other than the A100 (vllm/engine/arg_utils.py,
-#: EngineArgs.get_batch_defaults; 2048 on smaller GPUs)
-DEFAULT_MAX_PREFILL_TOKENS = 8192
 
 # Input limits: the simulator times every sequence or request these count, so a value past
 # them runs for minutes and gigabytes with no answer worth the wait (issue 16). Measured on
@@ -117,6 +117,14 @@ class _RL(Spec):
         None,
         description="the rollout engine's tp/pp/ep/etp (default: training's); a different one "
         "reshards the weights at every sync",
+    )
+    rollout_engine: RolloutEngineSpec = Field(
+        default_factory=RolloutEngineSpec,
+        description="the rollout's serving engine, as serving names its knobs: {scheduler: "
+        "vllm_v1 | prefill_first (default vllm_v1, the vLLM V1 engine verl and NeMo RL generate "
+        "with), max_num_seqs (alias max_batch_size, default 1024), max_num_batched_tokens "
+        "(alias max_prefill_tokens, default 8192: verl's rollout config), "
+        "gpu_memory_utilization (default: what is left of HBM), block_size (16)}",
     )
     ppo_epochs: PositiveInt = Field(1, description="optimizer passes over each batch of rollouts")
     off_policy_steps: NonNegativeInt = Field(
@@ -215,8 +223,10 @@ class ServingSLO(Spec):
     )
 
 
-class InferenceWorkload(Spec):
-    """Serving: a static batch, Poisson arrivals, or a replayed request trace (exactly one)."""
+class InferenceWorkload(EngineKnobs):
+    """Serving: a static batch, Poisson arrivals, or a replayed request trace (exactly one).
+    The engine's knobs (scheduler, max_batch_size / max_num_seqs, max_prefill_tokens /
+    max_num_batched_tokens, gpu_memory_utilization, block_size) come from ``EngineKnobs``."""
 
     stage: Literal["inference"] = "inference"
     prompt_len: Length = Field(
@@ -250,41 +260,6 @@ class InferenceWorkload(Spec):
         description="how long requests arrive (Poisson); with a trace, the throughput window "
         "(default: the trace's span)",
     )
-    max_batch_size: PositiveInt = Field(
-        256,
-        description="continuous-batching slot limit: sequences started and not finished "
-        "(vLLM's max_num_seqs; that name is accepted too)",
-    )
-    max_prefill_tokens: PositiveInt = Field(
-        DEFAULT_MAX_PREFILL_TOKENS,
-        description="tokens per engine step (vLLM's max_num_batched_tokens; that name is "
-        "accepted too): decodes and prompt chunks under vllm_v1, prompt tokens per prefill step "
-        "under prefill_first; longer prompts are chunked over steps. With pp > 1 each of the pp "
-        "batches in flight has this budget",
-    )
-    max_num_seqs: PositiveInt | None = Field(
-        None, description="vLLM's name of max_batch_size (give one of the two)"
-    )
-    max_num_batched_tokens: PositiveInt | None = Field(
-        None, description="vLLM's name of max_prefill_tokens (give one of the two)"
-    )
-    scheduler: Literal["vllm_v1", "prefill_first"] = Field(
-        "vllm_v1",
-        description="vllm_v1: a token budget per step shared by running decodes (first) and "
-        "chunked prefills, paged KV cache, preemption (recompute) when it runs out; "
-        "prefill_first: prefill and decode steps alternate, each request reserves its whole KV "
-        "at admission (moesim's earlier engine). Both pools of workload.disaggregated run it "
-        "(a speculative decode pool reserves whole sequences)",
-    )
-    gpu_memory_utilization: Fraction | None = Field(
-        None,
-        description="fraction of HBM the engine may use (vLLM's flag); the KV pool is that "
-        "minus weights, activations and the reserve. Default: all of HBM (the reserve, "
-        "cluster.gpu_memory_reserve_GB, is still taken out)",
-    )
-    block_size: PositiveInt = Field(
-        16, description="tokens per KV-cache block (vLLM's block_size; vllm_v1 pages by it)"
-    )
     prefix_hit_rate: Float = Field(
         0.0,
         ge=0,
@@ -298,7 +273,10 @@ class InferenceWorkload(Spec):
         "meeting all of them per second",
     )
     expert_offload: bool = Field(False, description="experts live in host memory, fetched on PCIe")
-    seed: NonNegativeInt = Field(0, description="seeds arrivals and length draws")
+    seed: NonNegativeInt = Field(
+        0,
+        description="seeds arrivals, length draws and (vllm_v1) the speculative acceptance draws",
+    )
     total_tokens: PositiveFloat | None = Field(None, description="output tokens to cost")
     two_batch_overlap: bool = Field(
         False,
@@ -316,7 +294,9 @@ class InferenceWorkload(Spec):
     speculative: SpeculativeSpec | None = Field(
         None,
         description="speculative decoding: {method: mtp | draft, draft_model, "
-        "num_speculative_tokens, acceptance_rate}",
+        "num_speculative_tokens, acceptance_rate}; under either scheduler (vllm_v1: drafts in "
+        "the token budget and KV, acceptances drawn per request and step) and on a "
+        "disaggregated decode pool",
     )
     disaggregated: DisaggregatedSpec | None = Field(
         None,
@@ -334,27 +314,6 @@ class InferenceWorkload(Spec):
         if value is None or Path(value).is_absolute() or base is None:
             return value
         return str(Path(base) / value)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _engine_names(cls, data: object) -> object:
-        """vLLM's max_num_seqs / max_num_batched_tokens fill max_batch_size /
-        max_prefill_tokens (one name of each pair)."""
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for engine, ours in (
-            ("max_num_seqs", "max_batch_size"),
-            ("max_num_batched_tokens", "max_prefill_tokens"),
-        ):
-            if out.get(engine) is not None:
-                if out.get(ours) is not None and out[ours] != out[engine]:
-                    raise ValueError(
-                        f"workload.{engine} ({out[engine]}) and workload.{ours} ({out[ours]}) "
-                        "name the same limit: give one of them"
-                    )
-                out[ours] = out[engine]
-        return out
 
     @model_validator(mode="after")
     def _check(self) -> InferenceWorkload:

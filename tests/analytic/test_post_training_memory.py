@@ -46,7 +46,7 @@ def test_sleep_frees_the_engine_for_training_and_activations_for_the_rollout():
     base = awake.estimate.total - awake.estimate.kv_cache  # training states + engine weights
     assert training == pytest.approx(base - engine)
     act = awake.estimate.activations
-    kv = asleep.rollout_slots * asleep.rollout_kv_per_sequence
+    kv = asleep.rollout_kv_capacity * asleep.rollout_kv_per_sequence  # what the pool holds
     assert rollout == pytest.approx(base - act + kv)
     assert asleep.estimate.total == pytest.approx(max(training, rollout))
     # levels 1 and 2 hold the same in HBM (they differ in what crosses PCIe)
@@ -70,3 +70,26 @@ def test_oversampling_generates_more_sequences_per_replica():
     assert generated_prompts(s) == 96
     assert rollout_sequences(s) == 96 * 16 // 4  # dp 4 rollout replicas (tp 2 on 8 GPUs)
     assert generated_prompts(scenario(oversample_ratio=1.01)) == 65  # rounded up
+
+
+def test_rollout_kv_pool_is_what_the_resident_states_and_the_utilization_leave():
+    """The pool grows as sleep mode and optimizer offload free HBM for the rollout; a
+    gpu_memory_utilization caps it at that share of HBM minus the engine's weights and the
+    reserve (vLLM sizes its pool inside the share), and never raises it."""
+    from moesim.analytic.memory import reserve_bytes
+    from moesim.analytic.post_training import rollout_kv_per_token
+
+    awake = post_training_memory(scenario())
+    asleep = post_training_memory(scenario(sleep_level=2))
+    off = post_training_memory(scenario(sleep_level=2, offload_optimizer=True))
+    pools = [m.rollout_kv_pool_tokens for m in (awake, asleep, off)]
+    assert pools == sorted(pools) and pools[0] < pools[-1]
+    per_token = rollout_kv_per_token(scenario())
+    left = 80e9 - (awake.estimate.total - awake.estimate.kv_cache)
+    assert awake.rollout_kv_pool_tokens == int(left // per_token)
+    for share in (0.2, 0.4, 0.6, 0.9):
+        s = scenario(sleep_level=2, offload_optimizer=True,
+                     rollout_engine={"gpu_memory_utilization": share})  # fmt: skip
+        capped = share * 80e9 - inference_weight_bytes(s) - reserve_bytes(s)
+        tokens = post_training_memory(s).rollout_kv_pool_tokens
+        assert tokens == min(off.rollout_kv_pool_tokens, max(0, int(capped // per_token)))

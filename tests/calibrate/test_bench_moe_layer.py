@@ -11,6 +11,18 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from moesim.calibrate.moe_layer_bench_case import GOALS, PASSES, Run, build_modules, run_case  # noqa: E402
+from moesim.calibrate.moe_layer_bench_checks import CorrectnessError, rel_max_err  # noqa: E402
+from moesim.calibrate.moe_layer_bench_modules import (  # noqa: E402
+    KERNEL_NAMES,
+    SHAPES,
+    build_hf_block,
+    build_layer,
+    fast_path_kernel,
+    hf_forward,
+    layer_spec,
+    memory_estimate_bytes,
+)
 from moesim.nn import moe as moe_module  # noqa: E402
 
 SCRIPT = Path(__file__).resolve().parents[2] / "calibration" / "bench_moe_layer.py"
@@ -51,23 +63,23 @@ def test_quick_run_writes_every_key(quick):
     if not HAS_TRANSFORMERS:
         assert result["versions"]["transformers"] is None
     assert result["date"] and result["dtype"] == "fp32" and result["seed"] == 7
-    assert set(result["shapes"]) == set(bench.SHAPES)
+    assert set(result["shapes"]) == set(SHAPES)
     for name, shape in result["shapes"].items():
         # the kernel the shape's layer runs at the run's 64 tokens, asked of the layer itself
-        layer = bench.build_layer(bench.layer_spec(name, quick=True), "cpu", torch.float32)
+        layer = build_layer(layer_spec(name, quick=True), "cpu", torch.float32)
         probe = torch.empty(0, layer.experts.d_model)
         kernel = layer.experts.kernel(probe, bounded=layer.capacity(64) is not None)
-        assert shape["fast_path_kernel"] == bench.KERNEL_NAMES[kernel]
+        assert shape["fast_path_kernel"] == KERNEL_NAMES[kernel]
         if grouped_mm_runs(layer.experts):  # fp32 on the CPU in torch 2.13
             assert kernel == "grouped_mm"
     cases = {(c["shape"], c["tokens"], c["routing"]) for c in result["cases"]}
-    assert cases == {(s, 64, r) for s in bench.SHAPES for r in bench.ROUTINGS}
+    assert cases == {(s, 64, r) for s in SHAPES for r in bench.ROUTINGS}
     for c in result["cases"]:
         assert c["status"] == "ok"
         for v in ("fast", "loop", "dense"):
-            assert set(c["median_s"][v]) == set(bench.PASSES)
+            assert set(c["median_s"][v]) == set(PASSES)
         assert c["median_s"]["hf"] is None or HAS_TRANSFORMERS
-        assert set(c["goals_met"]) == set(bench.GOALS)
+        assert set(c["goals_met"]) == set(GOALS)
         assert c["correctness"]["tolerance"] == 1e-5
         for k in ("out", "grad_x", "grad_router", "grad_expert_norms", "grad_expert_sums"):
             assert 0 <= c["correctness"][f"{k}_rel_err"] <= 1e-5
@@ -83,10 +95,10 @@ def test_the_reported_kernel_is_asked_with_the_bound_the_layer_runs_with(
     """``fast_path_kernel`` asks ``RoutedExperts.kernel`` with the same ``bounded`` as the
     layer's own forward does: a capacity bounds the rows under token choice with a capacity
     factor; expert choice takes C tokens per expert by construction and passes none."""
-    base = bench.layer_spec("mixtral-like", quick=True)
+    base = layer_spec("mixtral-like", quick=True)
     moe = base.moe.model_dump() | {"router": router, "capacity_factor": capacity_factor}
     spec = type(base).model_validate(base.model_dump() | {"moe": moe})
-    layer = bench.build_layer(spec, "cpu", torch.float32)
+    layer = build_layer(spec, "cpu", torch.float32)
     real, asked = layer.experts.kernel, []
 
     def spy(x, bounded=False):
@@ -98,7 +110,7 @@ def test_the_reported_kernel_is_asked_with_the_bound_the_layer_runs_with(
         layer(torch.randn(64, spec.d_model))
     in_forward, asked[:] = set(asked), []
     assert len(in_forward) == 1  # one bound throughout the forward
-    assert bench.fast_path_kernel(layer) == bench.KERNEL_NAMES[real(torch.empty(0, spec.d_model))]
+    assert fast_path_kernel(layer) == KERNEL_NAMES[real(torch.empty(0, spec.d_model))]
     assert set(asked) == in_forward
     assert in_forward == {router != "expert_choice" and capacity_factor is not None}
 
@@ -113,7 +125,7 @@ def test_ratios_are_the_medians_ratios(quick):
         assert c["fwd_ratio_to_dense"] == pytest.approx(med["dense"]["fwd"] / med["fast"]["fwd"])
         assert c["fwd_bwd_ratio_to_dense"] > 0 and c["speedup_vs_loop"] > 0
         for v in ("fast", "loop", "dense"):
-            for p in bench.PASSES:
+            for p in PASSES:
                 assert c["timings"][v][p]["median_s"] == med[v][p]
                 assert c["tflops"][v][p] == pytest.approx(c["flops"][p] / med[v][p] / 1e12)
         assert c["flops"]["fwd_bwd"] == pytest.approx(3 * c["flops"]["fwd"])
@@ -135,14 +147,14 @@ def test_real_shapes_are_the_issues():
     def dims(spec):
         return spec.d_model, spec.moe.expert_hidden, spec.moe.n_routed_experts, spec.moe.top_k
 
-    mix, ds = bench.layer_spec("mixtral-like"), bench.layer_spec("deepseek-like")
+    mix, ds = layer_spec("mixtral-like"), layer_spec("deepseek-like")
     assert dims(mix) == (4096, 14336, 8, 2)
     assert dims(ds) == (7168, 2048, 256, 8)
     assert ds.moe.n_shared_experts == 1
     # 256 experts of 3·7168·2048 bf16 weights, and their gradients, are most of the 32k case
-    est_GB = bench.memory_estimate_bytes(ds, 32768, 2, hf=False) / 1e9
+    est_GB = memory_estimate_bytes(ds, 32768, 2, hf=False) / 1e9
     assert 2 * 22.5 < est_GB < 80
-    assert bench.memory_estimate_bytes(ds, 4096, 2, False) < est_GB * 1e9
+    assert memory_estimate_bytes(ds, 4096, 2, False) < est_GB * 1e9
 
 
 def _break(monkeypatch, fn):
@@ -174,7 +186,7 @@ class _HalveGrad(torch.autograd.Function):
 def test_a_broken_fast_path_aborts_the_run(monkeypatch, tmp_path, breakage):
     _break(monkeypatch, breakage)
     args = [*QUICK, "--shapes", "mixtral-like", "--tokens", "32", "--routing", "natural"]
-    with pytest.raises(bench.CorrectnessError, match="disagrees with the loop reference"):
+    with pytest.raises(CorrectnessError, match="disagrees with the loop reference"):
         bench.main([*args, "--variants", "fast", "--out", str(tmp_path / "b.json")])
 
 
@@ -189,8 +201,8 @@ def test_append_keeps_the_other_cases(tmp_path):
 
 
 def test_a_case_that_does_not_fit_is_skipped_with_its_reason(tmp_path):
-    spec = bench.layer_spec("mixtral-like", quick=True)
-    run = bench.Run(
+    spec = layer_spec("mixtral-like", quick=True)
+    run = Run(
         device="cpu",
         dtype=torch.float32,
         dtype_name="fp32",
@@ -201,20 +213,20 @@ def test_a_case_that_does_not_fit_is_skipped_with_its_reason(tmp_path):
         memory_bytes=1e6,  # a 1 MB "GPU"
         out=tmp_path / "x.json",
     )
-    mods = bench.build_modules(run, spec, None)
-    case = bench.run_case(run, mods, "mixtral-like", 64, "balanced")
+    mods = build_modules(run, spec, None)
+    case = run_case(run, mods, "mixtral-like", 64, "balanced")
     assert case["status"] == "skipped" and "GB" in case["reason"]
 
 
 @pytest.mark.skipif(not HAS_TRANSFORMERS, reason="transformers is not installed")
 def test_transformers_block_gets_the_layers_weights():
-    spec = bench.layer_spec("mixtral-like", quick=True)
-    layer = bench.build_layer(spec, "cpu", torch.float32)
-    block, info = bench.build_hf_block(spec, layer, "cpu", torch.float32, None)
+    spec = layer_spec("mixtral-like", quick=True)
+    layer = build_layer(spec, "cpu", torch.float32)
+    block, info = build_hf_block(spec, layer, "cpu", torch.float32, None)
     assert info["weights"] == "copied from the moesim layer"
     x = torch.randn(48, spec.d_model)
     with torch.no_grad():
-        assert bench.rel_max_err(bench.hf_forward(block, x), layer(x).out) < 1e-5
+        assert rel_max_err(hf_forward(block, x), layer(x).out) < 1e-5
 
 
 @pytest.mark.gpu

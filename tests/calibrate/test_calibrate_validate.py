@@ -3,8 +3,9 @@
 import pandas as pd
 import pytest
 
+from moesim.calibrate.predict import predict_op
 from moesim.calibrate.records import COLUMNS
-from moesim.calibrate.validate import error_stats, predict_op, scored_rows, split
+from moesim.calibrate.validate import error_stats, scored_rows, split
 from moesim.catalog import load_gpu
 from moesim.sim.costmodel import CostModel
 from moesim.sim.profile import Profile, default_profile

@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 
 from moesim.catalog import raw_entry
-from moesim.scenario_io import ID_FIELDS, file_kind, file_schema, load_yaml
+from moesim.scenario_io import ID_FIELDS, file_kind, load_yaml
+from moesim.scenario_schema import file_schema
 
 jsonschema = pytest.importorskip("jsonschema")
 

@@ -195,6 +195,7 @@ def test_post_training_comparison_reads_as_a_pipeline(tmp_path):
     assert "rollout" in verdict and "All stages: $" in verdict
     html = comparison_report(scenarios, results, name, desc).render()
     assert "Where the step time goes, phase by phase" in html and "Step time by phase" in html
+    assert "The rollout engine of each replica" in html  # GRPO's engine, pool, preemptions
 
 
 # -- a serving plan ---------------------------------------------------------------------------
@@ -320,3 +321,25 @@ def test_disaggregation_table_shows_both_pools_and_the_ttft_parts():
     assert "bottleneck: prefill" in fig.layout.title.text
     assert "kv transfer" in fig.layout.title.text
     assert disaggregation_table(SimpleNamespace()) is None
+
+
+def test_rollout_engine_table_shows_the_engine_its_pool_and_preemptions():
+    from moesim.scenario_io import scenario_from_dict
+
+    def grpo(engine):
+        wl = {"stage": "grpo", "global_batch": 16, "group_size": 16, "prompt_len": 512,
+              "response_len": 1024, "rollout": "disaggregated", "rollout_gpus": 8,
+              "rollout_engine": engine}  # fmt: skip
+        return simulate(scenario_from_dict({"name": engine.get("scheduler", "v1"),
+                                            "model": "llama-2-13b",
+                                            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+                                            "parallel": {"tp": 2, "zero_stage": 1},
+                                            "workload": wl}))  # fmt: skip
+
+    v1 = grpo({"gpu_memory_utilization": 0.4})
+    first = grpo({"scheduler": "prefill_first", "gpu_memory_utilization": 0.4})
+    cells = figures.rollout_engine_table([v1, first]).data[0].cells.values
+    assert list(cells[1]) == ["vllm_v1", "prefill_first"]
+    assert cells[2][0] == cells[2][1] == f"{v1.rollout_kv_pool_tokens:,}"  # the same pool
+    assert cells[6][0] == v1.rollout_preemptions > 0 and cells[6][1] == 0
+    assert figures.rollout_engine_table([simulate(load_scenario(MIXTRAL))]) is None

@@ -6,19 +6,21 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from moesim.sim.collectives import (
-    all_gather,
-    all_to_all_direct,
-    all_to_all_hierarchical,
+from moesim.sim.collective_timing import (
     alpha_beta_time_s,
     flow_time_s,
     nccl_system,
     nccl_time_s,
     phase_link_load,
+    ring_all_reduce_textbook_s,
+)
+from moesim.sim.collectives import (
+    all_gather,
+    all_to_all_direct,
+    all_to_all_hierarchical,
     reduce_scatter,
     reversed_collective,
     ring_all_reduce,
-    ring_all_reduce_textbook_s,
     tree_all_reduce,
 )
 from moesim.sim.network import Topology

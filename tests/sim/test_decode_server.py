@@ -89,7 +89,7 @@ class Steps:
         self.recomputed += sum(c for _, c in chunks)
         return self._t()
 
-    def mixed_step(self, decodes, context_sum, chunks, finished):
+    def mixed_step(self, decodes, context_sum, chunks, finished, verifies=None):
         self.recomputed += sum(c for _, c in chunks)
         return self._t()
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.sim.collectives import all_to_all_direct, flow_time_s
+from moesim.sim.collective_timing import flow_time_s
+from moesim.sim.collectives import all_to_all_direct
 from moesim.sim.fabric import Tiers
 from moesim.sim.network import Topology
 from moesim.specs.hardware import FabricSpec

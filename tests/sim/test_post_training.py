@@ -205,15 +205,21 @@ def test_grpo_rollout_grows_with_group_size_and_response_length():
 def test_colocated_rollout_runs_in_waves_when_the_kv_pool_is_small():
     # Llama-2-13B (MHA: 0.8 MB of KV per token) with full Adam states on 8 GPUs leaves little HBM
     wl = {**GRPO, "global_batch": 64, "group_size": 16, "prompt_len": 1024, "response_len": 1024}
-    s = scenario(
-        wl,
-        model="llama-2-13b",
-        parallel={"tp": 2, "pp": 1, "zero_stage": 3},
-    )
+    first = {**wl, "rollout_engine": {"scheduler": "prefill_first"}}
+    s = scenario(first, model="llama-2-13b", parallel={"tp": 2, "pp": 1, "zero_stage": 3})
     r = simulate(s)
+    assert r.rollout_scheduler == "prefill_first" and r.rollout_preemptions == 0
     assert r.rollout_concurrency < r.rollout_sequences_per_replica
     assert r.rollout_waves == -(-r.rollout_sequences_per_replica // r.rollout_concurrency)
     assert r.memory_per_gpu_GB["total"] <= 80.0
+    # vLLM V1 admits every sequence (max_num_seqs 1024), pages the same pool and preempts
+    v1 = simulate(scenario(wl, model="llama-2-13b", parallel={"tp": 2, "pp": 1, "zero_stage": 3}))
+    assert v1.rollout_scheduler == "vllm_v1"
+    assert v1.rollout_concurrency == v1.rollout_sequences_per_replica
+    assert v1.rollout_kv_pool_tokens == r.rollout_kv_pool_tokens
+    assert v1.rollout_peak_kv_tokens <= v1.rollout_kv_pool_tokens
+    assert v1.rollout_preemptions > 0
+    assert v1.memory_per_gpu_GB == r.memory_per_gpu_GB  # the same pool either way
 
 
 def test_disaggregated_rollout_syncs_weights_over_the_network():

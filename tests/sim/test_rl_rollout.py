@@ -140,3 +140,129 @@ def test_a_pool_too_small_for_the_longest_allowed_sequence_is_reported():
     note = longest_sequence_note(small)
     assert note is not None and "60256" in note
     assert longest_sequence_note(scenario()) is None  # fixed lengths: the mean is the longest
+
+
+# -- the rollout engine (workload.rollout_engine) ------------------------------------------------
+def _replica_time_by_hand(s) -> float:
+    """One replica, all n sequences at t=0, prompts p fitting one token budget, every response
+    r tokens, a pool that holds them all: one prefill step of the n prompts (it samples each
+    first token), then r − 1 decode rounds of all n, the j-th attending n·(p + j) keys."""
+    from moesim.sim.engine_step import build_engine_step
+    from moesim.sim.rl_rollout import rollout_scenario
+    from moesim.sim.serving_step import ReplicaCost
+
+    roll, *_ = rollout_scenario(s)
+    cost = ReplicaCost(roll, None)
+    step = build_engine_step(roll, cost, lambda x: ReplicaCost(x, None))
+    n = s.workload.global_batch * s.workload.group_size // roll.parallel.dp_size
+    p, r = s.workload.prompt_len, s.workload.response_len
+    t = step.prefill_s([(0, p)] * n, n)
+    return t + sum(step.decode_s(n, n * (p + j)) for j in range(1, r))
+
+
+def test_both_engines_equal_the_hand_computed_rollout_when_kv_is_ample():
+    """8 sequences of 256 + 256 tokens per replica: 2,048 prompt tokens fit one 8,192-token
+    step and the pool holds everything, so vLLM V1 and prefill_first take the same steps."""
+    v1 = simulate(scenario())
+    first = simulate(scenario(rollout_engine={"scheduler": "prefill_first"}))
+    assert v1.rollout_scheduler == "vllm_v1" and first.rollout_scheduler == "prefill_first"
+    assert v1.rollout_preemptions == first.rollout_preemptions == 0
+    by_hand = _replica_time_by_hand(scenario())
+    assert v1.rollout_time_s == pytest.approx(by_hand, rel=1e-12)
+    assert first.rollout_time_s == pytest.approx(by_hand, rel=1e-12)
+    assert v1.rollout_kv_pool_tokens >= v1.rollout_peak_kv_tokens == 8 * 512
+
+
+def _disaggregated(gpu_memory_utilization=None, workload=None, **engine):
+    if gpu_memory_utilization is not None:
+        engine["gpu_memory_utilization"] = gpu_memory_utilization
+    return scenario_from_dict(
+        {
+            "name": "grpo",
+            "model": "llama-2-13b",  # MHA: 0.8 MB of KV per token, the pool binds
+            "cluster": {"gpu": "h100-sxm", "nodes": 1},
+            "parallel": {"tp": 2, "pp": 1, "zero_stage": 1},
+            "workload": {**GRPO, "global_batch": 16, "group_size": 16, "prompt_len": 512,
+                         "response_len": 1024, "rollout": "disaggregated", "rollout_gpus": 8,
+                         "rollout_engine": engine, **(workload or {})},
+        }
+    )  # fmt: skip
+
+
+def test_less_rollout_memory_never_reduces_preemptions():
+    runs = [simulate(_disaggregated(u)) for u in (None, 0.6, 0.5, 0.4, 0.35)]
+    pools = [r.rollout_kv_pool_tokens for r in runs]
+    preempted = [r.rollout_preemptions for r in runs]
+    times = [r.rollout_time_s for r in runs]
+    assert pools == sorted(pools, reverse=True)
+    assert preempted == sorted(preempted) and preempted[0] == 0 and preempted[-1] > 0
+    assert times == sorted(times)  # recomputing preempted sequences costs time
+    for r in runs:  # the engine never holds more than its pool
+        assert r.rollout_peak_kv_tokens <= r.rollout_kv_pool_tokens
+        assert r.fits_in_memory
+
+
+def test_rollout_gpu_memory_utilization_sizes_the_pool_as_vllm_does():
+    """vLLM's pool is gpu_memory_utilization × HBM minus its weights (and the reserve)."""
+    from moesim.analytic.memory import reserve_bytes
+    from moesim.analytic.post_training import inference_weight_bytes, rollout_kv_per_token
+
+    s = _disaggregated(0.5)
+    left = 0.5 * 80e9 - inference_weight_bytes(s) - reserve_bytes(s)
+    assert simulate(s).rollout_kv_pool_tokens == int(left // rollout_kv_per_token(s))
+
+
+def _pipelined_and_whole(s):
+    """The timed replica's engine run with the rollout's pp 2 rounds (EngineStep) and with
+    every step one traversal of the whole batch (pp 1 over the same replica cost)."""
+    from moesim.sim.engine_step import EngineStep, build_engine_step
+    from moesim.sim.rl_rollout import rollout_engine_config, rollout_scenario, run_engine
+    from moesim.sim.serving_step import ReplicaCost
+
+    r = simulate(s)
+    roll, slots, _, pool = rollout_scenario(s)
+    cost = ReplicaCost(roll, None)
+    prompts, responses = draw_lengths(s)
+    n = r.rollout_sequences_per_replica
+    engine = rollout_engine_config(roll, slots, pool, int((prompts + responses).max()))
+    piped = run_engine(build_engine_step(roll, cost, None), prompts[:n], responses[:n], engine)
+    whole = run_engine(EngineStep(cost, pp=1), prompts[:n], responses[:n], engine)
+    return r, roll, engine, piped, whole
+
+
+def test_a_pipelined_rollout_runs_serving_rounds_of_pp_batches():
+    """Rollout pp 2: a step is a round of two micro-batches in flight, each with the rollout's
+    max_num_batched_tokens (vLLM V1's batch queue, as serving). All sequences are there at
+    t=0, so the engine takes the same steps either way; a round gives at most pp× the whole
+    batch's traversal (each stage runs every micro-batch of the round). Decode here is bound
+    by weight reads, which each micro-batch repeats on every stage (the last stage's LM head
+    too), so its rounds gain nothing: they may even be a little longer than one traversal."""
+    s = scenario(rollout_parallel={"pp": 2, "tp": 2})
+    r, roll, engine, piped, whole = _pipelined_and_whole(s)
+    assert r.rollout_parallel["pp"] == 2 and r.rollout_decode_microbatches == 2
+    assert engine.max_num_batched_tokens == 2 * roll.workload.max_prefill_tokens
+    assert [k for k, *_ in piped.steps] == [k for k, *_ in whole.steps]
+    assert piped.makespan_s == pytest.approx(r.rollout_time_s)
+    for a, b in zip(piped.steps, whole.steps, strict=True):  # round by round
+        assert (b[2] - b[1]) / 2 * (1 - 1e-12) <= a[2] - a[1] <= 2 * (b[2] - b[1])
+
+
+def test_a_prefill_heavy_pipelined_rollout_is_faster_than_traversing_the_batch():
+    """Long prompts, short responses: the rounds' prompt chunks fill both micro-batches and
+    the two stages work at once, so the rollout is shorter than with one traversal a step."""
+    s = scenario(rollout_parallel={"pp": 2, "tp": 2}, prompt_len=4096, response_len=4)
+    _, _, _, piped, whole = _pipelined_and_whole(s)
+    assert [k for k, *_ in piped.steps] == [k for k, *_ in whole.steps]
+    assert piped.makespan_s < 0.8 * whole.makespan_s
+
+
+def test_a_drawn_sequence_longer_than_the_pool_is_run_and_reported_as_not_fitting():
+    """vLLM V1 could never finish a sequence its pool cannot hold: the rollout runs as if it
+    fitted (as serving does) and the step says it does not fit."""
+    # a pool of ~34,000 tokens per replica, one response of 40,000
+    r = simulate(_disaggregated(0.35, {"response_len": empirical(*SHORT, 40000)}))
+    assert r.rollout_response_tokens_max == 40000
+    assert r.rollout_kv_pool_tokens < 40000 + 512
+    assert r.fits_in_memory is False and r.fits_in_memory_parts["rollout_kv_pool"] is False
+    assert "does not fit" in r.memory_note and r.rollout_kv_capacity_sequences >= 1
+    assert simulate(_disaggregated(0.35)).fits_in_memory  # the same pool, shorter responses

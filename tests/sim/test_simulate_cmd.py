@@ -99,6 +99,7 @@ def test_post_training_table_shows_the_phases():
     assert "time per step by phase" in p.stdout
     for phase in ("rollout", "reference", "training", "weight_sync"):
         assert phase in p.stdout
+    assert "rollout engine: vllm_v1, KV pool" in p.stdout and "0 preemptions" in p.stdout
     p = run("simulate", str(MIXTRAL))
     assert "by phase" not in p.stdout  # pretraining has no phases
 

@@ -109,9 +109,12 @@ def test_mtp_drafter_is_one_moe_layer_of_the_model():
     assert d.parallel.ep == 16
 
 
-def test_speculative_needs_the_prefill_first_engine_when_colocated():
+def test_speculative_runs_under_vllm_v1_and_mtp_needs_the_module():
     from moesim.scenario_io import ScenarioError
 
     sp = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2}
-    with pytest.raises(ScenarioError, match="scheduler: prefill_first"):
-        serving(speculative={**sp, "acceptance_rate": 0.5}, scheduler="vllm_v1")
+    s = serving(speculative={**sp, "acceptance_rate": 0.5}, scheduler="vllm_v1")
+    assert s.workload.scheduler == "vllm_v1"
+    mtp = {"method": "mtp", "num_speculative_tokens": 1, "acceptance_rate": 0.5}
+    with pytest.raises(ScenarioError, match="no MTP module"):
+        serving(speculative=mtp)

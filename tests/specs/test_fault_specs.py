@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from moesim.scenario_io import ScenarioError, file_schema, scenario_from_dict
+from moesim.scenario_io import ScenarioError, scenario_from_dict
+from moesim.scenario_schema import file_schema
 
 BASE: dict[str, Any] = {
     "name": "dense-16",

@@ -59,3 +59,19 @@ def test_ppo_takes_the_same_keys():
     }  # fmt: skip
     w = scenario_from_dict(d).workload
     assert w.off_policy_steps == 1 and w.response_tokens == 64
+
+
+def test_rollout_engine_takes_serving_names_and_verl_defaults():
+    from moesim.specs.engine import RolloutEngineSpec
+
+    e = RolloutEngineSpec()
+    # verl's rollout config (verl/trainer/config/rollout/rollout.yaml)
+    assert (e.scheduler, e.max_batch_size, e.max_prefill_tokens) == ("vllm_v1", 1024, 8192)
+    v = RolloutEngineSpec(max_num_seqs=64, max_num_batched_tokens=2048)
+    assert (v.max_batch_size, v.max_prefill_tokens) == (64, 2048)
+    with pytest.raises(ValueError, match=r"workload\.rollout_engine\.max_num_seqs"):
+        RolloutEngineSpec(max_num_seqs=64, max_batch_size=32)
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        RolloutEngineSpec(gpu_memory_utilization=1.5)
+    with pytest.raises(ValueError, match="scheduler"):
+        RolloutEngineSpec(scheduler="sglang")

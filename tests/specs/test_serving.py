@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.scenario_io import ScenarioError, file_schema, scenario_from_dict
+from moesim.scenario_io import ScenarioError, scenario_from_dict
+from moesim.scenario_schema import file_schema
 from moesim.specs.scenario import draft_scenario, pool_scenario
 
 
