@@ -1,8 +1,8 @@
 """The disaggregated layouts a serving plan searches: every pairing of a prefill pool and a
 decode pool (``search.prefill`` / ``search.decode``: GPUs or nodes, tp, pp, ep, etp,
 max_num_seqs; what a pool's search leaves out keeps the base scenario's value), the cluster
-being the two pools' GPUs together. ``moesim.plan`` builds, bounds and simulates them as it
-does colocated layouts; their rows name both pools."""
+being the two pools' GPUs together. ``moesim.plan_space`` builds them and ``moesim.plan``
+bounds and simulates them as it does colocated layouts; their rows name both pools."""
 
 from __future__ import annotations
 
