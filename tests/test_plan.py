@@ -501,6 +501,20 @@ def test_a_disaggregated_plan_searches_its_pools():
         assert least_memory_per_gpu_B(c.scenario) <= used * 1e9
 
 
+def test_a_disaggregated_plan_searches_the_decode_pools_drafts_per_step():
+    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2,
+            "acceptance_rate": 0.7}  # fmt: skip
+    plan = {**PD_PLAN, "workload": {**PD_PLAN["workload"], "speculative": spec},
+            "search": {**PD_PLAN["search"], "num_speculative_tokens": [1, 3]}}  # fmt: skip
+    considered, scenarios = candidates(plan_from_dict(plan))
+    base_considered, base = candidates(plan_from_dict(PD_PLAN))
+    assert considered == 2 * base_considered and len(scenarios) == 2 * len(base)
+    for s in scenarios:
+        k = s.workload.speculative.num_speculative_tokens
+        assert k in (1, 3) and s.name.endswith(f" k{k}]")
+        assert s.workload.disaggregated is not None
+
+
 def test_pool_knobs_need_a_disaggregated_workload_and_colocated_knobs_a_colocated_one():
     with pytest.raises(ScenarioError, match=r"search\.prefill.*colocated"):
         plan_from_dict({**SERVING_PLAN, "search": {"prefill": {"gpus": [2, 4]}}})

@@ -216,3 +216,19 @@ def test_a_pipelined_replica_prefills_faster_than_one_of_its_stages_alone():
     one, two = run(1), run(2)
     assert two.output_tokens_per_s > 1.5 * one.output_tokens_per_s
     assert two.prefill_tokens_computed == one.prefill_tokens_computed
+
+
+@pytest.mark.parametrize("pp", [1, 2])
+def test_a_speculative_round_of_full_verifies_is_a_decode_round(pp):
+    spec = {"method": "draft", "draft_model": "llama-3-8b", "num_speculative_tokens": 2,
+            "acceptance_rate": 0.7}  # fmt: skip
+    e = _engine(pp, speculative=spec)
+    verifies = [(500 + 10 * i, 3) for i in range(6)]
+    ctx = float(sum(o + 1 for o, _ in verifies))
+    assert e.mixed_s(0, 0.0, [], 0, verifies) == e.decode_s(6, ctx)
+    # a verify cut short (q < k + 1) makes it a step of its own kind: no faster than the
+    # round of plain decodes, and drafts and verifies ride in the same round as prompt chunks
+    cut = [*verifies[:-1], (550, 2)]
+    assert e.mixed_s(0, 0.0, [], 0, cut) >= e.mixed_s(6, ctx, [], 0) * (1 - 1e-12)
+    with_chunk = e.mixed_s(0, 0.0, [(0, 512)], 1, verifies)
+    assert with_chunk > e.mixed_s(0, 0.0, [], 0, cut)

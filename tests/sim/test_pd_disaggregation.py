@@ -141,3 +141,32 @@ def test_paging_serves_more_than_whole_sequence_slots_in_the_same_memory():
     assert paged.mean_decode_batch >= whole.mean_decode_batch
     assert paged.output_tokens_per_s >= whole.output_tokens_per_s
     assert paged.ttft_s_p99 <= whole.ttft_s_p99
+
+
+def _speculative(acceptance: float, scheduler: str = "vllm_v1"):
+    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2,
+            "acceptance_rate": acceptance}  # fmt: skip
+    return pd(speculative=spec, scheduler=scheduler)
+
+
+def test_a_speculative_decode_pool_runs_the_paged_engine_and_draws_its_acceptances():
+    none, most = simulate(_speculative(0.0)), simulate(_speculative(0.9))
+    for r in (none, most):
+        assert r.disaggregated["decode"]["scheduler"] == "vllm_v1"
+        sp = r.speculative
+        assert sp["draft_tokens"] > 0 and sp["drafter_weights_GB"] > 0
+        # the pool holds the drafter's KV beside the target's
+        assert sp["kv_bytes_per_token"] > sp["drafter_kv_bytes_per_token"] > 0
+    assert none.speculative["accepted_tokens"] == 0
+    assert none.speculative["tokens_per_verify_step"] == 1.0
+    assert 0.8 < most.speculative["draft_acceptance_rate"] < 1.0
+    assert most.tpot_s_mean < none.tpot_s_mean  # ~2.6 tokens a verify against 1
+    # acceptance 0: a request's first token comes from prefill, its first decode here is
+    # plain (no drafts yet), and each of its other 30 tokens takes a verify of k = 2 drafts
+    assert none.preemptions == 0
+    timed = none.requests // none.disaggregated["decode"]["replicas"]  # on decode replica 0
+    assert none.speculative["draft_tokens"] == 2 * 30 * timed
+    # the same requests under prefill_first keep whole-sequence slots and expected tokens
+    whole = simulate(_speculative(0.9, "prefill_first"))
+    assert whole.disaggregated["decode"]["scheduler"] == "prefill_first"
+    assert "draft_tokens" not in whole.speculative

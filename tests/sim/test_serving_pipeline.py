@@ -54,3 +54,16 @@ def test_round_time_is_the_longest_traversal_or_the_busiest_stage():
     assert round_s([3.0], [[1.0, 1.5]]) == 3.0  # one batch: its traversal
     assert round_s([3.0, 3.0], [[1.0, 1.9], [1.0, 1.9]]) == pytest.approx(3.8)  # last stage
     assert round_s([3.0, 2.0], [[1.0, 1.0], [0.5, 0.5]]) == 3.0
+
+
+@pytest.mark.parametrize("pp", [1, 2, 3])
+def test_verifies_go_whole_and_evenly(pp):
+    verifies = [(100 + i, 3) for i in range(7)]
+    mbs = split_round(4, 400.0, [(0, 3000)], 1, pp, batch_tokens=1024, verifies=verifies)
+    assert [v for mb in mbs for v in mb.verifies] == verifies  # in order, none cut
+    counts = [len(mb.verifies) for mb in mbs]
+    assert max(counts) - min(counts) <= 1
+    assert sum(mb.tokens for mb in mbs) == 4 + 3000 + 7 * 3
+    assert all(not mb.speculative for mb in mbs)
+    spec = split_round(5, 500.0, [], 0, pp, batch_tokens=1024, speculative=True)
+    assert all(mb.speculative for mb in spec) and sum(mb.decodes for mb in spec) == 5
