@@ -51,14 +51,12 @@ reports: setup
 	  -o reports/deepseek-v3-mtp-speculative.html
 	$(BIN)/moesim report scenarios/post-training/llama-3-8b-grpo-kv-bound-8xh100.yaml \
 	  -o reports/llama-3-8b-grpo-kv-bound.html
+	$(BIN)/moesim plan scenarios/plans/mixtral-pd-serving.yaml \
+	  --html reports/mixtral-pd-serving-plan.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Every published run (scenarios/published/) simulated against its figure: an HTML report.
 reproduce: setup
-	$(BIN)/moesim report scenarios/serving/deepseek-v3-mtp-vllm-v1-8xh200.yaml \
-	  -o reports/deepseek-v3-mtp-speculative.html
-	$(BIN)/moesim report scenarios/post-training/llama-3-8b-grpo-kv-bound-8xh100.yaml \
-	  -o reports/llama-3-8b-grpo-kv-bound.html
 	$(BIN)/moesim reproduce --html reports/published-runs.html
 
 # Rewrite the README's table between <!-- reproduce:begin --> and <!-- reproduce:end -->.
