@@ -55,6 +55,7 @@ from moesim.sim.training_step import (
     param_all_gather,
     stage_params_on_rank,
 )
+from moesim.sim.vector_engine import VectorRank
 
 
 class ChunkTask(NamedTuple):
@@ -124,6 +125,9 @@ class ChunkView:
     def start(self, gen) -> simpy.Process:
         return self.env.process(gen)
 
+    def notify(self, ev: simpy.Event) -> None:
+        ev.succeed()
+
     def compute(self, name: str, duration_s: float, category: str = "compute"):
         yield from self.compute_ops([(name, duration_s)], category)
 
@@ -154,6 +158,8 @@ class ChunkView:
 
 def pair_views(rank: Rank) -> tuple[ChunkView, ChunkView]:
     """(forward view, backward view) of ``rank`` for one overlapped pair."""
+    if isinstance(rank, VectorRank):
+        return rank.pair_views()  # type: ignore[return-value]
     busy = [0]
     return ChunkView(rank, {}, busy), ChunkView(rank, {"pp": "pp_bwd"}, busy)
 
@@ -274,4 +280,4 @@ def start_dualpipe(
 ) -> dict[int, simpy.Process]:
     """Start every simulated rank's DualPipe program for one training step."""
     dp = DualPipe(ctx, pipeline)
-    return {g: ctx.env.process(dp.program(g, optimizer)) for g in ctx.simulated_gpus()}
+    return {g: ctx.rank(g).start(dp.program(g, optimizer)) for g in ctx.simulated_gpus()}

@@ -295,6 +295,10 @@ class Rank:
         """Launch a generator concurrently (an asynchronous collective)."""
         return self.env.process(gen)
 
+    def notify(self, ev: simpy.Event) -> None:
+        """Fire ``ev`` (a pipeline send's arrival; the vector engine's carries member times)."""
+        ev.succeed()
+
 
 def union_length_s(spans: list[tuple[float, float]]) -> float:
     total, end = 0.0, float("-inf")

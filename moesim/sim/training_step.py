@@ -365,7 +365,7 @@ class Pipeline:
         t = self.ctx.p2p_s(rank.gpu, dst, self.send_bytes)
         link = self.ctx.link_of((rank.gpu, dst))
         yield from rank.comm("pp", name, "pp_comm", t, link)
-        self._box(key).succeed()
+        rank.notify(self._box(key))
 
     def run_task(self, rank: Rank, task: Task, buckets: GradBuckets | None, ready: dict):
         ctx, runner = self.ctx, self.runner
@@ -427,7 +427,7 @@ def pipeline_pass(
             tasks = [
                 Task("F", mb, c) for c in range(p.virtual_stages) for mb in range(ctx.microbatches)
             ]
-        procs[g] = ctx.env.process(_rank_program(ctx, pipe, g, tasks, backward, optimizer))
+        procs[g] = ctx.rank(g).start(_rank_program(ctx, pipe, g, tasks, backward, optimizer))
     return procs
 
 
