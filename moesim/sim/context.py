@@ -109,6 +109,7 @@ class SimContext:
         # compute that starts while an EP dispatch/combine holds its SMs is this much slower
         self.comm_sm_slowdown = comm_sm_slowdown(s)
         self._draws: dict[tuple, object] = {}
+        self._expert_known: dict[bool, tuple] = {}  # the vector engine's timed copy counts
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
         self._groups: dict[tuple[str, int], tuple[int, ...]] = {}
@@ -520,21 +521,36 @@ class SimContext:
         copies = np.rint(received * self.parallel.etp)
         values, inverse = np.unique(copies, return_inverse=True)
         inverse = inverse.reshape(copies.shape)
+        fwd, bwd = self._expert_times(values, False), self._expert_times(values, True)
+        fwd_ops = [(name, t[inverse]) for name, t in fwd]
+        bwd_ops = [(name, t[inverse]) for name, t in bwd]
+        return received, dispatch, combine, fwd_ops, bwd_ops
 
-        def ops(backward: bool) -> list[tuple[str, np.ndarray]]:
-            per_value = []
-            for c in values.tolist():
+    def _expert_times(self, values: np.ndarray, backward: bool) -> list[tuple[str, np.ndarray]]:
+        """The experts' ops (GEMMs and element-wise kernels, in program order) for each copy
+        count of ``values`` (sorted, distinct), as (name, seconds per value); counts already
+        timed for another stage are looked up, not timed again."""
+        known_v, known_t, names = self._expert_known.get(backward, (np.empty(0), None, None))
+        new = np.setdiff1d(values, known_v, assume_unique=True)
+        if new.size:
+            rows = []
+            for c in new.tolist():
                 gemm = (
                     "experts_bwd" if backward else "experts",
                     self.expert_cost.time_s(c, backward),
                 )
                 around = list(self.expert_elementwise.ops(c, backward))
-                per_value.append([*around, gemm] if backward else [gemm, *around])
-            names = [name for name, _ in per_value[0]]
-            times = np.array([[t for _, t in row] for row in per_value])  # (values, ops)
-            return [(name, times[:, k][inverse]) for k, name in enumerate(names)]
-
-        return received, dispatch, combine, ops(False), ops(True)
+                rows.append([*around, gemm] if backward else [gemm, *around])
+            new_names = [name for name, _ in rows[0]]
+            assert names is None or names == new_names
+            new_t = np.array([[t for _, t in row] for row in rows])  # (values, ops)
+            all_v = np.concatenate([known_v, new])
+            all_t = new_t if known_t is None else np.concatenate([known_t, new_t])
+            order = np.argsort(all_v, kind="stable")
+            known_v, known_t, names = all_v[order], all_t[order], new_names
+            self._expert_known[backward] = (known_v, known_t, names)
+        at = np.searchsorted(known_v, values)
+        return [(name, known_t[at, k]) for k, name in enumerate(names)]
 
 
 def vector_applies(s: Scenario) -> bool:
