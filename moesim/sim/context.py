@@ -39,7 +39,7 @@ from moesim.sim.network import Topology
 from moesim.sim.placement import representative_q
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
-from moesim.sim.vector_engine import VectorDraw, VectorRank
+from moesim.sim.vector_engine import VectorDraw, VectorRank, vector_applies
 from moesim.specs import Scenario
 
 
@@ -551,10 +551,3 @@ class SimContext:
             self._expert_known[backward] = (known_v, known_t, names)
         at = np.searchsorted(known_v, values)
         return [(name, known_t[at, k]) for k, name in enumerate(names)]
-
-
-def vector_applies(s: Scenario) -> bool:
-    """Where the vector engine runs full fidelity: pretraining steps without expert tensor
-    parallelism (etp's collectives are sized by each rank's draw); elsewhere one SimPy
-    process set per rank."""
-    return s.workload.stage == "pretrain" and s.parallel.etp == 1

@@ -388,3 +388,11 @@ class VectorView:
         yield from self.rank.comm(
             s, name, category, alone_s, link, group_key, group_size, self.busy
         )
+
+
+def vector_applies(s) -> bool:
+    """Where the vector engine runs full fidelity (``Scenario`` ``s``): pretraining steps
+    without expert tensor parallelism (etp's collectives are sized by each rank's draw), when
+    the stage's groups time alike (``SimContext._stages_alike``); elsewhere one SimPy process
+    set per rank."""
+    return s.workload.stage == "pretrain" and s.parallel.etp == 1
