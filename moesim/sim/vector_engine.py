@@ -18,7 +18,8 @@ each group (EP, TP, CP, DP, EDP: all inside a stage), with the group's slowest l
 stage (``notify``), whose members wait each for its own sender.
 
 Approximations against the per-rank engine (``moesim.sim.engine``), measured in
-tests/sim/test_vector_engine.py:
+tests/sim/test_vector_engine.py (DeepSeek-V3 on 256 GPUs, zipf routing, 2026-12-04: the same
+step bit for bit, exposed communication +2.9%, ``pp_comm`` +19% from the sends' link sharing):
 
 - **order of overlapped chunks**: the two chunks of a DualPipe (or EP-overlap) pair take the
   compute stream in the order their latest members ask for it, the same order for every member
