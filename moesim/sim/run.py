@@ -112,7 +112,7 @@ def simulate(
 
         return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
     if scenario.parallel.pipeline_balance == "auto" and stage != "moe_layer":
-        return simulate_balanced(scenario, fidelity, trace_path, base_dir)
+        return simulate_balanced(scenario, fidelity, trace_path, base_dir, vector)
     if stage in ("sft", "dpo", "grpo", "ppo"):  # phases composed in moesim.sim.post_training
         from moesim.sim.post_training import simulate_post_training
 
@@ -149,6 +149,7 @@ def simulate_balanced(
     fidelity: str | None = None,
     trace_path: str | Path | None = None,
     base_dir: Path | None = None,
+    vector: bool | None = None,
 ) -> Result:
     """``pipeline_balance: auto``: simulate the candidate layouts that
     ``moesim.sim.pipeline_balance`` picks (its best estimates and the default one) and keep the
@@ -163,10 +164,10 @@ def simulate_balanced(
         candidates = [even]
     else:
         candidates = balance_candidates(s, build_context(even, base_dir=base_dir))
-    runs = [(simulate(c, fidelity, None, base_dir), c) for c in candidates]
+    runs = [(simulate(c, fidelity, None, base_dir, vector), c) for c in candidates]
     best, chosen = min(runs, key=lambda rc: (rc[0].fits_in_memory is False, rc[0].step_time_s))
     if trace_path is not None:
-        best = simulate(chosen, fidelity, trace_path, base_dir)
+        best = simulate(chosen, fidelity, trace_path, base_dir, vector)
     best.pipeline_balance = "auto"
     if chosen.parallel.pipeline_layout is not None:
         best.pipeline_layout = chosen.parallel.pipeline_layout
