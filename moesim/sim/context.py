@@ -17,6 +17,7 @@ from moesim.analytic.dispatch import comm_sm_slowdown, resolve_dispatcher
 from moesim.analytic.flops import token_flops
 from moesim.analytic.layout import StageLayout, stage_layouts
 from moesim.analytic.params import count_params
+from moesim.sim import vector_stage
 from moesim.sim.collectives import (
     Collective,
     CollectiveTimer,
@@ -39,7 +40,7 @@ from moesim.sim.network import Topology
 from moesim.sim.placement import representative_q
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
-from moesim.sim.vector_engine import VectorDraw, VectorRank, vector_applies
+from moesim.sim.vector_engine import VectorRank, vector_applies
 from moesim.specs import Scenario
 
 
@@ -127,7 +128,7 @@ class SimContext:
             self.fidelity == "full"
             and self.vector is not False
             and vector_applies(s)
-            and self._stages_alike()
+            and vector_stage.stages_alike(self)
         )
         full_ranks = self.fidelity == "full" and not self.vector
         self.rendezvous = Rendezvous(self.env) if full_ranks else None
@@ -148,86 +149,8 @@ class SimContext:
         return r
 
     def _vector_rank(self, gpu: int) -> VectorRank:
-        """The vector rank of ``gpu``'s stage (kept under the stage's first GPU)."""
-        stage, _ = self.grid.coords(gpu)
-        lead = self.grid.gpu(stage, 0)
-        r = self.ranks.get(lead)
-        if r is None:
-            members = [self.grid.gpu(stage, q) for q in range(self.grid.stage_size)]
-            faults = [rank_faults(self.scenario, self.grid, g, "full") for g in members]
-            labels = [
-                f"gpu{g} (stage {stage}, rank {q}){fault_label(rf)}"
-                for q, (g, rf) in enumerate(zip(members, faults, strict=True))
-            ]
-            compute = np.array([rf.compute_factor for rf in faults])
-            links = {k for rf in faults for k in rf.link_factor}
-            r = VectorRank(
-                self.env,
-                lead,
-                f"stage {stage} ({len(members)} ranks)",
-                members,
-                labels,
-                self._member_group,
-                self.comm_sm_slowdown,
-                compute if (compute != 1.0).any() else 1.0,
-                {k: np.array([rf.link_factor.get(k, 1.0) for rf in faults]) for k in links},
-            )
-            self.ranks[lead] = r  # type: ignore[assignment]
-        return r  # type: ignore[return-value]
-
-    def _stages_alike(self) -> bool:
-        """Within each stage, the groups of a kind take the same times on the same link class
-        as the stage's first rank's (which the programs time), and so do the pipeline sends
-        to any other stage: what the vector engine assumes."""
-        grid = self.grid
-        for stage in range(grid.pp):
-            members = [grid.gpu(stage, q) for q in range(grid.stage_size)]
-            for kind in ("tp", "cp", "dp", "ep", "edp"):
-                groups = {self._member_group(kind, g) for g in members}
-                if not self._alike(kind, groups):
-                    return False
-            for other in range(grid.pp):
-                if other != stage:
-                    pairs = {(g, grid.gpu(other, q)) for q, g in enumerate(members)}
-                    if not self._alike("pp", pairs):
-                        return False
-        return True
-
-    def _alike(self, kind: str, groups: set[tuple[int, ...]]) -> bool:
-        """The groups share a link class and, one per shape, time alike the collectives
-        ``kind`` runs (probed at a latency-bound and a bandwidth-bound size)."""
-        if len({self.link_of(g) for g in groups}) > 1:
-            return False
-        shapes = list({self.shape(g): g for g in sorted(groups)}.values())
-        if len(shapes) == 1 or kind == "ep":  # EP: each group's draws are timed for it
-            return True
-        for nbytes in (1e5, 1e9):
-            if kind == "pp":
-                probes = [[self.p2p_s(a, b, nbytes)] for a, b in shapes]
-            elif kind == "cp":
-                probes = [
-                    [self.ring_exchange_s(g, nbytes, k) for k in ("all_gather", "reduce_scatter")]
-                    for g in shapes
-                ]
-            else:
-                probes = [
-                    [
-                        self.all_gather_s(g, nbytes),
-                        self.reduce_scatter_s(g, nbytes),
-                        self.all_reduce_s(g, nbytes),
-                    ]
-                    for g in shapes
-                ]
-            if not np.allclose(probes, probes[0], rtol=1e-9, atol=0.0):
-                return False
-        return True
-
-    def _member_group(self, kind: str, gpu: int) -> tuple[int, ...]:
-        if kind == "dp":
-            return self.dp_group(gpu)
-        if kind == "edp":
-            return self.edp_group(gpu)
-        return self.grid.group_of(kind, gpu)
+        """The vector rank of ``gpu``'s stage (``moesim.sim.vector_stage``)."""
+        return vector_stage.stage_rank(self, gpu)
 
     def simulated_gpus(self) -> list[int]:
         """Symmetric: one rank of each pipeline stage (the first, or on NVLink domains and
@@ -475,7 +398,7 @@ class SimContext:
                 )
             return table[idx]
         if self.vector:
-            return self._vector_draw(stage, idx, n, disp_b, comb_b)
+            return vector_stage.stage_draw(self, stage, idx, n, disp_b, comb_b)
         table = self._draws.get(("full", group))
         if table is None:
             table = self._draws[("full", group)] = group_draws(
@@ -486,68 +409,3 @@ class SimContext:
             dispatch_s=float(table.dispatch_N[idx]),
             combine_s=float(table.combine_N[idx]),
         )
-
-    def _vector_draw(self, stage: int, idx: int, n: int, disp_b: float, comb_b: float):
-        """Draw ``idx`` of the stage's members (its EP groups' ``group_draws``, the tables the
-        per-rank engine reads, so both engines see the same routing)."""
-        table = self._draws.get(("vector", stage))
-        if table is None:
-            table = self._draws[("vector", stage)] = self._vector_table(stage, n, disp_b, comb_b)
-        received, dispatch, combine, fwd, bwd = table
-        return VectorDraw(
-            received[idx],
-            dispatch[idx],
-            combine[idx],
-            [(name, t[idx]) for name, t in fwd],
-            [(name, t[idx]) for name, t in bwd],
-        )
-
-    def _vector_table(self, stage: int, n: int, disp_b: float, comb_b: float) -> tuple:
-        """(received, dispatch, combine) as (draws, members) arrays, and the experts' forward
-        and backward ops as (name, (draws, members) seconds)."""
-        members = [self.grid.gpu(stage, q) for q in range(self.grid.stage_size)]
-        m = len(members)
-        received, dispatch, combine = np.empty((n, m)), np.empty((n, m)), np.empty((n, m))
-        for i, g in enumerate(members):
-            group = self.ep_group(g)
-            table = self._draws.get(("full", group))
-            if table is None:
-                table = self._draws[("full", group)] = group_draws(
-                    self, group, n, stage, disp_b, comb_b
-                )
-            received[:, i] = table.received_NR[:, self.grid.ep_rank(g)]
-            dispatch[:, i] = table.dispatch_N
-            combine[:, i] = table.combine_N
-        copies = np.rint(received * self.parallel.etp)
-        values, inverse = np.unique(copies, return_inverse=True)
-        inverse = inverse.reshape(copies.shape)
-        fwd, bwd = self._expert_times(values, False), self._expert_times(values, True)
-        fwd_ops = [(name, t[inverse]) for name, t in fwd]
-        bwd_ops = [(name, t[inverse]) for name, t in bwd]
-        return received, dispatch, combine, fwd_ops, bwd_ops
-
-    def _expert_times(self, values: np.ndarray, backward: bool) -> list[tuple[str, np.ndarray]]:
-        """The experts' ops (GEMMs and element-wise kernels, in program order) for each copy
-        count of ``values`` (sorted, distinct), as (name, seconds per value); counts already
-        timed for another stage are looked up, not timed again."""
-        known_v, known_t, names = self._expert_known.get(backward, (np.empty(0), None, None))
-        new = np.setdiff1d(values, known_v, assume_unique=True)
-        if new.size:
-            rows = []
-            for c in new.tolist():
-                gemm = (
-                    "experts_bwd" if backward else "experts",
-                    self.expert_cost.time_s(c, backward),
-                )
-                around = list(self.expert_elementwise.ops(c, backward))
-                rows.append([*around, gemm] if backward else [gemm, *around])
-            new_names = [name for name, _ in rows[0]]
-            assert names is None or names == new_names
-            new_t = np.array([[t for _, t in row] for row in rows])  # (values, ops)
-            all_v = np.concatenate([known_v, new])
-            all_t = new_t if known_t is None else np.concatenate([known_t, new_t])
-            order = np.argsort(all_v, kind="stable")
-            known_v, known_t, names = all_v[order], all_t[order], new_names
-            self._expert_known[backward] = (known_v, known_t, names)
-        at = np.searchsorted(known_v, values)
-        return [(name, known_t[at, k]) for k, name in enumerate(names)]

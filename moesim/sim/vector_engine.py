@@ -394,6 +394,6 @@ class VectorView:
 def vector_applies(s) -> bool:
     """Where the vector engine runs full fidelity (``Scenario`` ``s``): pretraining steps
     without expert tensor parallelism (etp's collectives are sized by each rank's draw), when
-    the stage's groups time alike (``SimContext._stages_alike``); elsewhere one SimPy process
+    the stage's groups time alike (``vector_stage.stages_alike``); elsewhere one SimPy process
     set per rank."""
     return s.workload.stage == "pretrain" and s.parallel.etp == 1
