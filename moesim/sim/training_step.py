@@ -44,8 +44,10 @@ def tp_block_factory(ctx: SimContext):
 
     def block(rank: Rank, ops: list[tuple[str, float]], tag: tuple = ()):
         if p.tp == 1 or sum(d for _, d in ops) <= 0:
-            yield from rank.compute_ops(ops)
-            return
+            return rank.compute_ops(ops)  # the plain hold's generator itself: one frame less
+        return wrapped(rank, ops, tag)
+
+    def wrapped(rank: Rank, ops: list[tuple[str, float]], tag: tuple):
         group = ctx.grid.tp_group(rank.gpu)
         link = ctx.link_of(group)
         key = ctx.group_key
@@ -160,11 +162,6 @@ class LayerRunner:
             yield from self.tp_block(rank, ops, tag)
 
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
-        yield from self._forward(rank, layer, mb, recompute)
-        if not recompute:
-            self.offload.after_forward(rank, layer, mb)
-
-    def _forward(self, rank: Rank, layer: int, mb: int, recompute: bool):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
         if self.zero3 is not None and not recompute:
@@ -189,9 +186,12 @@ class LayerRunner:
         else:
             yield from self.tp_block(rank, attention, tag)
             yield from self.tp_block(rank, [("ffn", lc.ffn_s), *lc.ffn_act], tag)
+        if not recompute:
+            self.offload.after_forward(rank, layer, mb)
 
     def backward(self, rank: Rank, layer: int, mb: int):
-        yield from self.offload.before_backward(rank, layer, mb)
+        if self.offload.layers:
+            yield from self.offload.before_backward(rank, layer, mb)
         lc = self.ctx.layers[layer]
         mode = self.ctx.parallel.recompute
         tag = (layer, mb, "b")
