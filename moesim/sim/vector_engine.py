@@ -251,7 +251,7 @@ class VectorRank:
             return
         st = self.current
         entry = None
-        if busy is not None:
+        if busy is not None and self.comm_sm_slowdown != 1.0:
             entry = [st.ready, None]
             busy.append(entry)
         arrive = st.ready
@@ -276,7 +276,7 @@ class VectorRank:
             yield wait
         start = np.maximum(arrive, free[0])
         flight = None
-        if stream == "ep":
+        if stream == "ep" and self.comm_sm_slowdown != 1.0:  # else nothing reads them
             flight = [start, None]
             self.ep_flight.append(flight)
         alone_max = float(np.max(alone_s))
