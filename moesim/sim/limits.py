@@ -56,18 +56,21 @@ def layer_passes(s: Scenario, fidelity: str) -> int:
     return ranks * mbs * layers * 2
 
 
-def seconds_per_pass(s: Scenario, fidelity: str) -> float:
+def seconds_per_pass(s: Scenario, fidelity: str, vector: bool | None = None) -> float:
     """CPU seconds of one layer pass: ``SECONDS_PER_VECTOR_PASS`` where full fidelity runs on
-    the vector engine, else ``SECONDS_PER_LAYER_PASS`` (a stage whose groups are not alike
-    falls back to one process set per rank after this check: the estimate is then low)."""
-    if fidelity == "full" and vector_applies(s):
+    the vector engine (``vector``: whether it does, once the context knows; None: where it
+    applies), else ``SECONDS_PER_LAYER_PASS``."""
+    if vector is None:
+        vector = vector_applies(s)
+    if fidelity == "full" and vector:
         return SECONDS_PER_VECTOR_PASS
     return SECONDS_PER_LAYER_PASS
 
 
-def max_layer_passes(s: Scenario, fidelity: str) -> int:
+def max_layer_passes(s: Scenario, fidelity: str, vector: bool | None = None) -> int:
     """``MAX_LAYER_PASSES``, or as many vector passes as take the same CPU time."""
-    return round(MAX_LAYER_PASSES * SECONDS_PER_LAYER_PASS / seconds_per_pass(s, fidelity))
+    per_pass_s = seconds_per_pass(s, fidelity, vector)
+    return round(MAX_LAYER_PASSES * SECONDS_PER_LAYER_PASS / per_pass_s)
 
 
 def estimated_cpu_s(s: Scenario, fidelity: str | None = None) -> float:
@@ -76,9 +79,12 @@ def estimated_cpu_s(s: Scenario, fidelity: str | None = None) -> float:
     return layer_passes(s, fidelity) * seconds_per_pass(s, fidelity)
 
 
-def check_simulation_size(s: Scenario, fidelity: str | None = None) -> None:
+def check_simulation_size(
+    s: Scenario, fidelity: str | None = None, vector: bool | None = None
+) -> None:
     """Raise ``SimulationTooLarge`` for a cluster past ``MAX_CLUSTER_GPUS`` or a step past
-    ``max_layer_passes``."""
+    ``max_layer_passes``; ``vector=False``: full fidelity fell back to one process set per
+    rank (``SimContext.vector``: the stage's groups differ), checked again at that cost."""
     fidelity = fidelity or s.simulation.fidelity
     if s.gpus > MAX_CLUSTER_GPUS:
         raise SimulationTooLarge(
@@ -88,10 +94,10 @@ def check_simulation_size(s: Scenario, fidelity: str | None = None) -> None:
             "past a few thousand GPUs; scale the throughput by the replicas)"
         )
     passes = layer_passes(s, fidelity)
-    bound = max_layer_passes(s, fidelity)
+    bound = max_layer_passes(s, fidelity, vector)
     if passes <= bound:
         return
-    per_pass_s = seconds_per_pass(s, fidelity)
+    per_pass_s = seconds_per_pass(s, fidelity, vector)
     minutes = passes * per_pass_s / 60
     ranks = (
         f"{s.gpus:,} ranks (simulation.fidelity: full)"

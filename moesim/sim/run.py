@@ -34,7 +34,7 @@ from moesim.sim.profile import profile_label, resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.sim.utilization import utilization
-from moesim.sim.vector_engine import VectorRank
+from moesim.sim.vector_engine import VectorRank, vector_applies
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
 SIMULATED_STAGES = (
@@ -71,7 +71,7 @@ def build_context(
         mbs = n_microbatches(s)
         if s.simulation.microbatches_simulated:  # at least what the schedule needs
             mbs = capped_microbatches(p, mbs, s.simulation.microbatches_simulated) or mbs
-    return SimContext(
+    ctx = SimContext(
         scenario=s,
         profile=profile,
         fidelity=fidelity or s.simulation.fidelity,
@@ -80,6 +80,10 @@ def build_context(
         base_dir=base_dir,
         vector=vector,
     )
+    if ctx.fidelity == "full" and not ctx.vector and vector_applies(s):
+        # the vector engine was expected (the bound before the build) but cannot run it
+        check_simulation_size(s, "full", vector=False)
+    return ctx
 
 
 def simulate(

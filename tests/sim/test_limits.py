@@ -99,3 +99,13 @@ def test_the_vector_engine_raises_the_full_fidelity_bound_by_its_cheaper_passes(
                 workload={"global_batch": 512 * 120})  # fmt: skip
     with pytest.raises(SimulationTooLarge, match="symmetric"):
         check_simulation_size(etp, "full")
+
+
+def test_a_fall_back_to_one_process_set_per_rank_is_bounded_at_its_cost():
+    """Where the stage's groups differ the context runs every rank on its own (here forced),
+    and the step is checked again at that cost once the context knows."""
+    from moesim.sim.run import build_context
+
+    s = _dsv3(cluster={"nodes": 1024}, parallel={"dp": 512}, workload={"global_batch": 512 * 120})
+    with pytest.raises(SimulationTooLarge, match="symmetric"):
+        build_context(s, "full", vector=False)
