@@ -17,6 +17,7 @@ from moesim.analytic.dispatch import comm_sm_slowdown, resolve_dispatcher
 from moesim.analytic.flops import token_flops
 from moesim.analytic.layout import StageLayout, stage_layouts
 from moesim.analytic.params import count_params
+from moesim.sim import vector_stage
 from moesim.sim.collective_timing import CollectiveTimer
 from moesim.sim.collectives import (
     Collective,
@@ -39,6 +40,7 @@ from moesim.sim.network import Topology
 from moesim.sim.placement import representative_q
 from moesim.sim.profile import Profile
 from moesim.sim.routing_load import RoutingSampler, expert_probabilities
+from moesim.sim.vector_engine import VectorRank, vector_applies
 from moesim.specs import Scenario
 
 
@@ -68,6 +70,9 @@ class SimContext:
     ranks: dict[int, Rank] = field(default_factory=dict)
     dropped_copies: float = 0.0
     offered_copies: float = 0.0
+    # full fidelity: one vector rank per pipeline stage (``moesim.sim.vector_engine``) where it
+    # applies (None: decide; False: one SimPy process set per rank)
+    vector: bool | None = None
 
     def __post_init__(self) -> None:
         s = self.scenario
@@ -85,7 +90,6 @@ class SimContext:
             nvls=has_nvls(gpu.name, s.cluster.intra.kind),
         )
         self.grid = Grid.of(s.parallel)
-        self.rendezvous = Rendezvous(self.env) if self.fidelity == "full" else None
         self.stages: list[StageLayout] = stage_layouts(s.model, s.parallel)
         self.counts = count_params(s.model)
         seq = getattr(s.workload, "seq_len", s.model.max_seq_len)
@@ -106,6 +110,7 @@ class SimContext:
         # compute that starts while an EP dispatch/combine holds its SMs is this much slower
         self.comm_sm_slowdown = comm_sm_slowdown(s)
         self._draws: dict[tuple, object] = {}
+        self._expert_known: dict[bool, tuple] = {}  # the vector engine's timed copy counts
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
         self._groups: dict[tuple[str, int], tuple[int, ...]] = {}
@@ -119,9 +124,19 @@ class SimContext:
             self.sampler = RoutingSampler(
                 probs, self.moe.top_k, s.parallel.ep, self.moe.capacity_factor, s.routing.seed
             )
+        self.vector = (
+            self.fidelity == "full"
+            and self.vector is not False
+            and vector_applies(s)
+            and vector_stage.stages_alike(self)
+        )
+        full_ranks = self.fidelity == "full" and not self.vector
+        self.rendezvous = Rendezvous(self.env) if full_ranks else None
 
     # -- ranks ----------------------------------------------------------------------------
     def rank(self, gpu: int) -> Rank:
+        if self.vector:
+            return self._vector_rank(gpu)  # type: ignore[return-value]
         r = self.ranks.get(gpu)
         if r is None:
             stage, q = self.grid.coords(gpu)
@@ -133,17 +148,25 @@ class SimContext:
             self.ranks[gpu] = r
         return r
 
+    def _vector_rank(self, gpu: int) -> VectorRank:
+        """The vector rank of ``gpu``'s stage (``moesim.sim.vector_stage``)."""
+        return vector_stage.stage_rank(self, gpu)
+
     def simulated_gpus(self) -> list[int]:
         """Symmetric: one rank of each pipeline stage (the first, or on NVLink domains and
         fabrics whose boundaries split some groups, the one in the worst-placed groups:
-        ``placement.representative_q``); full: every GPU."""
+        ``placement.representative_q``); full: every GPU (the vector engine: each stage's
+        first, which stands for its vector rank)."""
+        if self.vector:
+            return [self.grid.gpu(stage, 0) for stage in range(self.grid.pp)]
         if self.fidelity == "full":
             return list(range(self.grid.pp * self.grid.stage_size))
         q = representative_q(self.grid, self.topo)
         return [self.grid.gpu(stage, q) for stage in range(self.grid.pp)]
 
     def group_key(self, group: tuple[int, ...], *what) -> tuple | None:
-        return (group[0], len(group), *what) if self.rendezvous is not None else None
+        full = self.rendezvous is not None or self.vector
+        return (group[0], len(group), *what) if full else None
 
     def link_of(self, group: tuple[int, ...]) -> str:
         link = self._links.get(group)
@@ -374,6 +397,8 @@ class SimContext:
                     group, n, stage, disp_b, comb_b
                 )
             return table[idx]
+        if self.vector:
+            return vector_stage.stage_draw(self, stage, idx, n, disp_b, comb_b)
         table = self._draws.get(("full", group))
         if table is None:
             table = self._draws[("full", group)] = group_draws(

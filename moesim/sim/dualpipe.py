@@ -55,6 +55,7 @@ from moesim.sim.training_step import (
     param_all_gather,
     stage_params_on_rank,
 )
+from moesim.sim.vector_engine import VectorRank
 
 
 class ChunkTask(NamedTuple):
@@ -124,36 +125,26 @@ class ChunkView:
     def start(self, gen) -> simpy.Process:
         return self.env.process(gen)
 
+    def notify(self, ev: simpy.Event) -> None:
+        ev.succeed()
+
+    # plain functions returning the rank's generators: one generator frame less per op
     def compute(self, name: str, duration_s: float, category: str = "compute"):
-        yield from self.compute_ops([(name, duration_s)], category)
+        return self.rank.compute_ops([(name, duration_s)], category, self.busy)
 
     def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute"):
-        total_s = sum(d for _, d in ops)
-        if total_s <= 0:
-            return
-        stream = self.rank.compute_stream
-        wait = stream.acquire()
-        if wait is not None:
-            yield wait
-        # a slow GPU (faults) stretches DualPipe's kernels as it does every other schedule's
-        f = (self.rank.comm_sm_slowdown if self.busy[0] else 1.0) * self.rank.compute_factor
-        t = self.env.now
-        yield self.env.timeout(total_s * f)
-        stream.release()
-        self.rank.record_hold(ops, category, t, f)
+        return self.rank.compute_ops(ops, category, self.busy)
 
     def comm(self, stream: str, name: str, category: str, alone_s: float, link: str,
              group_key: tuple | None = None, group_size: int = 1):  # fmt: skip
-        if alone_s <= 0:
-            return
-        self.busy[0] += 1
         s = self.alias.get(stream, stream)
-        yield from self.rank.comm(s, name, category, alone_s, link, group_key, group_size)
-        self.busy[0] -= 1
+        return self.rank.comm(s, name, category, alone_s, link, group_key, group_size, self.busy)
 
 
 def pair_views(rank: Rank) -> tuple[ChunkView, ChunkView]:
     """(forward view, backward view) of ``rank`` for one overlapped pair."""
+    if isinstance(rank, VectorRank):
+        return rank.pair_views()  # type: ignore[return-value]
     busy = [0]
     return ChunkView(rank, {}, busy), ChunkView(rank, {"pp": "pp_bwd"}, busy)
 
@@ -274,4 +265,4 @@ def start_dualpipe(
 ) -> dict[int, simpy.Process]:
     """Start every simulated rank's DualPipe program for one training step."""
     dp = DualPipe(ctx, pipeline)
-    return {g: ctx.env.process(dp.program(g, optimizer)) for g in ctx.simulated_gpus()}
+    return {g: ctx.rank(g).start(dp.program(g, optimizer)) for g in ctx.simulated_gpus()}

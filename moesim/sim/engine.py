@@ -241,16 +241,21 @@ class Rank:
         self.compute_stream.release()
         self.log.append(("compute", name, category, start, self.env.now))
 
-    def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute"):
+    def compute_ops(
+        self, ops: list[tuple[str, float]], category: str = "compute", busy: list[int] | None = None
+    ):
         """Run consecutive kernels with one hold of the compute stream (one event for all);
-        each still gets its own interval in the trace."""
+        each still gets its own interval in the trace. Slowed by the SMs of communication in
+        flight: the rank's EP transfers, or with ``busy`` (a DualPipe pair's counter,
+        ``dualpipe.ChunkView``) the pair's communications."""
         total_s = sum(d for _, d in ops)
         if total_s <= 0:
             return
         wait = self.compute_stream.acquire()
         if wait is not None:
             yield wait
-        f = (self.comm_sm_slowdown if self.ep_in_flight else 1.0) * self.compute_factor
+        in_flight = self.ep_in_flight if busy is None else busy[0]
+        f = (self.comm_sm_slowdown if in_flight else 1.0) * self.compute_factor
         t = self.env.now
         yield self.env.timeout(total_s * f)
         self.compute_stream.release()
@@ -265,9 +270,11 @@ class Rank:
         link: str,
         group_key: tuple | None = None,
         group_size: int = 1,
+        busy: list[int] | None = None,
     ):
         """Run a collective on a communication stream: (full fidelity) wait for the group,
-        then for the stream, then share the link for ``alone_s`` seconds of exclusive use.
+        then for the stream, then share the link for ``alone_s`` seconds of exclusive use;
+        ``busy`` (a DualPipe pair's counter) counts it from issue to end.
 
         The group comes first: a rank that held its stream while waiting for its peers would
         deadlock when two collectives reach the same stream in different orders on different
@@ -275,6 +282,8 @@ class Rank:
         order set by each rank's own routing load)."""
         if alone_s <= 0:
             return
+        if busy is not None:
+            busy[0] += 1
         slow = self.link_factor.get(link, 1.0) if self.link_factor else 1.0
         if self.rendezvous is not None and group_key is not None and group_size > 1:
             slow = yield self.rendezvous.arrive(group_key, group_size, slow)
@@ -286,14 +295,32 @@ class Rank:
         start = self.env.now
         holds_sms = stream == "ep"
         self.ep_in_flight += holds_sms
-        yield from self.links[link].transfer(alone_s)
+        shared = self.links[link]
+        if not shared.jobs:  # SharedLink.transfer's idle path, inline: most transfers take it
+            job = _Job(alone_s, None)
+            shared.jobs.append(job)
+            shared.last_s = start
+            yield self.env.timeout(alone_s)
+            if job.done is None:  # never shared
+                shared.jobs.remove(job)
+                shared.last_s = self.env.now
+            else:
+                yield job.done
+        else:
+            yield from shared.transfer(alone_s)
         self.ep_in_flight -= holds_sms
         st.release()
         self.log.append((stream, name, category, start, self.env.now))
+        if busy is not None:
+            busy[0] -= 1
 
     def start(self, gen) -> simpy.Process:
         """Launch a generator concurrently (an asynchronous collective)."""
         return self.env.process(gen)
+
+    def notify(self, ev: simpy.Event) -> None:
+        """Fire ``ev`` (a pipeline send's arrival; the vector engine's carries member times)."""
+        ev.succeed()
 
 
 def union_length_s(spans: list[tuple[float, float]]) -> float:

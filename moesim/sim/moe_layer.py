@@ -69,9 +69,7 @@ def moe_forward(
     else:
         yield from dispatch
     yield from _etp_collective(ctx, rank, "etp_all_gather", draw, tag)
-    copies = _etp_copies(ctx, draw)
-    experts = [("experts", ctx.expert_cost.time_s(copies)), *ctx.expert_elementwise.ops(copies)]
-    yield from rank.compute_ops(experts)
+    yield from rank.compute_ops(_expert_ops(ctx, draw, False))
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter", draw, tag)
     yield from rank.comm(
         "ep",
@@ -131,12 +129,7 @@ def moe_backward(
         yield from tp_block(rank, shared, tag)
         yield from combine_bwd
     yield from _etp_collective(ctx, rank, "etp_all_gather_bwd", draw, tag)
-    copies = _etp_copies(ctx, draw)
-    experts = [
-        *ctx.expert_elementwise.ops(copies, True),
-        ("experts_bwd", ctx.expert_cost.time_s(copies, True)),
-    ]
-    yield from rank.compute_ops(experts)
+    yield from rank.compute_ops(_expert_ops(ctx, draw, True))
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter_bwd", draw, tag)
     yield from rank.comm(
         "ep",
@@ -149,6 +142,21 @@ def moe_backward(
     )
     router = [*lc.permute_bwd, *lc.router_elementwise_bwd, ("router_bwd", lc.router_bwd_s)]
     yield from rank.compute_ops([*router, *trail])
+
+
+def _expert_ops(ctx: SimContext, draw, backward: bool) -> list[tuple[str, float]]:
+    """The routed experts' GEMMs and their element-wise kernels for the copies the rank
+    processes (a ``VectorDraw`` brings them per member, ``moesim.sim.vector_engine``)."""
+    per_member = getattr(draw, "expert_ops", None)
+    if per_member is not None:
+        return per_member(backward)
+    copies = _etp_copies(ctx, draw)
+    if backward:
+        return [
+            *ctx.expert_elementwise.ops(copies, True),
+            ("experts_bwd", ctx.expert_cost.time_s(copies, True)),
+        ]
+    return [("experts", ctx.expert_cost.time_s(copies)), *ctx.expert_elementwise.ops(copies)]
 
 
 def _etp_copies(ctx: SimContext, draw) -> float:

@@ -34,6 +34,7 @@ from moesim.sim.profile import profile_label, resolve_profile
 from moesim.sim.trace import write_trace
 from moesim.sim.training_step import pipeline_pass, tp_block_factory
 from moesim.sim.utilization import utilization
+from moesim.sim.vector_engine import VectorRank, vector_applies
 from moesim.specs import MoELayerWorkload, Result, Scenario
 
 SIMULATED_STAGES = (
@@ -54,7 +55,10 @@ class UnsupportedStage(ValueError):
 
 
 def build_context(
-    scenario: Scenario, fidelity: str | None = None, base_dir: Path | None = None
+    scenario: Scenario,
+    fidelity: str | None = None,
+    base_dir: Path | None = None,
+    vector: bool | None = None,
 ) -> SimContext:
     s = scenario
     profile = resolve_profile(s.simulation.profile, s.cluster.gpu.name)
@@ -67,14 +71,19 @@ def build_context(
         mbs = n_microbatches(s)
         if s.simulation.microbatches_simulated:  # at least what the schedule needs
             mbs = capped_microbatches(p, mbs, s.simulation.microbatches_simulated) or mbs
-    return SimContext(
+    ctx = SimContext(
         scenario=s,
         profile=profile,
         fidelity=fidelity or s.simulation.fidelity,
         tokens=tokens,
         microbatches=mbs,
         base_dir=base_dir,
+        vector=vector,
     )
+    if ctx.fidelity == "full" and not ctx.vector and vector_applies(s):
+        # the vector engine was expected (the bound before the build) but cannot run it
+        check_simulation_size(s, "full", vector=False)
+    return ctx
 
 
 def simulate(
@@ -82,8 +91,11 @@ def simulate(
     fidelity: str | None = None,
     trace_path: str | Path | None = None,
     base_dir: Path | None = None,
+    vector: bool | None = None,
 ) -> Result:
-    """Simulate one step of ``scenario`` (one optimizer step; one layer pass for moe_layer)."""
+    """Simulate one step of ``scenario`` (one optimizer step; one layer pass for moe_layer).
+    ``vector=False`` runs full fidelity with one SimPy process set per rank where the vector
+    engine would apply (``moesim.sim.vector_engine``; for comparisons)."""
     stage = scenario.workload.stage
     if stage not in SIMULATED_STAGES:
         raise UnsupportedStage(
@@ -104,7 +116,7 @@ def simulate(
 
         return simulate_inference(scenario, trace_path=trace_path, base_dir=base_dir)
     if scenario.parallel.pipeline_balance == "auto" and stage != "moe_layer":
-        return simulate_balanced(scenario, fidelity, trace_path, base_dir)
+        return simulate_balanced(scenario, fidelity, trace_path, base_dir, vector)
     if stage in ("sft", "dpo", "grpo", "ppo"):  # phases composed in moesim.sim.post_training
         from moesim.sim.post_training import simulate_post_training
 
@@ -118,14 +130,22 @@ def simulate(
     else:
 
         def run(s: Scenario) -> tuple[SimContext, list[Rank]]:
-            ctx = build_context(s, fidelity, base_dir)
+            ctx = build_context(s, fidelity, base_dir, vector)
             run_to_completion(ctx.env, pipeline_pass(ctx))
             return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
 
         ctx, ranks, step_s, breakdown, extrapolated = simulate_pass(scenario, run)
     if trace_path is not None:
-        write_trace(ranks, trace_path)
+        write_trace(expand_ranks(ranks), trace_path)
     return _result(ctx, ranks, step_s, breakdown, extrapolated)
+
+
+def expand_ranks(ranks: list) -> list[Rank]:
+    """Vector ranks expanded into one ``Rank`` per member (``VectorRank.member_ranks``)."""
+    out: list[Rank] = []
+    for r in ranks:
+        out += r.member_ranks() if isinstance(r, VectorRank) else [r]
+    return out
 
 
 def simulate_balanced(
@@ -133,6 +153,7 @@ def simulate_balanced(
     fidelity: str | None = None,
     trace_path: str | Path | None = None,
     base_dir: Path | None = None,
+    vector: bool | None = None,
 ) -> Result:
     """``pipeline_balance: auto``: simulate the candidate layouts that
     ``moesim.sim.pipeline_balance`` picks (its best estimates and the default one) and keep the
@@ -147,10 +168,10 @@ def simulate_balanced(
         candidates = [even]
     else:
         candidates = balance_candidates(s, build_context(even, base_dir=base_dir))
-    runs = [(simulate(c, fidelity, None, base_dir), c) for c in candidates]
+    runs = [(simulate(c, fidelity, None, base_dir, vector), c) for c in candidates]
     best, chosen = min(runs, key=lambda rc: (rc[0].fits_in_memory is False, rc[0].step_time_s))
     if trace_path is not None:
-        best = simulate(chosen, fidelity, trace_path, base_dir)
+        best = simulate(chosen, fidelity, trace_path, base_dir, vector)
     best.pipeline_balance = "auto"
     if chosen.parallel.pipeline_layout is not None:
         best.pipeline_layout = chosen.parallel.pipeline_layout
@@ -293,14 +314,25 @@ def measure(
     """Step time (the last interval's end) and the mean per-rank breakdown; with
     ``stage_of``, also each pipeline stage's mean compute, exposed communication and idle
     time (keys ``stage.<r>.compute|exposed_comm|idle``)."""
-    step_s = max((e[4] for r in ranks for e in r.log), default=0.0)
-    per_rank = [rank_breakdown(r, step_s) for r in ranks]
+    step_s = max(
+        (
+            r.last_end_s() if isinstance(r, VectorRank) else max((e[4] for e in r.log), default=0.0)
+            for r in ranks
+        ),
+        default=0.0,
+    )
+    per_rank: list[dict[str, float]] = []
+    owners: list[Rank] = []  # the (vector) rank of each entry of per_rank
+    for r in ranks:
+        parts = r.breakdowns(step_s) if isinstance(r, VectorRank) else [rank_breakdown(r, step_s)]
+        per_rank += parts
+        owners += [r] * len(parts)
     split_idle(per_rank)
     keys = ("compute", *COMM_CATEGORIES, "bubble", "imbalance", "exposed_comm", "optimizer")
     out = {k: sum(b[k] for b in per_rank) / len(per_rank) for k in keys}
     if stage_of is not None:
         groups: dict[int, list[dict[str, float]]] = defaultdict(list)
-        for r, b in zip(ranks, per_rank, strict=True):
+        for r, b in zip(owners, per_rank, strict=True):
             groups[stage_of(r)].append(b)
         for st, bs in groups.items():
             n = len(bs)
@@ -370,7 +402,7 @@ def _result(
         "stages": stages,
         "pipeline_layout": _layout_string(ctx) if stages else None,
         "network": s.simulation.network,
-        "simulated_ranks": len(ranks),
+        "simulated_ranks": sum(getattr(r, "size", 1) for r in ranks),
         "microbatches": ctx.microbatches,
         "profile": profile_label(ctx.profile),
         "placement": placement(ctx.grid, ctx.topo, moe=ctx.moe is not None),

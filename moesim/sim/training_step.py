@@ -44,8 +44,10 @@ def tp_block_factory(ctx: SimContext):
 
     def block(rank: Rank, ops: list[tuple[str, float]], tag: tuple = ()):
         if p.tp == 1 or sum(d for _, d in ops) <= 0:
-            yield from rank.compute_ops(ops)
-            return
+            return rank.compute_ops(ops)  # the plain hold's generator itself: one frame less
+        return wrapped(rank, ops, tag)
+
+    def wrapped(rank: Rank, ops: list[tuple[str, float]], tag: tuple):
         group = ctx.grid.tp_group(rank.gpu)
         link = ctx.link_of(group)
         key = ctx.group_key
@@ -160,11 +162,6 @@ class LayerRunner:
             yield from self.tp_block(rank, ops, tag)
 
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
-        yield from self._forward(rank, layer, mb, recompute)
-        if not recompute:
-            self.offload.after_forward(rank, layer, mb)
-
-    def _forward(self, rank: Rank, layer: int, mb: int, recompute: bool):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
         if self.zero3 is not None and not recompute:
@@ -189,9 +186,12 @@ class LayerRunner:
         else:
             yield from self.tp_block(rank, attention, tag)
             yield from self.tp_block(rank, [("ffn", lc.ffn_s), *lc.ffn_act], tag)
+        if not recompute:
+            self.offload.after_forward(rank, layer, mb)
 
     def backward(self, rank: Rank, layer: int, mb: int):
-        yield from self.offload.before_backward(rank, layer, mb)
+        if self.offload.layers:
+            yield from self.offload.before_backward(rank, layer, mb)
         lc = self.ctx.layers[layer]
         mode = self.ctx.parallel.recompute
         tag = (layer, mb, "b")
@@ -365,7 +365,7 @@ class Pipeline:
         t = self.ctx.p2p_s(rank.gpu, dst, self.send_bytes)
         link = self.ctx.link_of((rank.gpu, dst))
         yield from rank.comm("pp", name, "pp_comm", t, link)
-        self._box(key).succeed()
+        rank.notify(self._box(key))
 
     def run_task(self, rank: Rank, task: Task, buckets: GradBuckets | None, ready: dict):
         ctx, runner = self.ctx, self.runner
@@ -427,7 +427,7 @@ def pipeline_pass(
             tasks = [
                 Task("F", mb, c) for c in range(p.virtual_stages) for mb in range(ctx.microbatches)
             ]
-        procs[g] = ctx.env.process(_rank_program(ctx, pipe, g, tasks, backward, optimizer))
+        procs[g] = ctx.rank(g).start(_rank_program(ctx, pipe, g, tasks, backward, optimizer))
     return procs
 
 

@@ -82,3 +82,30 @@ def test_only_long_runs_are_announced():
     s = _dsv3()
     assert estimated_cpu_s(s, "symmetric") < 30  # the usual run prints nothing extra
     assert estimated_cpu_s(s, "full") > 30  # `moesim simulate` says how long, up front
+
+
+def test_the_vector_engine_raises_the_full_fidelity_bound_by_its_cheaper_passes():
+    """Full fidelity on the vector engine costs a tenth per pass: DeepSeek-V3 on 8192 GPUs
+    (120 microbatches, 7.9·10⁶ passes) is inside its bound, expert TP (per-rank engine) is
+    not, and the estimate is the passes at the vector engine's cost."""
+    from moesim.sim.limits import SECONDS_PER_VECTOR_PASS, max_layer_passes
+
+    s = _dsv3(cluster={"nodes": 1024}, parallel={"dp": 512}, workload={"global_batch": 512 * 120})
+    assert layer_passes(s, "full") > MAX_LAYER_PASSES
+    assert max_layer_passes(s, "full") > MAX_LAYER_PASSES
+    check_simulation_size(s, "full")  # no error
+    assert estimated_cpu_s(s, "full") == layer_passes(s, "full") * SECONDS_PER_VECTOR_PASS
+    etp = _dsv3(cluster={"nodes": 1024}, parallel={"dp": 512, "etp": 2},
+                workload={"global_batch": 512 * 120})  # fmt: skip
+    with pytest.raises(SimulationTooLarge, match="symmetric"):
+        check_simulation_size(etp, "full")
+
+
+def test_a_fall_back_to_one_process_set_per_rank_is_bounded_at_its_cost():
+    """Where the stage's groups differ the context runs every rank on its own (here forced),
+    and the step is checked again at that cost once the context knows."""
+    from moesim.sim.run import build_context
+
+    s = _dsv3(cluster={"nodes": 1024}, parallel={"dp": 512}, workload={"global_batch": 512 * 120})
+    with pytest.raises(SimulationTooLarge, match="symmetric"):
+        build_context(s, "full", vector=False)
