@@ -47,14 +47,14 @@ import simpy
 from moesim.analytic.layout import dualpipe_applies as supported
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank, Stream
-from moesim.sim.training_step import (
+from moesim.sim.grad_sync import (
     GradBuckets,
-    LayerRunner,
-    Pipeline,
     optimizer_time_s,
     param_all_gather,
     stage_params_on_rank,
 )
+from moesim.sim.layer_runner import LayerRunner
+from moesim.sim.training_step import Pipeline
 from moesim.sim.vector_engine import VectorRank
 
 

@@ -42,6 +42,8 @@ import simpy
 # d2h / h2d: activation offload to host memory, one copy stream each way over PCIe
 COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp", "d2h", "h2d")
 LINK_CLASSES = ("nvlink", "network", "pcie_d2h", "pcie_h2d")
+# the breakdown's communication parts, one per kind of collective (``moesim.sim.breakdown``)
+COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm", "offload")
 Interval = tuple[str, str, str, float, float]  # stream, op name, category, start_s, end_s
 # "compute", the kernels (name, seconds alone), category, start_s, end_s, stretch factor; end_s
 # is the last kernel's end as the expanded intervals have it (each one starts where the last

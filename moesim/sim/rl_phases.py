@@ -42,11 +42,12 @@ from moesim.analytic.post_training import (
     shard_params,
     weight_sync_bytes,
 )
+from moesim.sim.breakdown import COMM_CATEGORIES
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.lora_step import apply_lora
-from moesim.sim.run import COMM_CATEGORIES, build_context, simulate_pass
+from moesim.sim.run import build_context, simulate_pass
 from moesim.sim.training_step import pipeline_pass
 from moesim.specs import (
     BYTES_PER_ELEMENT,

@@ -2,15 +2,16 @@
 
 Reusable pieces (post-training stages compose them):
 
-- ``LayerRunner.forward`` / ``.backward``: one transformer layer for one microbatch on one
-  rank, with its TP collectives, its context-parallel ring exchange, its MoE block and
-  recomputation.
+- ``LayerRunner.forward`` / ``.backward`` (``moesim.sim.layer_runner``): one transformer layer
+  for one microbatch on one rank, with its TP collectives, its context-parallel ring exchange,
+  its MoE block and recomputation.
 - ``pipeline_pass(ctx, backward=...)``: every simulated rank runs its schedule's tasks, waiting
   for activations (and gradients) from its pipeline neighbours; ``backward=False`` is a
   forward-only pass (a reference model's log-probs, a reward model, prefill).
-- ``GradBuckets``: gradients of the last microbatch's backward are reduced in buckets on the
-  ``dp`` stream while the backward goes on (Megatron's overlapped grad reduce), non-expert
-  gradients over the dp·cp group, expert gradients over the expert-data-parallel group.
+- ``GradBuckets`` (``moesim.sim.grad_sync``, as are the optimizer's pieces): gradients of the
+  last microbatch's backward are reduced in buckets on the ``dp`` stream while the backward goes
+  on (Megatron's overlapped grad reduce), non-expert gradients over the dp·cp group, expert
+  gradients over the expert-data-parallel group.
 - ``optimizer_step_ops``: the optimizer's memory-bound passes over the rank's shard (gradients
   to fp32, their norm, Adam, weights written back: ``moesim.sim.optimizer_step``) and, under
   ZeRO ≥ 1, the parameter all-gather (overlapped with the next step's forward when
@@ -22,322 +23,20 @@ from __future__ import annotations
 
 import simpy
 
-from moesim.analytic.comm import cp_kv_bytes_per_token, pp_send_bytes
+from moesim.analytic.comm import pp_send_bytes
 from moesim.analytic.microbatches import effective_schedule, n_microbatches
-from moesim.sim.activation_offload import ActivationOffload
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank
 from moesim.sim.ep_overlap import overlap_order, overlaps
-from moesim.sim.moe_layer import moe_backward, moe_forward
-from moesim.sim.optimizer_step import layer_param_tensors, optimizer_ops
+from moesim.sim.grad_sync import (
+    GradBuckets,
+    optimizer_step_ops,
+    param_all_gather,
+    stage_params_on_rank,
+)
+from moesim.sim.layer_runner import LayerRunner
 from moesim.sim.schedules import Task, schedule
 from moesim.sim.stage_extras import StageExtras
-from moesim.sim.zero3 import Zero3Gather
-
-
-# -- one layer ----------------------------------------------------------------------------------
-def tp_block_factory(ctx: SimContext):
-    """Compute ops wrapped in their TP collectives (Megatron SP: all-gather before,
-    reduce-scatter after; without SP one all-reduce after). Plain compute at tp = 1."""
-    p = ctx.parallel
-    buffer = ctx.tokens * ctx.model.d_model * ctx.precision.activation_bytes
-
-    def block(rank: Rank, ops: list[tuple[str, float]], tag: tuple = ()):
-        if p.tp == 1 or sum(d for _, d in ops) <= 0:
-            return rank.compute_ops(ops)  # the plain hold's generator itself: one frame less
-        return wrapped(rank, ops, tag)
-
-    def wrapped(rank: Rank, ops: list[tuple[str, float]], tag: tuple):
-        group = ctx.grid.tp_group(rank.gpu)
-        link = ctx.link_of(group)
-        key = ctx.group_key
-        name = ops[0][0]
-        if p.sequence_parallel:
-            before = ctx.all_gather_s(group, buffer)
-            after = ctx.reduce_scatter_s(group, buffer)
-        else:
-            before, after = 0.0, ctx.all_reduce_s(group, buffer)
-        pre = rank.comm(
-            "tp", "tp_all_gather", "tp_comm", before, link, key(group, name, "ag", *tag), len(group)
-        )
-        post = rank.comm(
-            "tp", "tp_reduce", "tp_comm", after, link, key(group, name, "rs", *tag), len(group)
-        )
-        if ctx.scenario.simulation.overlap_tp:
-            procs = [rank.start(pre), rank.start(post)]
-            yield from rank.compute_ops(ops)
-            yield simpy.AllOf(ctx.env, procs)
-        else:
-            yield from pre
-            yield from rank.compute_ops(ops)
-            yield from post
-
-    return block
-
-
-CP_FORWARD = ("cp_kv_all_gather",)
-CP_BACKWARD = ("cp_kv_all_gather_bwd", "cp_dkv_reduce_scatter")
-
-
-def cp_ring_factory(ctx: SimContext):
-    """Ring attention's K/V exchange around a layer's attention (context parallelism); None at
-    cp = 1.
-
-    Each of the cp ranks of a sequence holds one K/V chunk and passes it around the ring while
-    it computes on the chunk it already holds (Liu et al. 2023; Megatron-Core CP), so a rank
-    receives the other cp−1 chunks: the traffic of an all-gather of the cp·chunk buffer
-    (``CP_FORWARD``). The backward passes K/V around again and dK/dV back to their owners: an
-    all-gather plus a reduce-scatter of the same buffer (``CP_BACKWARD``); a fully recomputed
-    layer runs its forward ring again. With ``simulation.overlap_cp``
-    the exchange runs on the ``cp`` stream during the attention and the layer goes on when
-    both are done; without it the exchange comes first."""
-    p = ctx.parallel
-    if p.cp == 1:
-        return None
-    per_token_b = cp_kv_bytes_per_token(ctx.model, p, ctx.precision.activation_bytes)
-    buffer_b = p.cp * ctx.tokens * per_token_b  # all chunks: the collectives' buffer convention
-    overlap = ctx.scenario.simulation.overlap_cp
-    rings: dict[int, tuple] = {}  # gpu -> (group, link, all-gather s, reduce-scatter s)
-
-    def exchange(rank: Rank, names: tuple[str, ...], tag: tuple):
-        ring = rings.get(rank.gpu)
-        if ring is None:
-            group = ctx.grid.cp_group(rank.gpu)
-            ring = rings[rank.gpu] = (
-                group,
-                ctx.link_of(group),
-                ctx.ring_exchange_s(group, buffer_b, "all_gather"),
-                ctx.ring_exchange_s(group, buffer_b, "reduce_scatter"),
-            )
-        group, link, gather_s, scatter_s = ring
-        for name in names:
-            t = scatter_s if name.endswith("reduce_scatter") else gather_s
-            key = ctx.group_key(group, name, *tag)
-            yield from rank.comm("cp", name, "cp_comm", t, link, key, len(group))
-
-    def around(rank: Rank, attention, tag: tuple, names: tuple[str, ...]):
-        """Run the ``attention`` process (a generator) with the ring exchanges ``names``."""
-        if overlap:
-            ring = rank.start(exchange(rank, names, tag))
-            yield from attention
-            yield ring
-        else:
-            yield from exchange(rank, names, tag)
-            yield from attention
-
-    return around
-
-
-class LayerRunner:
-    """Forward and backward of any layer of the model on any rank.
-
-    At tp = 1 consecutive kernels share one hold of the compute stream (attention with the
-    router or the dense FFN, recomputation with the shared experts' backward, the router's
-    backward with the attention's), which keeps the event count near one per op group. At
-    cp > 1 the attention (with its recomputation in the backward) runs on its own, around its
-    ring exchange, and the rest of the layer as at cp = 1 without it."""
-
-    def __init__(self, ctx: SimContext):
-        self.ctx = ctx
-        self.tp_block = tp_block_factory(ctx)
-        self.cp_ring = cp_ring_factory(ctx)
-        self.zero3 = Zero3Gather(ctx) if ctx.parallel.zero_stage == 3 else None
-        self.moe_pos: dict[tuple[int, int], tuple[int, int]] = {}
-        for st in ctx.stages:
-            for j, layer in enumerate(st.moe_layers):
-                self.moe_pos[(st.rank, layer)] = (j, len(st.moe_layers))
-        self.offload = ActivationOffload(ctx)
-
-    def _draw(self, rank: Rank, layer: int, mb: int):
-        stage = self.ctx.grid.coords(rank.gpu)[0]
-        j, n = self.moe_pos[(stage, layer)]
-        return self.ctx.moe_draw(rank.gpu, j, mb, n)
-
-    def _attention(self, rank: Rank, ops: list[tuple[str, float]], tag: tuple, lead=()):
-        """``lead`` compute ops, then the attention ``ops`` in their TP collectives."""
-        if self.ctx.parallel.tp == 1:
-            yield from rank.compute_ops([*lead, *ops])
-        else:
-            yield from rank.compute_ops(list(lead))
-            yield from self.tp_block(rank, ops, tag)
-
-    def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
-        lc = self.ctx.layers[layer]
-        tag = (layer, mb, "r" if recompute else "f")
-        if self.zero3 is not None and not recompute:
-            yield from self.zero3.before(rank, layer, mb, "f")
-        attention = [
-            *lc.attention_elementwise,
-            ("attention", lc.attention_s),
-            *lc.ffn_elementwise,
-        ]
-        single = self.ctx.parallel.tp == 1
-        if self.cp_ring is not None:
-            yield from self.cp_ring(rank, self._attention(rank, attention, tag), tag, CP_FORWARD)
-            attention = []
-        if lc.is_moe:
-            draw = self._draw(rank, layer, mb)
-            if not single:
-                yield from self.tp_block(rank, attention, tag)
-            lead = attention if single else []
-            yield from moe_forward(self.ctx, rank, lc, tag, draw, self.tp_block, lead)
-        elif single:
-            yield from rank.compute_ops([*attention, ("ffn", lc.ffn_s), *lc.ffn_act])
-        else:
-            yield from self.tp_block(rank, attention, tag)
-            yield from self.tp_block(rank, [("ffn", lc.ffn_s), *lc.ffn_act], tag)
-        if not recompute:
-            self.offload.after_forward(rank, layer, mb)
-
-    def backward(self, rank: Rank, layer: int, mb: int):
-        if self.offload.layers:
-            yield from self.offload.before_backward(rank, layer, mb)
-        lc = self.ctx.layers[layer]
-        mode = self.ctx.parallel.recompute
-        tag = (layer, mb, "b")
-        single = self.ctx.parallel.tp == 1
-        if self.zero3 is not None:
-            yield from self.zero3.before(rank, layer, mb, "b")
-        if mode == "full":
-            yield from self.forward(rank, layer, mb, recompute=True)
-        lead = list(lc.recompute_ops) if mode == "selective" else []
-        attention = [
-            *lc.ffn_elementwise_bwd,
-            ("attention_bwd", lc.attention_bwd_s),
-            *lc.attention_elementwise_bwd,
-        ]
-        ring_attention = None
-        if self.cp_ring is not None:
-            # after the FFN's backward, as autograd reaches the attention only there; the
-            # selective recomputation (norms, activations, MLA's up-projection) is local and
-            # stays ahead of the FFN's backward
-            ring_attention = self.cp_ring(
-                rank, self._attention(rank, attention, tag), tag, CP_BACKWARD
-            )
-            attention = []
-        if lc.is_moe:
-            draw = self._draw(rank, layer, mb)
-            trail = attention if single else []
-            if lc.recompute_moe_block and mode == "selective":  # recompute_modules: [moe]
-                rtag = (layer, mb, "r")
-                yield from moe_forward(self.ctx, rank, lc, rtag, draw, self.tp_block, lead)
-                lead = []
-            yield from moe_backward(self.ctx, rank, lc, tag, draw, self.tp_block, lead, trail)
-            if not single:
-                yield from self.tp_block(rank, attention, tag)
-        elif single:
-            ffn = [("ffn_bwd", lc.ffn_bwd_s), *lc.ffn_act_bwd]
-            yield from rank.compute_ops([*lead, *ffn, *attention])
-        else:
-            yield from rank.compute_ops(lead)
-            yield from self.tp_block(rank, [("ffn_bwd", lc.ffn_bwd_s), *lc.ffn_act_bwd], tag)
-            yield from self.tp_block(rank, attention, tag)
-        if ring_attention is not None:
-            yield from ring_attention
-
-
-# -- gradients and optimizer --------------------------------------------------------------------
-class GradBuckets:
-    """Gradient buckets of one rank: filled layer by layer in the last backward, each reduced on
-    the ``dp`` stream as soon as it is full (``simulation.dp_bucket_MB``)."""
-
-    def __init__(self, ctx: SimContext, rank: Rank):
-        self.ctx, self.rank = ctx, rank
-        self.size_bytes = ctx.scenario.simulation.dp_bucket_MB * 1e6
-        self.pending = {"dense": 0.0, "expert": 0.0}
-        self.procs: list[simpy.Process] = []
-        self.count = 0
-
-    def add(self, non_expert_params: float, expert_params: float) -> None:
-        gb = self.ctx.precision.grad_bytes
-        self.pending["dense"] += non_expert_params * gb
-        self.pending["expert"] += expert_params * gb
-        for kind in ("dense", "expert"):
-            if self.pending[kind] >= self.size_bytes:
-                self._launch(kind)
-
-    def flush(self) -> None:
-        for kind in ("dense", "expert"):
-            if self.pending[kind] > 0:
-                self._launch(kind)
-
-    def _launch(self, kind: str) -> None:
-        ctx, g = self.ctx, self.rank.gpu
-        nbytes, self.pending[kind] = self.pending[kind], 0.0
-        group = ctx.dp_group(g) if kind == "dense" else ctx.edp_group(g)
-        if len(group) == 1:
-            return
-        zero = ctx.parallel.zero_stage >= 1
-        t = ctx.reduce_scatter_s(group, nbytes) if zero else ctx.all_reduce_s(group, nbytes)
-        self.count += 1
-        name = f"grad_{'reduce_scatter' if zero else 'all_reduce'}_{kind}"
-        key = ctx.group_key(group, "grad", kind, self.count)
-        self.procs.append(
-            self.rank.start(
-                self.rank.comm("dp", name, "dp_comm", t, ctx.link_of(group), key, len(group))
-            )
-        )
-
-
-def stage_params_on_rank(
-    ctx: SimContext, stage: int, chunk: int | None = None
-) -> tuple[float, float]:
-    """(non-expert, expert) parameters one rank of ``stage`` holds (one chunk, or all)."""
-    st = ctx.stages[stage]
-    chunks = st.chunks if chunk is None else [st.chunks[chunk]]
-    dense = sum(ctx.layers[i].non_expert_params for c in chunks for i in c)
-    expert = sum(ctx.layers[i].expert_params for c in chunks for i in c)
-    c = ctx.counts
-    if st.has_embedding and (chunk is None or chunk == 0):
-        dense += c.embedding / ctx.parallel.tp
-    last = chunk is None or chunk == len(st.chunks) - 1
-    if st.has_lm_head and last:
-        dense += (c.lm_head + c.final_norm) / ctx.parallel.tp
-    if st.has_mtp and last:
-        dense += c.mtp * st.mtp_layers / ctx.model.mtp_depth / ctx.parallel.tp
-        if not st.has_lm_head:  # its own copy of the head (analytic.memory.stage_params)
-            dense += c.lm_head / ctx.parallel.tp
-    return dense, expert
-
-
-def param_all_gather(ctx: SimContext, rank: Rank, dense: float, expert: float, tag: tuple):
-    """ZeRO ≥ 1: updated parameter shards gathered back (bf16), dense and expert groups."""
-    pb = ctx.precision.param_bytes
-    for kind, n, group in (
-        ("dense", dense, ctx.dp_group(rank.gpu)),
-        ("expert", expert, ctx.edp_group(rank.gpu)),
-    ):
-        if n <= 0 or len(group) == 1:
-            continue
-        t = ctx.all_gather_s(group, n * pb)
-        yield from rank.comm(
-            "dp",
-            f"param_all_gather_{kind}",
-            "dp_comm",
-            t,
-            ctx.link_of(group),
-            ctx.group_key(group, "pag", kind, *tag),
-            len(group),
-        )
-
-
-def optimizer_step_ops(ctx: SimContext, stage: int) -> list[tuple[str, float]]:
-    """The optimizer's passes over this rank's shard (``moesim.sim.optimizer_step``): gradients
-    to fp32, their norm, Adam, the 16-bit weights written back; (name, seconds) each."""
-    dense, expert = stage_params_on_rank(ctx, stage)
-    m, p = ctx.model, ctx.parallel
-    local = m.moe.n_routed_experts // p.ep if m.moe is not None else 0
-    st = ctx.stages[stage]
-    tensors = sum(layer_param_tensors(m, ctx.layers[i].is_moe, local) for c in st.chunks for i in c)
-    tensors += 2 if st.has_embedding else 0  # word embedding (+ its norm-free head on this stage)
-    tensors += 2 if st.has_lm_head else 0  # final norm, output layer
-    ops = optimizer_ops(ctx.precision, p, dense, expert, tensors)
-    return [(op.name, ctx.cm.time_s(op)) for op in ops]
-
-
-def optimizer_time_s(ctx: SimContext, stage: int) -> float:
-    """Seconds of the optimizer step of a rank of ``stage`` (``optimizer_step_ops``)."""
-    return sum(t for _, t in optimizer_step_ops(ctx, stage))
 
 
 # -- the pipeline -------------------------------------------------------------------------------

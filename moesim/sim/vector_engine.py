@@ -44,10 +44,9 @@ import numpy as np
 import simpy
 from simpy.events import Condition
 
-from moesim.sim.engine import LINK_CLASSES, Rank, SharedLink, Stream
+from moesim.sim.engine import COMM_CATEGORIES, LINK_CLASSES, Rank, SharedLink, Stream
 
 Vec = np.ndarray
-COMM_CATEGORIES = ("all_to_all", "tp_comm", "cp_comm", "dp_comm", "pp_comm", "offload")
 
 
 def _times(ev: simpy.Event) -> Vec | None:
@@ -91,7 +90,7 @@ class Partition:
 
 def group_kind(stream: str, name: str) -> str:
     """Which group a collective on ``stream`` named ``name`` runs over (the programs of
-    ``training_step``, ``moe_layer``, ``zero3`` name them so)."""
+    ``layer_runner``, ``grad_sync``, ``moe_layer``, ``zero3`` name them so)."""
     if stream == "ep":
         return "ep"
     if stream == "tp":

@@ -24,14 +24,13 @@ import simpy
 
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank
+from moesim.sim.grad_sync import param_all_gather, stage_params_on_rank
 
 
 class Zero3Gather:
     """Per-layer parameter all-gathers of every simulated rank, with one-layer prefetch."""
 
     def __init__(self, ctx: SimContext):
-        from moesim.sim.training_step import stage_params_on_rank  # imports this module
-
         self.ctx = ctx
         self.inflight: dict[tuple, simpy.Process] = {}
         self.after: dict[tuple[int, str], int] = {}  # (layer, "f"|"b") -> layer gathered next
@@ -59,8 +58,6 @@ class Zero3Gather:
             self.inflight[(rank.gpu, nxt, mb, phase)] = self._start(rank, nxt, mb, phase)
 
     def _start(self, rank: Rank, layer: int, mb: int, phase: str) -> simpy.Process:
-        from moesim.sim.training_step import param_all_gather
-
         lc = self.ctx.layers[layer]
         dense = lc.non_expert_params + self.extra.get((layer, phase), 0.0)
         return rank.start(

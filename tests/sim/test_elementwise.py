@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sim_scenarios import SMALL_MOE, build
 
+from moesim.sim import grad_sync, stage_extras
 from moesim.sim import layer_costs as layer_costs_mod
-from moesim.sim import stage_extras, training_step
 from moesim.sim.costmodel import OpWork
 from moesim.sim.elementwise import (
     LayerElementwise,
@@ -124,7 +124,7 @@ def _without_new_costs(monkeypatch):
     monkeypatch.setattr(
         stage_extras, "cross_entropy", lambda n, backward=False: OpWork("x", "memory_bound", 0, 0)
     )
-    monkeypatch.setattr(training_step, "optimizer_ops", lambda *a: [])
+    monkeypatch.setattr(grad_sync, "optimizer_ops", lambda *a: [])
 
 
 @pytest.mark.parametrize(
