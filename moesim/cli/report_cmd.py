@@ -22,6 +22,8 @@ from moesim.cli.app import (
     print_json,
     refuse_overwriting_inputs,
 )
+from moesim.cli.cells import fmt, ms
+from moesim.cli.plan_tables import print_plan
 from moesim.scenario_io import (
     ScenarioError,
     file_kind,
@@ -111,17 +113,9 @@ def _progress() -> Progress:
     )
 
 
-def _fmt(x: float | None, f: str) -> str:
-    return "–" if x is None else format(x, f)
-
-
-def _ms(x_s: float | None) -> str:
-    return "–" if x_s is None else f"{x_s * 1e3:,.1f}"
-
-
 def _cells(values: list[float | None], applies: list[bool], f: str) -> list[str]:
     """Formatted cells, '–' where the metric does not apply to the scenario."""
-    return [_fmt(v if ok else None, f) for v, ok in zip(values, applies, strict=True)]
+    return [fmt(v if ok else None, f) for v, ok in zip(values, applies, strict=True)]
 
 
 #: the time-breakdown parts ``compare`` shows, as ``simulate``'s time table names them
@@ -141,7 +135,7 @@ def _breakdown_rows(results: list[Result]) -> dict[str, list[str]]:
     for key, label in BREAKDOWN_ROWS.items():
         values = [r.time_breakdown_s.get(key) for r in results]
         if any(v for v in values):
-            rows[label] = [_fmt(v, ".3f") for v in values]
+            rows[label] = [fmt(v, ".3f") for v in values]
     return rows
 
 
@@ -155,11 +149,11 @@ def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, 
     if any(trains):
         rows["step time s"] = _cells([r.step_time_s for r in results], trains, ".3f")
         rows["tokens/s"] = _cells([r.tokens_per_s for r in results], trains, ",.0f")
-        rows["MFU"] = [_fmt(r.mfu, ".1%") for r in results]
+        rows["MFU"] = [fmt(r.mfu, ".1%") for r in results]
     if any(serves):
         rows |= {
-            "TTFT p50 / p99 ms": [f"{_ms(r.ttft_s_p50)} / {_ms(r.ttft_s_p99)}" for r in results],
-            "TPOT p50 / p99 ms": [f"{_ms(r.tpot_s_p50)} / {_ms(r.tpot_s_p99)}" for r in results],
+            "TTFT p50 / p99 ms": [f"{ms(r.ttft_s_p50)} / {ms(r.ttft_s_p99)}" for r in results],
+            "TPOT p50 / p99 ms": [f"{ms(r.tpot_s_p50)} / {ms(r.tpot_s_p99)}" for r in results],
             "output tokens/s": _cells([r.output_tokens_per_s for r in results], serves, ",.0f"),
             "out tokens/s/GPU": _cells([r.tokens_per_s_per_gpu for r in results], serves, ",.0f"),
             "$ per M out tokens": _cells(
@@ -168,12 +162,12 @@ def compare_rows(scenarios: list[Scenario], results: list[Result]) -> dict[str, 
         }
     rows |= _breakdown_rows(results)
     rows |= {
-        "memory GB": [_fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
+        "memory GB": [fmt(r.memory_per_gpu_GB.get("total"), ".1f") for r in results],
         "fits": ["yes" if r.fits_in_memory else "[red]NO[/]" for r in results],
     }
     if any(trains) or any(r.gpu_hours is not None for r in results):
-        rows["GPU-hours"] = [_fmt(r.gpu_hours, ",.0f") for r in results]
-        rows["cost $"] = [_fmt(r.cost_usd, ",.0f") for r in results]
+        rows["GPU-hours"] = [fmt(r.gpu_hours, ",.0f") for r in results]
+        rows["cost $"] = [fmt(r.cost_usd, ",.0f") for r in results]
     return rows
 
 
@@ -341,88 +335,10 @@ def plan(
     if as_json:
         print_json(result.to_json_dict())
     else:
-        _print_plan(result.to_json_dict())
+        print_plan(result.to_json_dict())
     if html is not None:
         from moesim.report.build import plan_report
 
         out = plan_report(result, base_dir=file.parent).write(html)
         if not as_json:
             console.print(f"wrote {out}")
-
-
-def _print_plan(d: dict[str, Any]) -> None:
-    console.print(escape(f"{d['summary']}; objective: {d['objective']}"), highlight=False)
-    table = _serving_plan_table if d["serving"] else _training_plan_table
-    if d["best"]:
-        console.print(table(d["best"], escape(f"best configurations: {d['name']}")))
-        b = d["best"][0]
-        if b.get("goodput") is not None:  # reliability: what the days and cost count
-            console.print(
-                f"days and cost count failures, checkpoints and restarts: the best checkpoints "
-                f"every {_fmt(b['checkpoint_interval_s'], ',.0f')} s and expects "
-                f"{_fmt(b['interruptions'], ',.0f')} interruptions over the run",
-                highlight=False,
-            )
-        return
-    console.print("[red]no configuration meets the constraints[/]")
-    if d["rejected"]:
-        t = table(d["rejected"], "cheapest rejected, and why")
-        console.print(t)
-
-
-def _training_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
-    t = Table(title=title)
-    t.add_column("GPUs", justify="right", no_wrap=True)
-    t.add_column("layout", overflow="fold", ratio=1)
-    goodput = any("goodput" in b for b in rows)  # reliability: goodput beside throughput
-    cols = ("mem GB", "step s", "MFU", *(("goodput",) if goodput else ()), "days", "cost $")
-    for col in cols:
-        t.add_column(col, justify="right", no_wrap=True)
-    with_why = any(b["why_not"] for b in rows)
-    if with_why:
-        t.add_column("why not", overflow="fold")
-    for b in rows:
-        cp = f" cp{b['cp']}" if b.get("cp") else ""
-        layout = (
-            f"tp{b['tp']}{cp} pp{b['pp']} dp{b['dp']} ep{b['ep']} z{b['zero_stage']} "
-            f"mb{b['microbatch_size']} {b['recompute']}"
-        )
-        extra = []
-        if goodput:
-            g = b.get("goodput")
-            extra = [_fmt(g and 100 * g, ".1f") + "%"]
-        cells = [
-            str(b["gpus"]), layout, _fmt(b["memory_GB"], ".1f"), _fmt(b["step_time_s"], ".3f"),
-            _fmt(b["mfu"] and 100 * b["mfu"], ".1f") + "%", *extra, _fmt(b["run_days"], ".1f"),
-            _fmt(b["run_cost_usd"], ",.0f"),
-        ]  # fmt: skip
-        t.add_row(*cells, *([b["why_not"]] if with_why else []))
-    return t
-
-
-def _serving_plan_table(rows: list[dict[str, Any]], title: str) -> Table:
-    t = Table(title=title)
-    t.add_column("GPUs", justify="right", no_wrap=True)
-    t.add_column("layout ×replicas", overflow="fold", ratio=1)
-    for col in ("TTFT p99 ms", "TPOT p99 ms", "$/hour", "$/M out tok"):
-        t.add_column(col, justify="right", no_wrap=True)
-    with_why = any(b["why_not"] for b in rows)
-    if with_why:
-        t.add_column("why not", overflow="fold")
-    for b in rows:
-        etp = f" etp{b['etp']}" if b.get("etp") else ""
-        layout = f"tp{b['tp']} pp{b['pp']} ep{b['ep']}{etp} ×{b.get('replicas')}"
-        if b.get("disaggregated"):  # its pools' layouts
-            from moesim.plan_pd import pd_layout_text
-
-            layout = pd_layout_text(b)
-        if b.get("engine_searched"):
-            layout += f" {b['max_num_seqs']} seqs {b['max_num_batched_tokens']} tok/step"
-        if b.get("num_speculative_tokens"):
-            layout += f" k{b['num_speculative_tokens']}"
-        cells = [
-            str(b["gpus"]), layout, _ms(b.get("ttft_s_p99")), _ms(b.get("tpot_s_p99")),
-            _fmt(b.get("usd_per_hour"), ",.0f"), _fmt(b.get("cost_per_million_tokens_usd"), ",.2f"),
-        ]  # fmt: skip
-        t.add_row(*cells, *([b["why_not"]] if with_why else []))
-    return t
