@@ -150,8 +150,9 @@ def set_dotted(d: dict[str, Any], key: str, value: Any, label: str = "grid key")
 
 def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
     """``--set key=value`` arguments as (dotted key, value); the value is read as YAML, so it
-    is typed as the file would be (``16``, ``0.5``, ``fp8``, ``{distribution: zipf}``) and the
-    schema then checks it like any other field."""
+    is typed as the file would be (``16``, ``0.5``, ``fp8``, ``{distribution: zipf}``, ``null``
+    to unset an optional field such as ``workload.speculative``) and the schema then checks it
+    like any other field."""
     out: list[tuple[str, Any]] = []
     for item in items:
         key, sep, text = item.partition("=")
@@ -164,9 +165,9 @@ def parse_overrides(items: Sequence[str]) -> list[tuple[str, Any]]:
             value = yaml.load(text, Loader=yaml_io.YAMLLoader) if text.strip() else None
         except yaml.YAMLError:
             raise ScenarioError(f"--set {key}: {text!r} is not a value YAML can read") from None
-        if value is None:
+        if not text.strip():
             raise ScenarioError(f"--set {key}: give a value after '=', e.g. --set {key}=8")
-        out.append((key, value))
+        out.append((key, value))  # an explicit null unsets an optional field
     return out
 
 

@@ -23,6 +23,14 @@ def test_values_are_typed_as_in_a_file() -> None:
     ]
 
 
+def test_null_unsets_an_optional_field_and_is_refused_where_one_is_required() -> None:
+    assert parse_overrides(["workload.speculative=null"]) == [("workload.speculative", None)]
+    s = load_scenario(MIXTRAL, [("simulation.profile", None)])
+    assert s.simulation.profile is None
+    with pytest.raises(ScenarioError, match=r"parallel\.ep"):
+        load_scenario(MIXTRAL, parse_overrides(["parallel.ep=null"]))
+
+
 @pytest.mark.parametrize(
     ("item", "message"),
     [
