@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
 
-# Regenerate every example report in reports/ from scenarios/ (about 4½ minutes on 2 cores).
+# Regenerate every example report in reports/ from scenarios/ (about 4 minutes on 2 cores).
 reports: setup
 	$(BIN)/moesim compare scenarios/compare-mixtral-vs-dense-pretrain.yaml \
 	  --html reports/mixtral-vs-dense-pretrain.html
