@@ -175,3 +175,29 @@ def test_pp_1_has_no_cohorts():
     reqs = [Request(0.0, 64, 20) for _ in range(4)]
     _, _spy, log = _serve(1, reqs)
     assert log.cohort_rounds == 0 and {r.cohort for r in reqs} == {0}
+
+
+def test_the_decode_run_fast_path_keeps_the_cohorts(monkeypatch):
+    """Two routes to one run: the decode-only fast path (a run of rounds stepped without the
+    scheduler) and every round through the full scheduler give the same times."""
+    import moesim.sim.scheduler_vllm_v1 as v1
+
+    def run() -> list[tuple[float, float, int]]:
+        e = _engine(4)
+        round_s = e.decode_forward(1, 600.0).total_s
+        reqs = [Request(i * round_s * 0.37, 64 + 8 * i, 40 + 3 * i) for i in range(10)]
+        _serve(4, reqs)
+        return [(r.first_token_s, r.finish_s, r.cohort) for r in reqs]
+
+    runs: list[int] = []
+    plain = v1._decode_run_length
+
+    def counted(*args) -> int:
+        runs.append(plain(*args))
+        return runs[-1]
+
+    monkeypatch.setattr(v1, "_decode_run_length", counted)
+    fast = run()
+    assert sum(n > 1 for n in runs) >= 3  # the fast path ran
+    monkeypatch.setattr(v1, "_decode_run_length", lambda *a: 0)
+    assert run() == fast
