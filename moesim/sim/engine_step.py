@@ -7,11 +7,13 @@ queue runs them (``max_concurrent_batches`` = pp scheduled batches, each with it
 budget; vllm/v1/engine/core.py ``step_with_batch_queue``; the virtual engines of vLLM RFC
 #11945 and TensorRT-LLM likewise keep every stage busy): decodes, prompt chunks and mixed
 steps alike, speculative verifies too. The round's work is split into micro-batches
-(``split_round``: decodes and verifies evenly, chunks in order up to ``batch_tokens`` each)
-and the round lasts as long as the longest traversal of one of them or the slowest stage's
-work over all of them (``round_s``). So a decode round of B sequences is the traversal of a
-micro-batch of ⌈B/pp⌉ (or the last stage's pp micro-batches with its LM head, when that is
-longer), a prefill-heavy round runs pp batches of prompt tokens in about one traversal, and a
+(``split_round``: under vllm_v1 each request's work rides the micro-batch of its cohort, given
+by the scheduler as ``Cohorts``; without cohorts, decodes and verifies evenly; chunks up to
+``batch_tokens`` each) and the round lasts as long as the longest traversal of one of them or
+the slowest stage's work over all of them (``round_s``). So a decode round of B sequences is
+the traversal of a micro-batch of ⌈B/pp⌉ when the cohorts are even (or the last stage's pp
+micro-batches with its LM head, when that is longer) and of all B when a burst put them in one
+cohort; a prefill-heavy round runs pp batches of prompt tokens in about one traversal, and a
 lone request's prompt pays its whole traversal (TTFT exactly the unpipelined step's).
 
 Speculative decoding: a decode round of ``decode_s`` (prefill_first, the whole-sequence decode
@@ -25,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from moesim.sim.serving_pipeline import MicroBatch, round_s, split_round
+from moesim.sim.serving_pipeline import Cohorts, MicroBatch, round_s, split_round
 from moesim.sim.speculative import Speculator
 from moesim.sim.two_batch_overlap import split_batch, split_chunks, tbo_step_s
 from moesim.specs.engine import DEFAULT_MAX_PREFILL_TOKENS
@@ -169,11 +171,13 @@ class EngineStep:
         finished: int,
         verifies: list[tuple[int, int]] | None = None,
         speculative: bool = False,
+        cohorts: Cohorts | None = None,
     ) -> float:
         """Seconds of one step of the scheduler: ``decodes`` decode tokens (``speculative``:
         each verifying all its drafts), speculative ``verifies`` (offset, q) and prompt
         ``chunks`` (offset, tokens), ``finished`` of which end their prompt, run as pp
-        micro-batches in flight (one batch when pp = 1)."""
+        micro-batches in flight (one batch when pp = 1), each carrying its ``cohorts``' work
+        (vllm_v1) or an even share."""
         verifies = verifies or []
         if self.pp == 1:
             mb = MicroBatch(
@@ -182,7 +186,7 @@ class EngineStep:
             return self._traversal_s(mb)
         mbs = split_round(
             decodes, context_sum, chunks, finished, self.pp, self.batch_tokens, verifies,
-            speculative,
+            speculative, cohorts,
         )  # fmt: skip
         seen: dict[MicroBatch, tuple[float, list[float]]] = {}
         for mb in mbs:
@@ -191,10 +195,12 @@ class EngineStep:
                 seen[mb] = (t, self._stage_busy_s(mb, t))
         return round_s([seen[mb][0] for mb in mbs], [seen[mb][1] for mb in mbs])
 
-    def decode_s(self, batch: int, context_sum: float) -> float:
+    def decode_s(self, batch: int, context_sum: float, cohorts: Cohorts | None = None) -> float:
         """Seconds of one decode round of ``batch`` running sequences whose contexts sum to
-        ``context_sum`` keys: every sequence gains ``tokens_per_step`` tokens (expected)."""
-        return self.round_s(batch, context_sum, [], 0, speculative=self.speculator is not None)
+        ``context_sum`` keys (in their ``cohorts``, or evenly): every sequence gains
+        ``tokens_per_step`` tokens (expected)."""
+        spec = self.speculator is not None
+        return self.round_s(batch, context_sum, [], 0, speculative=spec, cohorts=cohorts)
 
     def prefill_s(self, chunks: list[tuple[int, int]], finished: int) -> float:
         """Seconds of one prefill step of prompt ``chunks`` (offset, tokens), ``finished`` of
@@ -208,6 +214,7 @@ class EngineStep:
         chunks: list[tuple[int, int]],
         finished: int,
         verifies: list[tuple[int, int]] | None = None,
+        cohorts: Cohorts | None = None,
     ) -> float:
         """Seconds of one vLLM V1 step of ``decodes`` plain decode tokens, speculative
         ``verifies`` (offset, q: a sequence's last token and q − 1 drafts) and prefill
@@ -216,8 +223,18 @@ class EngineStep:
         verifies = verifies or []
         q_full = 1 + (self.speculator.spec.num_speculative_tokens if self.speculator else 0)
         if not chunks and not decodes and verifies and all(q == q_full for _, q in verifies):
-            return self.decode_s(len(verifies), float(sum(o + 1 for o, _ in verifies)))
-        return self.round_s(decodes, decode_context_sum, chunks, finished, verifies)
+            if cohorts is not None:  # the verifies' slots are the decode round's cohorts
+                at = cohorts.verifies
+                cohorts = Cohorts(
+                    tuple(sum(1 for a in at if a == k) for k in range(self.pp)),
+                    tuple(
+                        float(sum(o + 1 for (o, _), a in zip(verifies, at, strict=True) if a == k))
+                        for k in range(self.pp)
+                    ),
+                )
+            ctx = float(sum(o + 1 for o, _ in verifies))
+            return self.decode_s(len(verifies), ctx, cohorts)
+        return self.round_s(decodes, decode_context_sum, chunks, finished, verifies, False, cohorts)
 
 
 def build_engine_step(s, cost, make_cost) -> EngineStep:
@@ -268,8 +285,8 @@ class SchedulerView:
     def prefill_chunks(self, chunks: list[tuple[int, int]], finished: int) -> StepTime:
         return StepTime(self.engine.prefill_s(chunks, finished))
 
-    def decode(self, batch: int, context_sum: float) -> StepTime:
-        return StepTime(self.engine.decode_s(batch, context_sum))
+    def decode(self, batch: int, context_sum: float, cohorts: Cohorts | None = None) -> StepTime:
+        return StepTime(self.engine.decode_s(batch, context_sum, cohorts))
 
     def mixed_step(
         self,
@@ -278,8 +295,9 @@ class SchedulerView:
         chunks: list[tuple[int, int]],
         finished: int,
         verifies: list[tuple[int, int]] | None = None,
+        cohorts: Cohorts | None = None,
     ) -> StepTime:
-        t = self.engine.mixed_s(decodes, decode_context_sum, chunks, finished, verifies)
+        t = self.engine.mixed_s(decodes, decode_context_sum, chunks, finished, verifies, cohorts)
         return StepTime(t)
 
 

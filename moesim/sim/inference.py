@@ -31,6 +31,7 @@ from moesim.analytic.flops import layer_flops
 from moesim.sim.engine import Rank
 from moesim.sim.engine_step import SchedulerView, build_engine_step, engine_extras
 from moesim.sim.profile import profile_label
+from moesim.sim.serving_engine import cohort_extras
 from moesim.sim.serving_memory import (
     drafter_kv_bytes_per_token,
     drafter_weights_bytes,
@@ -166,6 +167,8 @@ def simulate_inference(
         "profile": profile_label(cost.ctx.profile),
         **engine_extras(stepper, typical_batch, mean_ctx),
     }
+    if log.cohort_rounds:  # vllm_v1, pp > 1: how unevenly the requests' cohorts filled rounds
+        extra["decode_cohorts"] = cohort_extras(log, p.pp)
     if w.speculative is not None:
         engine_spec = extra["speculative"]
         assert isinstance(engine_spec, dict)

@@ -23,6 +23,17 @@ allocated at admission and lost, like any other, when it is preempted.
 
 Chunk tokens attend the prompt's earlier tokens (read from the KV cache) and their own causally.
 
+**Pipeline cohorts** (``EngineConfig.max_concurrent_batches`` = pp > 1; vLLM V1's batch queue,
+``moesim.sim.serving_pipeline``): a step is a round of pp batches, each with its own share of
+the budget (``max_num_batched_tokens`` / pp); ``max_num_seqs`` caps the running total. Each
+request rides one batch, its cohort (``Request.cohort``): it joins the batch whose
+``schedule()`` call first follows its arrival (``earliest_batch``) or the next with budget left
+(``place``), a prompt cut where the round is full going on in the next batches, and stays in
+the batch whose output brings it back (``take``). A running request's decode (or verify) is
+scheduled only in its cohort's batch, cut to that batch's budget; if the batch is full it waits
+for the next round. A preempted request loses its cohort and re-joins whichever batch admits it.
+The step's cost gets each cohort's work (``Cohorts``) and the log how uneven the rounds were.
+
 **Speculative decoding** (``EngineConfig.num_speculative_tokens`` k > 0), as V1's scheduler runs
 it ("each request just has the num_computed_tokens and num_tokens_with_spec ... general enough
 to cover chunked prefills, prefix caching, speculative decoding", ``Scheduler.schedule``): once
@@ -60,6 +71,7 @@ import numpy as np
 import simpy
 
 from moesim.sim.serving_engine import EngineConfig, ServerLog, arrivals
+from moesim.sim.serving_pipeline import Cohorts, earliest_batch, place, take
 from moesim.sim.serving_requests import Request
 from moesim.sim.serving_step import ReplicaCost
 
@@ -74,6 +86,7 @@ class _Seq:
     blocks: int = 0  # KV blocks held
     drafts: int = 0  # speculative: drafts proposed for the next step
     rng: np.random.Generator | None = None  # speculative: this request's acceptance draws
+    slot: int = -1  # pp > 1: the batch of the round it rides (its cohort); -1 before it runs
 
     @classmethod
     def arriving(cls, r: Request) -> _Seq:
@@ -120,6 +133,8 @@ def serve_vllm_v1(
         engine.max_num_batched_tokens,
         engine.max_num_seqs,
     )
+    pp = engine.max_concurrent_batches
+    per_batch = budget_tokens // pp  # each batch in flight has its own budget
     k = engine.num_speculative_tokens
     acceptance = _Acceptance(engine.acceptance_rate, k, engine.seed)
     index = {id(r): i for i, r in enumerate(requests)}
@@ -144,6 +159,8 @@ def serve_vllm_v1(
         running: list[_Seq] = []  # admission order: the last is preempted first
         free = total_blocks
         held = 0  # blocks held by running requests
+        last = (0.0, 0.0)  # pp > 1: (start, end) of the last round
+        freed: deque[int] = deque()  # pp > 1: cohorts of the requests the last round finished
         done = 0
         while done < len(log.requests):
             if not waiting and not running:
@@ -154,12 +171,23 @@ def serve_vllm_v1(
             if steps > 1:  # a run of decode-only steps: no admission, finish or preemption
                 n = len(running)
                 context0 = sum(seq.computed + 1 for seq in running)
+                counts, ctx0 = [0] * pp, [0] * pp
+                for seq in running:
+                    counts[seq.slot] += 1
+                    ctx0[seq.slot] += seq.computed + 1
                 ran = 0
                 while ran < steps:
                     context = float(context0 + ran * n)
                     start = env.now
-                    yield env.timeout(cost.decode(n, context).total_s)
+                    if pp > 1:  # each cohort rides its own micro-batch
+                        ctx = tuple(float(c + ran * m) for c, m in zip(ctx0, counts, strict=True))
+                        step = cost.decode(n, context, Cohorts(tuple(counts), ctx))
+                        log.count_cohorts(counts)
+                    else:
+                        step = cost.decode(n, context)
+                    yield env.timeout(step.total_s)
                     log.steps.append(("decode", start, env.now, n))
+                    last = (start, env.now)
                     log.count_decodes(n, context)
                     if env.now <= window_s:
                         log.tokens_in_window += n
@@ -176,16 +204,20 @@ def serve_vllm_v1(
                     seq.blocks = grown
                 log.peak_kv_blocks = max(log.peak_kv_blocks, held)
                 continue
-            budget = budget_tokens
-            scheduled: list[tuple[_Seq, int]] = []
+            room = [per_batch] * pp  # budget left in each batch of the round (one when pp = 1)
+            scheduled: list[tuple[_Seq, int, int]] = []  # (request, tokens, batch it starts in)
             preempted = False
             i = 0
-            while i < len(running) and budget > 0:
+            while i < len(running) and any(room):
                 seq = running[i]
                 # a decode: its token and its drafts (vLLM's num_tokens_with_spec −
-                # num_computed_tokens), cut to the budget left; KV slots for them and for k
-                # lookahead tokens (allocate_slots(..., num_lookahead_tokens))
-                new = min(seq.to_compute + seq.drafts, budget)
+                # num_computed_tokens), cut to the budget left in its cohort's batch; KV slots
+                # for them and for k lookahead tokens (allocate_slots(..., num_lookahead_tokens))
+                is_decode = seq.to_compute == 1 and seq.computed > 0
+                first, new = place(room, seq.slot, seq.to_compute + seq.drafts, is_decode)
+                if not new:  # its batch is full: it waits for the next round
+                    i += 1
+                    continue
                 slots = seq.computed + new + k - seq.req.cached_tokens
                 need = max(0, -(-slots // bs) - seq.blocks)
                 lost = False
@@ -195,6 +227,7 @@ def serve_vllm_v1(
                     held -= victim.blocks
                     victim.blocks, victim.computed = 0, victim.req.cached_tokens
                     victim.drafts = 0
+                    victim.slot = -1  # re-joins whichever batch admits it again
                     victim.req.preemptions += 1
                     log.preemptions += 1
                     waiting.appendleft(victim)
@@ -207,12 +240,17 @@ def serve_vllm_v1(
                 free -= need
                 held += need
                 seq.blocks += need
-                scheduled.append((seq, new))
-                budget -= new
+                scheduled.append((seq, new, first))
+                seq.slot = seq.req.cohort = take(room, first, new)
                 i += 1
-            while not preempted and waiting and budget > 0 and len(running) < max_seqs:
+            while not preempted and waiting and any(room) and len(running) < max_seqs:
                 seq = waiting[0]
-                new = min(seq.to_compute, budget)
+                # it joins the first batch with budget left from the one whose schedule() call
+                # first follows it (its cohort from now; see earliest_batch)
+                at = earliest_batch(seq.req.arrival_s, last, freed, pp)
+                first, new = place(room, at, seq.to_compute, False)
+                if not new:
+                    first, new = place(room, 0, seq.to_compute, False)
                 # no lookahead for a request not yet started (vLLM: effective_lookahead_tokens
                 # is 0 while num_computed_tokens is 0)
                 need = -(-(seq.computed + new - seq.req.cached_tokens) // bs) - seq.blocks
@@ -223,35 +261,53 @@ def serve_vllm_v1(
                 held += need
                 seq.blocks += need
                 running.append(seq)
-                scheduled.append((seq, new))
-                budget -= new
+                scheduled.append((seq, new, first))
+                seq.slot = seq.req.cohort = take(room, first, new)
             if not scheduled:  # cannot happen with a pool that holds the longest request
                 raise RuntimeError("vllm_v1 engine: nothing could be scheduled")
             log.peak_kv_blocks = max(log.peak_kv_blocks, held)
             decodes, context, chunks, emitting = 0, 0.0, [], 0
             verifies: list[tuple[int, int]] = []
-            for seq, new in scheduled:
+            per_slot, slot_ctx = [0] * pp, [0.0] * pp
+            verify_at: list[int] = []
+            chunk_at: list[int] = []
+            for seq, new, first in scheduled:
                 if seq.to_compute == 1 and seq.computed > 0 and new > 1:
                     verifies.append((seq.computed, new))
+                    verify_at.append(first)
                 elif new == 1 and seq.computed > 0:
                     decodes += 1
                     context += seq.computed + 1
+                    per_slot[first] += 1
+                    slot_ctx[first] += seq.computed + 1
                 else:
                     chunks.append((seq.computed, new))
+                    chunk_at.append(first)
                     emitting += new == seq.to_compute
             log.prefill_tokens += sum(c for _, c in chunks)
-            log.batched_tokens += sum(new for _, new in scheduled)
+            log.batched_tokens += sum(new for _, new, _ in scheduled)
             start = env.now
-            step = cost.mixed_step(decodes, context, chunks, emitting, verifies)
+            if pp > 1:  # every request's work rides its cohort's micro-batch
+                cohorts = Cohorts(
+                    tuple(per_slot), tuple(slot_ctx), tuple(verify_at), tuple(chunk_at)
+                )
+                step = cost.mixed_step(
+                    decodes, context, chunks, emitting, verifies, cohorts=cohorts
+                )
+                log.count_cohorts([d + verify_at.count(b) for b, d in enumerate(per_slot)])
+            else:
+                step = cost.mixed_step(decodes, context, chunks, emitting, verifies)
             yield env.timeout(step.total_s)
             kind = "decode" if not chunks else "prefill" if not decodes + len(verifies) else "mixed"
             log.steps.append((kind, start, env.now, len(scheduled)))
+            last = (start, env.now)
+            freed.clear()
             if decodes or verifies:
                 log.count_decodes(
                     decodes + len(verifies), context + sum(o + 1 for o, _ in verifies)
                 )
             emitted = 0
-            for seq, new in scheduled:
+            for seq, new, _ in scheduled:
                 caught_up = new >= seq.to_compute
                 drafts = new - seq.to_compute  # drafts verified in this step
                 seq.computed += new
@@ -279,6 +335,7 @@ def serve_vllm_v1(
                     held -= seq.blocks
                     seq.blocks = 0
                     running.remove(seq)
+                    freed.append(seq.slot)
                     done += 1
             if env.now <= window_s:
                 log.tokens_in_window += emitted
@@ -300,6 +357,11 @@ def _decode_run_length(
         return 0
     if not n or n > engine.max_num_batched_tokens or (waiting and n < engine.max_num_seqs):
         return 0
+    pp = engine.max_concurrent_batches
+    if pp > 1:  # every cohort's decodes must fit its batch's budget
+        per_slot = np.bincount([seq.slot for seq in running], minlength=pp)
+        if per_slot.max() > engine.max_num_batched_tokens // pp:
+            return 0
     if any(seq.to_compute != 1 or seq.computed == 0 for seq in running):
         return 0
     # the step that finishes a request runs through the full scheduler

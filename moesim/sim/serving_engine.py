@@ -29,7 +29,10 @@ class EngineConfig:
     blocks of ``block_size`` (vllm_v1 only; inf: unbounded). Speculative decoding under
     vllm_v1: ``num_speculative_tokens`` drafts per decode, each accepted with probability
     ``acceptance_rate``, the draws seeded by ``seed`` (prefill_first takes tokens per step from
-    the step cost instead)."""
+    the step cost instead). ``max_concurrent_batches`` (vLLM's name; pp): a step of the vllm_v1
+    scheduler is a round of that many batches in flight, each with an equal share of
+    ``max_num_batched_tokens``, and each request keeps the batch it joined (its cohort,
+    ``moesim.sim.serving_pipeline``)."""
 
     max_num_seqs: int
     max_num_batched_tokens: int = DEFAULT_MAX_PREFILL_TOKENS
@@ -39,6 +42,7 @@ class EngineConfig:
     num_speculative_tokens: int = 0
     acceptance_rate: float = 0.0
     seed: int = 0
+    max_concurrent_batches: int = 1
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1 or self.block_size < 1:
@@ -46,6 +50,14 @@ class EngineConfig:
                 f"max_num_seqs ({self.max_num_seqs}), max_num_batched_tokens "
                 f"({self.max_num_batched_tokens}) and block_size ({self.block_size}) must be at "
                 "least 1"
+            )
+        if self.max_concurrent_batches < 1 or (
+            self.max_num_batched_tokens % self.max_concurrent_batches
+        ):
+            raise ValueError(
+                f"max_concurrent_batches ({self.max_concurrent_batches}) must be at least 1 and "
+                f"divide max_num_batched_tokens ({self.max_num_batched_tokens}): the round's "
+                "budget is one per batch in flight"
             )
         if self.policy not in POLICIES:
             raise ValueError(f"policy {self.policy!r}: use one of {', '.join(POLICIES)}")
@@ -80,12 +92,23 @@ class ServerLog:
     draft_tokens: int = 0  # drafts verified (vllm_v1 speculative)
     accepted_tokens: int = 0  # drafts accepted (vllm_v1 speculative)
     verify_steps: int = 0  # a sequence's verify of its drafts, one per sequence and step
+    cohort_rounds: int = 0  # vllm_v1, pp > 1: rounds that decoded (or verified)
+    cohort_max_sum: float = 0.0  # their largest micro-batch's decodes, summed over rounds
+    cohort_ratio_sum: float = 0.0  # largest / mean micro-batch decodes, summed over rounds
 
     def count_decodes(self, batch: int, context: float) -> None:
         """Count a step that decoded ``batch`` sequences attending ``context`` keys in all."""
         self.decode_steps += 1
         self.decode_batch_sum += batch
         self.decode_context_sum += context
+
+    def count_cohorts(self, per_batch: list[int] | tuple[int, ...], rounds: int = 1) -> None:
+        """Count ``rounds`` rounds whose micro-batches decoded ``per_batch`` sequences each."""
+        n = sum(per_batch)
+        if n:
+            self.cohort_rounds += rounds
+            self.cohort_max_sum += rounds * max(per_batch)
+            self.cohort_ratio_sum += rounds * max(per_batch) * len(per_batch) / n
 
     @property
     def makespan_s(self) -> float:
@@ -99,3 +122,17 @@ def arrivals(env: simpy.Environment, requests: list[Request], queue: simpy.Store
         if r.arrival_s > env.now:
             yield env.timeout(r.arrival_s - env.now)
         queue.put(r)
+
+
+def cohort_extras(log: ServerLog, pp: int) -> dict[str, float]:
+    """How uneven the vllm_v1 cohorts were over the rounds that decoded (pp > 1): the mean
+    micro-batch (decodes per round / pp, what an even split runs), the largest micro-batch (the
+    one whose traversal a decode round waits for) averaged over rounds, and the mean of their
+    ratio (1 when every round is even, pp when every round's decodes ride one batch)."""
+    rounds = log.cohort_rounds
+    return {
+        "rounds": rounds,
+        "mean_microbatch_decodes": log.decode_batch_sum / log.decode_steps / pp,
+        "max_microbatch_decodes": log.cohort_max_sum / rounds,
+        "max_over_mean": log.cohort_ratio_sum / rounds,
+    }

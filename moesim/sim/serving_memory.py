@@ -165,7 +165,9 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
     beyond it is preempted and queued rather than refused. A pool that cannot hold the longest
     request runs unbounded and the result says it does not fit. prefill_first: concurrency is
     capped at the sequences whose whole KV fits (a static batch runs as given). A step's token
-    budget is ``max_prefill_tokens`` per batch in flight (``step_token_budget``: pp of them)."""
+    budget is ``max_prefill_tokens`` per batch in flight (``step_token_budget``: pp of them);
+    under vllm_v1 each request rides one of those batches (its cohort: ``max_concurrent_batches``
+    = pp)."""
     w = s.workload
     assert isinstance(w, InferenceWorkload)
     base = inference_memory(s, 0)
@@ -200,7 +202,7 @@ def plan_engine(s: Scenario, requests: list[Request]) -> EnginePlan:
     pool = float(tokens) if fits_kv else math.inf
     rate = w.speculative.acceptance_rate if w.speculative is not None else 0.0
     engine = EngineConfig(
-        slots, step_token_budget(s), "vllm_v1", pool, w.block_size, k, rate, w.seed
+        slots, step_token_budget(s), "vllm_v1", pool, w.block_size, k, rate, w.seed, s.parallel.pp
     )
     return EnginePlan(engine, base, tokens, capacity, fits_kv and base.total <= usable, note)
 

@@ -33,6 +33,7 @@ class Request:
     finish_s: float = math.nan
     preemptions: int = 0
     prefilled: bool = False
+    cohort: int = -1  # vllm_v1, pp > 1: the micro-batch of the round it last rode
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1 or self.output_tokens < 1:
