@@ -150,7 +150,13 @@ def rollout_engine_config(
     pool = float(pool_tokens)
     if -(-longest // w.block_size) * w.block_size > pool_tokens:
         pool = math.inf
-    return EngineConfig(slots, step_token_budget(roll), w.scheduler, pool, w.block_size)
+    # vllm_v1 with pp > 1: each sequence rides one of the pp batches in flight (its cohort,
+    # moesim.sim.serving_pipeline), as serving's engine does (serving_memory.plan_engine)
+    batches = roll.parallel.pp if w.scheduler == "vllm_v1" else 1
+    return EngineConfig(
+        slots, step_token_budget(roll), w.scheduler, pool, w.block_size,
+        max_concurrent_batches=batches,
+    )  # fmt: skip
 
 
 def run_engine(

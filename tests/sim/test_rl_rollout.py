@@ -241,6 +241,10 @@ def test_a_pipelined_rollout_runs_serving_rounds_of_pp_batches():
     r, roll, engine, piped, whole = _pipelined_and_whole(s)
     assert r.rollout_parallel["pp"] == 2 and r.rollout_decode_microbatches == 2
     assert engine.max_num_batched_tokens == 2 * roll.workload.max_prefill_tokens
+    # each sequence rides one of the two batches (its cohort), as serving's vllm_v1 engine
+    assert engine.max_concurrent_batches == 2
+    cohorts = [rq.cohort for rq in piped.requests]
+    assert set(cohorts) <= {0, 1} and cohorts == sorted(cohorts)  # admitted in order, t = 0
     assert [k for k, *_ in piped.steps] == [k for k, *_ in whole.steps]
     assert piped.makespan_s == pytest.approx(r.rollout_time_s)
     for a, b in zip(piped.steps, whole.steps, strict=True):  # round by round
