@@ -98,7 +98,7 @@ class TokenFlops:
     def recompute(self, mode: Recompute, modules: Iterable[str] | None = None) -> float:
         """Extra forward FLOPs that recomputation adds to the backward pass, per token.
 
-        selective: what ``memory.activation_bytes_per_token`` drops under it, recomputed:
+        selective: what ``activation_memory.activation_bytes_per_token`` drops under it, recomputed:
         ``modules`` (``ParallelSpec.recompute_modules``), by default norm outputs (0 FLOPs),
         activation-function outputs and MLA's up-projected Q/K/V. The attention core is not
         among them by default: memory keeps Q, K, V, the output and the log-sum-exp, all that

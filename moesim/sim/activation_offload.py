@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import simpy
 
-from moesim.analytic.memory import activation_bytes_per_token, offloaded_layers
+from moesim.analytic.activation_memory import activation_bytes_per_token, offloaded_layers
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank
 

@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
+from moesim.analytic.activation_memory import activation_bytes_per_token
 from moesim.analytic.flops import attention_core_flops, model_flops_per_token, token_flops
-from moesim.analytic.memory import activation_bytes_per_token
 from moesim.analytic.params import count_params
 from moesim.catalog import load_model, raw_entry
 from moesim.specs import ModelSpec, ParallelSpec

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.analytic.memory import activation_bytes_per_token, memory_per_gpu
+from moesim.analytic.activation_memory import activation_bytes_per_token
+from moesim.analytic.memory import memory_per_gpu
 from moesim.analytic.microbatches import microbatches_in_flight
 from moesim.catalog import load_gpu
 from moesim.specs import ModelSpec, ParallelSpec, Scenario
@@ -198,8 +199,9 @@ def test_dualpipe_ranks_hold_two_stages_and_pp_plus_one_microbatches():
     """DeepSeek-V3 Table 2: DualPipe keeps 2x parameters and pp+1 microbatches of activations.
     Rank r holds positions r and pp-1-r: with pp 4, rank 0 holds stages 0 and 3 (embedding and
     head: the worst rank), rank 1 stages 1 and 2."""
+    from moesim.analytic.activation_memory import stage_activation_bytes
     from moesim.analytic.layout import pipeline_layout
-    from moesim.analytic.memory import model_state_bytes, stage_activation_bytes, stage_params
+    from moesim.analytic.memory import model_state_bytes, stage_params
 
     dual, one_f_one_b = _llama_pipeline("dualpipe", 16), _llama_pipeline("1f1b", 16)
     p = dual.parallel

@@ -7,8 +7,9 @@ import itertools
 
 import pytest
 
+from moesim.analytic.activation_memory import activation_bytes_per_token
 from moesim.analytic.flops import token_flops
-from moesim.analytic.memory import activation_bytes_per_token, memory_per_gpu
+from moesim.analytic.memory import memory_per_gpu
 from moesim.catalog import load_model
 from moesim.scenario_io import ScenarioError, scenario_from_dict
 from moesim.specs import SELECTIVE_MODULES, ParallelSpec

@@ -1,5 +1,5 @@
 """Activation offload to host (``parallel.activation_offload_layers``; moesim.sim.training_step
-ActivationOffload, analytic.memory.offloaded_layers): less activation memory, PCIe copies
+ActivationOffload, analytic.activation_memory.offloaded_layers): less activation memory, PCIe copies
 overlapped with compute, their excess exposed."""
 
 from __future__ import annotations
