@@ -51,12 +51,11 @@ from moesim.analytic.microbatches import n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
 from moesim.analytic.post_training import (
     critic_model_of,
-    generated_prompts,
     needs_reference_pass,
     post_training_memory,
     reward_model_of,
-    rollout_gpu_memory,
 )
+from moesim.analytic.rollout_memory import generated_prompts, rollout_gpu_memory
 from moesim.sim.engine import Rank
 from moesim.sim.rl_phases import (
     PART_KEYS,

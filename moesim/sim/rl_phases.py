@@ -36,12 +36,8 @@ from moesim.analytic.flops import token_flops
 from moesim.analytic.lora import lora_forward_flops_per_token
 from moesim.analytic.microbatches import n_microbatches, sequences_per_step
 from moesim.analytic.params import count_params
-from moesim.analytic.post_training import (
-    inference_weight_bytes,
-    post_training_memory,
-    shard_params,
-    weight_sync_bytes,
-)
+from moesim.analytic.post_training import post_training_memory, weight_sync_bytes
+from moesim.analytic.rollout_memory import inference_weight_bytes, shard_params
 from moesim.sim.breakdown import COMM_CATEGORIES
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork

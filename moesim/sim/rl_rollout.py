@@ -5,7 +5,7 @@
 and NeMo RL generate with (verl's rollout ``name: vllm``, NeMo RL's ``generation.backend:
 vllm``): a budget of ``max_num_batched_tokens`` tokens per step shared by the running decodes
 and chunked prompts, up to ``max_num_seqs`` sequences, a paged KV pool of what is left of the
-engine's usable HBM (``analytic.post_training.rollout_kv_pool_bytes``: beside everything
+engine's usable HBM (``analytic.rollout_memory.rollout_kv_pool_bytes``: beside everything
 resident during the rollout, as sleep_level and offload_optimizer leave it), and preemption by
 recompute when the pool runs out (``rollout_preemptions``). ``prefill_first`` is moesim's
 earlier engine: as many sequences as fit whole, in KV-limited waves. The engine steps through
@@ -47,9 +47,9 @@ import numpy as np
 
 from moesim.analytic.flops import token_flops
 from moesim.analytic.memory import kv_cache_bytes_per_token
-from moesim.analytic.post_training import (
+from moesim.analytic.post_training import post_training_memory
+from moesim.analytic.rollout_memory import (
     generated_prompts,
-    post_training_memory,
     rollout_gpu_count,
     rollout_gpu_memory,
     rollout_layout,

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from moesim.analytic.post_training import (
+from moesim.analytic.post_training import post_training_memory
+from moesim.analytic.rollout_memory import (
     generated_prompts,
     inference_weight_bytes,
-    post_training_memory,
     rollout_sequences,
 )
 from moesim.scenario_io import scenario_from_dict
@@ -77,7 +77,7 @@ def test_rollout_kv_pool_is_what_the_resident_states_and_the_utilization_leave()
     gpu_memory_utilization caps it at that share of HBM minus the engine's weights and the
     reserve (vLLM sizes its pool inside the share), and never raises it."""
     from moesim.analytic.memory import reserve_bytes
-    from moesim.analytic.post_training import rollout_kv_per_token
+    from moesim.analytic.rollout_memory import rollout_kv_per_token
 
     awake = post_training_memory(scenario())
     asleep = post_training_memory(scenario(sleep_level=2))

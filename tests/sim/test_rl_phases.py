@@ -6,11 +6,8 @@ from __future__ import annotations
 import pytest
 
 from moesim.analytic.flops import token_flops
-from moesim.analytic.post_training import (
-    inference_weight_bytes,
-    post_training_memory,
-    shard_params,
-)
+from moesim.analytic.post_training import post_training_memory
+from moesim.analytic.rollout_memory import inference_weight_bytes, shard_params
 from moesim.scenario_io import scenario_from_dict
 from moesim.sim.rl_phases import memory_move_phases, pass_work_per_gpu, pcie_Bps
 from moesim.sim.run import build_context, simulate

@@ -205,7 +205,7 @@ def test_less_rollout_memory_never_reduces_preemptions():
 def test_rollout_gpu_memory_utilization_sizes_the_pool_as_vllm_does():
     """vLLM's pool is gpu_memory_utilization × HBM minus its weights (and the reserve)."""
     from moesim.analytic.memory import reserve_bytes
-    from moesim.analytic.post_training import inference_weight_bytes, rollout_kv_per_token
+    from moesim.analytic.rollout_memory import inference_weight_bytes, rollout_kv_per_token
 
     s = _disaggregated(0.5)
     left = 0.5 * 80e9 - inference_weight_bytes(s) - reserve_bytes(s)
