@@ -74,7 +74,6 @@ bound the decode pool's; the colocated axes (nodes, gpus, tp, pp, cp, ep, etp) a
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,6 +151,7 @@ class Candidate:
     bound_run_cost_usd: float | None = None
     bound_tpot_s: float | None = None
     goodput: float | None = None  # with reliability: analytic, independent of the step time
+    engine_searched: bool = False  # serving: the plan searched max_num_seqs or the token budget
 
     def row(self) -> dict[str, Any]:
         s, p = self.scenario, self.scenario.parallel
@@ -198,7 +198,7 @@ class Candidate:
                 "concurrency_limit": getattr(r, "concurrency_limit", None),
                 "max_num_seqs": getattr(s.workload, "max_batch_size", None),
                 "max_num_batched_tokens": getattr(s.workload, "max_prefill_tokens", None),
-                "engine_searched": bool(re.search(r" (seqs|tok)\d+\]$", s.name)),
+                "engine_searched": self.engine_searched,
                 "output_tokens_per_s": r.output_tokens_per_s,
                 "usd_per_hour": self.usd_per_hour,
                 "cost_per_million_tokens_usd": getattr(r, "cost_per_million_tokens_usd", None),
@@ -311,12 +311,14 @@ def run_plan(
 
         simulate = _simulate
     considered, scenarios = candidates(spec)
+    searched = bool(spec.search.max_num_seqs or spec.search.max_num_batched_tokens)
     fitting: list[Candidate] = []
     for s in scenarios:
         mem_B = least_memory_per_gpu_B(s)
         if mem_B > s.cluster.gpu.hbm_GB * 1e9:
             continue
-        fitting.append(Candidate(s, mem_B / 1e9, step_time_lower_bound_s(s)))
+        bound_s = step_time_lower_bound_s(s)
+        fitting.append(Candidate(s, mem_B / 1e9, bound_s, engine_searched=searched))
     survivors: list[Candidate] = []
     pruned_by = dict.fromkeys(("deadline_days", "budget_usd", "tpot_p99_s"), 0)
     for c in fitting:

@@ -422,6 +422,18 @@ def test_serving_search_tries_the_engine_knobs():
     assert any(" seqs64 " in c.name for c in cands)
 
 
+def test_rows_say_the_engine_was_searched_whatever_follows_in_the_name():
+    """A row shows its engine limits when the plan searched them, also when two-batch overlap
+    adds a suffix to the name (the flag once came from the name's last token)."""
+    search = {**SERVING_PLAN["search"], "gpus": [2], "ep": [2], "max_num_seqs": [64]}
+    plan = {**SERVING_PLAN, "search": {**search, "two_batch_overlap": [False, True]}}
+    rows = [c.row() for c in run_plan(plan_from_dict(plan)).simulated]
+    assert any(r["name"].endswith(" tbo]") for r in rows)
+    assert rows and all(r["engine_searched"] for r in rows)
+    plain = {**SERVING_PLAN, "search": {**SERVING_PLAN["search"], "gpus": [2], "ep": [1]}}
+    assert not any(c.row()["engine_searched"] for c in run_plan(plan_from_dict(plain)).simulated)
+
+
 # -- the serving engine's knobs in a plan ---------------------------------------------------------
 def test_serving_plan_searches_two_batch_overlap():
     plan = {
