@@ -8,6 +8,7 @@ the real simulator.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -230,9 +231,9 @@ def test_plan_through_the_simulator_finds_a_fitting_layout(tmp_path):
         assert c.result.fits_in_memory and c.run_days <= 30
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(small))
-    exe = Path(__file__).parents[1] / ".venv" / "bin" / "moesim"
+    exe = Path(sys.executable).parent / "moesim"  # the interpreter's own entry point
     out = subprocess.run(
-        [str(exe) if exe.exists() else "moesim", "plan", str(path), "--json"],
+        [str(exe), "plan", str(path), "--json"],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
     got = json.loads(out.stdout)
@@ -340,9 +341,9 @@ def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
                  search=dict(SERVING_PLAN["search"], gpus=[4]))  # fmt: skip
     path = tmp_path / "plan.yaml"
     path.write_text(yaml.safe_dump(tight))
-    exe = Path(__file__).parents[1] / ".venv" / "bin" / "moesim"
+    exe = Path(sys.executable).parent / "moesim"  # the interpreter's own entry point
     out = subprocess.run(
-        [str(exe) if exe.exists() else "moesim", "plan", str(path)],
+        [str(exe), "plan", str(path)],
         capture_output=True, text=True, check=True, env=os.environ | {"COLUMNS": "200"},
     )  # fmt: skip
     assert "no configuration meets the constraints" in out.stdout
