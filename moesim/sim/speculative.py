@@ -33,11 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+from moesim.sim.serving_step import FLASH_QUERY_TILE
 from moesim.specs.serving import SpeculativeSpec
-
-# the k+1 queries of a sequence share one read of its KV cache as long as they fit one query
-# tile of the attention kernel (FlashAttention-2/3: 128-row tiles; moesim.sim.inference)
-QUERY_TILE = 128
 
 
 class _Replica(Protocol):
@@ -79,7 +76,8 @@ class Speculator:
         ``stage``: that pipeline stage's part alone, ``ReplicaCost.step``)."""
         q = self.spec.num_speculative_tokens + 1
         keys = q * context_sum + batch * q * (q - 1) / 2.0
-        return self.target.step(batch * q, keys, batch * q, min(QUERY_TILE, q), stage)
+        # the k+1 queries of a sequence share one KV read per query tile of the attention kernel
+        return self.target.step(batch * q, keys, batch * q, min(FLASH_QUERY_TILE, q), stage)
 
     def draft_s(
         self,
