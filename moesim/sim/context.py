@@ -109,7 +109,7 @@ class SimContext:
         self.dispatcher = resolve_dispatcher(s)
         # compute that starts while an EP dispatch/combine holds its SMs is this much slower
         self.comm_sm_slowdown = comm_sm_slowdown(s)
-        self._draws: dict[tuple, object] = {}
+        self._draws: dict[object, object] = {}  # stage (symmetric) or ("full", group)
         self._expert_known: dict[bool, tuple] = {}  # the vector engine's timed copy counts
         self._links: dict[tuple[int, ...], str] = {}
         self._ep_groups: dict[int, tuple[int, ...]] = {}
@@ -385,18 +385,22 @@ class SimContext:
         """Expert load and all-to-all times of one MoE layer (``moe_index``-th on the stage)
         for microbatch ``mb``, as rank ``gpu`` sees them."""
         stage, _ = self.grid.coords(gpu)
-        group = self.ep_group(gpu)
-        n = n_moe_on_stage * self.microbatches
         idx = moe_index * self.microbatches + mb
-        disp_b = self.model.d_model * self.precision.dispatch_bytes
-        comb_b = self.model.d_model * self.precision.combine_bytes
         if self.fidelity != "full":
-            table = self._draws.get(("sym", stage))
+            table = self._draws.get(stage)
             if table is None:
-                table = self._draws[("sym", stage)] = self._symmetric_table(
-                    group, n, stage, disp_b, comb_b
+                table = self._draws[stage] = self._symmetric_table(
+                    self.ep_group(gpu),
+                    n_moe_on_stage * self.microbatches,
+                    stage,
+                    self.model.d_model * self.precision.dispatch_bytes,
+                    self.model.d_model * self.precision.combine_bytes,
                 )
             return table[idx]
+        group = self.ep_group(gpu)
+        n = n_moe_on_stage * self.microbatches
+        disp_b = self.model.d_model * self.precision.dispatch_bytes
+        comb_b = self.model.d_model * self.precision.combine_bytes
         if self.vector:
             return vector_stage.stage_draw(self, stage, idx, n, disp_b, comb_b)
         table = self._draws.get(("full", group))

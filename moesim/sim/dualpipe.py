@@ -132,8 +132,9 @@ class ChunkView:
     def compute(self, name: str, duration_s: float, category: str = "compute"):
         return self.rank.compute_ops([(name, duration_s)], category, self.busy)
 
-    def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute"):
-        return self.rank.compute_ops(ops, category, self.busy)
+    def compute_ops(self, ops: list[tuple[str, float]], category: str = "compute",
+                    total_s: float | None = None):  # fmt: skip
+        return self.rank.compute_ops(ops, category, self.busy, total_s)
 
     def comm(self, stream: str, name: str, category: str, alone_s: float, link: str,
              group_key: tuple | None = None, group_size: int = 1):  # fmt: skip

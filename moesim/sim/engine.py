@@ -244,13 +244,19 @@ class Rank:
         self.log.append(("compute", name, category, start, self.env.now))
 
     def compute_ops(
-        self, ops: list[tuple[str, float]], category: str = "compute", busy: list[int] | None = None
+        self,
+        ops: list[tuple[str, float]],
+        category: str = "compute",
+        busy: list[int] | None = None,
+        total_s: float | None = None,
     ):
         """Run consecutive kernels with one hold of the compute stream (one event for all);
         each still gets its own interval in the trace. Slowed by the SMs of communication in
         flight: the rank's EP transfers, or with ``busy`` (a DualPipe pair's counter,
-        ``dualpipe.ChunkView``) the pair's communications."""
-        total_s = sum(d for _, d in ops)
+        ``dualpipe.ChunkView``) the pair's communications. ``total_s``: the kernels' summed
+        seconds, when the caller has it (``LayerRunner``'s programs add them once)."""
+        if total_s is None:
+            total_s = sum(d for _, d in ops)
         if total_s <= 0:
             return
         wait = self.compute_stream.acquire()

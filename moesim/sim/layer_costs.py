@@ -248,16 +248,18 @@ class ExpertCost:
         key = (round(copies), backward)
         t = self._cache.get(key)
         if t is None:
+            # the OpWork ("experts", grouped_gemm, n·flops, weights + n·bytes, groups = local
+            # experts, kernels = 2 per expert: TE GroupedLinear's fc1 and fc2), through
+            # ``_bwd`` for the backward, read without building it (CostModel.time_of)
             n = float(key[0])
-            op = OpWork(
-                "experts",
-                "grouped_gemm",
-                n * self.flops_per_copy,
-                self.weight_bytes + n * self.bytes_per_copy,
-                groups=self.local_experts,
-                kernels=2 * self.local_experts,  # TE GroupedLinear: fc1 and fc2 per expert
+            flops = n * self.flops_per_copy
+            nbytes = self.weight_bytes + n * self.bytes_per_copy
+            kernels = 2 * self.local_experts
+            if backward:
+                flops, nbytes, kernels = 2 * flops, 2 * nbytes, 2 * kernels
+            t = self.cm.time_of(
+                "grouped_gemm", flops, nbytes, self.local_experts, kernels, True, backward
             )
-            t = self.cm.time_s(_bwd(op) if backward else op)
             self._cache[key] = t
         return t
 
@@ -285,5 +287,14 @@ class ExpertElementwise:
             ops = [activation("expert_act", n, self.hidden, m.ffn_gated, a, backward)]
             if self.sorts:
                 ops.append(sort_chunks(n, m.d_model, a, backward))
-            hit = self._cache[key] = timed(self.cm, tuple(ops))
+            times = (
+                (
+                    op.name,
+                    self.cm.time_of(
+                        op.op_class, op.flops, op.bytes, op.groups, op.kernels, op.fp8, op.backward
+                    ),
+                )
+                for op in ops
+            )
+            hit = self._cache[key] = tuple(x for x in times if x[1] > 0)  # as ``timed``
         return hit

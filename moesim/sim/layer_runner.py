@@ -10,6 +10,7 @@ from __future__ import annotations
 import simpy
 
 from moesim.analytic.comm import cp_kv_bytes_per_token
+from moesim.sim import layer_program
 from moesim.sim.activation_offload import ActivationOffload
 from moesim.sim.context import SimContext
 from moesim.sim.engine import Rank
@@ -129,6 +130,11 @@ class LayerRunner:
             for j, layer in enumerate(st.moe_layers):
                 self.moe_pos[(st.rank, layer)] = (j, len(st.moe_layers))
         self.offload = ActivationOffload(ctx)
+        # the layers that run as fixed programs (``moesim.sim.layer_program``), by index
+        self.programs: dict[int, layer_program.LayerProgram] = {}
+        if layer_program.plain_layers(ctx):
+            for i in range(len(ctx.layers)):
+                self.programs[i] = layer_program.build_program(ctx, i)
 
     def _draw(self, rank: Rank, layer: int, mb: int):
         stage = self.ctx.grid.coords(rank.gpu)[0]
@@ -144,6 +150,13 @@ class LayerRunner:
             yield from self.tp_block(rank, ops, tag)
 
     def forward(self, rank: Rank, layer: int, mb: int, recompute: bool = False):
+        prog = self.programs.get(layer)
+        if prog is not None and not recompute:
+            draw = self._draw(rank, layer, mb) if prog.is_moe else None
+            return layer_program.forward(self.ctx, rank, prog, layer, mb, draw)
+        return self._forward(rank, layer, mb, recompute)
+
+    def _forward(self, rank: Rank, layer: int, mb: int, recompute: bool):
         lc = self.ctx.layers[layer]
         tag = (layer, mb, "r" if recompute else "f")
         if self.zero3 is not None and not recompute:
@@ -172,6 +185,19 @@ class LayerRunner:
             self.offload.after_forward(rank, layer, mb)
 
     def backward(self, rank: Rank, layer: int, mb: int):
+        prog = self.programs.get(layer)
+        if prog is not None and not self._recomputes_moe_block(layer):
+            draw = self._draw(rank, layer, mb) if prog.is_moe else None
+            return layer_program.backward(self.ctx, rank, prog, layer, mb, draw)
+        return self._backward(rank, layer, mb)
+
+    def _recomputes_moe_block(self, layer: int) -> bool:
+        return (
+            self.ctx.layers[layer].recompute_moe_block
+            and self.ctx.parallel.recompute == "selective"
+        )
+
+    def _backward(self, rank: Rank, layer: int, mb: int):
         if self.offload.layers:
             yield from self.offload.before_backward(rank, layer, mb)
         lc = self.ctx.layers[layer]

@@ -69,7 +69,7 @@ def moe_forward(
     else:
         yield from dispatch
     yield from _etp_collective(ctx, rank, "etp_all_gather", draw, tag)
-    yield from rank.compute_ops(_expert_ops(ctx, draw, False))
+    yield from rank.compute_ops(expert_ops(ctx, draw, False))
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter", draw, tag)
     yield from rank.comm(
         "ep",
@@ -129,7 +129,7 @@ def moe_backward(
         yield from tp_block(rank, shared, tag)
         yield from combine_bwd
     yield from _etp_collective(ctx, rank, "etp_all_gather_bwd", draw, tag)
-    yield from rank.compute_ops(_expert_ops(ctx, draw, True))
+    yield from rank.compute_ops(expert_ops(ctx, draw, True))
     yield from _etp_collective(ctx, rank, "etp_reduce_scatter_bwd", draw, tag)
     yield from rank.comm(
         "ep",
@@ -144,7 +144,7 @@ def moe_backward(
     yield from rank.compute_ops([*router, *trail])
 
 
-def _expert_ops(ctx: SimContext, draw, backward: bool) -> list[tuple[str, float]]:
+def expert_ops(ctx: SimContext, draw, backward: bool) -> list[tuple[str, float]]:
     """The routed experts' GEMMs and their element-wise kernels for the copies the rank
     processes (a ``VectorDraw`` brings them per member, ``moesim.sim.vector_engine``)."""
     per_member = getattr(draw, "expert_ops", None)

@@ -189,11 +189,11 @@ class VectorRank:
     def compute(self, name: str, duration_s, category: str = "compute"):
         yield from self.compute_ops([(name, duration_s)], category)
 
-    def compute_ops(self, ops, category: str = "compute", busy: list | None = None):
+    def compute_ops(self, ops, category: str = "compute", busy: list | None = None, total_s=None):
         """Consecutive kernels in one hold of each member's compute stream; stretched by the
         SM slowdown where a communication is in flight for that member (``busy``: the pair's
-        communications, else the rank's EP transfers)."""
-        total = sum(d for _, d in ops)
+        communications, else the rank's EP transfers). ``total_s`` as ``Rank.compute_ops``."""
+        total = sum(d for _, d in ops) if total_s is None else total_s
         if not np.any(np.asarray(total) > 0):
             return
         st = self.current
@@ -379,8 +379,8 @@ class VectorView:
     def compute(self, name: str, duration_s, category: str = "compute"):
         yield from self.rank.compute_ops([(name, duration_s)], category, self.busy)
 
-    def compute_ops(self, ops, category: str = "compute"):
-        yield from self.rank.compute_ops(ops, category, self.busy)
+    def compute_ops(self, ops, category: str = "compute", total_s=None):
+        return self.rank.compute_ops(ops, category, self.busy, total_s)
 
     def comm(self, stream: str, name: str, category: str, alone_s, link: str,
              group_key: tuple | None = None, group_size: int = 1):  # fmt: skip
