@@ -89,11 +89,17 @@ def activation(
     name: str, rows: float, hidden: float, gated: bool, a: float, backward: bool = False
 ) -> OpWork:
     """The FFN's activation over ``rows`` rows of ``hidden`` outputs (one fused kernel)."""
+    nbytes = activation_bytes(rows, hidden, gated, a, backward)
+    return _mb(name + "_bwd" if backward else name, nbytes, 1)
+
+
+def activation_bytes(rows: float, hidden: float, gated: bool, a: float, backward: bool) -> float:
+    """Bytes ``activation`` moves (the routed experts' per-draw times read it directly)."""
     if backward:
         widths = 5 if gated else 3  # dOut + saved input (2F gated) in, dInput (2F gated) out
-        return _mb(name + "_bwd", rows * widths * hidden * a, 1)
+        return rows * widths * hidden * a
     widths = 3 if gated else 2  # gate and up in (2F), F out
-    return _mb(name, rows * widths * hidden * a, 1)
+    return rows * widths * hidden * a
 
 
 def router_ops(rows: float, experts: int, backward: bool = False) -> Ops:
@@ -138,7 +144,12 @@ def sort_chunks(copies: float, d: int, a: float, backward: bool = False) -> OpWo
     """Megatron's ``sort_chunks_by_idxs`` of the received rows (with their probs): one read
     and one write of each row, before the experts and again after them (2 kernels)."""
     name = "moe_sort_chunks" + ("_bwd" if backward else "")
-    return _mb(name, 2 * 2 * copies * (d * a + FP32_B), 2)
+    return _mb(name, sort_chunks_bytes(copies, d, a), 2)
+
+
+def sort_chunks_bytes(copies: float, d: int, a: float) -> float:
+    """Bytes ``sort_chunks`` moves, either direction (2 kernels)."""
+    return 2 * 2 * copies * (d * a + FP32_B)
 
 
 def cross_entropy(logits: float, backward: bool = False) -> OpWork:
