@@ -99,8 +99,11 @@ def _layer(counts: ParamCounts, m: ModelSpec, global_index: int) -> LayerParams:
     return counts.decoder_layers[global_index - m.n_encoder_layers]
 
 
-def stage_params(m: ModelSpec, p: ParallelSpec, stage: StageLayout) -> StageParams:
-    counts = count_params(m)
+def stage_params(
+    m: ModelSpec, p: ParallelSpec, stage: StageLayout, counts: ParamCounts | None = None
+) -> StageParams:
+    """``counts``: ``count_params(m)`` when the caller has it (one count for every stage)."""
+    counts = count_params(m) if counts is None else counts
     layers = [_layer(counts, m, i) for i in stage.layers]
     non_expert = sum(x.non_expert for x in layers)
     expert = sum(x.routed_experts for x in layers)
@@ -187,11 +190,12 @@ def serving_step_tokens(w: InferenceWorkload, batch: int) -> float:
     return float(max(min(batch * w.mean_prompt_len, w.max_prefill_tokens), batch))
 
 
-def memory_per_gpu(s: Scenario) -> MemoryEstimate:
-    """Per-GPU memory of the worst pipeline stage of a scenario."""
+def memory_per_gpu(s: Scenario, per_stage: list[MemoryEstimate] | None = None) -> MemoryEstimate:
+    """Per-GPU memory of the worst pipeline stage of a scenario; ``per_stage``: its
+    ``memory_per_stage`` when the caller has it (a result reports both)."""
     if isinstance(s.workload, MoELayerWorkload):
         return _moe_layer_memory(s)
-    return max(memory_per_stage(s), key=lambda e: e.total)
+    return max(memory_per_stage(s) if per_stage is None else per_stage, key=lambda e: e.total)
 
 
 def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
@@ -201,6 +205,7 @@ def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
     stages = stage_layouts(m, p)
     inference = isinstance(w, InferenceWorkload)
     dual = not inference and effective_schedule(p, n_microbatches(s)) == "dualpipe"
+    counts = count_params(m)
     out: list[MemoryEstimate] = []
     for stage in stages:
         if dual and stage.rank >= p.pp // 2:  # the mirror of a rank already estimated
@@ -211,9 +216,9 @@ def memory_per_stage(s: Scenario) -> list[MemoryEstimate]:
         # DeepseekV2ForCausalLM.load_weights skips them: "skip spec decode layers for main
         # model"); a speculative MTP drafter adds them back (moesim.sim.serving_memory)
         held = replace(stage, mtp_layers=0) if inference else stage
-        params = stage_params(m, p, held)
+        params = stage_params(m, p, held, counts)
         if mirror is not None:  # DualPipe: two positions, two copies of parameters
-            other = stage_params(m, p, mirror)
+            other = stage_params(m, p, mirror, counts)
             params = StageParams(params.non_expert + other.non_expert, params.expert + other.expert)
         if inference:
             wbytes = BYTES_PER_ELEMENT[s.precision.weights_inference]
@@ -267,8 +272,9 @@ def _moe_layer_memory(s: Scenario) -> MemoryEstimate:
     )
 
 
-def fits(s: Scenario) -> bool:
-    return memory_per_gpu(s).total <= s.cluster.gpu.hbm_GB * 1e9
+def fits(s: Scenario, est: MemoryEstimate | None = None) -> bool:
+    """The worst stage fits in HBM; ``est``: ``memory_per_gpu(s)`` when the caller has it."""
+    return (memory_per_gpu(s) if est is None else est).total <= s.cluster.gpu.hbm_GB * 1e9
 
 
 #: what shrinks each part of a training step's memory, for the note of a layout that does not fit

@@ -17,56 +17,97 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import dataclass
+from itertools import repeat
+from operator import itemgetter
+
+import numpy as np
 
 from moesim.sim.context import SimContext
-from moesim.sim.engine import (
-    COMM_CATEGORIES,
-    Rank,
-    exposed_length_s,
-    union_length_s,
-)
+from moesim.sim.engine import COMM_CATEGORIES, Hold, Interval, Rank
+from moesim.sim.spans import exposed_length_arr, running_sum, union_length_arr
 from moesim.sim.vector_engine import VectorRank
 
-
-def _compute_spans(rank: Rank) -> list[tuple[float, float]]:
-    """The compute intervals, each run of back-to-back ones (a hold of the stream is one
-    already) merged into one span: the same union, a shorter sort."""
-    spans: list[tuple[float, float]] = []
-    for entry in rank.log:
-        if entry[0] != "compute":
-            continue
-        a, b = entry[3], entry[4]
-        if spans and spans[-1][1] == a:
-            spans[-1] = (spans[-1][0], b)
-        else:
-            spans.append((a, b))
-    return spans
+#: the categories a breakdown sums, each's index in ``RankLog.part``
+PARTS = (*COMM_CATEGORIES, "optimizer")
+_PART_INDEX = {c: i for i, c in enumerate(PARTS)}
+# a log entry's fields (``Interval``, ``Hold``)
+_STREAM, _CATEGORY, _START, _END = (itemgetter(i) for i in (0, 2, 3, 4))
 
 
-def rank_breakdown(rank: Rank, step_s: float) -> dict[str, float]:
-    compute = _compute_spans(rank)
-    comm = [(e[3], e[4]) for e in rank.log if e[0] != "compute"]
-    busy_s = union_length_s(compute)
-    exposed_s = exposed_length_s(comm, compute)
+@dataclass(frozen=True)
+class RankLog:
+    """A rank's log as columns (entries in log order), built once per step: the breakdown's
+    sums and unions run on arrays, not on 10⁴ tuples per rank. The columns are read with
+    ``map(itemgetter(i), log)``, which allocates nothing per entry the garbage collector
+    tracks (``zip(*log)`` holds one iterator per entry and sets off collections of the whole
+    simulation's heap)."""
+
+    log: list[Interval | Hold]
+    is_compute: np.ndarray  # (entries,) bool: on the compute stream (a kernel or a hold)
+    part: np.ndarray  # (entries,) int: the category's index in PARTS, −1 for another one
+    start_s: np.ndarray  # (entries,)
+    end_s: np.ndarray  # (entries,) a hold's: its last kernel's end
+
+    @classmethod
+    def of(cls, log: list[Interval | Hold]) -> RankLog:
+        n = len(log)
+        streams = np.fromiter(map(_STREAM, log), object, n)
+        return cls(
+            log=log,
+            is_compute=np.asarray(streams == "compute", dtype=bool),
+            part=np.fromiter(map(_PART_INDEX.get, map(_CATEGORY, log), repeat(-1)), np.intp, n),
+            start_s=np.fromiter(map(_START, log), float, n),
+            end_s=np.fromiter(map(_END, log), float, n),
+        )
+
+    def last_end_s(self) -> float:
+        return float(self.end_s.max()) if self.end_s.size else 0.0
+
+    def compute_spans(self) -> tuple[np.ndarray, np.ndarray]:
+        """The compute intervals, each run of back-to-back ones (a hold of the stream is one
+        already) merged into one span: the same union, a shorter sort. (start_s, end_s)."""
+        start_s, end_s = self.start_s[self.is_compute], self.end_s[self.is_compute]
+        if start_s.size == 0:
+            return start_s, end_s
+        first = np.flatnonzero(np.r_[True, start_s[1:] != end_s[:-1]])  # each run's first
+        last = np.r_[first[1:] - 1, start_s.size - 1]
+        return start_s[first], end_s[last]
+
+    def part_s(self, i: int) -> float:
+        """Total time of the entries of category ``PARTS[i]``, summed in log order; a hold
+        of that category (the optimizer's) adds its kernels one by one."""
+        mine = np.flatnonzero(self.part == i)
+        # holds are on the compute stream (``Hold``): only those entries need a look
+        if not any(len(self.log[k]) == 6 for k in mine[self.is_compute[mine]]):
+            return running_sum(self.end_s[mine] - self.start_s[mine])
+        total = 0.0
+        for k in mine:
+            entry = self.log[k]
+            if len(entry) == 5:
+                total += entry[4] - entry[3]
+                continue
+            _, ops, _, t, _, f = entry
+            for _, d in ops:
+                if d > 0:
+                    total += (t + d * f) - t
+                    t += d * f
+        return total
+
+
+def rank_breakdown(log: RankLog, step_s: float) -> dict[str, float]:
+    """One rank's compute, exposed communication, idle rest and each category's time."""
+    compute = log.compute_spans()
+    comm = log.start_s[~log.is_compute], log.end_s[~log.is_compute]
+    busy_s = union_length_arr(*compute)
+    exposed_s = exposed_length_arr(*comm, *compute)
     out = {
         "compute": busy_s,
         "exposed_comm": exposed_s,
         "bubble": max(step_s - busy_s - exposed_s, 0.0),
     }
-    per_cat: dict[str, float] = defaultdict(float)
-    for entry in rank.log:
-        cat = entry[2]
-        if len(entry) == 5:
-            per_cat[cat] += entry[4] - entry[3]
-        elif cat != "compute":  # a hold outside plain compute (the optimizer): per kernel
-            _, ops, _, t, _, f = entry
-            for _, d in ops:
-                if d > 0:
-                    per_cat[cat] += (t + d * f) - t
-                    t += d * f
-    for cat in COMM_CATEGORIES:
-        out[cat] = per_cat[cat]
-    out["optimizer"] = per_cat["optimizer"]
+    for i, cat in enumerate(PARTS):
+        out[cat] = log.part_s(i)
     return out
 
 
@@ -95,17 +136,18 @@ def measure(
     """Step time (the last interval's end) and the mean per-rank breakdown; with
     ``stage_of``, also each pipeline stage's mean compute, exposed communication and idle
     time (keys ``stage.<r>.compute|exposed_comm|idle``)."""
+    logs = {id(r): RankLog.of(r.log) for r in ranks if not isinstance(r, VectorRank)}
     step_s = max(
-        (
-            r.last_end_s() if isinstance(r, VectorRank) else max((e[4] for e in r.log), default=0.0)
-            for r in ranks
-        ),
+        (r.last_end_s() if isinstance(r, VectorRank) else logs[id(r)].last_end_s() for r in ranks),
         default=0.0,
     )
     per_rank: list[dict[str, float]] = []
     owners: list[Rank] = []  # the (vector) rank of each entry of per_rank
     for r in ranks:
-        parts = r.breakdowns(step_s) if isinstance(r, VectorRank) else [rank_breakdown(r, step_s)]
+        if isinstance(r, VectorRank):
+            parts = r.breakdowns(step_s)
+        else:
+            parts = [rank_breakdown(logs[id(r)], step_s)]
         per_rank += parts
         owners += [r] * len(parts)
     split_idle(per_rank)

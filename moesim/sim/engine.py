@@ -39,6 +39,10 @@ from typing import Any
 
 import simpy
 
+# the breakdown's span arithmetic, kept importable from here for its callers
+from moesim.sim.spans import exposed_length_s as exposed_length_s
+from moesim.sim.spans import union_length_s as union_length_s
+
 # d2h / h2d: activation offload to host memory, one copy stream each way over PCIe
 COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp", "d2h", "h2d")
 LINK_CLASSES = ("nvlink", "network", "pcie_d2h", "pcie_h2d")
@@ -329,22 +333,6 @@ class Rank:
     def notify(self, ev: simpy.Event) -> None:
         """Fire ``ev`` (a pipeline send's arrival; the vector engine's carries member times)."""
         ev.succeed()
-
-
-def union_length_s(spans: list[tuple[float, float]]) -> float:
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(spans):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
-
-
-def exposed_length_s(comm: list[tuple[float, float]], compute: list[tuple[float, float]]) -> float:
-    """Length of the union of ``comm`` spans not covered by any ``compute`` span."""
-    both = union_length_s(comm + compute)
-    return both - union_length_s(compute)
 
 
 def run_to_completion(env: simpy.Environment, procs: dict[int, simpy.Process]) -> None:

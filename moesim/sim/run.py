@@ -249,12 +249,13 @@ def _result(
     s = ctx.scenario
     w = s.workload
     gpus = s.gpus
-    mem = memory_per_gpu(s)
+    per_stage = None if isinstance(w, MoELayerWorkload) else memory_per_stage(s)
+    mem = memory_per_gpu(s, per_stage)
     flops_per_token = ctx.flops.model_flops
     breakdown = dict(breakdown)
     stages = None
-    if s.parallel.pp > 1 and not isinstance(w, MoELayerWorkload):
-        stages = stage_table(ctx, breakdown, [e.total / 1e9 for e in memory_per_stage(s)])
+    if s.parallel.pp > 1 and per_stage is not None:
+        stages = stage_table(ctx, breakdown, [e.total / 1e9 for e in per_stage])
     out = Result(
         name=s.name,
         stage=w.stage,
@@ -263,7 +264,7 @@ def _result(
         params_active=float(ctx.counts.active_main),
         model_flops_per_token=flops_per_token,
         memory_per_gpu_GB=mem.as_GB(),
-        fits_in_memory=fits(s),
+        fits_in_memory=fits(s, mem),
         time_breakdown_s=breakdown,
     )
     extra: dict[str, object] = {
