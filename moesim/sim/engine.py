@@ -32,8 +32,10 @@ the log (a hold is one span: a 2048-GPU DeepSeek-V3 step has 3·10⁵ kernels in
 
 from __future__ import annotations
 
+import gc
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -335,10 +337,31 @@ class Rank:
         ev.succeed()
 
 
+@contextmanager
+def cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector (``gc``) for the block, as it was before afterwards
+    (nested uses keep the outer state)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def run_to_completion(env: simpy.Environment, procs: dict[int, simpy.Process]) -> None:
     """Run the simulation and check every rank's program finished: one still waiting when no
-    event is left is a deadlock in the simulator (peers that never meet), never a result."""
-    env.run()
+    event is left is a deadlock in the simulator (peers that never meet), never a result.
+
+    Python's cyclic garbage collector is paused while the events run: the loop allocates an
+    event, a log entry or a generator per op (10⁵ per large step), which sets off a young
+    collection every 700 allocations and, as the log grows, full ones over it, while reference
+    counting frees all of that as it goes. On a symmetric 2048-GPU DeepSeek-V3 step the
+    collector ran 269 times and found 8 objects to free, for about 8% of the step's CPU time
+    (2026-12-04, this machine). It is restored (not forced) afterwards."""
+    with cyclic_gc_paused():
+        env.run()
     stuck = sorted(g for g, p in procs.items() if p.is_alive)
     if stuck:
         raise RuntimeError(
