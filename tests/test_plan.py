@@ -1,9 +1,10 @@
-"""Capacity planning: analytic pruning, constraint checks and the Pareto front.
+"""Capacity planning of training runs: analytic pruning, constraint checks, the Pareto front,
+goodput under failures, and the training lower bound against the simulator.
 
 The simulator is replaced by a stand-in whose step time is the analytic bound × 1.5, so these
-tests check the search itself; the serving-plan tests at the end,
-test_plan_through_the_simulator_finds_a_fitting_layout and the lower-bound tests run it through
-the real simulator.
+tests check the search itself; test_plan_through_the_simulator_finds_a_fitting_layout and the
+lower-bound test run it through the real simulator. Serving plans: test_plan_serving.py and
+test_plan_pd.py.
 """
 
 from __future__ import annotations
@@ -12,32 +13,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from plan_dicts import PLAN
 
 from moesim.analytic.microbatches import sequences_per_step
 from moesim.plan import (
     SECONDS_PER_DAY,
     Candidate,
     candidates,
-    cluster_sizes,
     least_memory_per_gpu_B,
     pareto_front,
     plan_from_dict,
     run_plan,
     step_time_lower_bound_s,
-    tpot_lower_bound_s,
 )
 from moesim.scenario_io import ScenarioError
 from moesim.specs import Result
-
-PLAN = {
-    "name": "mixtral-plan",
-    "model": "mixtral-8x7b",
-    "gpu": "h100-sxm",
-    "workload": {"stage": "pretrain", "seq_len": 4096, "global_batch": 512, "total_tokens": 1e11},
-    "search": {"nodes": [2, 4, 8], "tp": [1, 2], "pp": [1, 2, 4], "ep": [1, 8]},
-    "constraints": {"deadline_days": 30},
-    "simulate_max": 500,
-}
 
 
 def _fake_simulate(s, factor: float = 1.5):
@@ -240,116 +230,6 @@ def test_plan_through_the_simulator_finds_a_fitting_layout(tmp_path):
     assert got["best"][0]["name"] == result.best[0].scenario.name
 
 
-# -- serving plans, through the inference simulator ----------------------------------------------
-SERVING_PLAN = {
-    "name": "mixtral-serving",
-    "model": "mixtral-8x7b",
-    "gpu": "h100-sxm",
-    "precision": {"compute": "bf16", "weights_inference": "bf16", "kv_cache": "bf16"},
-    "workload": {"stage": "inference", "prompt_len": 512, "output_len": 64,
-                 "arrival_rate_per_s": 60, "duration_s": 10, "seed": 0},
-    "search": {"gpus": [2, 4, 8], "tp": [2], "pp": [1], "ep": [1, 2, 4]},
-    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.02},
-    "simulate_max": 20,
-}  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def serving_plan():
-    return run_plan(plan_from_dict(SERVING_PLAN))
-
-
-def test_serving_plan_returns_only_layouts_meeting_the_slos(serving_plan):
-    """Every reported layout was simulated under Poisson arrivals and meets both p99 SLOs; the
-    cheapest per hour comes first, and a serving row carries its latency and $ per M tokens."""
-    assert serving_plan.serving and serving_plan.best
-    for c in serving_plan.best:
-        assert c.result.stage == "inference" and c.result.fits_in_memory
-        assert c.result.ttft_s_p99 <= 1.0 and c.result.tpot_s_p99 <= 0.02
-    # the search had to reject some: 2 GPUs, and 4 GPUs with ep 2, decode too slowly
-    assert serving_plan.rejected
-    for c in serving_plan.rejected:
-        r = c.result
-        assert r.ttft_s_p99 > 1.0 or r.tpot_s_p99 > 0.02, c.why_not
-    assert serving_plan.best[0].scenario.name == "mixtral-serving[4 GPUs tp2 pp1 ep4]"
-    per_hour = [c.usd_per_hour for c in serving_plan.best]
-    assert per_hour == sorted(per_hour)
-    assert per_hour[0] == serving_plan.best[0].scenario.gpus * 2.0  # the catalog's default price
-    row = serving_plan.best[0].row()
-    assert row["cost_per_million_tokens_usd"] > 0 and row["replicas"] >= 1
-    assert row["run_days"] is None  # serving has no run length without total_tokens
-
-
-def test_serving_plan_searches_gpus_below_a_node():
-    considered, scenarios = candidates(plan_from_dict(SERVING_PLAN))
-    assert considered == 3 * 3  # gpus · ep: serving has one ZeRO stage, microbatch, recompute
-    assert {s.gpus for s in scenarios} <= {2, 4, 8}
-    assert {(s.cluster.nodes, s.cluster.gpus_per_node) for s in scenarios} >= {(1, 2), (1, 4)}
-    assert all(s.parallel.zero_stage == 0 and s.parallel.recompute == "none" for s in scenarios)
-
-
-def test_tpot_lower_bound_never_exceeds_the_simulated_tpot(serving_plan):
-    """Every simulated serving layout: weights-read bound ≤ its p50 (and so p99) TPOT."""
-    assert serving_plan.simulated
-    for c in serving_plan.simulated:
-        assert c.bound_tpot_s == tpot_lower_bound_s(c.scenario)
-        assert 0 < c.bound_tpot_s <= c.result.tpot_s_p50 <= c.result.tpot_s_p99, c.why_not
-
-
-def test_a_tpot_slo_below_the_weights_read_bound_prunes_without_simulating():
-    def never(s):
-        raise AssertionError(f"{s.name} was simulated although its bound misses the SLO")
-
-    tight = dict(SERVING_PLAN, constraints={"tpot_p99_s": 1e-4})
-    result = run_plan(plan_from_dict(tight), simulate=never)
-    assert result.fitting > 0 and result.pruned == result.pruned_by["tpot_p99_s"] == result.fitting
-    assert result.simulated == [] and result.best == []
-    assert "tpot_p99_s: " in result.summary()
-
-
-def test_tighter_slo_rejects_every_layout_with_a_clear_why_not():
-    tight = dict(SERVING_PLAN, constraints={"ttft_p99_s": 1.0, "tpot_p99_s": 0.002})
-    result = run_plan(plan_from_dict(tight))
-    assert result.best == [] and result.pareto == []
-    assert result.rejected and len(result.rejected) == len(result.simulated)
-    for c in result.rejected:
-        assert any(w.startswith("p99 TPOT ") and w.endswith("> SLO 2 ms") for w in c.why_not)
-    d = result.to_json_dict()
-    assert d["best"] == [] and "p99 TPOT" in d["rejected"][0]["why_not"]
-    assert d["constraints"] == {"ttft_p99_s": 1.0, "tpot_p99_s": 0.002}
-
-
-def test_search_gpus_must_be_a_slice_of_a_node_or_whole_nodes():
-    with pytest.raises(ScenarioError, match=r"search.gpus: 12 .* multiple of 8"):
-        plan_from_dict(dict(SERVING_PLAN, search={"gpus": [4, 12]}))
-    spec = plan_from_dict(dict(SERVING_PLAN, search={"gpus": [1, 8, 16]}))
-    assert cluster_sizes(spec) == [(1, 1), (1, 8), (2, 8)]
-
-
-def test_serving_slo_on_a_training_plan_is_an_error():
-    with pytest.raises(ScenarioError, match=r"constraints.ttft_p99_s: .*stage: inference"):
-        plan_from_dict(dict(PLAN, constraints={"ttft_p99_s": 1.0}))
-
-
-def test_plan_cli_prints_why_not_when_no_layout_meets_the_slos(tmp_path):
-    import os
-    import subprocess
-
-    import yaml
-
-    tight = dict(SERVING_PLAN, constraints={"tpot_p99_s": 0.002},
-                 search=dict(SERVING_PLAN["search"], gpus=[4]))  # fmt: skip
-    path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(tight))
-    exe = Path(sys.executable).parent / "moesim"  # the interpreter's own entry point
-    out = subprocess.run(
-        [str(exe), "plan", str(path)],
-        capture_output=True, text=True, check=True, env=os.environ | {"COLUMNS": "200"},
-    )  # fmt: skip
-    assert "no configuration meets the constraints" in out.stdout
-    assert "> SLO 2 ms" in out.stdout and "why not" in out.stdout
-
-
 # -- reliability: goodput beside throughput ---------------------------------------------------
 RELIABILITY = {"gpu_mtbf_hours": 2000, "checkpoint_write_s": 60, "restart_s": 900}
 
@@ -398,184 +278,3 @@ def test_plan_carries_the_nvlink_domain_and_fabric_into_every_candidate():
     _, built = candidates(spec)
     assert built and all(s.cluster.domain_gpus == 16 for s in built)
     assert all(s.cluster.fabric.leaf_oversubscription == 2.0 for s in built)
-
-
-def test_serving_search_tries_the_engine_knobs():
-    """search.max_num_seqs / max_num_batched_tokens multiply the serving layouts: each candidate
-    carries its engine limits (moesim's names set, the vLLM aliases dropped) and says them."""
-    spec = plan_from_dict(
-        {
-            **SERVING_PLAN,
-            "workload": {**SERVING_PLAN["workload"], "max_num_seqs": 128},
-            "search": {
-                **SERVING_PLAN["search"],
-                "gpus": [2],
-                "ep": [1],
-                "max_num_seqs": [64, 256],
-                "max_num_batched_tokens": [2048, 8192],
-            },
-        }
-    )
-    _, cands = candidates(spec)
-    got = {(c.workload.max_batch_size, c.workload.max_prefill_tokens) for c in cands}
-    assert got == {(64, 2048), (64, 8192), (256, 2048), (256, 8192)}
-    assert all(c.name.endswith(f"tok{c.workload.max_prefill_tokens}]") for c in cands)
-    assert any(" seqs64 " in c.name for c in cands)
-
-
-def test_rows_say_the_engine_was_searched_whatever_follows_in_the_name():
-    """A row shows its engine limits when the plan searched them, also when two-batch overlap
-    adds a suffix to the name (the flag once came from the name's last token)."""
-    search = {**SERVING_PLAN["search"], "gpus": [2], "ep": [2], "max_num_seqs": [64]}
-    plan = {**SERVING_PLAN, "search": {**search, "two_batch_overlap": [False, True]}}
-    rows = [c.row() for c in run_plan(plan_from_dict(plan)).simulated]
-    assert any(r["name"].endswith(" tbo]") for r in rows)
-    assert rows and all(r["engine_searched"] for r in rows)
-    plain = {**SERVING_PLAN, "search": {**SERVING_PLAN["search"], "gpus": [2], "ep": [1]}}
-    assert not any(c.row()["engine_searched"] for c in run_plan(plan_from_dict(plain)).simulated)
-
-
-# -- the serving engine's knobs in a plan ---------------------------------------------------------
-def test_serving_plan_searches_two_batch_overlap():
-    plan = {
-        **SERVING_PLAN,
-        "search": {**SERVING_PLAN["search"], "two_batch_overlap": [False, True]},
-    }
-    considered, scenarios = candidates(plan_from_dict(plan))
-    assert considered == 3 * 3 * 2
-    both = {s.workload.two_batch_overlap for s in scenarios}
-    assert both == {False, True}
-    assert sum(s.name.endswith(" tbo]") for s in scenarios) == len(scenarios) // 2
-
-
-@pytest.mark.parametrize("scheduler", ["prefill_first", "vllm_v1"])
-def test_tpot_bound_holds_under_speculative_decoding(scheduler):
-    """With a speculative step yielding up to k+1 tokens the weights-read bound shrinks by the
-    expected tokens per step and stays below the simulated TPOT."""
-    from moesim.sim.run import simulate
-
-    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 3,
-            "acceptance_rate": 1.0}  # fmt: skip
-    wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 2}
-    wl["scheduler"] = scheduler
-    _, scenarios = candidates(plan_from_dict({**SERVING_PLAN, "workload": wl}))
-    s = next(x for x in scenarios if x.gpus == 2)
-    plain = next(
-        x
-        for x in candidates(plan_from_dict(SERVING_PLAN))[1]
-        if x.name.endswith("[2 GPUs tp2 pp1 ep1]")
-    )
-    assert tpot_lower_bound_s(s) == pytest.approx(tpot_lower_bound_s(plain) / 4)
-    assert tpot_lower_bound_s(s) <= simulate(s).tpot_s_p50
-
-
-PD_PLAN = {
-    **SERVING_PLAN,
-    "name": "mixtral-pd",
-    "workload": {"stage": "inference", "prompt_len": 1024, "output_len": 64,
-                 "arrival_rate_per_s": 20, "duration_s": 4, "seed": 0,
-                 "disaggregated": {"prefill": {"gpus": 2, "tp": 2, "etp": 2},
-                                   "decode": {"gpus": 2, "tp": 2, "etp": 2}}},
-    "search": {"prefill": {"gpus": [2, 4]}, "decode": {"gpus": [2, 4, 6], "ep": [1, 2]}},
-    "constraints": {"ttft_p99_s": 1.0, "tpot_p99_s": 0.015},
-}  # fmt: skip
-
-
-def test_a_disaggregated_plan_searches_its_pools():
-    spec = plan_from_dict(PD_PLAN)
-    considered, scenarios = candidates(spec)
-    assert considered == 2 * 3 * 2
-    seen = set()
-    for s in scenarios:
-        pools = s.workload.disaggregated
-        pre, dec = pools.prefill, pools.decode
-        assert pre.gpus in (2, 4) and dec.gpus in (2, 4, 6) and dec.ep in (1, 2)
-        assert pre.tp == dec.tp == 2 and pre.ep == 1  # the base pools' values
-        assert s.gpus == pre.gpus + dec.gpus
-        seen.add((pre.gpus, dec.gpus, dec.ep))
-    assert len(seen) == len(scenarios)  # every pairing once
-    # ep 2 over 2 or 6 decode GPUs at tp 2 cannot be built (ep·etp must divide tp·dp)
-    assert (2, 2, 2) not in seen and (4, 6, 2) not in seen and (2, 4, 2) in seen
-    result = run_plan(spec)
-    assert result.best and result.rejected  # the 15 ms TPOT rejects decode without ep 2
-    for c in result.best:
-        row = c.row()
-        assert c.meets and c.result.tpot_s_p99 <= 0.015
-        assert row["disaggregated"]["decode"]["ep"] == 2
-        assert row["gpus"] == sum(row["disaggregated"][k]["gpus"] for k in ("prefill", "decode"))
-        assert row["tp"] is None  # the colocated columns do not apply
-        assert row["disaggregated"]["bottleneck"] in ("prefill", "decode")
-    best = result.best[0].row()
-    assert (best["gpus"], best["usd_per_hour"]) == (6, 12.0)  # the fewest GPUs that meet both
-    for c in result.simulated:  # the bounds stay below what the simulator says
-        assert tpot_lower_bound_s(c.scenario) <= c.result.tpot_s_p50
-        pools = c.result.disaggregated
-        used = max(pools[k]["memory_per_gpu_GB"]["total"] for k in ("prefill", "decode"))
-        assert least_memory_per_gpu_B(c.scenario) <= used * 1e9
-
-
-def test_a_disaggregated_plan_searches_the_decode_pools_drafts_per_step():
-    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2,
-            "acceptance_rate": 0.7}  # fmt: skip
-    plan = {**PD_PLAN, "workload": {**PD_PLAN["workload"], "speculative": spec},
-            "search": {**PD_PLAN["search"], "num_speculative_tokens": [1, 3]}}  # fmt: skip
-    considered, scenarios = candidates(plan_from_dict(plan))
-    base_considered, base = candidates(plan_from_dict(PD_PLAN))
-    assert considered == 2 * base_considered and len(scenarios) == 2 * len(base)
-    for s in scenarios:
-        k = s.workload.speculative.num_speculative_tokens
-        assert k in (1, 3) and s.name.endswith(f" k{k}]")
-        assert s.workload.disaggregated is not None
-
-
-def test_pool_knobs_need_a_disaggregated_workload_and_colocated_knobs_a_colocated_one():
-    with pytest.raises(ScenarioError, match=r"search\.prefill.*colocated"):
-        plan_from_dict({**SERVING_PLAN, "search": {"prefill": {"gpus": [2, 4]}}})
-    with pytest.raises(ScenarioError, match=r"search\.tp.*search\.prefill\.tp"):
-        plan_from_dict({**PD_PLAN, "search": {**PD_PLAN["search"], "tp": [1, 2]}})
-    with pytest.raises(ScenarioError, match="gpus or nodes"):
-        plan_from_dict({**PD_PLAN, "search": {"decode": {"gpus": [2], "nodes": [1]}}})
-
-
-# -- speculative decoding's drafts per step in a serving plan ------------------------------------
-def _speculative_plan(acceptance: float, ks: list[int] | None) -> dict:
-    spec = {"method": "draft", "draft_model": "mistral-7b", "num_speculative_tokens": 2,
-            "acceptance_rate": acceptance}  # fmt: skip
-    wl = {**SERVING_PLAN["workload"], "speculative": spec, "duration_s": 1}
-    search = {**SERVING_PLAN["search"], "gpus": [2], "ep": [2]}
-    if ks is not None:
-        search["num_speculative_tokens"] = ks
-    return {**SERVING_PLAN, "workload": wl, "search": search, "objective": "time",
-            "constraints": {}}  # fmt: skip
-
-
-def test_serving_plan_searches_the_drafts_per_step():
-    considered, cands = candidates(plan_from_dict(_speculative_plan(0.0, [1, 3, 5])))
-    assert considered == 3
-    assert sorted(c.workload.speculative.num_speculative_tokens for c in cands) == [1, 3, 5]
-    assert all(
-        c.name.endswith(f" k{c.workload.speculative.num_speculative_tokens}]") for c in cands
-    )
-    assert all(c.workload.speculative.acceptance_rate == 0.0 for c in cands)
-    # left out, the workload's own k
-    _, one = candidates(plan_from_dict(_speculative_plan(0.0, None)))
-    assert [c.workload.speculative.num_speculative_tokens for c in one] == [2]
-
-
-def test_with_every_draft_rejected_the_plan_picks_the_fewest_drafts():
-    # acceptance 0: each step yields one token whatever k, and more drafts only cost
-    result = run_plan(plan_from_dict(_speculative_plan(0.0, [3, 1, 5])))
-    rows = [c.row() for c in result.best]
-    assert {r["num_speculative_tokens"] for r in rows} == {1, 3, 5}
-    assert rows[0]["num_speculative_tokens"] == 1
-    tpot = [r["tpot_s_p99"] for r in sorted(rows, key=lambda r: r["num_speculative_tokens"])]
-    assert tpot == sorted(tpot)
-
-
-def test_searching_drafts_needs_speculative_decoding():
-    plan = {**SERVING_PLAN, "search": {**SERVING_PLAN["search"], "num_speculative_tokens": [1, 2]}}
-    with pytest.raises(ScenarioError, match=r"search\.num_speculative_tokens: .*speculative"):
-        plan_from_dict(plan)
-    bad = _speculative_plan(0.5, [0, 2])
-    with pytest.raises(ScenarioError, match="num_speculative_tokens"):
-        plan_from_dict(bad)
