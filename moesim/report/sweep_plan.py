@@ -1,6 +1,6 @@
 """The reports of a sweep (step time and MFU along the first swept parameter, a table of every
 point) and of a training plan (the best layouts, goodput where reliability is given, the Pareto
-front); a serving plan's report is ``moesim.report.serving.serving_plan_report``.
+front); a serving plan's report is ``moesim.report.serving_plan.serving_plan_report``.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from moesim.report import figures, serving
+from moesim.report import figures, serving_plan
 from moesim.report.common import money as _money
 from moesim.report.common import num as _num
 from moesim.report.html import Report, Section
@@ -56,7 +56,7 @@ def sweep_report(frame: pd.DataFrame, title: str) -> Report:
 
 def plan_report(plan: Any, base_dir: Path | None = None) -> Report:
     if plan.serving:
-        return serving.serving_plan_report(plan, base_dir)
+        return serving_plan.serving_plan_report(plan, base_dir)
     d = plan.to_json_dict()
     best = d["best"]
     lead = (
