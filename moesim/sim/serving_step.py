@@ -20,7 +20,7 @@ One step, layer by layer, on the busiest GPU (every GPU must finish a layer befo
   uniform top-k routing the expected number of distinct experts per layer is
   E·(1 − (1 − k/E)^T_g); the busiest EP rank's touched experts and copies are drawn from the
   routing distribution (seeded top-k sampling without replacement), so one expert per rank at
-  batch 1 costs a whole expert read on the rank that got it;
+  batch 1 costs a whole expert read on the rank that got it (``moesim.sim.serving_expert_load``);
 - TP: two all-reduces of the (T, d) activations per layer; EP: dispatch and combine
   all-to-alls; PP: a send per stage boundary. A step here is one traversal of every stage
   (the sum over stages); ``stage=s`` costs stage s alone (its layers, the LM head on the last,
@@ -46,15 +46,13 @@ from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
 from moesim.sim.profile import resolve_profile
 from moesim.sim.routing_load import expert_probabilities
+from moesim.sim.serving_expert_load import busiest_rank_load, expected_experts_touched
 from moesim.specs import BYTES_PER_ELEMENT, InferenceWorkload, Scenario
 
-#: above this many (token, expert) cells a routing draw is replaced by its expectation
-MAX_DRAW_CELLS = 2_000_000
 # Queries per tile of a FlashAttention forward: each K/V block read from HBM serves this many
 # queries (FlashAttention-2, Dao 2023, §3.3: block sizes 64 or 128; FlashAttention-3's Hopper
 # forward uses 128-row query tiles). Prefill only: a decode query has no tile to share with.
 FLASH_QUERY_TILE = 128
-ROUTING_DRAWS = 32
 
 
 @dataclass(frozen=True)
@@ -97,14 +95,6 @@ class StepCost:
     @property
     def total_s(self) -> float:
         return self.compute_s + self.comm_s + self.offload_s
-
-
-def expected_experts_touched(probs_E: np.ndarray, top_k: int, tokens: float) -> float:
-    """Distinct experts hit by ``tokens`` tokens of one layer: Σ_e 1 − (1 − q_e)^T, with
-    q_e = min(1, k·p_e) the chance a token picks expert e (exactly k/E for uniform routing,
-    giving E·(1 − (1 − k/E)^T))."""
-    q = np.minimum(1.0, top_k * probs_E)
-    return float(np.sum(1.0 - (1.0 - q) ** tokens))
 
 
 class ReplicaCost:
@@ -159,32 +149,15 @@ class ReplicaCost:
         return tokens * p.ep * p.etp / p.tp
 
     def rank_loads(self, tokens_group: int) -> tuple[float, float, np.ndarray]:
-        """(experts touched, copies) on the busiest EP rank for ``tokens_group`` tokens, averaged
-        over seeded routing draws (each token picks k distinct experts ∝ p_e, Gumbel top-k),
-        and the copies each EP rank receives per draw (N, R)."""
+        """(experts touched, copies) on the busiest EP rank for ``tokens_group`` tokens and the
+        copies each EP rank receives per draw (``serving_expert_load.busiest_rank_load``),
+        cached per token count."""
         hit = self._loads.get(tokens_group)
-        if hit is not None:
-            return hit
-        assert self.m.moe is not None
-        e, k, ep = self.m.moe.n_routed_experts, self.m.moe.top_k, self.p.ep
-        t = tokens_group
-        if t * e > MAX_DRAW_CELLS:  # many tokens: every expert is hit, loads near their mean
-            per_rank = self.probs_E.reshape(ep, e // ep)
-            q = np.minimum(1.0, k * per_rank)
-            touched = float(np.max(np.sum(1.0 - (1.0 - q) ** t, axis=1)))
-            loads_NR = t * k * per_rank.sum(axis=1)[None, :]
-            copies = float(loads_NR.max())
-        else:
-            n = int(min(ROUTING_DRAWS, max(2, MAX_DRAW_CELLS // (t * e))))
-            rng = np.random.default_rng([self.s.routing.seed, 0x5E2E, t])
-            keys = np.log(np.maximum(self.probs_E, 1e-300)) + rng.gumbel(size=(n, t, e))
-            chosen = np.argpartition(-keys, k - 1, axis=2)[:, :, :k]  # (N, T, k)
-            flat = (np.arange(n)[:, None, None] * e + chosen).ravel()
-            counts = np.bincount(flat, minlength=n * e).reshape(n, ep, e // ep)
-            touched = float(np.mean(np.max((counts > 0).sum(axis=2), axis=1)))
-            loads_NR = counts.sum(axis=2).astype(float)
-            copies = float(np.mean(loads_NR.max(axis=1)))
-        hit = self._loads[tokens_group] = (touched, copies, loads_NR)
+        if hit is None:
+            assert self.m.moe is not None
+            hit = self._loads[tokens_group] = busiest_rank_load(
+                self.probs_E, self.m.moe.top_k, self.p.ep, self.s.routing.seed, tokens_group
+            )
         return hit
 
     # -- one step -----------------------------------------------------------------------------
