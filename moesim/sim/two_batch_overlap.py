@@ -30,7 +30,7 @@ from typing import Protocol
 
 
 class _Parts(Protocol):
-    """The parts of ``moesim.sim.inference.StepCost`` this module reads."""
+    """The parts of ``moesim.sim.serving_step.StepCost`` this module reads."""
 
     attention_s: float
     dense_ffn_s: float
