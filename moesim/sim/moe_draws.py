@@ -146,7 +146,10 @@ class MoEDrawTables:
         self, group: tuple[int, ...], bytes_per_copy: float, kind: str
     ) -> np.ndarray:
         """``A[j, l]``: seconds of link l's capacity taken per copy routed to member j (sources
-        alike); cached per group shape."""
+        alike); cached per group shape. Links that load alike (the same column: every
+        member's NVLink port into a node, say) are kept once, as only the busiest link is read
+        (DeepSeek-V3's EP 64 over 8 nodes: 144 of 256 columns, 1.5 → 0.9 ms per einsum of a
+        stage's draws)."""
         key = ("a2a-load", kind, self.shape(group), bytes_per_copy)
         hit = self._load_matrices.get(key)
         if hit is None:
@@ -160,7 +163,9 @@ class MoEDrawTables:
                 reverse=kind.startswith("combine"),
             )
             inv_cap = np.array([1.0 / self.topo.capacity_Bps[link] for link in links])
-            hit = self._load_matrices[key] = np.array(rows).reshape(len(group), -1) * inv_cap
+            a = np.array(rows).reshape(len(group), -1) * inv_cap
+            _, first = np.unique(a, axis=1, return_index=True)
+            hit = self._load_matrices[key] = np.ascontiguousarray(a[:, np.sort(first)])
         return hit
 
     def skewed_a2a_s(

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from sim_scenarios import build
 
+from moesim.sim.collectives import all_to_all_unit_link_loads
 from moesim.sim.run import build_context
 
 FOUR_GPU_NODES = {
@@ -57,3 +58,32 @@ def test_more_copies_to_one_destination_is_never_faster():
     base = ctx.skewed_a2a_s(group, np.full((1, ep), float(per_rank)), per_rank, 4096.0, "dispatch")
     hot = ctx.skewed_a2a_s(group, loads, per_rank, 4096.0, "dispatch")
     assert (hot > base[0]).all()
+
+
+@pytest.mark.parametrize("kind", ["dispatch", "combine"])
+def test_links_loaded_alike_are_kept_once_and_the_busiest_link_is_unchanged(kind):
+    """The load matrix keeps one column per distinct link load; the busiest link of any draw
+    (what the estimate reads) is bit for bit the one over every link."""
+    ctx = build_context(build(cluster=FOUR_GPU_NODES, simulation={"all_to_all": "hierarchical"}))
+    group = ctx.ep_group(0)
+    bytes_per_copy = ctx.model.d_model * 2.0
+    pat = ctx.pattern(group)
+    links, rows = all_to_all_unit_link_loads(
+        ctx.topo,
+        group,
+        pat.hierarchical,
+        bytes_per_copy * pat.gpu_dedup,
+        bytes_per_copy * pat.node_dedup,
+        reverse=kind.startswith("combine"),
+    )
+    inv_cap = np.array([1.0 / ctx.topo.capacity_Bps[link] for link in links])
+    every_link = np.array(rows).reshape(len(group), -1) * inv_cap
+    kept = ctx._a2a_load_matrix(group, bytes_per_copy, kind)
+    assert kept.shape[1] == np.unique(every_link, axis=1).shape[1] < every_link.shape[1]
+    rng = np.random.default_rng(1)
+    skewed = rng.dirichlet(np.full(len(group), 0.5))  # integer counts, as the draws are
+    loads = rng.multinomial(10**6, skewed, size=50).astype(float)
+    busiest = np.einsum("nr,rl->nl", loads, every_link).max(axis=1)
+    assert np.array_equal(np.einsum("nr,rl->nl", loads, kept).max(axis=1), busiest)
+    balanced = np.full(len(group), 123.0)
+    assert (balanced @ kept).max() == (balanced @ every_link).max()
