@@ -5,7 +5,8 @@ simulated at symmetric and at full fidelity (every rank with its own zipf routin
 Prints, each measured in a fresh process (CPU time of the simulation; peak resident memory of
 the process, interpreter and imports included):
 
-- the symmetric 2048-GPU step (median of three),
+- the symmetric 2048-GPU step (median of three), and where its time goes (context, routing
+  draws, event loop and its SimPy events, breakdown, result),
 - full fidelity at 256, 512, 1024 and 2048 GPUs (EP = min(64, DP)),
 - symmetric against full fidelity under uniform routing (they must agree within 2%), and that
   a full-fidelity run is bit-for-bit repeatable.
@@ -55,6 +56,38 @@ peak_GB = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 print(json.dumps({"cpu_s": cpu_s, "peak_GB": peak_GB, "result": r.to_json_dict()}))
 """
 
+# the symmetric step by phase (a second child: the same step, timed piece by piece): the
+# context, the routing-draw tables of every stage, the event loop (and its SimPy events), the
+# breakdown and the result
+PHASES = """
+import json, sys, time
+from moesim.scenario_io import load_scenario, scenario_from_dict
+from moesim.sim import run as R
+from moesim.sim.engine import run_to_completion
+path, routing = json.loads(sys.argv[1])
+d = load_scenario(path).model_dump(mode="json")
+d["routing"] = routing
+s = scenario_from_dict(d)
+R.simulate(s)
+t = [time.process_time()]
+ctx = R.build_context(s)
+t.append(time.process_time())
+for st in ctx.stages:
+    if st.moe_layers:
+        ctx.moe_draw(ctx.grid.gpu(st.rank, 0), 0, 0, len(st.moe_layers))
+t.append(time.process_time())
+run_to_completion(ctx.env, R.pipeline_pass(ctx))
+t.append(time.process_time())
+ranks = [ctx.ranks[g] for g in sorted(ctx.ranks)]
+step_s, parts = R.measure(ranks, R.stage_of(ctx))
+t.append(time.process_time())
+R._result(ctx, ranks, step_s, parts, False)
+t.append(time.process_time())
+names = ("context", "routing draws", "event loop", "breakdown", "result")
+print(json.dumps({"phases_s": dict(zip(names, [b - a for a, b in zip(t, t[1:])])),
+                  "events": next(ctx.env._eid)}))
+"""
+
 UNIFORM = {"distribution": "uniform", "seed": 0}
 ZIPF = {"distribution": "zipf", "skew": 1.0, "seed": 0}
 
@@ -73,6 +106,18 @@ def test_symmetric_and_full_fidelity_scaling():
     sym_s = statistics.median(r["cpu_s"] for r in sym)
     print(f"\nDeepSeek-V3, PP 16, DualPipe, {MICROBATCHES} microbatches per pipeline, zipf 1.0")
     print(f"symmetric, 2048 GPUs: {sym_s:.2f} s CPU (median of 3; goal ≤ 0.4 s)")
+    out = subprocess.run(
+        [sys.executable, "-c", PHASES, json.dumps([str(DSV3), ZIPF])],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    by_phase = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        "  by phase: "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in by_phase["phases_s"].items())
+        + f"; {by_phase['events']:,} SimPy events"
+    )
     rows = []
     for gpus in FULL_GPUS:
         r = _run(gpus, "full", ZIPF)
