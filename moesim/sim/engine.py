@@ -4,7 +4,7 @@ concurrent transfers, and rendezvous for collectives.
 Event granularity: one SimPy timeout per op (a fused kernel group such as "attention forward of
 one layer for one microbatch"), never per token or per packet. An op's duration comes from the
 cost model or the collective timer before it is scheduled, so the event loop only orders ops;
-that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity) near a second.
+that keeps a 2048-GPU DeepSeek-V3 step (about 10⁵ ops under symmetric fidelity) under a second.
 
 - **Streams** are capacity-1 FIFO resources (``Stream``): a rank's compute stream runs one
   kernel at a time; each communication stream (``tp``, ``ep``, ``pp``, ``dp``, ``cp``) runs its
