@@ -153,20 +153,26 @@ class MoEDrawTables:
         key = ("a2a-load", kind, self.shape(group), bytes_per_copy)
         hit = self._load_matrices.get(key)
         if hit is None:
-            pat = self.pattern(group)
-            links, rows = all_to_all_unit_link_loads(
-                self.topo,
-                group,
-                pat.hierarchical,
-                bytes_per_copy * pat.gpu_dedup,
-                bytes_per_copy * pat.node_dedup,
-                reverse=kind.startswith("combine"),
-            )
-            inv_cap = np.array([1.0 / self.topo.capacity_Bps[link] for link in links])
-            a = np.array(rows).reshape(len(group), -1) * inv_cap
+            a = self.a2a_link_loads(group, bytes_per_copy, kind)
             _, first = np.unique(a, axis=1, return_index=True)
             hit = self._load_matrices[key] = np.ascontiguousarray(a[:, np.sort(first)])
         return hit
+
+    def a2a_link_loads(
+        self, group: tuple[int, ...], bytes_per_copy: float, kind: str
+    ) -> np.ndarray:
+        """``A[j, l]`` over every link ``l`` the group's dispatch (or combine) crosses."""
+        pat = self.pattern(group)
+        links, rows = all_to_all_unit_link_loads(
+            self.topo,
+            group,
+            pat.hierarchical,
+            bytes_per_copy * pat.gpu_dedup,
+            bytes_per_copy * pat.node_dedup,
+            reverse=kind.startswith("combine"),
+        )
+        inv_cap = np.array([1.0 / self.topo.capacity_Bps[link] for link in links])
+        return np.array(rows).reshape(len(group), -1) * inv_cap
 
     def skewed_a2a_s(
         self,

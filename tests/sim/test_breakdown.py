@@ -7,21 +7,12 @@ import random
 from collections import defaultdict
 
 import pytest
+from span_reference import union_loop
 
 from moesim.sim.breakdown import RankLog, measure, rank_breakdown
 from moesim.sim.engine import COMM_CATEGORIES, run_to_completion
 from moesim.sim.run import build_context
 from moesim.sim.training_step import pipeline_pass
-
-
-def _union_loop(spans):
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(spans):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
 
 
 def _breakdown_loop(log, step_s):
@@ -36,8 +27,8 @@ def _breakdown_loop(log, step_s):
         else:
             compute.append((a, b))
     comm = [(e[3], e[4]) for e in log if e[0] != "compute"]
-    busy_s = _union_loop(compute)
-    exposed_s = _union_loop(comm + compute) - busy_s
+    busy_s = union_loop(compute)
+    exposed_s = union_loop(comm + compute) - busy_s
     out = {
         "compute": busy_s,
         "exposed_comm": exposed_s,

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from sim_scenarios import build
 
-from moesim.sim.collectives import all_to_all_unit_link_loads
 from moesim.sim.run import build_context
 
 FOUR_GPU_NODES = {
@@ -67,17 +66,7 @@ def test_links_loaded_alike_are_kept_once_and_the_busiest_link_is_unchanged(kind
     ctx = build_context(build(cluster=FOUR_GPU_NODES, simulation={"all_to_all": "hierarchical"}))
     group = ctx.ep_group(0)
     bytes_per_copy = ctx.model.d_model * 2.0
-    pat = ctx.pattern(group)
-    links, rows = all_to_all_unit_link_loads(
-        ctx.topo,
-        group,
-        pat.hierarchical,
-        bytes_per_copy * pat.gpu_dedup,
-        bytes_per_copy * pat.node_dedup,
-        reverse=kind.startswith("combine"),
-    )
-    inv_cap = np.array([1.0 / ctx.topo.capacity_Bps[link] for link in links])
-    every_link = np.array(rows).reshape(len(group), -1) * inv_cap
+    every_link = ctx.a2a_link_loads(group, bytes_per_copy, kind)
     kept = ctx._a2a_load_matrix(group, bytes_per_copy, kind)
     assert kept.shape[1] == np.unique(every_link, axis=1).shape[1] < every_link.shape[1]
     rng = np.random.default_rng(1)

@@ -6,23 +6,9 @@ import random
 
 import numpy as np
 import pytest
+from span_reference import exposed_loop, union_loop
 
 from moesim.sim.spans import exposed_length_s, running_sum, union_length_s
-
-
-def _union_loop(spans: list[tuple[float, float]]) -> float:
-    """The reference: sort, keep the furthest end, add each span's part past it."""
-    total, end = 0.0, float("-inf")
-    for s, e in sorted(spans):
-        if e <= end:
-            continue
-        total += e - max(s, end)
-        end = e
-    return total
-
-
-def _exposed_loop(comm, compute) -> float:
-    return _union_loop(comm + compute) - _union_loop(compute)
 
 
 def _random_spans(rng: random.Random, n: int) -> list[tuple[float, float]]:
@@ -58,10 +44,10 @@ def test_union_and_exposed_equal_the_loop_exactly(seed):
     rng = random.Random(seed)
     n = rng.choice((1, 2, 5, 30, 300, 3000))
     spans = _random_spans(rng, n)
-    assert union_length_s(spans) == _union_loop(spans)
+    assert union_length_s(spans) == union_loop(spans)
     comm, compute = spans[: n // 2], spans[n // 2 :]
-    assert exposed_length_s(comm, compute) == _exposed_loop(comm, compute)
-    assert exposed_length_s(compute, comm) == _exposed_loop(compute, comm)
+    assert exposed_length_s(comm, compute) == exposed_loop(comm, compute)
+    assert exposed_length_s(compute, comm) == exposed_loop(compute, comm)
 
 
 def test_empty_and_hand_computed():
