@@ -41,10 +41,6 @@ from typing import Any
 
 import simpy
 
-# the breakdown's span arithmetic, kept importable from here for its callers
-from moesim.sim.spans import exposed_length_s as exposed_length_s
-from moesim.sim.spans import union_length_s as union_length_s
-
 # d2h / h2d: activation offload to host memory, one copy stream each way over PCIe
 COMM_STREAMS = ("tp", "ep", "pp", "dp", "cp", "d2h", "h2d")
 LINK_CLASSES = ("nvlink", "network", "pcie_d2h", "pcie_h2d")

@@ -8,9 +8,9 @@ import pytest
 from sim_scenarios import SMALL_MOE, build
 
 from moesim.catalog import load_gpu
-from moesim.sim.engine import exposed_length_s
 from moesim.sim.grid import Grid
 from moesim.sim.run import build_context, simulate
+from moesim.sim.spans import exposed_length_s
 from moesim.sim.training_step import pipeline_pass
 from moesim.specs import Scenario
 

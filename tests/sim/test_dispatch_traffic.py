@@ -10,8 +10,9 @@ import pytest
 from sim_scenarios import build
 
 from moesim.scenario_io import load_scenario
-from moesim.sim.engine import exposed_length_s, run_to_completion, union_length_s
+from moesim.sim.engine import run_to_completion
 from moesim.sim.run import _start_moe_layer, build_context, simulate
+from moesim.sim.spans import exposed_length_s, union_length_s
 from moesim.sim.training_step import pipeline_pass
 
 # OLMoE (64 experts, top-8: fine-grained, 8 experts per GPU at EP 8) on two nodes of 4 GPUs:

@@ -8,8 +8,8 @@ from sim_scenarios import SMALL_MOE, build
 
 from moesim.sim import dualpipe
 from moesim.sim.dualpipe import ChunkTask, dualpipe_slots
-from moesim.sim.engine import exposed_length_s, union_length_s
 from moesim.sim.run import build_context, simulate
+from moesim.sim.spans import exposed_length_s, union_length_s
 from moesim.sim.training_step import Pipeline, pipeline_pass
 
 FREE_LINKS = {

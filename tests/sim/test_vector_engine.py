@@ -13,8 +13,8 @@ import pytest
 from sim_scenarios import build
 
 from moesim.scenario_io import load_scenario, scenario_from_dict
-from moesim.sim.engine import union_length_s
 from moesim.sim.run import build_context, simulate
+from moesim.sim.spans import union_length_s
 from moesim.sim.vector_engine import Partition, VectorRank, _union_length
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sim_scenarios import SMALL_MOE, build
 
-from moesim.sim.engine import exposed_length_s, union_length_s
 from moesim.sim.run import build_context, simulate
+from moesim.sim.spans import exposed_length_s, union_length_s
 from moesim.sim.training_step import pipeline_pass
 
 
