@@ -51,8 +51,9 @@ class LayerProgram(NamedTuple):
 
 
 def plain_layers(ctx: SimContext) -> bool:
-    """Whether every layer of ``ctx`` runs as a ``LayerProgram`` (the layers whose MoE block
-    is recomputed still take the general path: ``runs_plain``)."""
+    """Whether the layers of ``ctx`` run as ``LayerProgram``s. The backward of a layer whose
+    MoE block is recomputed (``recompute_modules: [moe]``) still takes the general path, which
+    reruns the block (``LayerRunner._recomputes_moe_block``)."""
     p = ctx.parallel
     return (
         p.tp == 1
