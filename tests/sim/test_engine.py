@@ -5,14 +5,8 @@ from __future__ import annotations
 import pytest
 import simpy
 
-from moesim.sim.engine import (
-    Rank,
-    Rendezvous,
-    SharedLink,
-    exposed_length_s,
-    run_to_completion,
-    union_length_s,
-)
+from moesim.sim.engine import Rank, Rendezvous, SharedLink, run_to_completion
+from moesim.sim.spans import exposed_length_s, union_length_s
 
 
 def _finish_times(starts_and_work: list[tuple[float, float]]) -> list[float]:
