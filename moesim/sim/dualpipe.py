@@ -125,6 +125,9 @@ class ChunkView:
     def start(self, gen) -> simpy.Process:
         return self.env.process(gen)
 
+    def issue(self, gen) -> simpy.Event:
+        return self.rank.issue(gen)
+
     def notify(self, ev: simpy.Event) -> None:
         ev.succeed()
 

@@ -194,7 +194,7 @@ class Rank:
     link_factor: dict[str, float] = field(default_factory=dict)  # a slow link, per link class
 
     def __post_init__(self) -> None:
-        self.ep_in_flight = 0  # EP dispatches/combines transferring now
+        self.ep_in_flight = 0  # EP dispatches/combines issued and not ended (they hold SMs)
         self.compute_stream = Stream(self.env)
         self.streams = {s: Stream(self.env) for s in COMM_STREAMS}
         self.links = {c: SharedLink(self.env) for c in LINK_CLASSES}
@@ -283,8 +283,10 @@ class Rank:
         busy: list[int] | None = None,
     ):
         """Run a collective on a communication stream: (full fidelity) wait for the group,
-        then for the stream, then share the link for ``alone_s`` seconds of exclusive use;
-        ``busy`` (a DualPipe pair's counter) counts it from issue to end.
+        then for the stream, then share the link for ``alone_s`` seconds of exclusive use.
+        An EP collective holds its SMs from issue to end (a DeepEP kernel is launched when
+        issued and spins until its peers and its data arrive): it counts in the rank's
+        ``ep_in_flight``, or in ``busy`` (a DualPipe pair's counter) for a chunk of a pair.
 
         The group comes first: a rank that held its stream while waiting for its peers would
         deadlock when two collectives reach the same stream in different orders on different
@@ -294,6 +296,8 @@ class Rank:
             return
         if busy is not None:
             busy[0] += 1
+        holds_sms = stream == "ep"
+        self.ep_in_flight += holds_sms
         slow = self.link_factor.get(link, 1.0) if self.link_factor else 1.0
         if self.rendezvous is not None and group_key is not None and group_size > 1:
             slow = yield self.rendezvous.arrive(group_key, group_size, slow)
@@ -303,8 +307,6 @@ class Rank:
         if wait is not None:
             yield wait
         start = self.env.now
-        holds_sms = stream == "ep"
-        self.ep_in_flight += holds_sms
         shared = self.links[link]
         if not shared.jobs:  # SharedLink.transfer's idle path, inline: most transfers take it
             job = _Job(alone_s, None)
@@ -328,9 +330,43 @@ class Rank:
         """Launch a generator concurrently (an asynchronous collective)."""
         return self.env.process(gen)
 
+    def issue(self, gen) -> simpy.Event:
+        """Launch the collective ``gen`` with its issue done now (``issue_now``)."""
+        return issue_now(self.env, gen, self.start)
+
     def notify(self, ev: simpy.Event) -> None:
         """Fire ``ev`` (a pipeline send's arrival; the vector engine's carries member times)."""
         ev.succeed()
+
+
+def issue_now(env: simpy.Environment, gen, start) -> simpy.Event:
+    """Run the collective ``gen`` up to its first wait now, then on as a process (``start``).
+
+    A process started with ``env.process`` first runs at its Initialize event, after the
+    caller's next op has begun. A kernel launched right after an all-to-all on another stream
+    (the shared experts after the dispatch) would then decide its SM slowdown before the
+    all-to-all counted as in flight, and be slowed or not depending on whether it waited for
+    the compute stream. On a GPU the all-to-all's kernel is issued first and holds its SMs from
+    its start (DeepEP: ``Buffer.num_sms``; DeepSeek-V3 §3.2.2), so it is issued first here too.
+    Returns the event the caller waits on for the collective's end."""
+    try:
+        first = next(gen)
+    except StopIteration:  # nothing to transfer
+        done = env.event()
+        done.succeed()
+        return done
+    return start(_go_on(gen, first))
+
+
+def _go_on(gen, first: simpy.Event):
+    """The rest of an issued collective: from its first wait to its end."""
+    value = yield first
+    while True:
+        try:
+            ev = gen.send(value)
+        except StopIteration as stop:
+            return stop.value
+        value = yield ev
 
 
 @contextmanager

@@ -119,7 +119,7 @@ def forward(ctx: SimContext, rank, prog: LayerProgram, layer: int, mb: int, draw
         "ep", "dispatch", "all_to_all", draw.dispatch_s, link, key(group, "dispatch", *tag), n
     )
     if prog.overlap_forward:
-        proc = rank.start(dispatch)
+        proc = rank.issue(dispatch)
         yield from _hold(rank, prog.shared)
         yield proc
     else:
@@ -148,7 +148,7 @@ def backward(ctx: SimContext, rank, prog: LayerProgram, layer: int, mb: int, dra
     if prog.unpermute_bwd[1] > 0:
         yield from _hold(rank, prog.unpermute_bwd)
     if prog.overlap_backward:
-        proc = rank.start(combine_bwd)
+        proc = rank.issue(combine_bwd)
         yield from _hold(rank, prog.lead_shared_bwd)
         yield proc
     else:

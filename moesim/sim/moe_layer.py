@@ -63,7 +63,7 @@ def moe_forward(
     )
     shared = [("shared_experts", lc.ffn_s), *lc.ffn_act]
     if overlap:
-        proc = rank.start(dispatch)
+        proc = rank.issue(dispatch)
         yield from tp_block(rank, shared, tag)
         yield proc
     else:
@@ -117,7 +117,7 @@ def moe_backward(
     # the output gradient copied to the k expert copies before it travels back
     yield from rank.compute_ops(list(lc.unpermute_bwd))
     if overlap:
-        proc = rank.start(combine_bwd)
+        proc = rank.issue(combine_bwd)
         if ctx.parallel.tp == 1:
             yield from rank.compute_ops([*lead, *shared])
         else:

@@ -144,7 +144,7 @@ class VectorRank:
         self.compute_stream = Stream(env)
         self.streams: dict[str, tuple[Stream, list[Vec]]] = {}
         self.links = {c: SharedLink(env) for c in LINK_CLASSES}
-        self.ep_flight: list[list] = []  # [start, end or None] of EP transfers
+        self.ep_flight: list[list] = []  # [issue, end or None] of EP collectives
         self._partitions: dict[tuple[str, int], Partition] = {}
         self._slow: dict[tuple[str, int, str], Vec] = {}
         # the log: (stream, name or the hold's ops, category, factor) and start / end vectors
@@ -160,10 +160,34 @@ class VectorRank:
         st.proc = self.env.process(self._drive(gen, st))
         return st.proc
 
-    def _drive(self, gen: Generator, st: _Proc):
-        """Run ``gen`` as process ``st``: what it waits on brings per-member times."""
+    def issue(self, gen) -> simpy.Event:
+        """Launch the collective ``gen`` with its issue done now (``engine.issue_now``): its
+        first step runs as its own process, from the caller's ready times."""
+        cur = self.current
+        st = _Proc(cur.ready.copy() if cur is not None else np.zeros(self.size))
+        self.current = st
+        try:
+            first = gen.send(None)
+        except StopIteration:  # nothing to transfer
+            done = self.env.event()
+            done._vt = st.ready  # type: ignore[attr-defined]
+            done.succeed()
+            return done
+        finally:
+            self.current = cur
+        st.proc = self.env.process(self._drive(gen, st, first))
+        return st.proc
+
+    def _drive(self, gen: Generator, st: _Proc, first: simpy.Event | None = None):
+        """Run ``gen`` as process ``st``: what it waits on brings per-member times (``first``:
+        what an issued ``gen`` already waits on)."""
         value = None
         send = gen.send
+        if first is not None:
+            value = yield first
+            vt = _times(first)
+            if vt is not None:
+                st.ready = np.maximum(st.ready, vt)
         while True:
             self.current = st
             try:
@@ -249,10 +273,13 @@ class VectorRank:
         if not np.any(np.asarray(alone_s) > 0):
             return
         st = self.current
-        entry = None
+        entry = flight = None  # from issue to end (``Rank.comm``)
         if busy is not None and self.comm_sm_slowdown != 1.0:
             entry = [st.ready, None]
             busy.append(entry)
+        if stream == "ep" and self.comm_sm_slowdown != 1.0:  # else nothing reads them
+            flight = [st.ready, None]
+            self.ep_flight.append(flight)
         arrive = st.ready
         slow = self.link_factor.get(link)
         if group_key is not None and group_size > 1:
@@ -274,10 +301,6 @@ class VectorRank:
         if wait is not None:
             yield wait
         start = np.maximum(arrive, free[0])
-        flight = None
-        if stream == "ep" and self.comm_sm_slowdown != 1.0:  # else nothing reads them
-            flight = [start, None]
-            self.ep_flight.append(flight)
         alone_max = float(np.max(alone_s))
         t0 = self.env.now
         yield from self.links[link].transfer(alone_max)
@@ -372,6 +395,9 @@ class VectorView:
 
     def start(self, gen) -> simpy.Process:
         return self.rank.start(gen)
+
+    def issue(self, gen) -> simpy.Event:
+        return self.rank.issue(gen)
 
     def notify(self, ev: simpy.Event) -> None:
         self.rank.notify(ev)

@@ -109,3 +109,46 @@ def test_a_rank_left_waiting_is_reported_as_a_deadlock():
     lonely = r0.comm("ep", "a2a", "all_to_all", 1.0, "nvlink", ("x",), 2)  # peer never comes
     with pytest.raises(RuntimeError, match=r"deadlock.*GPUs \[0\]"):
         run_to_completion(env, {0: env.process(lonely)})
+
+
+def _slowdowns(queued_behind_s: float, pair: bool) -> list[float]:
+    """Issue a 5 s all-to-all, then at once a 2 s kernel (the shared experts), on a rank whose
+    communication kernels take half its SMs; with ``queued_behind_s`` the compute stream is
+    busy that long first. Returns the shared experts' stretch factor(s)."""
+    from moesim.sim.dualpipe import ChunkView
+
+    env = simpy.Environment()
+    rank = Rank(env, 0, "r", comm_sm_slowdown=2.0)
+    view = ChunkView(rank, {}, [0]) if pair else rank
+
+    def program():
+        if queued_behind_s:
+            rank.start(rank.compute_ops([("earlier", queued_behind_s)]))
+            yield env.timeout(0)  # the earlier kernel takes the compute stream first
+        dispatch = view.issue(view.comm("ep", "dispatch", "all_to_all", 5.0, "network"))
+        yield from view.compute_ops([("shared_experts", 2.0)])
+        yield dispatch
+
+    run_to_completion(env, {0: env.process(program())})
+    return [e[5] for e in rank.log if len(e) == 6 and e[1][0][0] == "shared_experts"]
+
+
+@pytest.mark.parametrize("pair", [False, True])
+@pytest.mark.parametrize("queued_behind_s", [0.0, 1.0])
+def test_a_kernel_issued_after_an_all_to_all_runs_on_the_sms_left(queued_behind_s, pair):
+    """The all-to-all holds its SMs from issue, so the kernel issued right after it is
+    stretched whether it found the compute stream free or waited for it (it was stretched
+    only in the second case while the collective first ran at SimPy's Initialize event)."""
+    assert _slowdowns(queued_behind_s, pair) == [2.0]
+
+
+def test_a_kernel_after_the_all_to_all_ended_runs_at_full_speed():
+    env = simpy.Environment()
+    rank = Rank(env, 0, "r", comm_sm_slowdown=2.0)
+
+    def program():
+        yield rank.issue(rank.comm("ep", "dispatch", "all_to_all", 1.0, "network"))
+        yield from rank.compute_ops([("experts", 2.0)])
+
+    run_to_completion(env, {0: env.process(program())})
+    assert [e[5] for e in rank.log if len(e) == 6] == [1.0]
