@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import simpy
 
-from moesim.sim.engine import Rank, Rendezvous, SharedLink, run_to_completion
+from moesim.sim.engine import Rank, Rendezvous, run_to_completion
+from moesim.sim.shared_link import SharedLink
 from moesim.sim.spans import exposed_length_s, union_length_s
 
 

@@ -15,7 +15,8 @@ from sim_scenarios import build
 from moesim.scenario_io import load_scenario, scenario_from_dict
 from moesim.sim.run import build_context, simulate
 from moesim.sim.spans import union_length_s
-from moesim.sim.vector_engine import Partition, VectorRank, _union_length
+from moesim.sim.vector_engine import VectorRank, _union_length
+from moesim.sim.vector_groups import Partition
 
 ROOT = Path(__file__).resolve().parents[2]
 
