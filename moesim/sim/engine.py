@@ -39,6 +39,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import simpy
+from simpy.events import PENDING
 
 from moesim.sim.shared_link import SharedLink, _Job
 
@@ -257,15 +258,15 @@ class Rank:
 
     def issue(self, gen) -> simpy.Event:
         """Launch the collective ``gen`` with its issue done now (``issue_now``)."""
-        return issue_now(self.env, gen, self.start)
+        return issue_now(self.env, gen)
 
     def notify(self, ev: simpy.Event) -> None:
         """Fire ``ev`` (a pipeline send's arrival; the vector engine's carries member times)."""
         ev.succeed()
 
 
-def issue_now(env: simpy.Environment, gen, start) -> simpy.Event:
-    """Run the collective ``gen`` up to its first wait now, then on as a process (``start``).
+def issue_now(env: simpy.Environment, gen) -> simpy.Event:
+    """Run the collective ``gen`` up to its first wait now, then on as a process.
 
     A process started with ``env.process`` first runs at its Initialize event, after the
     caller's next op has begun. A kernel launched right after an all-to-all on another stream
@@ -280,18 +281,24 @@ def issue_now(env: simpy.Environment, gen, start) -> simpy.Event:
         done = env.event()
         done.succeed()
         return done
-    return start(_go_on(gen, first))
+    return process_waiting_on(env, gen, first)
 
 
-def _go_on(gen, first: simpy.Event):
-    """The rest of an issued collective: from its first wait to its end."""
-    value = yield first
-    while True:
-        try:
-            ev = gen.send(value)
-        except StopIteration as stop:
-            return stop.value
-        value = yield ev
+def process_waiting_on(env: simpy.Environment, gen, first: simpy.Event) -> simpy.Process:
+    """The SimPy process of ``gen``, a generator that already ran to its first wait
+    (``first``): what ``env.process`` builds, less its Initialize event, whose one job (that
+    first step) is done. It resumes ``gen`` when ``first`` fires, as any process does.
+    (SimPy's ``Process`` has no public way in; these are the fields its ``__init__`` and
+    Initialize set.)"""
+    assert first.callbacks is not None, "the first wait has not fired yet"
+    proc = simpy.Process.__new__(simpy.Process)
+    proc.env = env
+    proc.callbacks = []
+    proc._value = PENDING
+    proc._generator = gen
+    proc._target = first
+    first.callbacks.append(proc._resume)
+    return proc
 
 
 @contextmanager

@@ -44,7 +44,7 @@ import numpy as np
 import simpy
 from simpy.events import Condition
 
-from moesim.sim.engine import COMM_CATEGORIES, LINK_CLASSES, Rank, Stream
+from moesim.sim.engine import COMM_CATEGORIES, LINK_CLASSES, Rank, Stream, process_waiting_on
 from moesim.sim.shared_link import SharedLink
 from moesim.sim.vector_groups import Partition, group_kind
 
@@ -145,7 +145,9 @@ class VectorRank:
             return done
         finally:
             self.current = cur
-        st.proc = self.env.process(self._drive(gen, st, first))
+        drive = self._drive(gen, st, first)
+        next(drive)  # to its wait on ``first``
+        st.proc = process_waiting_on(self.env, drive, first)
         return st.proc
 
     def _drive(self, gen: Generator, st: _Proc, first: simpy.Event | None = None):
