@@ -153,3 +153,15 @@ def test_a_kernel_after_the_all_to_all_ended_runs_at_full_speed():
 
     run_to_completion(env, {0: env.process(program())})
     assert [e[5] for e in rank.log if len(e) == 6] == [1.0]
+
+
+def test_an_issued_collective_with_nothing_to_move_ends_at_once():
+    env = simpy.Environment()
+    rank = Rank(env, 0, "r", comm_sm_slowdown=2.0)
+
+    def program():
+        yield rank.issue(rank.comm("ep", "dispatch", "all_to_all", 0.0, "network"))
+        yield from rank.compute_ops([("experts", 2.0)])
+
+    run_to_completion(env, {0: env.process(program())})
+    assert env.now == 2.0 and [e[5] for e in rank.log if len(e) == 6] == [1.0]

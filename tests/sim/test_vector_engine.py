@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from sim_scenarios import build
 
+from moesim.catalog import raw_entry
 from moesim.scenario_io import load_scenario, scenario_from_dict
 from moesim.sim.run import build_context, simulate
 from moesim.sim.spans import union_length_s
@@ -171,3 +172,15 @@ def test_partition_max_is_each_groups_max():
     x = np.array([1.0, 5.0, 2.0, 4.0, 0.5, 0.25])
     assert part.max(x).tolist() == [2.0, 5.0, 2.0, 5.0, 0.5, 0.5]
     assert Partition(np.zeros(3)).max(np.array([1.0, 3.0, 2.0])).tolist() == [3.0] * 3
+
+
+def test_moe_without_expert_parallelism_runs_as_on_the_per_rank_engine():
+    """ep = 1 with shared experts: the dispatch issued beside them has nothing to move (its
+    issue ends at once, ``VectorRank.issue``)."""
+    model = {**raw_entry("models", "deepseek-v2"), "n_layers": 3}
+    model.pop("published_params_total", None)
+    model.pop("published_params_active", None)
+    s = build(model=model, parallel={"ep": 1}, simulation={"fidelity": "full"})
+    vec, per_rank = simulate(s, vector=True), simulate(s, vector=False)
+    assert vec.simulated_ranks == per_rank.simulated_ranks
+    assert vec.step_time_s == pytest.approx(per_rank.step_time_s, rel=1e-12)
