@@ -136,7 +136,11 @@ def measure(
     """Step time (the last interval's end) and the mean per-rank breakdown; with
     ``stage_of``, also each pipeline stage's mean compute, exposed communication and idle
     time (keys ``stage.<r>.compute|exposed_comm|idle``)."""
-    logs = {id(r): RankLog.of(r.log) for r in ranks if not isinstance(r, VectorRank)}
+    by_log: dict[int, RankLog] = {}  # a mirrored rank shares its mirror's log (dualpipe_mirror)
+    for r in ranks:
+        if not isinstance(r, VectorRank) and id(r.log) not in by_log:
+            by_log[id(r.log)] = RankLog.of(r.log)
+    logs = {id(r): by_log[id(r.log)] for r in ranks if not isinstance(r, VectorRank)}
     step_s = max(
         (r.last_end_s() if isinstance(r, VectorRank) else logs[id(r)].last_end_s() for r in ranks),
         default=0.0,

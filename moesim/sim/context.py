@@ -106,6 +106,9 @@ class SimContext(MoEDrawTables):
             and vector_stage.stages_alike(self)
         )
         full_ranks = self.fidelity == "full" and not self.vector
+        # GPUs not simulated, each with the simulated GPU that runs its program mirrored
+        # (DualPipe under symmetric fidelity: ``moesim.sim.dualpipe_mirror``)
+        self.mirrored: dict[int, int] = {}
         self.rendezvous = Rendezvous(self.env) if full_ranks else None
 
     # -- ranks ----------------------------------------------------------------------------

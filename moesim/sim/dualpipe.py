@@ -33,6 +33,10 @@ time is stretched by SMs / (SMs − comm SMs) (``moesim.analytic.dispatch.comm_s
 132/112 ≈ 1.18 with DeepEP on an H800; 1 for NCCL's dispatchers, whose SMs are not
 modelled). Free communication (zero-time collectives) costs no SMs.
 
+Symmetric fidelity simulates ranks 0 … pp/2−1 only: rank pp−1−r runs rank r's chunks with the
+directions swapped (``moesim.sim.dualpipe_mirror``, where it checks that they time alike), and
+the sends across the middle reach the mirror's other direction.
+
 Gradients: each rank reduces the gradients of both its positions over data parallelism and
 updates both copies; the sum of the two copies' gradients across the pipeline (one extra
 exchange of one position's gradients) is not modelled.
@@ -46,6 +50,7 @@ import simpy
 
 from moesim.analytic.layout import dualpipe_applies as supported
 from moesim.sim.context import SimContext
+from moesim.sim.dualpipe_mirror import mirror_applies, mirror_key, mirror_stage
 from moesim.sim.engine import Rank, Stream
 from moesim.sim.grad_sync import (
     GradBuckets,
@@ -177,6 +182,23 @@ class DualPipe:
         self.runner = _DualRunner(ctx)
         self.pp = ctx.parallel.pp
         self.hm = ctx.microbatches // 2
+        # symmetric fidelity: ranks pp/2 … pp−1 run their mirrors' programs (dualpipe_mirror)
+        self.mirror = mirror_applies(ctx)
+        if self.mirror:
+            assert not ctx._draws, "the mirror sets the draw tables' rows before any draw"
+            ctx.draw_microbatches = self.hm
+            for g in ctx.simulated_gpus():
+                stage, q = ctx.grid.coords(g)
+                if stage >= self.pp // 2:
+                    ctx.mirrored[g] = ctx.grid.gpu(mirror_stage(self.pp, stage), q)
+
+    def gpus(self) -> list[int]:
+        """The GPUs whose programs run (not the mirrored ones)."""
+        return [g for g in self.ctx.simulated_gpus() if g not in self.ctx.mirrored]
+
+    def _deliver(self, dst: int, key: tuple) -> tuple:
+        """The inbox key of a send to ``dst``: its mirror's where ``dst`` is not simulated."""
+        return mirror_key(key, self.hm) if dst in self.ctx.mirrored else key
 
     def rank_of(self, direction: int, pos: int) -> int:
         return pos if direction == 0 else self.pp - 1 - pos
@@ -204,7 +226,7 @@ class DualPipe:
             yield from pipe.extras.forward(view, pos, 0, first=False)
             if pos < self.pp - 1:
                 dst = ctx.grid.gpu(self.rank_of(d, pos + 1), q)
-                key = ("F", d, q, mb, pos + 1)
+                key = self._deliver(dst, ("F", d, q, mb, pos + 1))
                 view.start(pipe._send(view, dst, "send_activation", key))
             return
         if pos < self.pp - 1:
@@ -224,7 +246,8 @@ class DualPipe:
             buckets.flush()
         if pos > 0:
             dst = ctx.grid.gpu(self.rank_of(d, pos - 1), q)
-            view.start(pipe._send(view, dst, "send_gradient", ("B", d, q, mb, pos - 1)))
+            key = self._deliver(dst, ("B", d, q, mb, pos - 1))
+            view.start(pipe._send(view, dst, "send_gradient", key))
 
     def program(self, gpu: int, optimizer: bool):
         ctx = self.ctx
@@ -269,4 +292,4 @@ def start_dualpipe(
 ) -> dict[int, simpy.Process]:
     """Start every simulated rank's DualPipe program for one training step."""
     dp = DualPipe(ctx, pipeline)
-    return {g: ctx.rank(g).start(dp.program(g, optimizer)) for g in ctx.simulated_gpus()}
+    return {g: ctx.rank(g).start(dp.program(g, optimizer)) for g in dp.gpus()}

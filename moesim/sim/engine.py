@@ -118,6 +118,7 @@ class Rank:
     comm_sm_slowdown: float = 1.0  # compute time factor while an EP all-to-all holds SMs
     compute_factor: float = 1.0  # a slow GPU: every kernel this many times as long (faults)
     link_factor: dict[str, float] = field(default_factory=dict)  # a slow link, per link class
+    mirror_of: int | None = None  # not simulated: replays this GPU's log (dualpipe_mirror)
 
     def __post_init__(self) -> None:
         self.ep_in_flight = 0  # EP dispatches/combines issued and not ended (they hold SMs)

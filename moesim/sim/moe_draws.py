@@ -83,6 +83,9 @@ class MoEDrawTables:
         self._draws: dict[object, object] = {}  # stage (symmetric) or ("full", group)
         self._patterns: dict[tuple[int, ...], DispatchPattern] = {}
         self._load_matrices: dict[tuple, np.ndarray] = {}
+        # rows per MoE layer of a symmetric table: microbatch mb reads row mb mod this
+        # (DualPipe's mirror halves it: both directions' i-th microbatch read row i)
+        self.draw_microbatches = self.microbatches
 
     @property
     def tokens_moe(self) -> int:
@@ -230,18 +233,19 @@ class MoEDrawTables:
         """Expert load and all-to-all times of one MoE layer (``moe_index``-th on the stage)
         for microbatch ``mb``, as rank ``gpu`` sees them."""
         stage, _ = self.grid.coords(gpu)
-        idx = moe_index * self.microbatches + mb
         if self.fidelity != "full":
+            rows = self.draw_microbatches
             table = self._draws.get(stage)
             if table is None:
                 table = self._draws[stage] = self._symmetric_table(
                     self.ep_group(gpu),
-                    n_moe_on_stage * self.microbatches,
+                    n_moe_on_stage * rows,
                     stage,
                     self.model.d_model * self.precision.dispatch_bytes,
                     self.model.d_model * self.precision.combine_bytes,
                 )
-            return table[idx]
+            return table[moe_index * rows + mb % rows]
+        idx = moe_index * self.microbatches + mb
         group = self.ep_group(gpu)
         n = n_moe_on_stage * self.microbatches
         disp_b = self.model.d_model * self.precision.dispatch_bytes

@@ -276,8 +276,11 @@ def _concatenated(phases: list[Phase]) -> list[Rank]:
     for ph in phases:
         for r in ph.ranks:
             into = merged.get(r.gpu)
+            mirror_of = getattr(r, "mirror_of", None)  # DualPipe's mirror: training passes only
             if into is None:
-                into = merged[r.gpu] = Rank(r.env, r.gpu, r.label)
+                into = merged[r.gpu] = Rank(r.env, r.gpu, r.label, mirror_of=mirror_of)
+            elif mirror_of is None:  # simulated in this phase
+                into.mirror_of = None
             into.intervals += [
                 (st, f"{ph.name}:{n}", c, a + offset, b + offset) for st, n, c, a, b in r.intervals
             ]

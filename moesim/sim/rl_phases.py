@@ -41,6 +41,7 @@ from moesim.analytic.rollout_memory import inference_weight_bytes, shard_params
 from moesim.sim.breakdown import COMM_CATEGORIES
 from moesim.sim.context import SimContext
 from moesim.sim.costmodel import OpWork
+from moesim.sim.dualpipe_mirror import result_ranks
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.lora_step import apply_lora
 from moesim.sim.run import build_context, simulate_pass
@@ -110,7 +111,7 @@ def pipeline_phase(
         pipe = apply_lora(ctx, lora) if lora is not None else None
         procs = pipeline_pass(ctx, backward=train, optimizer=train, pipeline=pipe)
         run_to_completion(ctx.env, procs)
-        return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
+        return ctx, result_ranks(ctx)
 
     ctx, ranks, step, parts, _ = simulate_pass(s, run)
     parts = {k: repeat * parts[k] for k in PART_KEYS}

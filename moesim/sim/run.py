@@ -16,6 +16,7 @@ from moesim.analytic.memory import memory_per_gpu, memory_per_stage
 from moesim.analytic.microbatches import capped_microbatches, n_microbatches, sequences_per_step
 from moesim.sim.breakdown import measure, stage_of, stage_table
 from moesim.sim.context import SimContext
+from moesim.sim.dualpipe_mirror import result_ranks
 from moesim.sim.engine import Rank, run_to_completion
 from moesim.sim.layer_runner import tp_block_factory
 from moesim.sim.limits import check_simulation_size
@@ -122,7 +123,7 @@ def simulate(
         def run(s: Scenario) -> tuple[SimContext, list[Rank]]:
             ctx = build_context(s, fidelity, base_dir, vector)
             run_to_completion(ctx.env, pipeline_pass(ctx))
-            return ctx, [ctx.ranks[g] for g in sorted(ctx.ranks)]
+            return ctx, result_ranks(ctx)
 
         ctx, ranks, step_s, breakdown, extrapolated = simulate_pass(scenario, run)
     if trace_path is not None:
@@ -273,7 +274,8 @@ def _result(
         "stages": stages,
         "pipeline_layout": _layout_string(ctx) if stages else None,
         "network": s.simulation.network,
-        "simulated_ranks": sum(getattr(r, "size", 1) for r in ranks),
+        "simulated_ranks": sum(getattr(r, "size", 1) for r in ranks if not _mirrors(r)),
+        "mirrored_ranks": sum(map(_mirrors, ranks)) or None,
         "microbatches": ctx.microbatches,
         "profile": profile_label(ctx.profile),
         "placement": placement(ctx.grid, ctx.topo, moe=ctx.moe is not None),
@@ -314,6 +316,11 @@ def _result(
         if v is not None:
             setattr(out, k, v)
     return out
+
+
+def _mirrors(rank: Rank | VectorRank) -> bool:
+    """A rank that replays another's log (DualPipe's mirror: ``moesim.sim.dualpipe_mirror``)."""
+    return getattr(rank, "mirror_of", None) is not None
 
 
 def _layout_string(ctx: SimContext) -> str:

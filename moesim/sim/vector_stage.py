@@ -60,17 +60,17 @@ def stages_alike(ctx: SimContext) -> bool:
         members = [grid.gpu(stage, q) for q in range(grid.stage_size)]
         for kind in ("tp", "cp", "dp", "ep", "edp"):
             groups = {member_group(ctx, kind, g) for g in members}
-            if not _alike(ctx, kind, groups):
+            if not groups_time_alike(ctx, kind, groups):
                 return False
         for other in range(grid.pp):
             if other != stage:
                 pairs = {(g, grid.gpu(other, q)) for q, g in enumerate(members)}
-                if not _alike(ctx, "pp", pairs):
+                if not groups_time_alike(ctx, "pp", pairs):
                     return False
     return True
 
 
-def _alike(ctx: SimContext, kind: str, groups: set[tuple[int, ...]]) -> bool:
+def groups_time_alike(ctx: SimContext, kind: str, groups: set[tuple[int, ...]]) -> bool:
     """The groups share a link class and, one per shape, time alike the collectives
     ``kind`` runs (probed at a latency-bound and a bandwidth-bound size)."""
     if len({ctx.link_of(g) for g in groups}) > 1:

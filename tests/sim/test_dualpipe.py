@@ -8,6 +8,7 @@ from sim_scenarios import SMALL_MOE, build
 
 from moesim.sim import dualpipe
 from moesim.sim.dualpipe import ChunkTask, dualpipe_slots
+from moesim.sim.dualpipe_mirror import result_ranks
 from moesim.sim.run import build_context, simulate
 from moesim.sim.spans import exposed_length_s, union_length_s
 from moesim.sim.training_step import Pipeline, pipeline_pass
@@ -66,7 +67,7 @@ def _idle_and_parts(schedule: str, pp: int, m: int) -> tuple[list[float], float,
     pipe.extras.head_s = pipe.extras.embedding_s = (0.0, 0.0)  # equal stages, as assumed
     pipeline_pass(ctx, optimizer=False, pipeline=pipe)
     ctx.env.run()
-    ranks = list(ctx.ranks.values())
+    ranks = result_ranks(ctx)  # DualPipe's mirrored ranks too (moesim.sim.dualpipe_mirror)
     step = max(iv[4] for r in ranks for iv in r.intervals)
     idle = [step - sum(iv[4] - iv[3] for iv in r.intervals if iv[0] == "compute") for r in ranks]
     lc, layers = ctx.layers[0], len(ctx.stages[0].chunks[0])
@@ -111,7 +112,7 @@ def _exposed_all_to_all(schedule: str, nic_Gbps: float) -> list[tuple[float, flo
     pipeline_pass(ctx)
     ctx.env.run()
     out = []
-    for r in ctx.ranks.values():
+    for r in result_ranks(ctx):
         compute = [(a, b) for st, _, _, a, b in r.intervals if st == "compute"]
         a2a = [(a, b) for _, _, cat, a, b in r.intervals if cat == "all_to_all"]
         out.append((exposed_length_s(a2a, compute), union_length_s(a2a), union_length_s(compute)))
