@@ -54,7 +54,7 @@ def test_plan_prunes_layouts_that_do_not_fit():
     for c in result.simulated:
         p = c.scenario.parallel
         assert p.ep * p.pp * p.tp > 1
-        assert c.memory_GB <= 80
+        assert c.memory_GB <= c.scenario.cluster.gpu.hbm_GB
 
 
 def test_plan_meets_deadline_and_orders_by_cost():

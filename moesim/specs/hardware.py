@@ -54,7 +54,10 @@ class GPUSpec(Spec):
     fp32_TFLOPS: PositiveFloat
     tf32_TFLOPS: PositiveFloat | None = None
     int8_TOPS: PositiveFloat | None = None
-    hbm_GB: PositiveFloat
+    hbm_GB: PositiveFloat = Field(
+        description="device memory as the driver reports it (nvidia-smi memory.total), in 1e9 "
+        "bytes: a datasheet's '80 GB' of HBM counts GiB (an H100 reports 85.52e9 bytes)"
+    )
     hbm_TBps: PositiveFloat
     pcie_GBps: PositiveFloat = Field(64.0, description="host link per direction")
     intra_node: IntraNodeLink

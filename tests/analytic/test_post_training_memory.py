@@ -33,7 +33,7 @@ def scenario(**workload):
 def test_resident_engine_pool_sits_beside_training_peak():
     m = post_training_memory(scenario())
     assert m.phase_totals is None
-    hbm = 80e9
+    hbm = scenario().cluster.gpu.hbm_GB * 1e9  # an H100's, as the driver reports it
     assert m.rollout_kv_capacity == int((hbm - (m.estimate.total - m.estimate.kv_cache))
                                         // m.rollout_kv_per_sequence)  # fmt: skip
 
@@ -85,11 +85,12 @@ def test_rollout_kv_pool_is_what_the_resident_states_and_the_utilization_leave()
     pools = [m.rollout_kv_pool_tokens for m in (awake, asleep, off)]
     assert pools == sorted(pools) and pools[0] < pools[-1]
     per_token = rollout_kv_per_token(scenario())
-    left = 80e9 - (awake.estimate.total - awake.estimate.kv_cache)
+    hbm = scenario().cluster.gpu.hbm_GB * 1e9
+    left = hbm - (awake.estimate.total - awake.estimate.kv_cache)
     assert awake.rollout_kv_pool_tokens == int(left // per_token)
     for share in (0.2, 0.4, 0.6, 0.9):
         s = scenario(sleep_level=2, offload_optimizer=True,
                      rollout_engine={"gpu_memory_utilization": share})  # fmt: skip
-        capped = share * 80e9 - inference_weight_bytes(s) - reserve_bytes(s)
+        capped = share * hbm - inference_weight_bytes(s) - reserve_bytes(s)
         tokens = post_training_memory(s).rollout_kv_pool_tokens
         assert tokens == min(off.rollout_kv_pool_tokens, max(0, int(capped // per_token)))

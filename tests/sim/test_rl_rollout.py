@@ -208,7 +208,7 @@ def test_rollout_gpu_memory_utilization_sizes_the_pool_as_vllm_does():
     from moesim.analytic.rollout_memory import inference_weight_bytes, rollout_kv_per_token
 
     s = _disaggregated(0.5)
-    left = 0.5 * 80e9 - inference_weight_bytes(s) - reserve_bytes(s)
+    left = 0.5 * s.cluster.gpu.hbm_GB * 1e9 - inference_weight_bytes(s) - reserve_bytes(s)
     assert simulate(s).rollout_kv_pool_tokens == int(left // rollout_kv_per_token(s))
 
 
