@@ -183,8 +183,7 @@ class DualPipe:
         self.pp = ctx.parallel.pp
         self.hm = ctx.microbatches // 2
         # symmetric fidelity: ranks pp/2 … pp−1 run their mirrors' programs (dualpipe_mirror)
-        self.mirror = mirror_applies(ctx)
-        if self.mirror:
+        if mirror_applies(ctx):
             assert not ctx._draws, "the mirror sets the draw tables' rows before any draw"
             ctx.draw_microbatches = self.hm
             for g in ctx.simulated_gpus():
