@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
+from moesim import catalog
 from moesim.catalog import CatalogError, gpu_ids, load_gpu
 from moesim.specs import GPUSpec
 
@@ -54,3 +58,17 @@ def test_a100_has_no_fp8_and_falls_back_to_bf16() -> None:
 def test_unknown_gpu_id_lists_close_matches() -> None:
     with pytest.raises(CatalogError, match=r"unknown gpu id 'h100-sxn'\. Did you mean: h100-sxm"):
         load_gpu("h100-sxn")
+
+
+@pytest.mark.parametrize("gpu_id", GPUS)
+def test_hbm_is_the_figure_the_device_reports_in_1e9_bytes(gpu_id: str) -> None:
+    """hbm_GB is the memory.total its comment quotes (MiB from nvidia-smi, bytes from
+    rocm-smi) in 1e9 bytes, a little above the datasheet's GiB-counted "GB" figure."""
+    text = (Path(catalog.__file__).parent / "gpus" / f"{gpu_id}.yaml").read_text()
+    mib = re.search(r"memory\.total of an [^,]+, (\d+) MiB", text)
+    raw = re.search(r"VRAM Total Memory (\d+) B", text)
+    assert mib or raw, f"{gpu_id}: no device-reported memory quoted beside hbm_GB"
+    reported_B = int(mib.group(1)) * 2**20 if mib else int(raw.group(1))
+    assert load_gpu(gpu_id).hbm_GB == pytest.approx(reported_B / 1e9, abs=0.005)
+    datasheet_GB = float(re.search(r'the datasheet\'s "(\d+) GB"', text).group(1))
+    assert datasheet_GB < load_gpu(gpu_id).hbm_GB <= datasheet_GB * 2**30 / 1e9 * 1.001
